@@ -1,0 +1,51 @@
+# BoneScan-Triton. `make demo` and `make test` set up everything they need on a fresh machine
+# (Debian packages, a pinned .venv) and are quick when nothing changed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_STAMP := $(VENV)/.apt
+DEMO_OUT ?= demo_out
+PYTEST_ARGS ?=
+
+.PHONY: install test lint typecheck unit demo clean help
+
+help:
+	@echo "make demo   - synthesise data, train, export, serve with Triton, segment, report ($(DEMO_OUT)/report.md)"
+	@echo "make test   - lint, type-check (incl. the TensorRT code against tensorrt-stubs), all tests with a real Triton server"
+
+$(APT_STAMP):
+	@bash tools/apt.sh
+	@mkdir -p $(VENV) && touch $@
+
+$(STAMP): requirements/lock.txt pyproject.toml | $(APT_STAMP)
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 11) else "Python 3.11 is needed (the Triton python-backend stub embeds libpython3.11); got %d.%d. Set PYTHON=python3.11" % v)'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing pinned dependencies into $(VENV) (first time: a few minutes)"
+	@$(BIN)/pip install -q --disable-pip-version-check pip==24.3.1 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/pip install -q -r requirements/lock.txt 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/pip install -q --no-deps tensorrt-stubs==10.13.0.35.1 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -c "import torch, transformers, onnxruntime, tritonclient.grpc, pytriton, bonescan" \
+		|| { echo "dependency install failed"; exit 1; }
+	@touch $@
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check src client export benchmarks model_repository tests
+
+typecheck: install
+	$(BIN)/mypy --follow-imports=silent export/trt.py
+
+unit: install
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+test: install lint unit
+
+demo: install
+	$(BIN)/bonescan demo --out $(DEMO_OUT)
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache build *.egg-info src/*.egg-info

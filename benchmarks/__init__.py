@@ -1,0 +1,1 @@
+"""Benchmarks: synthesis speed, latency / throughput of the served ensemble, parity."""

@@ -1,0 +1,163 @@
+"""The data set: one class that training, evaluation and benchmarks all read.
+
+Layout (synthetic and hospital data alike)::
+
+    DATA/
+      manifest.json          # optional for hospital data: {"cases": [{"id", "split"}, ...]}
+      cases/<case_id>/
+        scan.dcm             # two-frame NM whole-body DICOM, or
+        anterior.png + posterior.png   # 16-bit PNG views (or anterior.dcm + posterior.dcm), or
+        scan.npy             # [2, 1024, 256] anterior, posterior
+        mask.png             # metastasis mask, anterior frame, non-zero = lesion (needed to train / evaluate)
+        report.txt           # UTF-8 report (optional: missing = no report)
+        meta.json            # optional (synthetic cases carry their ground truth here)
+
+A case that cannot be read is reported (file + problem) and skipped; the others load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bonescan.contract import to_model_frame
+from bonescan.data.io import CaseError, find_scan_files, read_json, read_mask, read_report, read_scan
+
+log = logging.getLogger("bonescan.data")
+
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Sample:
+    case_id: str
+    image: np.ndarray  # float32 [2, H, W], model frame (see contract.to_model_frame)
+    mask: np.ndarray | None  # uint8 [H, W], 1 = lesion
+    report: str
+    pixel_spacing: tuple[float, float]
+    meta: dict[str, Any] | None = None
+
+
+@dataclass
+class CaseRef:
+    case_id: str
+    split: str
+    path: Path
+
+
+def read_manifest(root: Path) -> list[CaseRef]:
+    """Cases listed by manifest.json, or (hospital data without one) every folder under cases/."""
+    root = Path(root)
+    mpath = root / MANIFEST
+    cases_dir = root / "cases" if (root / "cases").is_dir() else root
+    if mpath.exists():
+        m = read_json(mpath)
+        if not isinstance(m.get("cases"), list):
+            raise CaseError(mpath, "manifest has no 'cases' list")
+        refs = []
+        for i, c in enumerate(m["cases"]):
+            if not isinstance(c, dict) or "id" not in c:
+                raise CaseError(mpath, f"manifest entry {i} has no 'id'")
+            split = c.get("split", "test")
+            if split not in SPLITS:
+                raise CaseError(mpath, f"manifest entry {i} has unknown split {split!r}; use one of {SPLITS}")
+            refs.append(CaseRef(str(c["id"]), split, cases_dir / str(c["id"])))
+        return refs
+    if not root.is_dir():
+        raise CaseError(root, "data folder does not exist")
+    dirs = sorted(p for p in cases_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not dirs:
+        raise CaseError(root, "no manifest.json and no case folders")
+    log.warning("%s has no %s: every case is in the 'test' split (write one with `bonescan data manifest`)", root, MANIFEST)
+    return [CaseRef(d.name, "test", d) for d in dirs]
+
+
+def write_manifest(root: Path, refs: list[CaseRef], extra: dict[str, Any] | None = None) -> Path:
+    body = dict(extra or {})
+    body["cases"] = [{"id": r.case_id, "split": r.split} for r in refs]
+    path = Path(root) / MANIFEST
+    path.write_text(json.dumps(body, ensure_ascii=False, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def assign_splits(ids: list[str], seed: int, val: float = 0.1, test: float = 0.2) -> dict[str, str]:
+    """A fixed random split: the same ids and seed always give the same split."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5B17]))
+    order = rng.permutation(len(ids))
+    n_test = int(round(test * len(ids)))
+    n_val = int(round(val * len(ids)))
+    out = {}
+    for rank, i in enumerate(order):
+        out[ids[i]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+    return out
+
+
+class BoneScanDataset:
+    """Cases of one split (or all) of a data folder, loaded on demand.
+
+    ``require_mask``: a case without mask.png is an error (training, evaluation).
+    """
+
+    def __init__(self, root: str | Path, split: str | None = None, require_mask: bool = True):
+        self.root = Path(root)
+        refs = read_manifest(self.root)
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.refs = [r for r in refs if split is None or r.split == split]
+        self.split = split
+        self.require_mask = require_mask
+        self.errors: list[CaseError] = []
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.case_id for r in self.refs]
+
+    def load(self, i: int) -> Sample:
+        """Read case i; raises CaseError naming the file and the problem."""
+        ref = self.refs[i]
+        if not ref.path.is_dir():
+            raise CaseError(ref.path, "case folder is missing")
+        files = find_scan_files(ref.path)
+        if not files:
+            raise CaseError(ref.path, "no scan found (expected scan.dcm, anterior.png + posterior.png, anterior.dcm + posterior.dcm or scan.npy)")
+        meta = read_json(ref.path / "meta.json") if (ref.path / "meta.json").exists() else None
+        spacing = tuple(meta["pixel_spacing_mm"]) if meta and "pixel_spacing_mm" in meta else None
+        scan = read_scan(files, spacing)  # type: ignore[arg-type]
+        mask = None
+        mpath = ref.path / "mask.png"
+        if mpath.exists():
+            mask = read_mask(mpath)
+        elif self.require_mask:
+            raise CaseError(mpath, "mask file is missing")
+        report = read_report(ref.path / "report.txt")
+        return Sample(ref.case_id, to_model_frame(scan.anterior, scan.posterior), mask, report, scan.pixel_spacing, meta)
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.load(i)
+
+    def samples(self, progress: bool = False, desc: str = "loading") -> Iterator[Sample]:
+        """Every readable case; unreadable ones are logged (file + problem), kept in .errors, skipped."""
+        it: Any = range(len(self))
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(it, desc=desc, unit="case", leave=False)
+        for i in it:
+            try:
+                yield self.load(i)
+            except CaseError as e:
+                self.errors.append(e)
+                log.warning("skipping case %s: %s", self.refs[i].case_id, e)
+
+    def load_all(self, progress: bool = False, desc: str = "loading") -> list[Sample]:
+        return list(self.samples(progress, desc))

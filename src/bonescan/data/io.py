@@ -1,0 +1,363 @@
+"""Reading and writing scans, masks and reports: the one place files become arrays.
+
+Used by the data set (training, evaluation, benchmarks) and by the client, so a hospital's DICOM,
+a 16-bit PNG pair or an NPY array all turn into the same arrays. Needs numpy, Pillow and pydicom
+only (no torch).
+
+Conventions (see the README's "Bring your own data"):
+
+* views are 1024 x 256 (rows x columns) non-negative counts;
+* the posterior view is stored **as acquired** (seen from behind, the patient's left on the
+  image's left); :func:`bonescan.contract.to_model_frame` mirrors it into the anterior frame;
+* masks are in the anterior frame; any non-zero pixel is lesion;
+* reports are UTF-8 text; a missing report is an empty report.
+
+Every failure is a :class:`CaseError` naming the file and the problem, never the file's content.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bonescan.contract import DEFAULT_PIXEL_SPACING_MM, IMAGE_HEIGHT, IMAGE_WIDTH, MAX_COUNT, TOKENIZER
+from bonescan.errors import BonescanError
+
+NM_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
+
+
+class CaseError(BonescanError):
+    """A case (or one of its files) cannot be used. ``str()`` names the path and the problem."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@dataclass
+class Scan:
+    """Two views as acquired plus where they came from."""
+
+    anterior: np.ndarray  # [H, W] counts
+    posterior: np.ndarray  # [H, W] counts, as acquired (not mirrored)
+    pixel_spacing: tuple[float, float] = DEFAULT_PIXEL_SPACING_MM
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def check_view(arr: np.ndarray, path: str | Path, what: str) -> np.ndarray:
+    """Validate one view's shape and values; returns it as float32-safe numbers."""
+    if arr.ndim != 2:
+        raise CaseError(path, f"{what} must be a 2-D image, got {arr.ndim} dimensions {tuple(arr.shape)}")
+    if arr.shape != (IMAGE_HEIGHT, IMAGE_WIDTH):
+        raise CaseError(
+            path, f"{what} is {arr.shape[0]}x{arr.shape[1]} (rows x columns); expected {IMAGE_HEIGHT}x{IMAGE_WIDTH}"
+        )
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise CaseError(path, f"{what} contains NaN or infinite values")
+    elif arr.dtype.kind not in "ui":
+        raise CaseError(path, f"{what} has unsupported pixel type {arr.dtype}")
+    if arr.size and float(arr.min()) < 0:
+        raise CaseError(path, f"{what} contains negative counts")
+    if arr.size and float(arr.max()) > MAX_COUNT:
+        raise CaseError(path, f"{what} has counts above {MAX_COUNT}")
+    if arr.size and float(arr.max()) == 0:
+        raise CaseError(path, f"{what} is empty (all pixels are zero)")
+    return arr
+
+
+def read_png(path: str | Path, what: str = "view") -> np.ndarray:
+    """A 16-bit (or 8-bit) grey PNG as an integer array."""
+    path = Path(path)
+    if not path.is_file():
+        raise CaseError(path, f"{what} file is missing")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in ("I;16", "I;16B", "I", "L"):
+                raise CaseError(path, f"{what} must be a grey-scale PNG, got mode {im.mode}")
+            arr = np.array(im)
+    except CaseError:
+        raise
+    except Exception as e:  # PIL raises many types for corrupt files
+        raise CaseError(path, f"{what} is not a readable image ({type(e).__name__})") from None
+    if arr.dtype == np.int32:  # mode "I"
+        arr = arr.astype(np.int64)
+    return arr
+
+
+def write_png16(path: str | Path, arr: np.ndarray) -> None:
+    """Write a uint16 array as a 16-bit grey PNG (deterministic bytes)."""
+    a = np.ascontiguousarray(arr, dtype=np.uint16)
+    Image.fromarray(a).save(path, format="PNG", compress_level=6)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Mask PNG -> uint8 [H, W] with 1 = lesion (any non-zero pixel)."""
+    arr = read_png(path, "mask")
+    if arr.shape != (IMAGE_HEIGHT, IMAGE_WIDTH):
+        raise CaseError(path, f"mask is {arr.shape[0]}x{arr.shape[1]}; expected {IMAGE_HEIGHT}x{IMAGE_WIDTH}")
+    return (arr > 0).astype(np.uint8)
+
+
+def write_mask(path: str | Path, mask: np.ndarray) -> None:
+    Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255).save(path, format="PNG", compress_level=6)
+
+
+def read_report(path: str | Path | None) -> str:
+    """UTF-8 report text; a missing file is an empty report. Never echoes the content."""
+    if path is None:
+        return ""
+    path = Path(path)
+    if not path.exists():
+        return ""
+    raw = path.read_bytes()
+    if len(raw) > TOKENIZER.max_report_chars * 4:
+        raise CaseError(path, f"report is {len(raw)} bytes; the limit is {TOKENIZER.max_report_chars} characters")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CaseError(path, f"report is not valid UTF-8 (bad byte at offset {e.start})") from None
+    if len(text) > TOKENIZER.max_report_chars:
+        raise CaseError(path, f"report has {len(text)} characters; the limit is {TOKENIZER.max_report_chars}")
+    return text
+
+
+# ----------------------------------------------------------------------------- DICOM
+
+
+def _view_of(item, fallback: str) -> str:
+    """'anterior' / 'posterior' from a DICOM item's view code, image ID or description."""
+    texts = []
+    for seq_name in ("ViewCodeSequence",):
+        for code in getattr(item, seq_name, []) or []:
+            texts.append(str(getattr(code, "CodeMeaning", "")))
+            texts.append(str(getattr(code, "CodeValue", "")))
+    for attr in ("ImageID", "SeriesDescription", "ImageComments"):
+        texts.append(str(getattr(item, attr, "")))
+    t = " ".join(texts).lower()
+    if "post" in t:
+        return "posterior"
+    if "ant" in t:
+        return "anterior"
+    return fallback
+
+
+def _dicom_pixels(ds, path: Path) -> np.ndarray:
+    try:
+        arr = ds.pixel_array
+    except Exception as e:
+        raise CaseError(path, f"DICOM pixel data cannot be decoded ({type(e).__name__})") from None
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    if slope != 1 or intercept != 0:
+        arr = arr.astype(np.float64) * slope + intercept
+    return np.asarray(arr)
+
+
+def _spacing(ds) -> tuple[float, float] | None:
+    ps = getattr(ds, "PixelSpacing", None)
+    if ps is None:
+        for item in getattr(ds, "DetectorInformationSequence", []) or []:
+            ps = getattr(item, "PixelSpacing", None)
+            if ps is not None:
+                break
+    if ps is None or len(ps) != 2:
+        return None
+    return float(ps[0]), float(ps[1])
+
+
+def _read_dicom(path: Path):
+    import pydicom
+
+    if not path.is_file():
+        raise CaseError(path, "DICOM file is missing")
+    try:
+        return pydicom.dcmread(path)
+    except Exception as e:
+        raise CaseError(path, f"not a readable DICOM file ({type(e).__name__})") from None
+
+
+def read_dicom_scan(path: str | Path) -> Scan:
+    """A whole-body NM DICOM with two frames (anterior + posterior) -> Scan.
+
+    Frames are identified by DetectorInformationSequence[i].ViewCodeSequence (or ImageID);
+    without those, frame 0 is anterior and frame 1 posterior.
+    """
+    path = Path(path)
+    ds = _read_dicom(path)
+    arr = _dicom_pixels(ds, path)
+    notes = []
+    if arr.ndim != 3 or arr.shape[0] != 2:
+        raise CaseError(path, f"expected a two-frame whole-body image (anterior + posterior), got pixel data of shape {tuple(arr.shape)}")
+    det = list(getattr(ds, "DetectorInformationSequence", []) or [])
+    views = [_view_of(det[i], f) if i < len(det) else f for i, f in enumerate(("anterior", "posterior"))]
+    if sorted(views) != ["anterior", "posterior"]:
+        notes.append("frame views not labelled; assumed frame 0 = anterior, frame 1 = posterior")
+        views = ["anterior", "posterior"]
+    frames = dict(zip(views, arr))
+    spacing = _spacing(ds)
+    if spacing is None:
+        notes.append("no PixelSpacing; using the default")
+    return Scan(
+        check_view(frames["anterior"], path, "anterior frame"),
+        check_view(frames["posterior"], path, "posterior frame"),
+        spacing or DEFAULT_PIXEL_SPACING_MM,
+        str(path),
+        notes,
+    )
+
+
+def read_dicom_view(path: str | Path, expect: str) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """One single-frame DICOM view file; checks its view label when it has one."""
+    path = Path(path)
+    ds = _read_dicom(path)
+    arr = _dicom_pixels(ds, path)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    det = list(getattr(ds, "DetectorInformationSequence", []) or [])
+    label = _view_of(det[0] if det else ds, expect)
+    if label != expect:
+        raise CaseError(path, f"file is labelled as the {label} view, expected the {expect} view")
+    return check_view(arr, path, f"{expect} view"), _spacing(ds)
+
+
+def write_dicom_scan(
+    path: str | Path,
+    anterior: np.ndarray,
+    posterior: np.ndarray,
+    pixel_spacing: tuple[float, float] = DEFAULT_PIXEL_SPACING_MM,
+    patient_id: str = "ANON",
+) -> None:
+    """Write a two-frame NM whole-body DICOM (for tests, demos and converting synthetic data)."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = NM_IMAGE_STORAGE
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(path), patient_id])
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = NM_IMAGE_STORAGE
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[str(path), "study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[str(path), "series"])
+    ds.Modality = "NM"
+    ds.PatientID = patient_id
+    ds.PatientName = "Anonymous"
+    ds.SeriesDescription = "WB bone scan ANT/POST"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "WHOLE BODY", "EMISSION"]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.NumberOfFrames = 2
+    ds.FrameIncrementPointer = pydicom.tag.Tag(0x0054, 0x0020)  # Detector Vector
+    ds.DetectorVector = [1, 2]
+    ds.NumberOfDetectors = 2
+    det = []
+    for view in ("anterior", "posterior"):
+        item = Dataset()
+        code = Dataset()
+        code.CodeValue = view[:4].upper()
+        code.CodingSchemeDesignator = "99BONESCAN"
+        code.CodeMeaning = view
+        item.ViewCodeSequence = Sequence([code])
+        det.append(item)
+    ds.DetectorInformationSequence = Sequence(det)
+    ds.Rows, ds.Columns = anterior.shape
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelSpacing = [f"{pixel_spacing[0]:.4f}", f"{pixel_spacing[1]:.4f}"]
+    frames = np.stack([np.asarray(anterior, np.uint16), np.asarray(posterior, np.uint16)])
+    ds.PixelData = frames.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+# ----------------------------------------------------------------------------- scans in any form
+
+
+def read_npy_scan(path: str | Path) -> Scan:
+    """[2, H, W] array: the anterior and posterior views as acquired, in that order."""
+    path = Path(path)
+    if not path.is_file():
+        raise CaseError(path, "NPY file is missing")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise CaseError(path, f"not a readable NPY array ({type(e).__name__})") from None
+    if arr.ndim != 3 or arr.shape[0] != 2:
+        raise CaseError(path, f"expected an array of shape [2, {IMAGE_HEIGHT}, {IMAGE_WIDTH}] (anterior, posterior), got {tuple(arr.shape)}")
+    return Scan(check_view(arr[0], path, "anterior view"), check_view(arr[1], path, "posterior view"), source=str(path))
+
+
+def find_scan_files(case_dir: Path) -> dict[str, Path]:
+    """Which scan files a case folder has: {'dicom': p} | {'anterior': p, 'posterior': p} | {'npy': p}."""
+    for name in ("scan.dcm", "scan.dicom"):
+        if (case_dir / name).is_file():
+            return {"dicom": case_dir / name}
+    pair: dict[str, Path] = {}
+    for view in ("anterior", "posterior"):
+        for ext in (".png", ".dcm"):
+            if (case_dir / f"{view}{ext}").is_file():
+                pair[view] = case_dir / f"{view}{ext}"
+                break
+    if pair:
+        return pair
+    if (case_dir / "scan.npy").is_file():
+        return {"npy": case_dir / "scan.npy"}
+    return {}
+
+
+def read_scan(files: dict[str, Path] | str | Path, spacing: tuple[float, float] | None = None) -> Scan:
+    """Read a scan from a case folder, a DICOM file, an NPY file, or {'anterior', 'posterior'} paths."""
+    if isinstance(files, (str, Path)):
+        p = Path(files)
+        if p.is_dir():
+            found = find_scan_files(p)
+            if not found:
+                raise CaseError(p, "no scan found (expected scan.dcm, anterior.png + posterior.png, anterior.dcm + posterior.dcm or scan.npy)")
+            return read_scan(found, spacing)
+        if p.suffix.lower() == ".npy":
+            files = {"npy": p}
+        else:
+            files = {"dicom": p}
+    if "dicom" in files:
+        scan = read_dicom_scan(files["dicom"])
+    elif "npy" in files:
+        scan = read_npy_scan(files["npy"])
+    else:
+        views = {}
+        found_spacing = None
+        for view in ("anterior", "posterior"):
+            if view not in files:
+                other = next(iter(files.values()))
+                raise CaseError(Path(other).parent / f"{view}.png", f"{view} view file is missing")
+            p = Path(files[view])
+            if p.suffix.lower() in (".dcm", ".dicom"):
+                views[view], sp = read_dicom_view(p, view)
+                found_spacing = found_spacing or sp
+            else:
+                views[view] = check_view(read_png(p, f"{view} view"), p, f"{view} view")
+        scan = Scan(views["anterior"], views["posterior"], found_spacing or DEFAULT_PIXEL_SPACING_MM, str(Path(files["anterior"]).parent))
+    if spacing is not None:
+        scan.pixel_spacing = spacing
+    return scan
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CaseError(path, "file is missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CaseError(path, f"not valid JSON ({type(e).__name__})") from None

@@ -1,0 +1,460 @@
+"""Synthetic whole-body SPECT bone scans (99mTc-MDP) with Chinese reports and lesion masks.
+
+One case = anterior + posterior views (1024 x 256 uint16 counts), a metastasis mask in the
+anterior frame, a report and a metadata JSON. Image formation, in this order:
+
+1. a skeleton atlas per patient (``atlas.py``) weighted by physiological uptake and by how close
+   each bone lies to the anterior / posterior detector;
+2. metastases placed with clinical site frequencies (spine > ribs > pelvis > proximal femur >
+   skull ...), irregular, confined to bone, 0-20 per scan;
+3. benign mimics that look like lesions (degenerative knees / shoulders / lumbar facets, rib
+   fractures in a row, compression fractures, arthritis of hands and feet) which are NOT in the
+   mask and which the report names as benign;
+4. kidneys, bladder, soft tissue; sometimes an injection-site or urine artefact;
+5. the camera: Gaussian PSF (FWHM 6-10 mm), scaling to clinical counts (0.8-2.2 M per view),
+   Poisson noise.
+
+Everything is a pure function of (seed, case index): the same seed gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.ndimage import gaussian_filter, maximum_filter
+
+from bonescan.contract import IMAGE_HEIGHT, IMAGE_WIDTH, MAX_COUNT
+from bonescan.data import raster
+from bonescan.data.atlas import REGIONS, SHAPE, Patient, Skeleton, build_skeleton, soft_tissue
+from bonescan.data.raster import Patch
+from bonescan.data.report import Finding, write_report
+
+GENERATOR_VERSION = "bonescan-synth/1"
+
+#: Relative frequency of a metastasis' site (per lesion), after the clinical literature on bone
+#: scintigraphy: axial skeleton first (spine, ribs, pelvis), then proximal long bones and skull.
+SITE_FREQUENCY: dict[str, float] = {
+    "thoracic": 0.19, "lumbar": 0.14, "cervical": 0.03, "rib": 0.22, "ilium": 0.08, "sacrum": 0.04,
+    "pubis": 0.02, "ischium": 0.015, "femur_proximal": 0.07, "skull": 0.045, "sternum": 0.035,
+    "scapula": 0.03, "humerus_proximal": 0.03, "clavicle": 0.015, "femur_shaft": 0.01,
+    "humerus_shaft": 0.004, "tibia": 0.004, "mandible": 0.002,
+}
+
+#: lesion radius range (fraction of patient height) by site group
+_RADIUS = {
+    "cervical": (0.003, 0.006), "thoracic": (0.004, 0.009), "lumbar": (0.005, 0.011),
+    "rib": (0.004, 0.009), "skull": (0.006, 0.014), "ilium": (0.006, 0.016), "sacrum": (0.006, 0.014),
+    "sternum": (0.005, 0.011),
+}
+_DEFAULT_RADIUS = (0.005, 0.012)
+
+
+@dataclass
+class SynthConfig:
+    p_negative: float = 0.3
+    pixel_mm: tuple[float, float] = (1.9, 2.4)
+    counts: tuple[float, float] = (0.8e6, 2.2e6)
+    psf_fwhm_mm: tuple[float, float] = (6.0, 10.0)
+    p_injection: float = 0.15
+    p_urine: float = 0.04
+    mimic_scale: float = 1.0  # multiplies every benign-mimic probability
+
+
+@dataclass
+class Case:
+    case_id: str
+    anterior: np.ndarray  # uint16 [H, W], as acquired
+    posterior: np.ndarray  # uint16 [H, W], as acquired (seen from behind: NOT mirrored)
+    mask: np.ndarray  # uint8 [H, W], 1 = metastasis, anterior frame
+    report: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _region_site(region: str) -> str:
+    info = REGIONS[region]
+    if info.group in ("femur", "humerus"):
+        return f"{info.group}_{info.segment}"
+    return info.group
+
+
+_SITE_REGIONS: dict[str, list[str]] = {}
+for _r in REGIONS:
+    _SITE_REGIONS.setdefault(_region_site(_r), []).append(_r)
+
+
+def _wobble(rng: np.random.Generator, amount: float) -> np.ndarray:
+    ks = np.arange(2, 5, dtype=np.float32)
+    return np.stack([ks, rng.uniform(0, amount, 3) / ks, rng.uniform(0, 2 * np.pi, 3)], axis=1).astype(np.float32)
+
+
+def _bone_support(sk: Skeleton, regions: list[str], grow: int = 2) -> Patch | None:
+    """Union of the regions' coverage, dilated by ``grow`` px: where uptake can sit."""
+    parts = [p.patch for r in regions for p in sk.region_parts(r)]
+    u = raster.union(parts)
+    if u is None:
+        return None
+    pad = grow + 1
+    data = np.pad(u.data, pad)
+    data = maximum_filter(data, size=2 * grow + 1)
+    y0, x0 = u.y0 - pad, u.x0 - pad
+    # clip back into the image
+    cy0, cx0 = max(y0, 0), max(x0, 0)
+    data = data[cy0 - y0 :, cx0 - x0 :]
+    data = data[: IMAGE_HEIGHT - cy0, : IMAGE_WIDTH - cx0]
+    return Patch(cy0, cx0, data)
+
+
+def _uptake_at(sk: Skeleton, regions: list[str], view: int) -> float:
+    parts = [p for r in regions for p in sk.region_parts(r)]
+    if not parts:
+        return 0.6
+    w = np.array([p.patch.data.sum() for p in parts])
+    u = np.array([p.uptake * p.depth[view] for p in parts])
+    return float((w * u).sum() / max(w.sum(), 1e-6))
+
+
+class _Scene:
+    """Accumulates activity in both views, the mask, and what was placed where."""
+
+    def __init__(self, sk: Skeleton, rng: np.random.Generator):
+        self.sk = sk
+        self.rng = rng
+        self.h = sk.patient.height_px
+        self.views = [np.zeros(SHAPE, np.float32), np.zeros(SHAPE, np.float32)]
+        for part in sk.parts:
+            for v in range(2):
+                raster.paste(self.views[v], part.patch, part.uptake * part.depth[v])
+        self.mask = np.zeros(SHAPE, np.uint8)
+        self.occupied = np.zeros(SHAPE, bool)
+
+    def blob(
+        self,
+        center: tuple[float, float],
+        radii: tuple[float, float],
+        angle: float,
+        support: Patch | None,
+        wobble: float = 0.25,
+    ) -> Patch | None:
+        """An irregular focus restricted to ``support``; None if it is too small or overlaps."""
+        p = raster.ellipse(center, radii, angle, SHAPE, _wobble(self.rng, wobble))
+        if p is None:
+            return None
+        if support is not None:
+            p = raster.multiply(p, support)
+        core = p.data >= 0.5
+        if core.sum() < 4:
+            return None
+        if self.occupied[p.y0 : p.y1, p.x0 : p.x1][core].any():
+            return None
+        return p
+
+    def add_focus(self, p: Patch, contrast: float, regions: list[str], is_met: bool) -> dict[str, Any]:
+        depth_noise = self.rng.uniform(0.85, 1.15, 2)
+        for v in range(2):
+            raster.paste(self.views[v], p, contrast * _uptake_at(self.sk, regions, v) * float(depth_noise[v]))
+        core = p.data >= 0.5
+        occ = self.occupied[p.y0 : p.y1, p.x0 : p.x1]
+        grown = maximum_filter(core, size=7)
+        occ |= grown
+        if is_met:
+            self.mask[p.y0 : p.y1, p.x0 : p.x1][core] = 1
+        yy, xx = np.nonzero(core)
+        return {
+            "center": [round(float(yy.mean() + p.y0), 2), round(float(xx.mean() + p.x0), 2)],
+            "bbox": [int(yy.min() + p.y0), int(xx.min() + p.x0), int(yy.max() + p.y0), int(xx.max() + p.x0)],
+            "area_px": int(core.sum()),
+            "contrast": round(float(contrast), 3),
+        }
+
+
+def _contrast(rng: np.random.Generator, median: float = 2.0) -> float:
+    return float(np.clip(rng.lognormal(np.log(median), 0.5), 0.6, 8.0))
+
+
+def _n_metastases(rng: np.random.Generator, cfg: SynthConfig) -> int:
+    if rng.random() < cfg.p_negative:
+        return 0
+    r = rng.random()
+    if r < 0.5:
+        return int(rng.integers(1, 4))
+    if r < 0.8:
+        return int(rng.integers(4, 9))
+    return int(rng.integers(9, 21))
+
+
+def _place_metastases(scene: _Scene, n: int, findings: list[Finding], lesions: list[dict]) -> None:
+    rng, sk, h = scene.rng, scene.sk, scene.h
+    sites = list(SITE_FREQUENCY)
+    probs = np.array([SITE_FREQUENCY[s] for s in sites])
+    probs /= probs.sum()
+    tries = 0
+    while len(lesions) < n and tries < 40 * n:
+        tries += 1
+        site = sites[int(rng.choice(len(sites), p=probs))]
+        region = str(rng.choice(_SITE_REGIONS[site]))
+        parts = sk.region_parts(region)
+        if not parts:
+            continue
+        areas = np.array([p.patch.data.sum() for p in parts])
+        part = parts[int(rng.choice(len(parts), p=areas / areas.sum()))]
+        yy, xx = np.nonzero(part.patch.data > 0.6)
+        if len(yy) == 0:
+            continue
+        k = int(rng.integers(len(yy)))
+        center = (float(yy[k] + part.patch.y0 + 0.5), float(xx[k] + part.patch.x0 + 0.5))
+        lo, hi = _RADIUS.get(REGIONS[region].group, _DEFAULT_RADIUS)
+        radii = (float(rng.uniform(lo, hi) * h), float(rng.uniform(lo, hi) * h))
+        support = _bone_support(sk, [region])
+        p = scene.blob(center, radii, float(rng.uniform(0, np.pi)), support, wobble=0.35)
+        if p is None:
+            continue
+        info = scene.add_focus(p, _contrast(rng), [region], is_met=True)
+        idx = len(lesions)
+        info.update({"id": idx, "region": region, "group": REGIONS[region].group, "side": REGIONS[region].side,
+                     "part": part.name, "radii_px": [round(radii[0], 2), round(radii[1], 2)]})
+        lesions.append(info)
+        arc = part.name if REGIONS[region].group == "rib" else ""
+        findings.append(Finding("met", [region], arc=arc, ids=[idx]))
+
+
+def _lm(sk: Skeleton, name: str) -> tuple[float, float]:
+    y, x = sk.landmarks[name]
+    return float(y), float(x)
+
+
+def _part_edge(sk: Skeleton, region: str, part: str, side: str) -> tuple[float, float]:
+    """The lateral margin of a part (for facets): (y centre, x at the edge on ``side``)."""
+    p = next(pp for pp in sk.region_parts(region) if pp.name == part)
+    yy, xx = np.nonzero(p.patch.data > 0.5)
+    # the patient's right is the image's left
+    x = xx.min() + 1 if side == "R" else xx.max() - 1
+    return float(yy.mean() + p.patch.y0), float(x + p.patch.x0)
+
+
+def _place_mimics(scene: _Scene, cfg: SynthConfig, benign: list[dict], findings: list[Finding]) -> None:
+    rng, sk, h = scene.rng, scene.sk, scene.h
+    age = sk.patient.age
+    a = float(np.clip((age - 40) / 40, 0, 1))
+    s = cfg.mimic_scale
+    sides_pick = lambda p_bilateral: ["R", "L"] if rng.random() < p_bilateral else [str(rng.choice(["R", "L"]))]  # noqa: E731
+
+    def put(kind: str, spots: list[tuple[tuple[float, float], tuple[float, float], float, list[str]]], regions: list[str], arc: str = "") -> None:
+        foci = []
+        for center, radii, angle, support_regions in spots:
+            support = _bone_support(sk, support_regions, grow=2) if support_regions else None
+            p = scene.blob(center, radii, angle, support, wobble=0.2)
+            if p is None:
+                continue
+            foci.append(scene.add_focus(p, _contrast(rng, 1.8), support_regions or regions, is_met=False))
+        if foci:
+            benign.append({"type": kind, "regions": regions, "foci": foci})
+            findings.append(Finding(kind, regions, arc=arc))
+
+    if rng.random() < (0.1 + 0.22 * a) * s:  # degenerative knees
+        sides = sides_pick(0.6)
+        spots = []
+        for sd in sides:
+            y, x = _lm(sk, f"knee_{sd}")
+            medial = 1.0 if sd == "R" else -1.0  # towards the midline
+            r = float(rng.uniform(0.006, 0.01) * h)
+            spots.append(((y + 0.004 * h, x + medial * 0.007 * h), (r * 0.8, r), 0.0, [f"femur_{sd}_distal", f"tibia_{sd}"]))
+        put("degenerative_knee", spots, [f"femur_{sd}_distal" for sd in sides])
+    if rng.random() < (0.06 + 0.12 * a) * s:  # shoulders
+        sides = sides_pick(0.4)
+        spots = []
+        for sd in sides:
+            y, x = _lm(sk, f"shoulder_{sd}")
+            r = float(rng.uniform(0.006, 0.01) * h)
+            spots.append(((y + rng.normal(0, 0.004 * h), x + rng.normal(0, 0.004 * h)), (r, r), 0.0, [f"humerus_{sd}_proximal", f"scapula_{sd}", f"clavicle_{sd}"]))
+        put("degenerative_shoulder", spots, [f"humerus_{sd}_proximal" for sd in sides])
+    if rng.random() < (0.06 + 0.16 * a) * s:  # lumbar facet arthropathy
+        first = int(rng.integers(3, 6))
+        verts = [f"L{k}" for k in range(first, min(first + int(rng.integers(1, 3)), 6))]
+        sides = sides_pick(0.5)
+        spots = []
+        for v in verts:
+            for sd in sides:
+                y, x = _part_edge(sk, v, "body", sd)
+                r = float(rng.uniform(0.0035, 0.0055) * h)
+                spots.append(((y, x), (r, r * 0.9), 0.0, [v]))
+        put("facet_arthropathy", spots, verts)
+    if rng.random() < (0.03 + 0.06 * a) * s:  # cervical spondylosis
+        verts = [str(v) for v in rng.choice(["C4", "C5", "C6"], size=int(rng.integers(1, 3)), replace=False)]
+        verts.sort()
+        spots = []
+        for v in verts:
+            sd = str(rng.choice(["R", "L"]))
+            y, x = _part_edge(sk, v, "body", sd)
+            r = float(rng.uniform(0.003, 0.0045) * h)
+            spots.append(((y, x), (r, r), 0.0, [v]))
+        put("cervical_spondylosis", spots, verts)
+    if rng.random() < 0.12 * s:  # rib fractures: foci in a vertical row on consecutive ribs
+        sd = str(rng.choice(["R", "L"]))
+        count = int(rng.choice([1, 2, 3, 4], p=[0.35, 0.25, 0.25, 0.15]))
+        first = int(rng.integers(3, 11 - count + 1))
+        arc = str(rng.choice(["anterior", "posterior"]))
+        ribs = [f"rib_{sd}{k}" for k in range(first, first + count)]
+        spine_x = _lm(sk, "spine_mid")[1]
+        frac = float(rng.uniform(0.55, 0.9))
+        spots = []
+        used = []
+        for rib in ribs:
+            parts = [p for p in sk.region_parts(rib) if p.name == arc]
+            if not parts:
+                continue
+            pp = parts[0].patch
+            yy, xx = np.nonzero(pp.data > 0.6)
+            if len(yy) == 0:
+                continue
+            xs = xx + pp.x0
+            lateral = np.abs(xs - spine_x)
+            target = frac * lateral.max()
+            k = int(np.argmin(np.abs(lateral - target) + 0.01 * yy))
+            r = float(rng.uniform(0.0035, 0.005) * h)
+            spots.append(((float(yy[k] + pp.y0), float(xs[k])), (r, r), 0.0, [rib]))
+            used.append(rib)
+        put("rib_fracture", spots, used, arc=arc)
+    if rng.random() < (0.02 + 0.06 * a) * s:  # osteoporotic compression fracture: a band
+        v = str(rng.choice(["T10", "T11", "T12", "L1", "L2"]))
+        part = next(p for p in sk.region_parts(v) if p.name == "body")
+        yy, xx = np.nonzero(part.patch.data > 0.5)
+        cy, cx = float(yy.mean() + part.patch.y0), float(xx.mean() + part.patch.x0)
+        half_w = (xx.max() - xx.min()) / 2
+        put("compression_fracture", [((cy + rng.normal(0, 1.0), cx), (float(rng.uniform(0.0022, 0.0032) * h), half_w * 0.95), -sk.patient.tilt, [v])], [v])
+    if rng.random() < 0.06 * s:  # arthritis of wrists / hands
+        sides = sides_pick(0.6)
+        spots = []
+        for sd in sides:
+            y, x = _lm(sk, f"wrist_{sd}" if rng.random() < 0.6 else f"hand_{sd}")
+            r = float(rng.uniform(0.004, 0.007) * h)
+            spots.append(((y, x), (r, r), 0.0, [f"hand_{sd}", f"forearm_{sd}"]))
+        put("arthritis_hand", spots, [f"hand_{sd}" for sd in sides])
+    if rng.random() < 0.06 * s:  # ankles / feet
+        sides = sides_pick(0.5)
+        spots = []
+        for sd in sides:
+            y, x = _lm(sk, f"ankle_{sd}")
+            r = float(rng.uniform(0.005, 0.008) * h)
+            spots.append(((y + 0.01 * h, x), (r, r), 0.0, [f"foot_{sd}", f"tibia_{sd}"]))
+        put("arthritis_foot", spots, [f"foot_{sd}" for sd in sides])
+    if rng.random() < 0.04 * s:  # sternoclavicular joints
+        sides = sides_pick(0.5)
+        y, x = _lm(sk, "sternum")
+        spots = []
+        for sd in sides:
+            sg = 1.0 if sd == "L" else -1.0
+            r = float(rng.uniform(0.004, 0.006) * h)
+            spots.append(((y - 0.045 * h, x + sg * 0.017 * h), (r, r), 0.0, [f"clavicle_{sd}", "sternum"]))
+        put("sternoclavicular", spots, [f"clavicle_{sd}" for sd in sides])
+
+
+def synth_case(seed: int, index: int, cfg: SynthConfig | None = None) -> Case:
+    """Generate case ``index`` of the data set with ``seed``; a pure function of both."""
+    cfg = cfg or SynthConfig()
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
+    pixel_mm = float(rng.uniform(*cfg.pixel_mm))
+    patient = Patient.sample(rng, pixel_mm)
+    sk = build_skeleton(patient, rng)
+    scene = _Scene(sk, rng)
+    h = scene.h
+
+    lesions: list[dict] = []
+    met_findings: list[Finding] = []
+    _place_metastases(scene, _n_metastases(rng, cfg), met_findings, lesions)
+    benign: list[dict] = []
+    benign_findings: list[Finding] = []
+    _place_mimics(scene, cfg, benign, benign_findings)
+
+    # physiology: kidneys (posterior), bladder (anterior), soft tissue
+    kidney_int = float(rng.uniform(0.15, 1.0))
+    kidneys_visible = kidney_int > 0.3
+    for sd in ("R", "L"):
+        y, x = _lm(sk, f"kidney_{sd}")
+        kp = raster.ellipse((y, x), (0.03 * h, 0.017 * h), float(rng.normal(0, 0.15)) + (0.25 if sd == "R" else -0.25), SHAPE)
+        raster.paste(scene.views[0], kp, 0.25 * kidney_int)
+        raster.paste(scene.views[1], kp, 1.0 * kidney_int)
+    by, bx = _lm(sk, "bladder")
+    bl = raster.ellipse((by + rng.normal(0, 0.004 * h), bx), (float(rng.uniform(0.02, 0.036) * h), float(rng.uniform(0.026, 0.045) * h)), 0.0, SHAPE)
+    bladder = float(rng.lognormal(np.log(2.5), 0.6))
+    raster.paste(scene.views[0], bl, bladder)
+    raster.paste(scene.views[1], bl, bladder * 0.6)
+    st = soft_tissue(patient)
+    st_level = float(rng.uniform(0.02, 0.045))
+    for v in range(2):
+        scene.views[v] += st_level * st
+
+    artefacts: list[dict] = []
+    art_findings: list[Finding] = []
+    if rng.random() < cfg.p_injection:
+        sd = str(rng.choice(["R", "L"]))
+        where = "antecubital" if rng.random() < 0.6 else "hand"
+        y, x = _lm(sk, f"{where}_{sd}")
+        if 0 <= x < IMAGE_WIDTH and 0 <= y < IMAGE_HEIGHT:
+            p = raster.ellipse((y, x), (2.2, 2.2), 0.0, SHAPE)
+            amount = float(rng.uniform(3, 15))
+            raster.paste(scene.views[0], p, amount)
+            raster.paste(scene.views[1], p, amount * 0.8)
+            artefacts.append({"type": "injection", "side": sd, "site": where, "center": [round(y, 2), round(x, 2)]})
+            art_findings.append(Finding("injection", [f"hand_{sd}"], arc="elbow" if where == "antecubital" else "hand"))
+    if rng.random() < cfg.p_urine:
+        y = by + float(rng.uniform(0.04, 0.1) * h)
+        x = bx + float(rng.normal(0, 0.03 * h))
+        p = raster.ellipse((y, x), (float(rng.uniform(2, 5)), float(rng.uniform(2, 5))), 0.0, SHAPE, _wobble(rng, 0.3))
+        amount = float(rng.uniform(1.5, 5))
+        raster.paste(scene.views[0], p, amount)
+        raster.paste(scene.views[1], p, amount * 0.7)
+        artefacts.append({"type": "urine", "center": [round(y, 2), round(x, 2)]})
+        art_findings.append(Finding("urine", []))
+
+    # the camera: PSF, counts, Poisson noise
+    fwhm_mm = float(rng.uniform(*cfg.psf_fwhm_mm))
+    sigma = fwhm_mm / 2.355 / pixel_mm
+    totals = []
+    out = []
+    total_ant = float(rng.uniform(*cfg.counts))
+    for v in range(2):
+        img = gaussian_filter(scene.views[v], sigma, mode="constant")
+        np.maximum(img, 0, out=img)
+        total = total_ant * (1.0 if v == 0 else float(rng.uniform(0.95, 1.15)))
+        lam = img * (total / max(float(img.sum()), 1e-6)) + 0.02  # + room background
+        counts = rng.poisson(lam)
+        out.append(np.clip(counts, 0, MAX_COUNT).astype(np.uint16))
+        totals.append(int(counts.sum()))
+    anterior, posterior_ant_frame = out
+    posterior = np.ascontiguousarray(posterior_ant_frame[:, ::-1])  # as acquired, seen from behind
+
+    report = write_report(met_findings, benign_findings, art_findings, rng, len(lesions), kidneys_visible)
+    for les in lesions:
+        les["mention"] = report.mentions[les["id"]]
+
+    case_id = f"case_{index:05d}"
+    meta = {
+        "case_id": case_id,
+        "generator": GENERATOR_VERSION,
+        "seed": seed,
+        "index": index,
+        "pixel_spacing_mm": [round(pixel_mm, 4), round(pixel_mm, 4)],
+        "patient": {
+            "height_cm": round(patient.height_px * pixel_mm / 10, 1),
+            "age": patient.age,
+            "sex": "F" if patient.female else "M",
+            "build": round(patient.build, 3),
+            "arm_pose": patient.arm_pose,
+            "scoliosis_px": round(patient.scoliosis, 2),
+            "tilt_rad": round(patient.tilt, 4),
+        },
+        "camera": {"psf_fwhm_mm": round(fwhm_mm, 2), "counts": {"anterior": totals[0], "posterior": totals[1]}},
+        "physiology": {"kidneys_visible": kidneys_visible, "bladder_uptake": round(bladder, 3)},
+        "lesions": lesions,
+        "benign": benign,
+        "artefacts": artefacts,
+        "report": {"style": report.style, "chars": len(report.text)},
+    }
+    return Case(case_id, anterior, posterior, scene.mask, report.text, meta)
+
+
+def meta_json(meta: dict[str, Any]) -> str:
+    return json.dumps(meta, ensure_ascii=False, indent=1, sort_keys=True) + "\n"

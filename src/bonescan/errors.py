@@ -1,0 +1,17 @@
+"""Errors a user can act on. Their messages name a file or field and the problem, never content
+(report text is patient data)."""
+
+from __future__ import annotations
+
+
+class BonescanError(Exception):
+    """An error with a message meant for the person running the command."""
+
+
+def user_error_message(e: BaseException) -> str | None:
+    """The one-line message to print for an expected error, or None for a bug (show the traceback)."""
+    if isinstance(e, BonescanError):
+        return str(e)
+    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return f"{e.filename}: {e.strerror}"
+    return None

@@ -1,0 +1,222 @@
+"""Synthetic data: determinism, ground-truth consistency, report wording, loaders, bad files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.ndimage import label
+
+from bonescan.contract import IMAGE_HEIGHT, IMAGE_WIDTH, from_model_frame, to_model_frame
+from bonescan.data.atlas import REGIONS, VERTEBRAE
+from bonescan.data.dataset import BoneScanDataset
+from bonescan.data.generate import generate_dataset
+from bonescan.data.io import CaseError, read_dicom_scan, read_scan, write_dicom_scan, write_png16
+from bonescan.data.report import COARSE
+from bonescan.data.synth import synth_case
+from tests.report_parser import parse_mention
+
+N_CHECK = 60  # cases checked for ground-truth consistency
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return [synth_case(7, i) for i in range(N_CHECK)]
+
+
+def test_same_seed_same_bytes(tmp_path: Path):
+    a = generate_dataset(tmp_path / "a", 6, seed=3, workers=2, progress=False)
+    b = generate_dataset(tmp_path / "b", 6, seed=3, workers=1, progress=False)
+    assert a["splits"] == b["splits"]
+    da, db = _tree_digest(tmp_path / "a"), _tree_digest(tmp_path / "b")
+    assert da == db and len(da) == 6 * 5 + 1
+    c = generate_dataset(tmp_path / "c", 6, seed=4, workers=1, progress=False)
+    assert _tree_digest(tmp_path / "c") != da
+    assert c["cases"] == 6
+
+
+def test_views_look_like_scans(cases):
+    for c in cases[:10]:
+        for v in (c.anterior, c.posterior):
+            assert v.dtype == np.uint16 and v.shape == (IMAGE_HEIGHT, IMAGE_WIDTH)
+            assert 0.6e6 < int(v.sum()) < 3.0e6  # clinical count level
+        # Poisson counting noise: the variance of a flat region ~ its mean
+        assert c.anterior.max() > 30
+    # the posterior view is stored as acquired: mirroring it lines the spine up with the anterior one
+    c = cases[0]
+    ant, post_mirrored = to_model_frame(c.anterior, c.posterior)
+    spine_cols = lambda img: np.argmax(img[300:500].sum(axis=0))  # noqa: E731
+    assert abs(int(spine_cols(ant)) - int(spine_cols(post_mirrored))) <= 6
+
+
+def test_mask_matches_metadata(cases):
+    for c in cases:
+        lesions = c.meta["lesions"]
+        lab, n = label(c.mask, structure=np.ones((3, 3)))
+        assert (n == 0) == (len(lesions) == 0), c.case_id
+        # every mask component belongs to a listed metastasis
+        for k in range(1, n + 1):
+            ys, xs = np.nonzero(lab == k)
+            owners = [les for les in lesions if les["bbox"][0] <= ys.mean() <= les["bbox"][2] and les["bbox"][1] <= xs.mean() <= les["bbox"][3]]
+            assert owners, f"{c.case_id}: mask component {k} has no metastasis"
+        # every metastasis is in the mask with its stated area
+        for les in lesions:
+            y0, x0, y1, x1 = les["bbox"]
+            assert c.mask[y0 : y1 + 1, x0 : x1 + 1].sum() >= les["area_px"] * 0.99
+        assert int(c.mask.sum()) == sum(les["area_px"] for les in lesions)
+        # no benign mimic is in the mask
+        for b in c.meta["benign"]:
+            for f in b["foci"]:
+                cy, cx = (int(round(v)) for v in f["center"])
+                assert c.mask[cy, cx] == 0, f"{c.case_id}: benign {b['type']} at a masked pixel"
+
+
+def test_every_metastasis_is_named_in_its_report(cases):
+    n_checked = 0
+    for c in cases:
+        for les in c.meta["lesions"]:
+            mention = les["mention"]
+            assert mention and mention in c.report
+            named = parse_mention(mention)
+            if c.meta["report"]["style"] == "vague":
+                assert COARSE[les["group"]] in named, (c.case_id, mention)
+            else:
+                assert les["region"] in named, (c.case_id, les["region"], mention)
+            n_checked += 1
+    assert n_checked > 50
+
+
+def test_reports_have_both_sections_and_vary(cases):
+    for c in cases:
+        assert c.report.startswith("检查所见：") and "\n诊断意见：" in c.report
+        if not c.meta["lesions"]:
+            assert "未见" in c.report
+        if c.meta["benign"]:
+            assert any(w in c.report for w in ("退行性", "骨折", "关节炎", "骨质增生", "炎性", "外伤")), c.case_id
+    assert len({c.report for c in cases}) == len(cases)
+    # vertebra naming variants all occur
+    text = "".join(c.report for c in cases)
+    assert any(f"第{i}胸椎" in text or f"第{i}腰椎" in text for i in range(1, 13))
+    assert any(f"T{i}" in text or f"L{i}" in text for i in range(1, 13))
+
+
+def test_atlas_names_every_required_region():
+    for v in VERTEBRAE:
+        assert v in REGIONS
+    for s in ("L", "R"):
+        for i in range(1, 13):
+            assert f"rib_{s}{i}" in REGIONS
+        for bone in ("clavicle", "scapula", "ilium", "ischium", "pubis", "tibia"):
+            assert f"{bone}_{s}" in REGIONS
+    for r in ("skull", "sacrum", "sternum", "humerus_L_proximal", "femur_R_proximal"):
+        assert r in REGIONS
+
+
+def test_site_frequencies_follow_the_clinic(cases):
+    groups = [les["group"] for c in cases for les in c.meta["lesions"]]
+    spine = sum(g in ("cervical", "thoracic", "lumbar") for g in groups)
+    ribs = sum(g == "rib" for g in groups)
+    pelvis = sum(g in ("ilium", "sacrum", "pubis", "ischium") for g in groups)
+    assert spine > pelvis and ribs > pelvis
+    negatives = sum(not c.meta["lesions"] for c in cases)
+    assert 0.1 < negatives / len(cases) < 0.5
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    generate_dataset(root, 8, seed=11, workers=1, progress=False)
+    return root
+
+
+def test_loader_round_trip(small_set: Path):
+    ds = BoneScanDataset(small_set)
+    assert len(ds) == 8
+    for i in range(len(ds)):
+        s = ds[i]
+        c = synth_case(11, int(s.case_id.split("_")[1]))
+        assert s.image.dtype == np.float32 and s.image.shape == (2, IMAGE_HEIGHT, IMAGE_WIDTH)
+        ant, post = from_model_frame(s.image)
+        assert np.array_equal(ant, c.anterior) and np.array_equal(post, c.posterior)
+        assert np.array_equal(s.mask, c.mask)
+        assert s.report == c.report
+        assert s.pixel_spacing == tuple(c.meta["pixel_spacing_mm"])
+    splits = {r.split for r in BoneScanDataset(small_set).refs}
+    assert splits <= {"train", "val", "test"}
+
+
+def test_dicom_png_npy_give_the_same_scan(small_set: Path, tmp_path: Path):
+    case = small_set / "cases" / "case_00000"
+    png = read_scan(case)
+    write_dicom_scan(tmp_path / "scan.dcm", png.anterior, png.posterior, (2.1, 2.1))
+    dcm = read_dicom_scan(tmp_path / "scan.dcm")
+    np.save(tmp_path / "scan.npy", np.stack([png.anterior, png.posterior]))
+    npy = read_scan(tmp_path / "scan.npy")
+    for other in (dcm, npy):
+        assert np.array_equal(other.anterior, png.anterior) and np.array_equal(other.posterior, png.posterior)
+    assert dcm.pixel_spacing == (2.1, 2.1)
+
+
+def test_malformed_cases_are_named_and_skipped(small_set: Path, tmp_path: Path):
+    import shutil
+
+    root = tmp_path / "bad"
+    shutil.copytree(small_set, root)
+    cases = root / "cases"
+    secret = "患者张三 身份证号 123456"
+    (cases / "case_00001" / "mask.png").unlink()
+    write_png16(cases / "case_00002" / "anterior.png", np.ones((512, 128), np.uint16))
+    (cases / "case_00003" / "report.txt").write_bytes(secret.encode("gbk"))
+    for f in ("anterior.png", "posterior.png"):
+        (cases / "case_00004" / f).unlink()
+    (cases / "case_00004" / "scan.dcm").write_bytes(b"this is not dicom " + secret.encode())
+    ds = BoneScanDataset(root)
+    good = ds.load_all()
+    assert sorted(s.case_id for s in good) == ["case_00000", "case_00005", "case_00006", "case_00007"]
+    msgs = {Path(e.path).parent.name if Path(e.path).suffix else Path(e.path).name: str(e) for e in ds.errors}
+    text = "\n".join(str(e) for e in ds.errors)
+    assert "mask.png: mask file is missing" in text
+    assert "anterior.png: anterior view is 512x128" in text and "expected 1024x256" in text
+    assert "report.txt: report is not valid UTF-8" in text
+    assert "scan.dcm: not a readable DICOM file" in text
+    assert secret not in text and "张三" not in text
+    assert len(msgs) == 4
+
+
+def test_bad_arrays_are_refused(tmp_path: Path):
+    good = np.ones((IMAGE_HEIGHT, IMAGE_WIDTH), np.uint16)
+    for arr, problem in [
+        (np.zeros((IMAGE_HEIGHT, IMAGE_WIDTH), np.uint16), "empty"),
+        (np.full((IMAGE_HEIGHT, IMAGE_WIDTH), np.nan, np.float32), "NaN"),
+        (-good.astype(np.int32), "negative"),
+        (np.ones((3, IMAGE_HEIGHT, IMAGE_WIDTH)), "shape"),
+    ]:
+        np.save(tmp_path / "x.npy", np.stack([arr, arr]) if arr.ndim == 2 else arr)
+        with pytest.raises(CaseError) as e:
+            read_scan(tmp_path / "x.npy")
+        assert "x.npy" in str(e.value)
+        assert problem.lower() in str(e.value).lower() or "expected" in str(e.value)
+
+
+def test_manifest_lists_splits(small_set: Path):
+    m = json.loads((small_set / "manifest.json").read_text())
+    assert m["generator"]["seed"] == 11 and len(m["cases"]) == 8
+    assert m["statistics"]["cases"] == 8
+
+
+def test_cli_synth_and_preview(tmp_path: Path):
+    from bonescan.cli import main
+
+    assert main(["data", "synth", "--out", str(tmp_path / "d"), "--n", "3", "--seed", "1", "--workers", "1", "--quiet"]) == 0
+    assert main(["data", "preview", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "p.png"), "--n", "2"]) == 0
+    from PIL import Image
+
+    with Image.open(tmp_path / "p.png") as im:
+        assert im.size[0] > 500 and im.size[1] > 1000

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install the Debian packages BoneScan-Triton needs, only those missing. Idempotent.
+#   libpython3.11       the Triton python-backend stub links Debian's libpython3.11
+#   libb64-0d           perf_analyzer (Triton's benchmark client) needs libb64.so.0d
+#   fonts-wqy-microhei  a CJK font so pictures can show Chinese report text
+set -euo pipefail
+PKGS=(libpython3.11 libb64-0d fonts-wqy-microhei)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null; then SUDO="sudo"; else
+    echo "apt.sh: need root to install: ${missing[*]}" >&2; exit 1; fi
+fi
+echo "apt.sh: installing ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
