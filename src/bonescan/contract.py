@@ -56,7 +56,7 @@ def from_model_frame(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 #: Dividing by the view mean removes the injected-dose / scan-speed scale; log compresses the
 #: bladder and hot lesions. The torch implementation is ``bonescan.model.unet.normalize_counts``;
 #: :func:`normalize_counts_np` is the numpy twin used only by tests to check it.
-COUNT_EPS = 1.0
+COUNT_EPS = 0.01
 COUNT_SCALE = 1.0
 
 
@@ -143,11 +143,20 @@ ENS_MASK = TensorSpec("MASK", "uint8", (1, IMAGE_HEIGHT, IMAGE_WIDTH), "1 = lesi
 ENS_PROBABILITY = TensorSpec("PROBABILITY", "float32", (1, IMAGE_HEIGHT, IMAGE_WIDTH), "sigmoid(logits)")
 ENS_LESIONS = TensorSpec("LESIONS", "object", (1,), "JSON list of lesions (see postprocess)")
 
+# Steps inside the ensemble (python-backend models).
+PIXEL_SPACING = TensorSpec("pixel_spacing", "float32", (2,), "checked pixel spacing")
+PREPROCESS_INPUTS = (ENS_IMAGE, ENS_PIXEL_SPACING)
+PREPROCESS_OUTPUTS = (IMAGE, PIXEL_SPACING)
+TOKENIZER_INPUTS = (ENS_REPORT,)
+TOKENIZER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK)
+POSTPROCESS_INPUTS = (LOGITS, PIXEL_SPACING)
+
 ENSEMBLE_INPUTS = (ENS_IMAGE, ENS_REPORT, ENS_PIXEL_SPACING)
 ENSEMBLE_UNET_INPUTS = (ENS_IMAGE, ENS_PIXEL_SPACING)
 ENSEMBLE_OUTPUTS = (ENS_MASK, ENS_PROBABILITY, ENS_LESIONS)
 
 # ----------------------------------------------------------------------------- Triton model names
+PREPROCESS_MODEL = "preprocess"
 ENSEMBLE_MODEL = "bonescan"
 ENSEMBLE_UNET_MODEL = "bonescan_unet"
 TOKENIZER_MODEL = "tokenizer"

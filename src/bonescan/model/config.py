@@ -1,0 +1,93 @@
+"""Model and training configurations: ``demo`` (a 2-core CPU, minutes) and ``paper`` (realistic cost)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from bonescan.contract import TOKENIZER
+
+
+@dataclass
+class TextConfig:
+    """A BERT encoder; ``paper`` is hfl/chinese-macbert-base's shape (12 x 768, vocab 21128)."""
+
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 2
+    intermediate: int = 256
+    vocab_size: int = 0  # 0 = the tokenizer's vocabulary size
+    max_positions: int = TOKENIZER.max_tokens
+    dropout: float = 0.1
+
+
+@dataclass
+class ModelConfig:
+    model: str = "dualpath"  # dualpath | unet
+    width: int = 16  # channels of the first U-Net stage; doubles per stage
+    depth: int = 4  # number of downsamplings
+    stem_stride: int = 2  # 2 = the encoder starts at half resolution (demo: 4x cheaper)
+    fusion: str = "xattn"  # xattn (GuideDecoder-style cross-attention) | gate (pooled-text channel gate)
+    fusion_stages: int = 2  # fuse at the bottleneck and the next (n - 1) decoder stages
+    fusion_heads: int = 4
+    prior: bool = True  # the report's veto map (TextPrior) on the logits
+    text: TextConfig = field(default_factory=TextConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> ModelConfig:
+        d = dict(d)
+        text = TextConfig(**d.pop("text", {}))
+        known = {f.name for f in fields(ModelConfig)}
+        return ModelConfig(text=text, **{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 400
+    batch_size: int = 8
+    lr: float = 2e-3
+    text_lr: float = 2e-3
+    weight_decay: float = 1e-4
+    report_dropout: float = 0.2  # share of training samples whose report is replaced by ""
+    grounding_weight: float = 1.0  # weight of the loss of the report's veto map (dualpath)
+    warmup_steps: int = 30
+    crop_rows: int = 512  # train on random row crops this tall (0 = whole images); inference is whole-image
+    eval_every: int = 0  # also evaluate on (up to 50) validation cases every n steps; 0 = only at the end
+    max_minutes: float = 0.0  # 0 = no time limit; otherwise stop early (the schedule is compressed)
+    threads: int = 2
+
+
+PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
+    "demo": (ModelConfig(), TrainConfig()),
+    "paper": (
+        ModelConfig(
+            width=64,
+            depth=4,
+            stem_stride=1,
+            fusion_stages=3,
+            fusion_heads=8,
+            text=TextConfig(hidden=768, layers=12, heads=12, intermediate=3072, vocab_size=21128, max_positions=512),
+        ),
+        TrainConfig(steps=20000, batch_size=8, lr=3e-4, text_lr=3e-5),
+    ),
+    # for tests: seconds, not minutes
+    "tiny": (
+        ModelConfig(width=4, depth=3, stem_stride=2, fusion_stages=2, fusion_heads=2,
+                    text=TextConfig(hidden=32, layers=1, heads=2, intermediate=64)),
+        TrainConfig(steps=20, batch_size=2, lr=3e-3, warmup_steps=2, crop_rows=256),
+    ),
+}
+
+
+def preset(name: str, model: str = "dualpath", fusion: str | None = None) -> tuple[ModelConfig, TrainConfig]:
+    if name not in PRESETS:
+        raise ValueError(f"unknown config {name!r}; choose one of {sorted(PRESETS)}")
+    m, t = PRESETS[name]
+    m = ModelConfig.from_dict(m.to_dict())
+    m.model = model
+    if fusion:
+        m.fusion = fusion
+    return m, TrainConfig(**asdict(t))

@@ -1,0 +1,168 @@
+"""The dual-path network, split into exactly the two graphs that get deployed.
+
+* ``TextEncoder``: (input_ids, attention_mask) -> text_features [B, T, D] (a BERT / MacBERT);
+* ``Segmenter``:  (image, text_features, attention_mask) -> logits [B, 1, H, W]
+  (count normalisation, U-Net encoder, decoder with text fusion at the coarser stages, head).
+
+``model="unet"`` is the identical image path with no fusion (the baseline).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bonescan.contract import IMAGE_CHANNELS, IMAGE_HEIGHT, IMAGE_WIDTH
+from bonescan.model.config import ModelConfig, TextConfig
+from bonescan.model.fusion import FUSIONS, TextPrior
+from bonescan.model.unet import Encoder, Head, UpBlock, normalize_counts
+
+
+def bert_config(cfg: TextConfig, vocab_size: int):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=cfg.vocab_size or vocab_size,
+        hidden_size=cfg.hidden,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        intermediate_size=cfg.intermediate,
+        max_position_embeddings=max(cfg.max_positions, 8),
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
+        type_vocab_size=2,
+        pad_token_id=0,
+    )
+
+
+class TextEncoder(nn.Module):
+    """BERT encoder: input_ids, attention_mask int32 [B, T] -> last hidden state float32 [B, T, D].
+
+    transformers 5 models must be called with keyword arguments; this wrapper gives the graph
+    positional inputs for export.
+    """
+
+    def __init__(self, cfg: TextConfig, vocab_size: int, pretrained_dir: str | Path | None = None,
+                 bert_config_dict: dict | None = None):
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        if pretrained_dir is not None:  # a local MacBERT folder (config.json + weights), offline
+            self.bert = BertModel.from_pretrained(str(pretrained_dir), local_files_only=True, add_pooling_layer=False,
+                                                  attn_implementation="eager")
+        else:
+            if bert_config_dict is not None:  # from a checkpoint
+                skip = ("architectures", "transformers_version")
+                bc = BertConfig(**{k: v for k, v in bert_config_dict.items() if k not in skip})
+            else:
+                bc = bert_config(cfg, vocab_size)
+            self.bert = BertModel(bc, add_pooling_layer=False)
+            self.bert.set_attn_implementation("eager")
+        self.hidden = int(self.bert.config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids))
+        return out.last_hidden_state
+
+
+class Segmenter(nn.Module):
+    """image [B, 2, H, W] raw counts (+ text_features [B, T, D], attention_mask [B, T]) -> logits [B, 1, H, W]."""
+
+    def __init__(self, cfg: ModelConfig, text_dim: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(IMAGE_CHANNELS, cfg.width, cfg.depth, cfg.stem_stride)
+        ch = self.encoder.channels
+        self.ups = nn.ModuleList(UpBlock(ch[i + 1], ch[i], ch[i]) for i in reversed(range(cfg.depth)))
+        self.head = Head(cfg.width, IMAGE_CHANNELS, cfg.stem_stride)
+        self.fusions = nn.ModuleList()
+        self.prior: TextPrior | None = None
+        self.text_guided = cfg.model == "dualpath"
+        if self.text_guided:
+            if text_dim <= 0:
+                raise ValueError("a dualpath segmenter needs the text encoder's hidden size")
+            fusion_cls = FUSIONS[cfg.fusion]
+            down = cfg.stem_stride * 2**cfg.depth
+            h, w = IMAGE_HEIGHT // down, IMAGE_WIDTH // down
+            # stage 0 = bottleneck, stage j = output of the j-th up block
+            for j in range(min(cfg.fusion_stages, cfg.depth + 1)):
+                c = ch[cfg.depth - j]
+                self.fusions.append(fusion_cls(c, text_dim, cfg.fusion_heads, (h * 2**j, w * 2**j)))
+            if cfg.prior:
+                self.prior = TextPrior(text_dim, ch[cfg.depth], cfg.fusion_heads, (h, w))
+                # the report's veto enters the logits as prior_scale * log(sigmoid(prior map))
+                self.prior_scale = nn.Parameter(torch.ones(1))
+
+    @property
+    def row_multiple(self) -> int:
+        """Training crops must start on a multiple of this many rows (the coarsest stage's stride)."""
+        return self.cfg.stem_stride * 2**self.cfg.depth
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        text_features: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rows: tuple[int, int] | None = None,
+        return_grounding: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """rows: (first, end) row crop for training; counts are normalised on the whole image first,
+        and the fusion's position code is taken at the crop's rows. Inference uses the whole image.
+        return_grounding: also return each fusion block's grounding logits (training loss)."""
+        x0 = normalize_counts(image)
+        row0 = 0
+        if rows is not None:
+            if rows[0] % self.row_multiple or (rows[1] - rows[0]) % self.row_multiple:
+                raise ValueError(f"crop rows must be multiples of {self.row_multiple}, got {rows}")
+            x0 = x0[:, :, rows[0] : rows[1]]
+            row0 = rows[0]
+        skips = self.encoder(x0)
+        x = skips[-1]
+        fuse = self.text_guided
+        if fuse and (text_features is None or attention_mask is None):
+            raise ValueError("the dualpath segmenter needs text_features and attention_mask")
+        down = self.row_multiple
+        if fuse and len(self.fusions) > 0:
+            x = self.fusions[0](x, text_features, attention_mask, row0 // down)
+        for j, up in enumerate(self.ups, start=1):
+            x = up(x, skips[-1 - j])
+            if fuse and j < len(self.fusions):
+                x = self.fusions[j](x, text_features, attention_mask, row0 * 2**j // down)
+        logits = self.head(x, x0)
+        grounding: list[torch.Tensor] = []
+        if fuse and self.prior is not None:
+            cells = (rows[0] // down, rows[1] // down) if rows is not None else None
+            g = self.prior(text_features, attention_mask, cells)
+            grounding.append(g)
+            # a constant scale factor (not a size) keeps every dim static in the exported graph
+            up_g = F.interpolate(g, scale_factor=float(down), mode="bilinear", align_corners=False)
+            logits = logits + self.prior_scale * F.logsigmoid(up_g)
+        return (logits, grounding) if return_grounding else logits
+
+
+class BoneScanNet(nn.Module):
+    """The whole model for training: (image, input_ids, attention_mask) -> logits."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int = 0, pretrained_text: str | Path | None = None,
+                 bert_config_dict: dict | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.text_encoder: TextEncoder | None = None
+        text_dim = 0
+        if cfg.model == "dualpath":
+            self.text_encoder = TextEncoder(cfg.text, vocab_size, pretrained_text, bert_config_dict)
+            text_dim = self.text_encoder.hidden
+        elif cfg.model != "unet":
+            raise ValueError(f"model must be 'dualpath' or 'unet', got {cfg.model!r}")
+        self.segmenter = Segmenter(cfg, text_dim)
+
+    def forward(self, image: torch.Tensor, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                rows: tuple[int, int] | None = None, return_grounding: bool = False):
+        if self.text_encoder is None:
+            return self.segmenter(image, rows=rows, return_grounding=return_grounding)
+        assert input_ids is not None and attention_mask is not None
+        feats = self.text_encoder(input_ids, attention_mask)
+        return self.segmenter(image, feats, attention_mask, rows=rows, return_grounding=return_grounding)

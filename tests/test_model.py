@@ -1,0 +1,203 @@
+"""The network, its two deployable halves, checkpoints, tokenizer, metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bonescan.contract import IMAGE_HEIGHT, IMAGE_WIDTH, TOKENIZER, normalize_counts_np, to_model_frame
+from bonescan.data.synth import synth_case
+from bonescan.evaluate import derangement, select_reports
+from bonescan.metrics import scan_metrics, summarize
+from bonescan.model.checkpoint import Checkpoint, load_checkpoint, read_tokenizer_files, save_checkpoint
+from bonescan.model.config import preset
+from bonescan.model.network import BoneScanNet
+from bonescan.model.unet import normalize_counts
+from bonescan.tokenize import ReportError, ReportTokenizer, decode_report, train_wordpiece
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return [synth_case(5, i) for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory, cases):
+    d = tmp_path_factory.mktemp("tok")
+    train_wordpiece([c.report for c in cases] * 3, d, vocab_size=400)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tok_dir):
+    return ReportTokenizer(tok_dir / "tokenizer.json")
+
+
+def _batch(cases, tokenizer):
+    img = torch.from_numpy(np.stack([to_model_frame(c.anterior, c.posterior) for c in cases]))
+    ids, am = tokenizer([c.report for c in cases])
+    return img, torch.from_numpy(ids), torch.from_numpy(am)
+
+
+def _tiny(model="dualpath", fusion=None, vocab=400, seed=0):
+    torch.manual_seed(seed)
+    mcfg, _ = preset("tiny", model, fusion)
+    return BoneScanNet(mcfg, vocab_size=vocab).eval()
+
+
+def test_tokenizer_contract(tokenizer, cases):
+    ids, am = tokenizer([cases[0].report, ""])
+    assert ids.dtype == np.int32 and am.dtype == np.int32
+    assert ids.shape == (2, TOKENIZER.max_tokens)
+    cls, sep = tokenizer.tok.token_to_id("[CLS]"), tokenizer.tok.token_to_id("[SEP]")
+    assert ids[0, 0] == cls and ids[1, :2].tolist() == [cls, sep]
+    assert am[1].sum() == 2 and (ids[1, 2:] == TOKENIZER.pad_token_id).all()
+    assert 20 < am[0].sum() <= TOKENIZER.max_tokens
+    # Chinese characters are single tokens, as in MacBERT's vocabulary
+    assert tokenizer.tok.encode("胸椎", add_special_tokens=False).tokens[:2] == ["胸", "椎"]
+    assert "[UNK]" not in tokenizer.tok.encode("T7 L12 C3", add_special_tokens=False).tokens
+    long_ids, long_am = tokenizer(["胸" * 5000])
+    assert long_am.sum() == TOKENIZER.max_tokens  # truncated, not refused
+
+
+def test_report_decoding_errors_never_echo_text():
+    secret = "患者李四"
+    with pytest.raises(ReportError) as e:
+        decode_report(secret.encode("gbk"))
+    assert "UTF-8" in str(e.value) and secret not in str(e.value)
+    with pytest.raises(ReportError) as e:
+        decode_report(("骨" * (TOKENIZER.max_report_chars + 1)).encode())
+    assert "limit" in str(e.value) and "骨骨" not in str(e.value)
+    assert decode_report(b"") == ""
+
+
+@pytest.mark.parametrize("model", ["dualpath", "unet"])
+def test_output_shapes(model, cases, tokenizer):
+    net = _tiny(model)
+    img, ids, am = _batch(cases[:2], tokenizer)
+    with torch.no_grad():
+        y = net(img, ids, am) if model == "dualpath" else net(img)
+    assert y.shape == (2, 1, IMAGE_HEIGHT, IMAGE_WIDTH) and y.dtype == torch.float32
+    if model == "dualpath":
+        feats = net.text_encoder(ids, am)
+        assert feats.shape == (2, TOKENIZER.max_tokens, net.text_encoder.hidden)
+        y2 = net.segmenter(img, feats, am)
+        assert torch.equal(y, y2)  # the two deployable graphs compose to the whole model
+
+
+@pytest.mark.parametrize("fusion", ["xattn", "gate"])
+def test_padding_tokens_change_nothing(fusion, cases, tokenizer):
+    net = _tiny("dualpath", fusion)
+    with torch.no_grad():  # make the text matter
+        for f in net.segmenter.fusions:
+            if hasattr(f, "scale"):
+                f.scale.fill_(50.0)
+            else:
+                torch.nn.init.normal_(f.fc.weight, std=20.0)
+    img, ids, am = _batch(cases[:1], tokenizer)
+    n = int(am.sum())
+    short_ids, short_am = ids[:, : n + 3], am[:, : n + 3]
+    garbage = ids.clone()
+    garbage[:, n:] = 7  # whatever sits under mask 0 is ignored
+    with torch.no_grad():
+        full = net(img, ids, am)
+        short = net(img, short_ids, short_am)
+        junk = net(img, garbage, am)
+    pad_effect = float(torch.maximum((full - short).abs().max(), (full - junk).abs().max()))
+    assert pad_effect < 1e-6, pad_effect
+    # ... while the report itself does matter to the fusion block
+    other_ids, other_am = map(torch.from_numpy, tokenizer([cases[3].report]))
+    block = net.segmenter.fusions[0]
+    x = torch.rand(1, block.fc.out_features if fusion == "gate" else block.q.in_features, 8, 8)
+    if fusion == "xattn":
+        x = torch.rand(1, block.q.in_features, *block.pos.shape[-2:])
+    with torch.no_grad():
+        a = block(x, net.text_encoder(ids, am), am)
+        b = block(x, net.text_encoder(other_ids, other_am), other_am)
+    assert float((a - b).abs().max()) > 1e-3
+
+
+def test_overfits_one_batch(cases, tokenizer):
+    from monai.losses import DiceCELoss
+
+    torch.manual_seed(0)
+    mcfg, _ = preset("tiny", "dualpath")
+    mcfg.width = 8
+    net = BoneScanNet(mcfg, vocab_size=400)
+    pos = [c for c in cases if c.mask.any()][:2]
+    img, ids, am = _batch(pos, tokenizer)
+    mask = torch.from_numpy(np.stack([c.mask for c in pos]).astype(np.float32))[:, None]
+    opt = torch.optim.AdamW(net.parameters(), 1e-2)
+    loss_fn = DiceCELoss(sigmoid=True, batch=True)
+    first = None
+    for _ in range(80):
+        loss = loss_fn(net(img, ids, am), mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first if first is not None else float(loss)
+    net.eval()
+    with torch.no_grad():
+        pred = net(img, ids, am) > 0
+    dsc = scan_metrics(pred[0, 0].numpy(), pos[0].mask)["dsc"]
+    assert float(loss) < 0.5 * first, (first, float(loss))
+    assert dsc > 0.5, dsc
+
+
+@pytest.mark.parametrize("model", ["dualpath", "unet"])
+def test_checkpoint_round_trip(model, tmp_path: Path, cases, tokenizer, tok_dir):
+    net = _tiny(model, seed=3)
+    files = read_tokenizer_files(tok_dir) if model == "dualpath" else {}
+    path = save_checkpoint(tmp_path / "m.pt", net, files, {"seed": 3})
+    ck = load_checkpoint(path)
+    assert isinstance(ck, Checkpoint) and ck.metadata["seed"] == 3 and ck.cfg == net.cfg
+    img, ids, am = _batch(cases[:2], tokenizer)
+    with torch.no_grad():
+        a = net(img, ids, am) if model == "dualpath" else net(img)
+        b = ck.net(img, ids, am) if model == "dualpath" else ck.net(img)
+    assert torch.equal(a, b)
+    if model == "dualpath":
+        assert ck.report_tokenizer()([cases[0].report])[0].tolist() == tokenizer([cases[0].report])[0].tolist()
+
+
+def test_count_normalisation_matches_contract():
+    x = np.random.default_rng(0).poisson(5.0, size=(2, 2, 64, 32)).astype(np.float32)
+    x[0, 0, :5] = 900
+    t = normalize_counts(torch.from_numpy(x)).numpy()
+    assert np.allclose(t, normalize_counts_np(x), atol=1e-6)
+    # dose invariant: scaling all counts leaves it (almost) unchanged
+    assert np.allclose(normalize_counts_np(x * 3), normalize_counts_np(x), atol=0.01)
+
+
+def test_metrics_on_hand_made_masks():
+    gt = np.zeros((8, 8), bool)
+    gt[1:3, 1:3] = True  # lesion A, 4 px
+    gt[5:7, 5:8] = True  # lesion B, 6 px
+    pred = np.zeros_like(gt)
+    pred[1:3, 1:2] = True  # 2 px of A
+    pred[0, 7] = True  # a false positive component
+    m = scan_metrics(pred, gt)
+    assert m["tp"] == 2 and m["fp"] == 1 and m["fn"] == 8
+    assert m["dsc"] == pytest.approx(2 * 2 / (3 + 10))
+    assert m["iou"] == pytest.approx(2 / 11)
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(0.2)
+    assert m["gt_lesions"] == 2 and m["detected_lesions"] == 1 and m["fp_components"] == 1
+    empty = np.zeros_like(gt)
+    assert scan_metrics(empty, empty)["dsc"] == 1.0  # negative scan, clean prediction
+    assert scan_metrics(pred, empty)["dsc"] == 0.0  # negative scan, false positives
+    s = summarize([m, scan_metrics(empty, empty)])
+    assert s["lesion_sensitivity"] == pytest.approx(0.5) and s["fp_per_scan"] == pytest.approx(0.5)
+    assert s["negative_scans_clean"] == 1.0
+
+
+def test_shuffled_reports_never_keep_their_own():
+    for n in (2, 3, 10, 201):
+        p = derangement(n, 0)
+        assert sorted(p) == list(range(n)) and not (p == np.arange(n)).any()
+    r = ["a", "b", "c"]
+    assert select_reports(r, "empty") == ["", "", ""] and select_reports(r, "true") == r
