@@ -1,0 +1,223 @@
+"""``bonescan export onnx``: a checkpoint -> text_encoder.onnx + segmenter.onnx + description.
+
+Output folder::
+
+    model.json            # every input/output (name, dtype, shape with symbolic dims), config, versions
+    text_encoder.onnx     # dualpath only: (input_ids, attention_mask) -> text_features
+    segmenter.onnx        # (image[, text_features, attention_mask]) -> logits
+    tokenizer/            # tokenizer.json (+ vocab.txt, configs), dualpath only
+
+Graphs have a dynamic batch dimension (and a dynamic token dimension for text), are simplified
+with onnxslim (constant folding, dead-node removal), and pass ``onnx.checker`` and strict shape
+inference. The Triton configs and the client are generated from model.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bonescan import contract as C
+from bonescan.errors import BonescanError
+
+log = logging.getLogger("bonescan.export")
+
+FORMAT = "bonescan-export/1"
+OPSET = 17
+BATCH = "batch"
+TOKENS = "tokens"
+DESCRIPTION = "model.json"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _dims(vi) -> list[str | int]:
+    out: list[str | int] = []
+    for d in vi.type.tensor_type.shape.dim:
+        out.append(d.dim_param if d.dim_param else int(d.dim_value))
+    return out
+
+
+def describe_graph(path: Path) -> dict[str, Any]:
+    """Inputs / outputs of an ONNX file as plain data."""
+    import onnx
+    from onnx import helper
+
+    m = onnx.load(str(path), load_external_data=False)
+
+    def io(vis) -> list[dict[str, Any]]:
+        return [
+            {"name": v.name, "dtype": str(helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)), "shape": _dims(v)}
+            for v in vis
+        ]
+
+    return {"file": path.name, "sha256": sha256(path), "inputs": io(m.graph.input), "outputs": io(m.graph.output),
+            "opset": int(next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))), "nodes": len(m.graph.node)}
+
+
+def check_against_contract(graph: dict[str, Any], inputs: tuple[C.TensorSpec, ...], outputs: tuple[C.TensorSpec, ...]) -> None:
+    """The exported graph's tensors must be the contract's: names, dtypes, static dims."""
+    for kind, got, want in (("input", graph["inputs"], inputs), ("output", graph["outputs"], outputs)):
+        if [g["name"] for g in got] != [w.name for w in want]:
+            raise BonescanError(f"{graph['file']}: {kind}s {[g['name'] for g in got]} != contract {[w.name for w in want]}")
+        for g, w in zip(got, want):
+            if g["dtype"] != w.dtype:
+                raise BonescanError(f"{graph['file']}: {kind} {g['name']} is {g['dtype']}, the contract says {w.dtype}")
+            dims = g["shape"][1:]  # without batch
+            if len(dims) != len(w.dims):
+                raise BonescanError(f"{graph['file']}: {kind} {g['name']} has rank {len(g['shape'])}, expected {len(w.dims) + 1}")
+            for d, wd in zip(dims, w.dims):
+                if wd != C.DYN and d != wd:
+                    raise BonescanError(f"{graph['file']}: {kind} {g['name']} dims {g['shape']} do not match {w.dims}")
+
+
+def simplify(path: Path) -> None:
+    """Constant folding and clean-up with onnxslim, then checker + strict shape inference."""
+    import onnx
+    import onnxslim
+
+    model = onnx.load(str(path))
+    slim = onnxslim.slim(model)
+    onnx.save(slim, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    onnx.shape_inference.infer_shapes_path(str(path), strict_mode=True)
+
+
+def _export(module, args: tuple, path: Path, input_names: list[str], output_names: list[str], dynamic: dict[str, dict[int, str]]) -> None:
+    import torch
+
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, simplify_graphs: bool = True) -> dict[str, Any]:
+    """Export both graphs of a checkpoint; returns the description written to model.json."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    from bonescan.model.checkpoint import load_checkpoint, write_tokenizer_files
+
+    t0 = time.perf_counter()
+    ckpt = load_checkpoint(checkpoint)
+    net = ckpt.net.eval()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    graphs: dict[str, Any] = {}
+    batch = 2
+    image = torch.rand(batch, *C.IMAGE_DIMS) * 50
+    if net.text_encoder is not None:
+        tok = ckpt.report_tokenizer()
+        ids, mask = tok(["检查所见：T7椎体见放射性浓聚。", ""])
+        ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
+        p = out / "text_encoder.onnx"
+        _export(net.text_encoder, (ids_t, mask_t), p, ["input_ids", "attention_mask"], ["text_features"],
+                {"input_ids": {0: BATCH, 1: TOKENS}, "attention_mask": {0: BATCH, 1: TOKENS}, "text_features": {0: BATCH, 1: TOKENS}})
+        if simplify_graphs:
+            simplify(p)
+        graphs["text_encoder"] = describe_graph(p)
+        check_against_contract(graphs["text_encoder"], C.TEXT_ENCODER_INPUTS, C.TEXT_ENCODER_OUTPUTS)
+        with torch.no_grad():
+            feats = net.text_encoder(ids_t, mask_t)
+        p = out / "segmenter.onnx"
+        _export(net.segmenter, (image, feats, mask_t), p, ["image", "text_features", "attention_mask"], ["logits"],
+                {"image": {0: BATCH}, "text_features": {0: BATCH, 1: TOKENS}, "attention_mask": {0: BATCH, 1: TOKENS}, "logits": {0: BATCH}})
+        if simplify_graphs:
+            simplify(p)
+        graphs["segmenter"] = describe_graph(p)
+        check_against_contract(graphs["segmenter"], C.SEGMENTER_INPUTS, C.SEGMENTER_OUTPUTS)
+        write_tokenizer_files(ckpt.tokenizer_files, out / "tokenizer")
+    else:
+        p = out / "segmenter.onnx"
+        _export(net.segmenter, (image,), p, ["image"], ["logits"], {"image": {0: BATCH}, "logits": {0: BATCH}})
+        if simplify_graphs:
+            simplify(p)
+        graphs["segmenter"] = describe_graph(p)
+        check_against_contract(graphs["segmenter"], C.SEGMENTER_UNET_INPUTS, C.SEGMENTER_OUTPUTS)
+    desc = {
+        "format": FORMAT,
+        "model": ckpt.cfg.model,
+        "config": ckpt.cfg.to_dict(),
+        "text_hidden": net.text_encoder.hidden if net.text_encoder is not None else None,
+        "graphs": graphs,
+        "contract": C.spec_table(),
+        "checkpoint": {
+            "file": str(Path(checkpoint).resolve()),
+            "sha256": sha256(Path(checkpoint)),
+            "seed": ckpt.metadata.get("seed"),
+            "config_name": ckpt.metadata.get("config_name"),
+            "steps_done": ckpt.metadata.get("steps_done"),
+            "validation_dsc": (ckpt.metadata.get("validation") or {}).get("dsc", {}).get("mean"),
+        },
+        "versions": {"torch": str(torch.__version__), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "opset": OPSET},
+        "export_seconds": round(time.perf_counter() - t0, 1),
+    }
+    (out / DESCRIPTION).write_text(json.dumps(desc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    log.info("exported %s to %s in %.1f s", ckpt.cfg.model, out, desc["export_seconds"])
+    return desc
+
+
+def read_description(export_dir: str | Path) -> dict[str, Any]:
+    p = Path(export_dir) / DESCRIPTION
+    if not p.is_file():
+        raise BonescanError(f"{p}: missing; run `bonescan export onnx` first")
+    d = json.loads(p.read_text(encoding="utf-8"))
+    if d.get("format") != FORMAT:
+        raise BonescanError(f"{p}: not a {FORMAT} description")
+    return d
+
+
+def ort_session(path: str | Path, threads: int = 2):
+    """An onnxruntime CPU session with the project's settings (used by parity checks and benchmarks)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+class OrtPipeline:
+    """In-process onnxruntime running the exported graphs, the way Triton runs them."""
+
+    def __init__(self, export_dir: str | Path, threads: int = 2):
+        from bonescan.tokenize import ReportTokenizer
+
+        self.dir = Path(export_dir)
+        self.desc = read_description(self.dir)
+        self.text_guided = "text_encoder" in self.desc["graphs"]
+        self.seg = ort_session(self.dir / "segmenter.onnx", threads)
+        self.text = ort_session(self.dir / "text_encoder.onnx", threads) if self.text_guided else None
+        self.tokenizer = ReportTokenizer(self.dir / "tokenizer" / "tokenizer.json") if self.text_guided else None
+
+    def logits(self, images: np.ndarray, reports: list[str] | None = None) -> np.ndarray:
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        if not self.text_guided:
+            return self.seg.run(["logits"], {"image": images})[0]
+        assert self.tokenizer is not None and self.text is not None
+        ids, mask = self.tokenizer(reports if reports is not None else [""] * len(images))
+        feats = self.text.run(["text_features"], {"input_ids": ids, "attention_mask": mask})[0]
+        return self.seg.run(["logits"], {"image": images, "text_features": feats, "attention_mask": mask})[0]

@@ -1,0 +1,96 @@
+"""``bonescan export check``: do the exported graphs compute what the checkpoint computes?
+
+On held-out cases it runs PyTorch (the checkpoint) and onnxruntime (the export) on the same
+inputs and reports the largest |logit difference| and the DSC between the two binary masks;
+it also runs the graphs at every batch size 1..max and checks each sample's result equals the
+batch-1 result. Targets (FP32): max |logit diff| <= 1e-3, mean mask DSC >= 0.999.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bonescan.contract import THRESHOLD
+
+MAX_LOGIT_DIFF = 1e-3
+MIN_MASK_DSC = 0.999
+
+
+def mask_dsc(a: np.ndarray, b: np.ndarray) -> float:
+    """DSC between two binary masks; 1.0 when both are empty (the same masks)."""
+    a = a.astype(bool)
+    b = b.astype(bool)
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
+
+
+def check_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Path, split: str = "test", n: int = 16,
+                 max_batch: int = 4, json_out: str | Path | None = None, threads: int = 2, progress: bool = True) -> dict[str, Any]:
+    from bonescan.export.onnx_export import OrtPipeline, read_description
+    from tqdm import tqdm
+
+    from bonescan.data.dataset import BoneScanDataset
+    from bonescan.model.checkpoint import Predictor
+
+    t0 = time.perf_counter()
+    desc = read_description(export_dir)
+    torch_model = Predictor(checkpoint, threads=threads)
+    ort_model = OrtPipeline(export_dir, threads=threads)
+    ds = BoneScanDataset(data, split, require_mask=False)
+    samples = []
+    for s in ds.samples():
+        samples.append(s)
+        if len(samples) >= n:
+            break
+    thr = float(np.log(THRESHOLD / (1 - THRESHOLD)))
+    per_case = []
+    for s in tqdm(samples, desc="parity", unit="case", disable=not progress, leave=False):
+        img = s.image[None]
+        lt = torch_model.logits(img, [s.report])
+        lo = ort_model.logits(img, [s.report])
+        per_case.append({
+            "case_id": s.case_id,
+            "max_abs_logit_diff": float(np.abs(lt - lo).max()),
+            "mask_dsc": mask_dsc(lt[0, 0] >= thr, lo[0, 0] >= thr),
+            "pixels_differing": int(((lt >= thr) != (lo >= thr)).sum()),
+        })
+    # dynamic batch: every batch size gives each sample its batch-1 answer
+    imgs = np.stack([s.image for s in samples[:max_batch]])
+    reps = [s.report for s in samples[:max_batch]]
+    single = np.concatenate([ort_model.logits(imgs[i : i + 1], reps[i : i + 1]) for i in range(len(imgs))])
+    batch_diffs = {}
+    for b in range(1, len(imgs) + 1):
+        out = ort_model.logits(imgs[:b], reps[:b])
+        batch_diffs[str(b)] = float(np.abs(out - single[:b]).max())
+    max_diff = max(c["max_abs_logit_diff"] for c in per_case)
+    mean_dsc = float(np.mean([c["mask_dsc"] for c in per_case]))
+    res = {
+        "export": str(export_dir),
+        "checkpoint": str(checkpoint),
+        "model": desc["model"],
+        "config_name": desc["checkpoint"].get("config_name"),
+        "split": split,
+        "cases": len(per_case),
+        "precision": "fp32",
+        "max_abs_logit_diff": max_diff,
+        "mean_mask_dsc": mean_dsc,
+        "min_mask_dsc": float(min(c["mask_dsc"] for c in per_case)),
+        "batch_consistency_max_diff": batch_diffs,
+        "targets": {"max_abs_logit_diff": MAX_LOGIT_DIFF, "mean_mask_dsc": MIN_MASK_DSC},
+        "ok": bool(max_diff <= MAX_LOGIT_DIFF and mean_dsc >= MIN_MASK_DSC and max(batch_diffs.values()) <= MAX_LOGIT_DIFF),
+        "per_case": per_case,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    print(f"parity {desc['model']} ({res['config_name']}): onnxruntime vs PyTorch on {len(per_case)} {split} cases: "
+          f"max |logit diff| {max_diff:.2e} (target <= {MAX_LOGIT_DIFF:g}), mean mask DSC {mean_dsc:.6f} "
+          f"(target >= {MIN_MASK_DSC}); batch 1..{len(imgs)} max diff {max(batch_diffs.values()):.2e} -> "
+          f"{'OK' if res['ok'] else 'FAILED'}")
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(res, indent=1) + "\n")
+    return res

@@ -1,0 +1,146 @@
+"""ONNX export, parity with PyTorch, the TensorRT-compatibility lint, engine version checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from bonescan.export.onnx_export import OrtPipeline, read_description
+from bonescan.export.parity import check_parity
+from bonescan.export.trt import TRITON_TENSORRT, check_engine_version, export_trt, profile_shapes, require_gpu
+from bonescan.export.trt_compat import check_export, check_model
+from onnx import TensorProto, helper
+
+from bonescan import contract as C
+from bonescan.errors import BonescanError
+
+
+def test_export_writes_graphs_and_description(exports):
+    d = read_description(exports["dualpath"])
+    te, seg = d["graphs"]["text_encoder"], d["graphs"]["segmenter"]
+    assert [i["name"] for i in te["inputs"]] == ["input_ids", "attention_mask"]
+    assert te["inputs"][0]["dtype"] == "int32" and te["inputs"][0]["shape"] == ["batch", "tokens"]
+    assert seg["inputs"][0] == {"name": "image", "dtype": "float32", "shape": ["batch", *C.IMAGE_DIMS]}
+    assert seg["inputs"][1]["shape"] == ["batch", "tokens", d["text_hidden"]]
+    assert seg["outputs"][0]["shape"] == ["batch", 1, C.IMAGE_HEIGHT, C.IMAGE_WIDTH]
+    assert (exports["dualpath"] / "tokenizer" / "tokenizer.json").is_file()
+    for p in exports["dualpath"].glob("*.onnx"):
+        m = onnx.load(str(p))
+        onnx.checker.check_model(m, full_check=True)
+        assert not any(n.op_type == "Identity" for n in m.graph.node) or len(m.graph.node) > 0
+    u = read_description(exports["unet"])
+    assert list(u["graphs"]) == ["segmenter"] and [i["name"] for i in u["graphs"]["segmenter"]["inputs"]] == ["image"]
+
+
+@pytest.mark.parametrize("model", ["dualpath", "unet"])
+def test_onnxruntime_matches_pytorch(model, checkpoints, exports, dataset, tmp_path):
+    res = check_parity(checkpoints[model], exports[model], dataset, split="test", n=4, max_batch=3,
+                       json_out=tmp_path / "parity.json", progress=False)
+    assert res["max_abs_logit_diff"] <= 1e-3
+    assert res["mean_mask_dsc"] >= 0.999
+    # dynamic batch 1..max gives every sample its batch-1 answer
+    assert set(res["batch_consistency_max_diff"]) == {"1", "2", "3"}
+    assert max(res["batch_consistency_max_diff"].values()) <= 1e-4
+    assert json.loads((tmp_path / "parity.json").read_text())["ok"] is True
+
+
+def test_token_dimension_is_dynamic(exports, dataset):
+    pipe = OrtPipeline(exports["dualpath"])
+    ids, mask = pipe.tokenizer(["检查所见：T7椎体见放射性浓聚。"])
+    n = int(mask.sum())
+    full = pipe.text.run(["text_features"], {"input_ids": ids, "attention_mask": mask})[0]
+    short = pipe.text.run(["text_features"], {"input_ids": ids[:, : n + 2], "attention_mask": mask[:, : n + 2]})[0]
+    assert short.shape[1] == n + 2
+    assert np.abs(full[:, :n] - short[:, :n]).max() < 1e-4
+
+
+def test_exported_graphs_pass_the_tensorrt_lint(exports):
+    for m in ("dualpath", "unet"):
+        res = check_export(exports[m])
+        assert res["ok"], res["graphs"]
+
+
+def _graph(nodes, inputs, outputs, initializers=(), opset=17):
+    g = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_lint_names_an_unsupported_node():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "n"])
+    m = _graph([helper.make_node("Unique", ["x"], ["y"], name="dedupe_lesions")], [x], [y])
+    findings = check_model(m)
+    assert any(f.node == "dedupe_lesions" and f.op == "Unique" and "not supported" in f.rule for f in findings)
+    assert any(f.node == "y" and "dynamic" in f.rule for f in findings)  # only batch may be dynamic
+
+
+def test_lint_checks_documented_restrictions():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1, 16, 16])
+    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])
+    resize = helper.make_node("Resize", ["x", "", "scales"], ["y"], name="up_cubic", mode="cubic")
+    findings = check_model(_graph([resize], [x], [y], [scales], opset=18))
+    assert [str(f) for f in findings] == ["node 'up_cubic' (Resize): mode 'cubic' unsupported (nearest / linear only)"]
+    axes_in = helper.make_tensor_value_info("axes", TensorProto.INT64, [1])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch"])
+    red = helper.make_node("ReduceSum", ["x", "axes"], ["z"], name="sum_dynamic_axes", keepdims=0)
+    findings = check_model(_graph([red], [x, axes_in], [z], opset=18))
+    assert any(f.node == "sum_dynamic_axes" and "axes" in f.rule for f in findings)
+    assert any("opset" in f.rule for f in check_model(_graph([red], [x, axes_in], [z], opset=8)))
+
+
+def test_profiles_cover_the_triton_batch():
+    p = profile_shapes("segmenter", 8, 128)
+    assert p["image"].max == (8, *C.IMAGE_DIMS) and p["image"].min[0] == 1
+    assert p["text_features"].opt == (4, C.TOKENIZER.max_tokens, 128)
+    assert profile_shapes("text_encoder", 8, None)["input_ids"].max == (8, C.TOKENIZER.max_tokens)
+    with pytest.raises(BonescanError):
+        profile_shapes("segmenter", 0, 128)
+
+
+def test_engine_from_another_tensorrt_is_refused(tmp_path: Path):
+    plan = tmp_path / "segmenter.plan"
+    plan.write_bytes(b"not an engine")
+    with pytest.raises(BonescanError, match="unknown"):
+        check_engine_version(plan)
+    expected = TRITON_TENSORRT["24.10"]
+    (tmp_path / "segmenter.plan.json").write_text(json.dumps({"tensorrt_version": "8.6.1.6"}))
+    with pytest.raises(BonescanError, match=r"built with TensorRT 8\.6\.1\.6.*runs TensorRT 10\.5"):
+        check_engine_version(plan)
+    (tmp_path / "segmenter.plan.json").write_text(json.dumps({"tensorrt_version": expected + ".18"}))
+    assert check_engine_version(plan)["tensorrt_version"].startswith("10.5")
+
+
+def test_tensorrt_flavor_refuses_mismatched_engines(exports, tmp_path: Path):
+    import shutil
+
+    from bonescan.serving.repository import RepoOptions, build_repository
+
+    eng = tmp_path / "engines"
+    shutil.copytree(exports["dualpath"], eng)
+    profile = {"input_ids": {"max": [8, 256]}, "image": {"max": [8, 2, 1024, 256]}}
+    for g in ("text_encoder", "segmenter"):
+        (eng / f"{g}.plan").write_bytes(b"x")
+        (eng / f"{g}.plan.json").write_text(json.dumps({"tensorrt_version": "10.13.3.9", "profile": profile}))
+    with pytest.raises(BonescanError, match="TensorRT 10.13.3.9"):
+        build_repository(eng, tmp_path / "repo", RepoOptions(flavor="tensorrt", max_batch_size=8))
+    for g in ("text_encoder", "segmenter"):
+        (eng / f"{g}.plan.json").write_text(json.dumps({"tensorrt_version": "10.5.0.18", "profile": profile}))
+    m = build_repository(eng, tmp_path / "repo", RepoOptions(flavor="tensorrt", max_batch_size=8))
+    assert m["engines"]["segmenter"]["tensorrt_version"] == "10.5.0.18"
+    cfg = (tmp_path / "repo" / "segmenter" / "config.pbtxt").read_text()
+    assert 'platform: "tensorrt_plan"' in cfg and "graphs: true" in cfg
+    with pytest.raises(BonescanError, match="batch <= 8"):
+        build_repository(eng, tmp_path / "repo", RepoOptions(flavor="tensorrt", max_batch_size=16))
+
+
+def test_trt_export_stops_before_work_without_a_gpu(exports, tmp_path: Path):
+    with pytest.raises(BonescanError, match="TensorRT is not usable here|no NVIDIA GPU"):
+        require_gpu()
+    out = tmp_path / "engines"
+    with pytest.raises(BonescanError):
+        export_trt(exports["dualpath"], out, "fp16", 4)
+    assert not out.exists()  # stopped before any work
