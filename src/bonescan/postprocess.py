@@ -1,0 +1,81 @@
+"""Logits -> mask, probability map and a lesion list (the Triton ``postprocess`` model runs this file).
+
+Needs numpy and scipy only. A lesion is an 8-connected component of the thresholded probability
+map with at least ``contract.MIN_LESION_PIXELS`` pixels; for each one the list gives its area in
+pixels and mm² (from the pixel spacing), bounding box, centroid, mean and max probability, and the
+side of the patient it lies on (the model frame is the anterior view: image left = patient right).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from bonescan.contract import IMAGE_WIDTH, MIN_LESION_PIXELS, THRESHOLD
+
+EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    out = np.empty_like(x, dtype=np.float32)
+    np.negative(x, out=out)
+    np.exp(np.clip(out, -80, 80), out=out)
+    out += 1.0
+    np.reciprocal(out, out=out)
+    return out
+
+
+def lesions_of(mask: np.ndarray, prob: np.ndarray, spacing: tuple[float, float]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """mask [H, W] bool, prob [H, W] -> (mask without specks, lesion list sorted by area, largest first)."""
+    from scipy.ndimage import find_objects, label
+
+    lab, n = label(mask, structure=EIGHT)
+    keep = np.zeros(mask.shape, dtype=bool)
+    lesions: list[dict[str, Any]] = []
+    if n == 0:
+        return keep, lesions
+    px_area = float(spacing[0]) * float(spacing[1])
+    for k, sl in enumerate(find_objects(lab), start=1):
+        if sl is None:
+            continue
+        comp = lab[sl] == k
+        area = int(comp.sum())
+        if area < MIN_LESION_PIXELS:
+            continue
+        keep[sl] |= comp
+        ys, xs = np.nonzero(comp)
+        p = prob[sl][comp]
+        cy, cx = float(ys.mean() + sl[0].start), float(xs.mean() + sl[1].start)
+        lesions.append({
+            "area_px": area,
+            "area_mm2": round(area * px_area, 1),
+            "bbox": [int(sl[0].start), int(sl[1].start), int(sl[0].stop - 1), int(sl[1].stop - 1)],  # y0, x0, y1, x1
+            "centroid": [round(cy, 1), round(cx, 1)],
+            "mean_probability": round(float(p.mean()), 4),
+            "max_probability": round(float(p.max()), 4),
+            "side": "right" if cx < IMAGE_WIDTH / 2 else "left",  # patient's side
+        })
+    lesions.sort(key=lambda d: -d["area_px"])
+    for i, les in enumerate(lesions):
+        les["id"] = i
+    return keep, lesions
+
+
+def postprocess(logits: np.ndarray, spacing: np.ndarray, threshold: float = THRESHOLD) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """logits float32 [B, 1, H, W], spacing float32 [B, 2] ->
+    (mask uint8 [B, 1, H, W], probability float32 [B, 1, H, W], B lesion-list JSON strings)."""
+    logits = np.asarray(logits, dtype=np.float32)
+    if logits.ndim != 4 or logits.shape[1] != 1:
+        raise ValueError(f"logits must be [B, 1, H, W], got {list(logits.shape)}")
+    spacing = np.asarray(spacing, dtype=np.float32).reshape(len(logits), 2)
+    prob = sigmoid(logits)
+    masks = np.zeros(logits.shape, dtype=np.uint8)
+    out_json: list[str] = []
+    for b in range(len(logits)):
+        keep, lesions = lesions_of(prob[b, 0] >= threshold, prob[b, 0], (float(spacing[b, 0]), float(spacing[b, 1])))
+        masks[b, 0] = keep
+        out_json.append(json.dumps({"lesions": lesions, "count": len(lesions), "threshold": threshold,
+                                    "pixel_spacing_mm": [round(float(v), 4) for v in spacing[b]]}))
+    return masks, prob, out_json

@@ -1,0 +1,52 @@
+"""A Triton python-backend model that runs one ONNX graph with onnxruntime on the CPU.
+
+It serves ``text_encoder``, ``segmenter`` and ``segmenter_unet`` in the *embedded* flavor (the
+pip-installed Triton has the python backend only). Input / output names come from the model's
+config.pbtxt; ``parameters { key: "intra_op_threads" }`` sets onnxruntime's threads. The session
+is opened once in initialize(); execute() runs all queued requests as one batch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class OnnxRunnerModel:
+    def initialize(self, args: dict) -> None:
+        import onnxruntime as ort
+        import triton_python_backend_utils as pb_utils
+
+        self.pb = pb_utils
+        cfg = json.loads(args["model_config"])
+        self.name = cfg["name"]
+        self.inputs = [i["name"] for i in cfg["input"]]
+        self.outputs = [o["name"] for o in cfg["output"]]
+        params = {k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()}
+        threads = int(params.get("intra_op_threads", "2") or 2)
+        path = Path(args["model_repository"]) / args["model_version"] / params.get("onnx_file", "model.onnx")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # the ensemble's steps share the cores: a spinning idle pool would steal them from the next step
+        so.add_session_config_entry("session.intra_op.allow_spinning", params.get("allow_spinning", "0") or "0")
+        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        pb_utils.Logger.log_info(f"{self.name}: onnxruntime {ort.__version__}, {threads} threads, {path.name}")
+
+    def execute(self, requests: list) -> list:
+        from bonescan.serving.pybackend import concat_padded, fail_all, gather, respond
+
+        arrays, good, sizes, errors = gather(self.pb, requests, self.inputs)
+        outputs = {}
+        if good:
+            feeds = {n: concat_padded(arrays[n]) for n in self.inputs}
+            try:
+                result = self.session.run(self.outputs, feeds)
+            except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
+                return fail_all(self.pb, len(requests), f"{self.name} failed: {type(e).__name__}")
+            outputs = dict(zip(self.outputs, result))
+        return respond(self.pb, len(requests), good, sizes, errors, outputs)
+
+    def finalize(self) -> None:
+        self.session = None

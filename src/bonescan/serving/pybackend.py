@@ -1,0 +1,74 @@
+"""Helpers for Triton python-backend models: batch many requests into one array, split the result
+back, answer bad requests with an error of their own (the others in the batch still succeed).
+
+Runs inside Triton's python backend (``triton_python_backend_utils`` is importable there only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+
+def error_response(pb_utils, message: str):
+    code = getattr(getattr(pb_utils, "TritonError", None), "INVALID_ARG", None)
+    err = pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+    return pb_utils.InferenceResponse(output_tensors=[], error=err)
+
+
+def gather(pb_utils, requests: Sequence, names: Sequence[str],
+           check: Callable[[dict[str, np.ndarray]], str | None] | None = None):
+    """Inputs of every request -> (per-name lists of arrays of the good requests, their indexes,
+    their batch sizes, {request index: error message})."""
+    arrays: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    good: list[int] = []
+    sizes: list[int] = []
+    errors: dict[int, str] = {}
+    for i, r in enumerate(requests):
+        feed = {}
+        for n in names:
+            t = pb_utils.get_input_tensor_by_name(r, n)
+            if t is None:
+                errors[i] = f"input {n} is missing"
+                break
+            feed[n] = t.as_numpy()
+        if i in errors:
+            continue
+        problem = check(feed) if check else None
+        if problem:
+            errors[i] = problem
+            continue
+        for n in names:
+            arrays[n].append(feed[n])
+        good.append(i)
+        sizes.append(int(feed[names[0]].shape[0]))
+    return arrays, good, sizes, errors
+
+
+def concat_padded(parts: list[np.ndarray]) -> np.ndarray:
+    """Concatenate along the batch; arrays whose dim 1 differs (token counts) are zero-padded to the longest."""
+    if len(parts) == 1:
+        return parts[0]
+    if parts[0].ndim >= 2 and len({p.shape[1] for p in parts}) > 1:
+        t = max(p.shape[1] for p in parts)
+        parts = [np.pad(p, [(0, 0), (0, t - p.shape[1])] + [(0, 0)] * (p.ndim - 2)) for p in parts]
+    return np.concatenate(parts, axis=0)
+
+
+def respond(pb_utils, n_requests: int, good: list[int], sizes: list[int], errors: dict[int, str],
+            outputs: dict[str, np.ndarray]) -> list:
+    """Split batched outputs back into one response per request, in request order."""
+    responses: list = [None] * n_requests
+    start = 0
+    for i, b in zip(good, sizes):
+        tensors = [pb_utils.Tensor(name, np.ascontiguousarray(arr[start : start + b])) for name, arr in outputs.items()]
+        responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+        start += b
+    for i, msg in errors.items():
+        responses[i] = error_response(pb_utils, msg)
+    return responses
+
+
+def fail_all(pb_utils, n_requests: int, message: str) -> list:
+    return [error_response(pb_utils, message) for _ in range(n_requests)]

@@ -1,0 +1,254 @@
+"""``bonescan repo build``: fill the model-repository templates with artifacts and configs.
+
+Flavors of the two network graphs (the python steps are the same in all three):
+
+* ``embedded``: python-backend models running the ONNX files with onnxruntime on the CPU, for the
+  Triton that ships in the ``nvidia-pytriton`` wheel (python backend only). Served and tested here.
+* ``onnxruntime``: ``onnxruntime_onnx`` models for the NGC Triton container (CPU or GPU).
+* ``tensorrt``: ``tensorrt_plan`` engines from ``bonescan export trt`` for the NGC container on a
+  GPU; each engine's TensorRT version is checked against the container's.
+
+Every tensor block of every config.pbtxt is generated from :mod:`bonescan.contract` (and the text
+width from the export's model.json), so configs, graphs, python models and client agree.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import string
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from bonescan import contract as C
+from bonescan.errors import BonescanError
+
+FLAVORS = ("embedded", "onnxruntime", "tensorrt")
+REPO_MANIFEST = "bonescan_repo.json"
+#: modules copied next to every python model: the runtime half of the package (numpy, scipy, tokenizers, onnxruntime)
+RUNTIME_MODULES = ("__init__.py", "contract.py", "errors.py", "tokenize.py", "postprocess.py", "validate.py",
+                   "serving/__init__.py", "serving/pybackend.py", "serving/onnx_runner.py")
+
+FLAVOR_NOTES = {
+    "embedded": "python backend running model.onnx with onnxruntime on the CPU (pip-installed Triton)",
+    "onnxruntime": "onnxruntime_onnx backend (NGC Triton container)",
+    "tensorrt": "tensorrt_plan engine (NGC Triton container on a GPU; the engine's TensorRT must match the container's)",
+}
+
+
+@dataclass
+class RepoOptions:
+    flavor: str = "embedded"
+    max_batch_size: int = 8
+    instances: int = 1  # instances of text_encoder / segmenter
+    python_instances: int = 1  # instances of preprocess / tokenizer / postprocess
+    queue_delay_us: int = 2000
+    intra_op_threads: int = 2
+    device: str = "gpu"  # for onnxruntime / tensorrt flavors: KIND_GPU (or cpu for onnxruntime)
+
+
+def templates() -> Path:
+    return Path(str(resources.files("bonescan.model_repository")))
+
+
+def _dims(d: tuple[int, ...]) -> str:
+    return "[ " + ", ".join(str(x) for x in d) + " ]"
+
+
+def tensor_block(kind: str, specs: tuple[C.TensorSpec, ...], overrides: dict[str, tuple[int, ...]] | None = None) -> str:
+    overrides = overrides or {}
+    rows = []
+    for s in specs:
+        dims = overrides.get(s.name, s.dims)
+        rows.append(f'  {{ name: "{s.name}" data_type: {s.config_dtype} dims: {_dims(dims)} }}')
+    return f"{kind} [\n" + ",\n".join(rows) + "\n]"
+
+
+def _render(model: str, values: dict[str, Any]) -> str:
+    text = (templates() / model / "config.pbtxt.in").read_text(encoding="utf-8")
+    out = string.Template(text).substitute({k: str(v) for k, v in values.items()})
+    return "\n".join(line for line in out.splitlines() if line.strip() != "") + "\n"
+
+
+def _copy_runtime(dest: Path) -> None:
+    src_root = Path(str(resources.files("bonescan")))
+    for rel in RUNTIME_MODULES:
+        target = dest / "bonescan" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src_root / rel, target)
+
+
+def _python_model(out: Path, model: str, opts: RepoOptions, inputs, outputs, extra_files: dict[str, Path] | None = None) -> None:
+    d = out / model
+    (d / "1").mkdir(parents=True, exist_ok=True)
+    shutil.copy(templates() / model / "1" / "model.py", d / "1" / "model.py")
+    _copy_runtime(d / "1")
+    for name, src in (extra_files or {}).items():
+        shutil.copy(src, d / "1" / name)
+    cfg = _render(model, {
+        "max_batch_size": opts.max_batch_size,
+        "inputs": tensor_block("input", inputs),
+        "outputs": tensor_block("output", outputs),
+        "queue_delay_us": opts.queue_delay_us,
+        "python_instances": opts.python_instances,
+    })
+    (d / "config.pbtxt").write_text(cfg, encoding="utf-8")
+
+
+def _network_model(out: Path, model: str, graph: str, opts: RepoOptions, src_dir: Path, inputs, outputs,
+                   overrides: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """text_encoder / segmenter / segmenter_unet in the chosen flavor."""
+    d = out / model
+    (d / "1").mkdir(parents=True, exist_ok=True)
+    info: dict[str, Any] = {}
+    params = ""
+    optimization = ""
+    if opts.flavor == "embedded":
+        runtime = 'backend: "python"'
+        shutil.copy(src_dir / f"{graph}.onnx", d / "1" / "model.onnx")
+        shutil.copy(templates() / model / "1" / "model.py", d / "1" / "model.py")
+        _copy_runtime(d / "1")
+        kind = "KIND_CPU"
+        params = f'parameters {{ key: "intra_op_threads" value: {{ string_value: "{opts.intra_op_threads}" }} }}'
+    elif opts.flavor == "onnxruntime":
+        runtime = 'platform: "onnxruntime_onnx"'
+        shutil.copy(src_dir / f"{graph}.onnx", d / "1" / "model.onnx")
+        kind = "KIND_GPU" if opts.device == "gpu" else "KIND_CPU"
+    else:
+        from bonescan.export.trt import check_engine_version
+
+        plan = src_dir / f"{graph}.plan"
+        if not plan.is_file():
+            raise BonescanError(f"{plan}: missing; build engines with `bonescan export trt` first")
+        info = check_engine_version(plan)
+        engine_batch = info["profile"][inputs[0].name]["max"][0]
+        if engine_batch < opts.max_batch_size:
+            raise BonescanError(f"{plan}: the engine's profile allows batch <= {engine_batch}, "
+                                f"but max_batch_size is {opts.max_batch_size}; rebuild with --max-batch {opts.max_batch_size}")
+        runtime = 'platform: "tensorrt_plan"'
+        shutil.copy(plan, d / "1" / "model.plan")
+        shutil.copy(plan.with_name(plan.name + ".json"), d / "1" / "model.plan.json")
+        kind = "KIND_GPU"
+        optimization = "optimization { cuda { graphs: true } }"
+    cfg = _render(model, {
+        "flavor": opts.flavor,
+        "flavor_note": FLAVOR_NOTES[opts.flavor],
+        "runtime": runtime,
+        "max_batch_size": opts.max_batch_size,
+        "inputs": tensor_block("input", inputs, overrides),
+        "outputs": tensor_block("output", outputs, overrides),
+        "queue_delay_us": opts.queue_delay_us,
+        "instance_kind": kind,
+        "instances": opts.instances,
+        "parameters": params,
+        "optimization": optimization,
+    })
+    (d / "config.pbtxt").write_text(cfg, encoding="utf-8")
+    return info
+
+
+def _ensemble(out: Path, model: str, opts: RepoOptions, inputs, desc: dict[str, Any]) -> None:
+    d = out / model
+    (d / "1").mkdir(parents=True, exist_ok=True)  # ensembles need an (empty) version folder
+    cfg = _render(model, {
+        "max_batch_size": opts.max_batch_size,
+        "inputs": tensor_block("input", inputs),
+        "outputs": tensor_block("output", C.ENSEMBLE_OUTPUTS),
+    })
+    params = {
+        "bonescan_contract_version": str(C.CONTRACT_VERSION),
+        "bonescan_model_sha256": desc["checkpoint"]["sha256"][:16],
+        "bonescan_flavor": opts.flavor,
+    }
+    cfg += "".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n' for k, v in params.items())
+    (d / "config.pbtxt").write_text(cfg, encoding="utf-8")
+
+
+def build_repository(src: str | Path, out: str | Path, opts: RepoOptions, baseline: str | Path | None = None) -> dict[str, Any]:
+    """src: an ONNX export folder (embedded / onnxruntime) or a TensorRT engine folder (tensorrt) of
+    the dual-path model; baseline: the same for the U-Net (adds segmenter_unet + bonescan_unet)."""
+    from bonescan.export.onnx_export import read_description
+
+    if opts.flavor not in FLAVORS:
+        raise BonescanError(f"--flavor must be one of {FLAVORS}")
+    if opts.max_batch_size < 1:
+        raise BonescanError("--max-batch-size must be at least 1")
+    src, out = Path(src), Path(out)
+    desc = read_description(src)
+    if desc["model"] != "dualpath":
+        raise BonescanError(f"{src}: holds a {desc['model']} export; --from takes the dual-path model (use --baseline for the U-Net)")
+    if out.exists() and any(out.iterdir()) and not (out / REPO_MANIFEST).exists():
+        raise BonescanError(f"{out}: exists and is not a bonescan repository; refusing to overwrite it")
+    final, out = out, out.with_name(out.name + ".partial")  # built aside, moved in place when complete
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    try:
+        manifest = _build(src, out, opts, desc, baseline)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    shutil.rmtree(final, ignore_errors=True)
+    out.rename(final)
+    return manifest
+
+
+def _build(src: Path, out: Path, opts: RepoOptions, desc: dict[str, Any], baseline: str | Path | None) -> dict[str, Any]:
+    from bonescan.export.onnx_export import read_description
+
+    hidden = int(desc["text_hidden"])
+    overrides = {"text_features": (C.DYN, hidden)}
+    engines: dict[str, Any] = {}
+
+    _python_model(out, C.PREPROCESS_MODEL, opts, C.PREPROCESS_INPUTS, C.PREPROCESS_OUTPUTS)
+    _python_model(out, C.TOKENIZER_MODEL, opts, C.TOKENIZER_INPUTS, C.TOKENIZER_OUTPUTS,
+                  {"tokenizer.json": src / "tokenizer" / "tokenizer.json"})
+    engines[C.TEXT_ENCODER_MODEL] = _network_model(out, C.TEXT_ENCODER_MODEL, "text_encoder", opts, src,
+                                                   C.TEXT_ENCODER_INPUTS, C.TEXT_ENCODER_OUTPUTS, overrides)
+    engines[C.SEGMENTER_MODEL] = _network_model(out, C.SEGMENTER_MODEL, "segmenter", opts, src,
+                                                C.SEGMENTER_INPUTS, C.SEGMENTER_OUTPUTS, overrides)
+    _python_model(out, C.POSTPROCESS_MODEL, opts, C.POSTPROCESS_INPUTS, C.ENSEMBLE_OUTPUTS)
+    _ensemble(out, C.ENSEMBLE_MODEL, opts, C.ENSEMBLE_INPUTS, desc)
+    models = [C.PREPROCESS_MODEL, C.TOKENIZER_MODEL, C.TEXT_ENCODER_MODEL, C.SEGMENTER_MODEL, C.POSTPROCESS_MODEL, C.ENSEMBLE_MODEL]
+    base_desc = None
+    if baseline is not None:
+        base_desc = read_description(baseline)
+        if base_desc["model"] != "unet":
+            raise BonescanError(f"{baseline}: holds a {base_desc['model']} export; --baseline takes the U-Net")
+        engines[C.SEGMENTER_UNET_MODEL] = _network_model(out, C.SEGMENTER_UNET_MODEL, "segmenter", opts, Path(baseline),
+                                                         C.SEGMENTER_UNET_INPUTS, C.SEGMENTER_OUTPUTS, {})
+        _ensemble(out, C.ENSEMBLE_UNET_MODEL, opts, C.ENSEMBLE_UNET_INPUTS, base_desc)
+        models += [C.SEGMENTER_UNET_MODEL, C.ENSEMBLE_UNET_MODEL]
+    manifest = {
+        "format": "bonescan-repository/1",
+        "flavor": opts.flavor,
+        "options": opts.__dict__,
+        "models": models,
+        "contract": C.spec_table(),
+        "text_hidden": hidden,
+        "dualpath": {"export": str(src.resolve()), "checkpoint": desc["checkpoint"]},
+        "baseline": {"export": str(Path(baseline).resolve()), "checkpoint": base_desc["checkpoint"]} if base_desc else None,
+        "engines": {k: v for k, v in engines.items() if v},
+        "python_requirements": ["numpy<2", "scipy", "tokenizers"] + (["onnxruntime"] if opts.flavor == "embedded" else []),
+        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (out / REPO_MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    (out / "requirements.txt").write_text("\n".join(manifest["python_requirements"]) + "\n", encoding="utf-8")
+    return manifest
+
+
+def read_manifest(repo: str | Path) -> dict[str, Any]:
+    p = Path(repo) / REPO_MANIFEST
+    if not p.is_file():
+        raise BonescanError(f"{repo}: not a repository built by `bonescan repo build` ({REPO_MANIFEST} missing)")
+    return json.loads(p.read_text(encoding="utf-8"))
+
+
+def parse_config(path: str | Path):
+    """config.pbtxt -> Triton's ModelConfig protobuf (raises on anything Triton would not parse)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(Path(path).read_text(encoding="utf-8"), model_config_pb2.ModelConfig())

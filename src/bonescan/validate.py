@@ -1,0 +1,42 @@
+"""Request checks shared by the Triton ``preprocess`` model and the client (numpy only).
+
+Each check returns None when the value is fine, or a message that names the field and the problem
+(never pixel values or report text).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bonescan.contract import ENS_IMAGE, IMAGE_DIMS, MAX_COUNT
+
+MIN_SPACING_MM = 0.1
+MAX_SPACING_MM = 20.0
+
+
+def image_problem(image: np.ndarray, field: str = ENS_IMAGE.name) -> str | None:
+    """One image in the model frame, float32 [2, H, W] raw counts."""
+    a = np.asarray(image)
+    if a.dtype != np.float32:
+        return f"{field} must be FP32, got {a.dtype}"
+    if tuple(a.shape) != IMAGE_DIMS:
+        return f"{field} must have shape {list(IMAGE_DIMS)} per scan, got {list(a.shape)}"
+    if not np.isfinite(a).all():
+        return f"{field} contains NaN or infinite values"
+    if float(a.min()) < 0:
+        return f"{field} contains negative counts"
+    if float(a.max()) > MAX_COUNT:
+        return f"{field} has counts above {MAX_COUNT}"
+    for v, name in enumerate(("anterior", "posterior")):
+        if not a[v].any():
+            return f"{field} {name} view is empty (all zero)"
+    return None
+
+
+def spacing_problem(spacing: np.ndarray, field: str = "PIXEL_SPACING") -> str | None:
+    s = np.asarray(spacing, dtype=np.float64).reshape(-1)
+    if s.shape != (2,):
+        return f"{field} must hold 2 values (row, column mm), got {s.size}"
+    if not np.isfinite(s).all() or (s < MIN_SPACING_MM).any() or (s > MAX_SPACING_MM).any():
+        return f"{field} must be between {MIN_SPACING_MM} and {MAX_SPACING_MM} mm"
+    return None

@@ -1,0 +1,133 @@
+"""The model repository and a real tritonserver (python backend on the CPU), over gRPC."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from bonescan.export.onnx_export import OrtPipeline
+
+from bonescan import contract as C
+from bonescan.data.dataset import BoneScanDataset
+from bonescan.postprocess import postprocess
+from bonescan.serving.repository import parse_config, read_manifest
+
+MARKER = "标记MARKER7781不应出现在日志"  # a report string that must never reach a log
+
+
+def _inputs(images: np.ndarray, reports: list[str] | None, spacing: np.ndarray):
+    ins = [grpcclient.InferInput("IMAGE", list(images.shape), "FP32"), grpcclient.InferInput("PIXEL_SPACING", list(spacing.shape), "FP32")]
+    ins[0].set_data_from_numpy(images.astype(np.float32))
+    ins[1].set_data_from_numpy(spacing.astype(np.float32))
+    if reports is not None:
+        r = grpcclient.InferInput("REPORT", [len(reports), 1], "BYTES")
+        r.set_data_from_numpy(np.array([[t.encode("utf-8")] for t in reports], dtype=np.object_))
+        ins.append(r)
+    return ins
+
+
+def _outputs():
+    return [grpcclient.InferRequestedOutput(n) for n in ("MASK", "PROBABILITY", "LESIONS")]
+
+
+@pytest.fixture(scope="module")
+def samples(dataset):
+    return BoneScanDataset(dataset, "test").load_all()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return grpcclient.InferenceServerClient(server.grpc_url)
+
+
+def test_every_config_parses_as_model_config(repo: Path):
+    manifest = read_manifest(repo)
+    seen = set()
+    for cfg_path in sorted(repo.glob("*/config.pbtxt")):
+        cfg = parse_config(cfg_path)
+        assert cfg.name == cfg_path.parent.name
+        seen.add(cfg.name)
+        if cfg.platform == "ensemble":
+            steps = [s.model_name for s in cfg.ensemble_scheduling.step]
+            assert set(steps) <= set(manifest["models"])
+        else:
+            assert cfg.dynamic_batching is not None and cfg.max_batch_size == 4
+    assert seen == set(manifest["models"])
+    assert {"bonescan", "bonescan_unet", "tokenizer", "text_encoder", "segmenter", "postprocess"} <= seen
+
+
+def test_model_metadata_matches_the_export(client, exports):
+    desc = json.loads((exports["dualpath"] / "model.json").read_text())
+    for model, graph in (("text_encoder", "text_encoder"), ("segmenter", "segmenter")):
+        meta = client.get_model_metadata(model)
+        want = desc["graphs"][graph]["inputs"]
+        got = [(i.name, i.datatype, list(i.shape)) for i in meta.inputs]
+        expect = [(w["name"], C.NUMPY_TO_TRITON[w["dtype"]], [-1 if isinstance(d, str) else d for d in w["shape"]]) for w in want]
+        assert got == expect
+    ens = client.get_model_metadata("bonescan")
+    assert [i.name for i in ens.inputs] == [t.name for t in C.ENSEMBLE_INPUTS]
+    assert [o.name for o in ens.outputs] == [t.name for t in C.ENSEMBLE_OUTPUTS]
+    cfg = client.get_model_config("bonescan").config
+    assert cfg.parameters["bonescan_contract_version"].string_value == str(C.CONTRACT_VERSION)
+
+
+def test_ensemble_equals_in_process_onnxruntime(client, exports, samples):
+    pipe = OrtPipeline(exports["dualpath"])
+    for s in samples[:3]:
+        sp = np.array([s.pixel_spacing], np.float32)
+        res = client.infer("bonescan", _inputs(s.image[None], [s.report], sp), outputs=_outputs())
+        want_mask, want_prob, want_les = postprocess(pipe.logits(s.image[None], [s.report]), sp)
+        assert np.array_equal(res.as_numpy("MASK"), want_mask)
+        assert np.abs(res.as_numpy("PROBABILITY") - want_prob).max() < 1e-5
+        got = json.loads(res.as_numpy("LESIONS")[0, 0])
+        assert got["count"] == json.loads(want_les[0])["count"] and got["pixel_spacing_mm"] == [round(float(v), 4) for v in sp[0]]
+
+
+def test_unet_ensemble(client, exports, samples):
+    pipe = OrtPipeline(exports["unet"])
+    s = samples[0]
+    sp = np.array([s.pixel_spacing], np.float32)
+    res = client.infer("bonescan_unet", _inputs(s.image[None], None, sp), outputs=_outputs())
+    assert np.array_equal(res.as_numpy("MASK"), postprocess(pipe.logits(s.image[None]), sp)[0])
+
+
+def test_concurrent_requests_are_batched_and_answered(client, server, exports, samples):
+    pipe = OrtPipeline(exports["dualpath"])
+    n = 8
+    cases = [samples[i % len(samples)] for i in range(n)]
+    before = client.get_inference_statistics("segmenter").model_stats[0]
+
+    def one(s):
+        c = grpcclient.InferenceServerClient(server.grpc_url)
+        sp = np.array([s.pixel_spacing], np.float32)
+        return c.infer("bonescan", _inputs(s.image[None], [s.report], sp), outputs=[grpcclient.InferRequestedOutput("MASK")]).as_numpy("MASK")
+
+    with ThreadPoolExecutor(n) as ex:
+        masks = list(ex.map(one, cases))
+    for s, m in zip(cases, masks):
+        assert np.array_equal(m, postprocess(pipe.logits(s.image[None], [s.report]), np.array([s.pixel_spacing], np.float32))[0])
+    after = client.get_inference_statistics("segmenter").model_stats[0]
+    inferences = after.inference_count - before.inference_count
+    executions = after.execution_count - before.execution_count
+    assert inferences == n
+    assert executions < n, f"{executions} executions for {n} requests: no dynamic batching happened"
+
+
+def test_server_log_has_no_report_text(client, server, samples):
+    s = samples[0]
+    sp = np.array([s.pixel_spacing], np.float32)
+    client.infer("bonescan", _inputs(s.image[None], [MARKER + s.report], sp), outputs=_outputs())
+    bad = MARKER.encode("utf-8")[:-1]  # cut inside a character: invalid UTF-8 carrying the marker's bytes
+    r = grpcclient.InferInput("REPORT", [1, 1], "BYTES")
+    r.set_data_from_numpy(np.array([[bad]], dtype=np.object_))
+    ins = _inputs(s.image[None], None, sp) + [r]
+    with pytest.raises(Exception) as e:
+        client.infer("bonescan", ins, outputs=_outputs())
+    assert "UTF-8" in str(e.value) and "MARKER" not in str(e.value)
+    log = Path(server.log_file).read_text(errors="replace")
+    assert "tokenizer" in log  # the log is being written
+    assert "MARKER7781" not in log and MARKER not in log
