@@ -1,0 +1,300 @@
+"""gRPC clients for the BoneScan ensemble: synchronous (tritonclient.grpc) and asyncio (tritonclient.grpc.aio).
+
+    from bonescan.client import BoneScanClient
+    with BoneScanClient("localhost:8001") as c:
+        r = c.segment("scan.dcm", report=Path("report.txt"))
+        print(r.summary()); r.save("out")
+
+Connection handling: server live / ready and model ready are checked when connecting; every request
+has a timeout; only UNAVAILABLE (server down or restarting) is retried, with exponential backoff;
+TLS (root certificate, optional client certificate) and extra headers (a token) are supported;
+the server's contract version (and, if given, model hash) must match what this client expects.
+Report text never appears in a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bonescan.client.inputs import Request, ScanLike, prepare
+from bonescan.client.result import SegmentationResult
+
+from bonescan import contract as C
+from bonescan.errors import BonescanError
+
+log = logging.getLogger("bonescan.client")
+
+RETRYABLE = ("StatusCode.UNAVAILABLE",)
+
+
+class ClientError(BonescanError):
+    """A request could not be served; the message names the input / server and the reason."""
+
+
+@dataclass
+class ClientOptions:
+    url: str = "localhost:8001"
+    model: str = C.ENSEMBLE_MODEL
+    model_version: str = ""  # "" = the server's latest
+    timeout_s: float = 60.0  # per request
+    retries: int = 3  # extra attempts after UNAVAILABLE
+    backoff_s: float = 0.5  # first wait; doubles each retry
+    ssl: bool = False
+    root_certificates: str | None = None  # PEM file of the CA that signed the server's certificate
+    private_key: str | None = None  # client certificate (mutual TLS), PEM files
+    certificate_chain: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. {"authorization": "Bearer ..."}
+    expected_model_sha256: str | None = None  # first 16 hex digits, as in the ensemble's config
+    want_probability: bool = True
+    check_on_connect: bool = True
+
+
+def _status(e: Exception) -> str:
+    s = getattr(e, "status", None)
+    return str(s() if callable(s) else s or "")
+
+
+def _message(e: Exception) -> str:
+    m = getattr(e, "message", None)
+    return str(m() if callable(m) else (m or e))
+
+
+def _build_inputs(module, reqs: Sequence[Request], text_guided: bool) -> list:
+    images = np.stack([r.image for r in reqs]).astype(np.float32)
+    spacing = np.array([r.pixel_spacing for r in reqs], dtype=np.float32)
+    ins = [module.InferInput(C.ENS_IMAGE.name, list(images.shape), C.ENS_IMAGE.triton_dtype),
+           module.InferInput(C.ENS_PIXEL_SPACING.name, list(spacing.shape), C.ENS_PIXEL_SPACING.triton_dtype)]
+    ins[0].set_data_from_numpy(images)
+    ins[1].set_data_from_numpy(spacing)
+    if text_guided:
+        rep = np.array([[r.report.encode("utf-8")] for r in reqs], dtype=np.object_)
+        t = module.InferInput(C.ENS_REPORT.name, list(rep.shape), C.ENS_REPORT.triton_dtype)
+        t.set_data_from_numpy(rep)
+        ins.append(t)
+    return ins
+
+
+def _outputs(module, want_probability: bool) -> list:
+    names = [C.ENS_MASK.name, C.ENS_LESIONS.name] + ([C.ENS_PROBABILITY.name] if want_probability else [])
+    return [module.InferRequestedOutput(n) for n in names]
+
+
+def _results(res, reqs: Sequence[Request], model: str, t_request: float, want_probability: bool) -> list[SegmentationResult]:
+    masks = res.as_numpy(C.ENS_MASK.name)
+    lesions = res.as_numpy(C.ENS_LESIONS.name)
+    probs = res.as_numpy(C.ENS_PROBABILITY.name) if want_probability else None
+    out = []
+    for i, r in enumerate(reqs):
+        les = json.loads(lesions[i, 0])
+        out.append(SegmentationResult(
+            mask=masks[i, 0], probability=probs[i, 0] if probs is not None else None, lesions=les["lesions"],
+            model=model, source=r.source, pixel_spacing=r.pixel_spacing,
+            timings_ms={"request": round(t_request * 1000, 1)}, anterior=r.image[0],
+        ))
+    return out
+
+
+class _Common:
+    opts: ClientOptions
+
+    def _grpc_kwargs(self) -> dict[str, Any]:
+        o = self.opts
+        return {"url": o.url, "ssl": o.ssl, "root_certificates": o.root_certificates, "private_key": o.private_key,
+                "certificate_chain": o.certificate_chain}
+
+    @property
+    def text_guided(self) -> bool:
+        return self.opts.model != C.ENSEMBLE_UNET_MODEL
+
+    def _check_config(self, cfg) -> None:
+        params = {k: v.string_value for k, v in cfg.parameters.items()}
+        got = params.get("bonescan_contract_version")
+        if got != str(C.CONTRACT_VERSION):
+            raise ClientError(f"{self.opts.url}: model {self.opts.model} speaks contract version {got}, this client {C.CONTRACT_VERSION}; "
+                              "upgrade the client or the server so they match")
+        want = self.opts.expected_model_sha256
+        if want and params.get("bonescan_model_sha256") != want[:16]:
+            raise ClientError(f"{self.opts.url}: model {self.opts.model} serves checkpoint {params.get('bonescan_model_sha256')}, "
+                              f"expected {want[:16]}")
+
+    def _explain(self, e: Exception, what: str) -> ClientError:
+        status = _status(e)
+        msg = _message(e)
+        if "UNAVAILABLE" in status:
+            return ClientError(f"{self.opts.url}: server unavailable after {self.opts.retries + 1} attempt(s) ({what}); is tritonserver running?")
+        if "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in msg:
+            return ClientError(f"{self.opts.url}: no answer within {self.opts.timeout_s:.0f} s ({what})")
+        return ClientError(f"{what}: server refused the request: {msg}")
+
+
+class BoneScanClient(_Common):
+    """Synchronous client. Thread-safe for concurrent segment() calls (one gRPC channel)."""
+
+    def __init__(self, url: str = "localhost:8001", **options: Any):
+        import tritonclient.grpc as grpcclient
+
+        self.opts = ClientOptions(url=url, **options)
+        self._g = grpcclient
+        self.client = grpcclient.InferenceServerClient(**self._grpc_kwargs())
+        if self.opts.check_on_connect:
+            self.check()
+
+    # -- connection
+    def _call(self, fn, what: str, *args, **kwargs):
+        delay = self.opts.backoff_s
+        for attempt in range(self.opts.retries + 1):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - tritonclient raises InferenceServerException
+                if _status(e) in RETRYABLE and attempt < self.opts.retries:
+                    log.info("%s: %s unavailable, retry %d in %.1f s", what, self.opts.url, attempt + 1, delay)
+                    time.sleep(delay)
+                    delay *= 2
+                    continue
+                raise self._explain(e, what) from None
+        raise AssertionError("unreachable")
+
+    def check(self) -> dict[str, Any]:
+        """Live, ready, model ready, contract version; raises ClientError with the reason."""
+        h = self.opts.headers or None
+        if not self._call(self.client.is_server_live, "liveness check", headers=h):
+            raise ClientError(f"{self.opts.url}: server is not live")
+        if not self._call(self.client.is_server_ready, "readiness check", headers=h):
+            raise ClientError(f"{self.opts.url}: server is live but not ready (models still loading or failed)")
+        if not self._call(self.client.is_model_ready, "model check", self.opts.model, self.opts.model_version, headers=h):
+            raise ClientError(f"{self.opts.url}: model {self.opts.model!r} is not ready (not in the repository, or failed to load)")
+        cfg = self._call(self.client.get_model_config, "model config", self.opts.model, self.opts.model_version, headers=h).config
+        self._check_config(cfg)
+        return {"url": self.opts.url, "model": self.opts.model, "ready": True}
+
+    # -- inference
+    def segment_prepared(self, reqs: Sequence[Request]) -> list[SegmentationResult]:
+        """Send already-read requests as one batch (at most the server's max_batch_size)."""
+        g = self._g
+        t0 = time.perf_counter()
+        res = self._call(self.client.infer, f"{reqs[0].source}" + (f" (+{len(reqs) - 1})" if len(reqs) > 1 else ""),
+                         self.opts.model, _build_inputs(g, reqs, self.text_guided), model_version=self.opts.model_version,
+                         outputs=_outputs(g, self.opts.want_probability), client_timeout=self.opts.timeout_s,
+                         headers=self.opts.headers or None)
+        return _results(res, reqs, self.opts.model, time.perf_counter() - t0, self.opts.want_probability)
+
+    def segment(self, scan: ScanLike, report: str | Path | None = None, pixel_spacing: tuple[float, float] | None = None) -> SegmentationResult:
+        """One scan (DICOM / PNG pair / NPY / case folder / array) and its report (text or file)."""
+        t0 = time.perf_counter()
+        req = prepare(scan, report, pixel_spacing)
+        t_read = time.perf_counter() - t0
+        r = self.segment_prepared([req])[0]
+        r.timings_ms["read"] = round(t_read * 1000, 1)
+        r.timings_ms["total"] = round((time.perf_counter() - t0) * 1000, 1)
+        return r
+
+    def segment_many(self, items: Iterable[tuple[ScanLike, str | Path | None]], concurrency: int = 4,
+                     progress: bool = False) -> list[SegmentationResult | BonescanError]:
+        """(scan, report) pairs with at most ``concurrency`` requests in flight; a failure is returned
+        in its place (a BonescanError naming the input and the reason) and the others go on."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tqdm import tqdm
+
+        items = list(items)
+
+        def one(item: tuple[ScanLike, str | Path | None]) -> SegmentationResult | BonescanError:
+            try:
+                return self.segment(item[0], item[1])
+            except BonescanError as e:
+                return e
+
+        with ThreadPoolExecutor(max(1, concurrency)) as ex:
+            return list(tqdm(ex.map(one, items), total=len(items), desc="segmenting", unit="scan", disable=not progress))
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> BoneScanClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncBoneScanClient(_Common):
+    """asyncio client: ``async with AsyncBoneScanClient(url) as c: r = await c.segment(...)``."""
+
+    def __init__(self, url: str = "localhost:8001", **options: Any):
+        import tritonclient.grpc.aio as aioclient
+
+        self.opts = ClientOptions(url=url, **options)
+        self._g = aioclient
+        self.client = aioclient.InferenceServerClient(**self._grpc_kwargs())
+
+    async def _call(self, fn, what: str, *args, **kwargs):
+        delay = self.opts.backoff_s
+        for attempt in range(self.opts.retries + 1):
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001
+                if _status(e) in RETRYABLE and attempt < self.opts.retries:
+                    log.info("%s: %s unavailable, retry %d in %.1f s", what, self.opts.url, attempt + 1, delay)
+                    await asyncio.sleep(delay)
+                    delay *= 2
+                    continue
+                raise self._explain(e, what) from None
+        raise AssertionError("unreachable")
+
+    async def check(self) -> dict[str, Any]:
+        h = self.opts.headers or None
+        if not await self._call(self.client.is_server_ready, "readiness check", headers=h):
+            raise ClientError(f"{self.opts.url}: server is not ready")
+        if not await self._call(self.client.is_model_ready, "model check", self.opts.model, self.opts.model_version, headers=h):
+            raise ClientError(f"{self.opts.url}: model {self.opts.model!r} is not ready")
+        cfg = await self._call(self.client.get_model_config, "model config", self.opts.model, self.opts.model_version, headers=h)
+        self._check_config(cfg.config)
+        return {"url": self.opts.url, "model": self.opts.model, "ready": True}
+
+    async def segment_prepared(self, reqs: Sequence[Request]) -> list[SegmentationResult]:
+        g = self._g
+        t0 = time.perf_counter()
+        res = await self._call(self.client.infer, reqs[0].source, self.opts.model, _build_inputs(g, reqs, self.text_guided),
+                               model_version=self.opts.model_version, outputs=_outputs(g, self.opts.want_probability),
+                               client_timeout=self.opts.timeout_s, headers=self.opts.headers or None)
+        return _results(res, reqs, self.opts.model, time.perf_counter() - t0, self.opts.want_probability)
+
+    async def segment(self, scan: ScanLike, report: str | Path | None = None,
+                      pixel_spacing: tuple[float, float] | None = None) -> SegmentationResult:
+        t0 = time.perf_counter()
+        req = await asyncio.to_thread(prepare, scan, report, pixel_spacing)
+        r = (await self.segment_prepared([req]))[0]
+        r.timings_ms["total"] = round((time.perf_counter() - t0) * 1000, 1)
+        return r
+
+    async def segment_many(self, items: Iterable[tuple[ScanLike, str | Path | None]], concurrency: int = 4
+                           ) -> list[SegmentationResult | BonescanError]:
+        sem = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(scan, report):
+            async with sem:
+                try:
+                    return await self.segment(scan, report)
+                except BonescanError as e:
+                    return e
+
+        return list(await asyncio.gather(*(one(s, r) for s, r in items)))
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def __aenter__(self) -> AsyncBoneScanClient:
+        if self.opts.check_on_connect:
+            await self.check()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

@@ -1,0 +1,92 @@
+"""Turn what scanners and PACS produce into one request: scan, report, pixel spacing.
+
+Reading files is ``bonescan.data.io`` (the same code the training data goes through); the view
+layout is ``bonescan.contract.to_model_frame``; the checks are ``bonescan.validate``. Nothing is
+re-implemented here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bonescan.contract import DEFAULT_PIXEL_SPACING_MM, to_model_frame
+from bonescan.data.io import CaseError, Scan, find_scan_files, read_report, read_scan
+from bonescan.validate import image_problem, spacing_problem
+
+ScanLike = Scan | str | Path | tuple | np.ndarray
+
+
+@dataclass
+class Request:
+    """One scan, ready to send: model-frame image, report text, spacing, where it came from."""
+
+    image: np.ndarray  # float32 [2, H, W]
+    report: str
+    pixel_spacing: tuple[float, float]
+    source: str
+
+
+def load_scan(scan: ScanLike, pixel_spacing: tuple[float, float] | None = None) -> Scan:
+    """A Scan from a Scan, a path (DICOM, NPY, case folder), an (anterior, posterior) pair of paths,
+    or an array [2, H, W] holding the anterior and posterior views as acquired."""
+    if isinstance(scan, Scan):
+        s = scan
+    elif isinstance(scan, np.ndarray):
+        if scan.ndim != 3 or scan.shape[0] != 2:
+            raise CaseError("<array>", f"expected [2, H, W] (anterior, posterior), got shape {list(scan.shape)}")
+        from bonescan.data.io import check_view
+
+        s = Scan(check_view(scan[0], "<array>", "anterior view"), check_view(scan[1], "<array>", "posterior view"), source="<array>")
+    elif isinstance(scan, tuple):
+        if len(scan) != 2:
+            raise CaseError("<pair>", "give the anterior and the posterior view files")
+        s = read_scan({"anterior": Path(scan[0]), "posterior": Path(scan[1])})
+    else:
+        p = Path(scan)
+        if not p.exists():
+            raise CaseError(p, "file or folder does not exist")
+        s = read_scan(p)
+    if pixel_spacing is not None:
+        s.pixel_spacing = tuple(float(v) for v in pixel_spacing)  # type: ignore[assignment]
+    return s
+
+
+def load_report(report: str | Path | None, case_dir: Path | None = None) -> str:
+    """Report text from a string, a UTF-8 file, or the case folder's report.txt (missing = no report)."""
+    if report is None:
+        return read_report(case_dir / "report.txt") if case_dir is not None else ""
+    if isinstance(report, Path):
+        if not report.is_file():
+            raise CaseError(report, "report file is missing")
+        return read_report(report)
+    return report
+
+
+def prepare(scan: ScanLike, report: str | Path | None = None, pixel_spacing: tuple[float, float] | None = None) -> Request:
+    """Read and check everything for one request; errors name the input and the problem."""
+    s = load_scan(scan, pixel_spacing)
+    case_dir = Path(scan) if isinstance(scan, (str, Path)) and Path(scan).is_dir() else None
+    text = load_report(report, case_dir)
+    image = to_model_frame(s.anterior, s.posterior)
+    problem = image_problem(image, "scan")
+    if problem:
+        raise CaseError(s.source or "<scan>", problem)
+    spacing = tuple(float(v) for v in (s.pixel_spacing or DEFAULT_PIXEL_SPACING_MM))
+    problem = spacing_problem(np.array(spacing), "pixel spacing")
+    if problem:
+        raise CaseError(s.source or "<scan>", problem)
+    return Request(image, text, spacing, s.source or str(scan))  # type: ignore[arg-type]
+
+
+def find_cases(folder: Path) -> list[Path]:
+    """Case folders (or scan files) under a folder, for batch processing."""
+    folder = Path(folder)
+    if find_scan_files(folder):
+        return [folder]
+    root = folder / "cases" if (folder / "cases").is_dir() else folder
+    items = [p for p in sorted(root.iterdir()) if p.is_dir() and find_scan_files(p)]
+    items += [p for p in sorted(root.iterdir()) if p.is_file() and p.suffix.lower() in (".dcm", ".npy")]
+    return items

@@ -1,0 +1,77 @@
+"""What a segmentation returns, and how it is written to disk (Pillow only: no matplotlib needed)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+@dataclass
+class SegmentationResult:
+    """mask / probability are in the anterior frame (patient's right on the image's left)."""
+
+    mask: np.ndarray  # uint8 [H, W], 1 = lesion
+    probability: np.ndarray | None  # float32 [H, W]
+    lesions: list[dict[str, Any]]
+    model: str
+    source: str
+    pixel_spacing: tuple[float, float]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    anterior: np.ndarray | None = None  # for the overlay
+
+    @property
+    def lesion_area_mm2(self) -> float:
+        return float(sum(les["area_mm2"] for les in self.lesions))
+
+    def summary(self) -> str:
+        return (f"{Path(self.source).name or self.source}: {len(self.lesions)} lesion(s), "
+                f"{self.lesion_area_mm2:.0f} mm², {self.timings_ms.get('request', 0):.0f} ms")
+
+    def overlay(self) -> Image.Image:
+        """Anterior view in the readers' inverted grey, window on bone, lesion outlines in red, numbers."""
+        if self.anterior is None:
+            raise ValueError("no image kept for the overlay")
+        a = self.anterior.astype(np.float32)
+        body = a[a > max(2.0, float(a.mean()) * 0.2)]
+        hi = float(np.percentile(body, 95)) * 1.4 + 1.0 if body.size else float(a.max() or 1.0)
+        grey = (255 - np.clip(a / hi, 0, 1) * 255).astype(np.uint8)
+        rgb = np.stack([grey] * 3, axis=-1)
+        m = self.mask.astype(bool)
+        edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1))
+        rgb[edge] = (220, 20, 20)
+        scale = 2
+        img = Image.fromarray(rgb).resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.NEAREST)
+        draw = ImageDraw.Draw(img)
+        for les in self.lesions:
+            y0, x0, y1, x1 = les["bbox"]
+            draw.text((x1 * scale + 4, y0 * scale), str(les["id"] + 1), fill=(200, 0, 0))
+        draw.text((4, 4), f"{self.model}: {len(self.lesions)} lesion(s)", fill=(0, 0, 160))
+        draw.text((4, 18), "R", fill=(0, 0, 160))
+        draw.text((img.width - 12, 18), "L", fill=(0, 0, 160))
+        return img
+
+    def save(self, out_dir: str | Path, stem: str | None = None) -> dict[str, Path]:
+        """mask PNG (0/255) and NPY, overlay PNG, lesions JSON."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = stem or Path(self.source).stem or "scan"
+        paths = {
+            "mask_png": out / f"{stem}_mask.png",
+            "mask_npy": out / f"{stem}_mask.npy",
+            "lesions": out / f"{stem}_lesions.json",
+        }
+        Image.fromarray(self.mask.astype(np.uint8) * 255).save(paths["mask_png"])
+        np.save(paths["mask_npy"], self.mask.astype(np.uint8))
+        paths["lesions"].write_text(json.dumps({
+            "source": self.source, "model": self.model, "pixel_spacing_mm": list(self.pixel_spacing),
+            "lesions": self.lesions, "timings_ms": self.timings_ms,
+        }, indent=1) + "\n")
+        if self.anterior is not None:
+            paths["overlay"] = out / f"{stem}_overlay.png"
+            self.overlay().save(paths["overlay"])
+        return paths

@@ -1,0 +1,175 @@
+"""The gRPC client against the real embedded server: inputs, sync / async, failures, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bonescan.client import AsyncBoneScanClient, BoneScanClient, ClientError, prepare
+
+from bonescan.data.io import CaseError, read_scan, write_dicom_scan, write_png16
+from bonescan.serving.server import TritonServer, free_ports
+
+
+@pytest.fixture(scope="module")
+def case_dir(dataset) -> Path:
+    from bonescan.data.dataset import BoneScanDataset
+
+    ds = BoneScanDataset(dataset, "test")
+    return ds.refs[0].path
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with BoneScanClient(server.grpc_url, timeout_s=60) as c:
+        yield c
+
+
+def test_dicom_png_npy_give_the_same_mask(client, case_dir, tmp_path):
+    scan = read_scan(case_dir)
+    write_dicom_scan(tmp_path / "scan.dcm", scan.anterior, scan.posterior, scan.pixel_spacing)
+    np.save(tmp_path / "scan.npy", np.stack([scan.anterior, scan.posterior]))
+    report = case_dir / "report.txt"
+    r_png = client.segment(case_dir)  # the folder: PNG pair + its report.txt
+    r_pair = client.segment((case_dir / "anterior.png", case_dir / "posterior.png"), report)
+    r_dcm = client.segment(tmp_path / "scan.dcm", report)
+    r_npy = client.segment(tmp_path / "scan.npy", report, pixel_spacing=scan.pixel_spacing)
+    for r in (r_pair, r_dcm, r_npy):
+        assert np.array_equal(r.mask, r_png.mask)
+        assert [les["area_px"] for les in r.lesions] == [les["area_px"] for les in r_png.lesions]
+    assert r_dcm.pixel_spacing == pytest.approx(scan.pixel_spacing, abs=1e-4)  # taken from the DICOM
+    assert r_png.mask.shape == (1024, 256) and r_png.probability.dtype == np.float32
+    assert set(r_png.timings_ms) >= {"read", "request", "total"}
+
+
+def test_async_and_sync_agree(server, client, dataset):
+    from bonescan.data.dataset import BoneScanDataset
+
+    refs = BoneScanDataset(dataset, "test").refs[:4]
+    items = [(r.path, None) for r in refs]
+    sync = client.segment_many(items, concurrency=2)
+
+    async def run():
+        async with AsyncBoneScanClient(server.grpc_url) as c:
+            return await c.segment_many(items, concurrency=4)
+
+    asyn = asyncio.run(run())
+    for a, b in zip(sync, asyn):
+        assert np.array_equal(a.mask, b.mask) and a.lesions == b.lesions
+
+
+def test_unet_model_needs_no_report(server, case_dir):
+    with BoneScanClient(server.grpc_url, model="bonescan_unet") as c:
+        r = c.segment(case_dir)
+    assert r.model == "bonescan_unet" and r.mask.shape == (1024, 256)
+
+
+def test_a_stopped_server_gives_a_clear_error_after_retries():
+    (port,) = free_ports(1)  # nothing listens here: a stopped server
+    t0 = time.perf_counter()
+    with pytest.raises(ClientError) as e:
+        BoneScanClient(f"localhost:{port}", retries=2, backoff_s=0.2)
+    waited = time.perf_counter() - t0
+    assert "unavailable after 3 attempt(s)" in str(e.value) and str(port) in str(e.value)
+    assert waited >= 0.2 + 0.4  # it did back off before giving up
+
+
+def test_input_errors_name_the_file(client, case_dir, tmp_path):
+    with pytest.raises(CaseError, match=r"nothing\.dcm: file or folder does not exist"):
+        client.segment(tmp_path / "nothing.dcm")
+    (tmp_path / "bad.dcm").write_bytes(b"garbage")
+    with pytest.raises(CaseError, match=r"bad\.dcm: not a readable DICOM file"):
+        client.segment(tmp_path / "bad.dcm")
+    write_png16(tmp_path / "anterior.png", np.ones((512, 128), np.uint16))
+    with pytest.raises(CaseError, match=r"anterior\.png: anterior view is 512x128"):
+        client.segment((tmp_path / "anterior.png", case_dir / "posterior.png"))
+    with pytest.raises(CaseError, match=r"missing\.txt: report file is missing"):
+        client.segment(case_dir, Path(tmp_path / "missing.txt"))
+
+
+def test_server_refusal_is_explained(client, case_dir):
+    req = prepare(case_dir)
+    req.image = req.image.copy()
+    req.image[0, 10, 10] = np.nan  # skip the client's own checks: the server must refuse it too
+    with pytest.raises(ClientError) as e:
+        client.segment_prepared([req])
+    assert "server refused the request" in str(e.value) and "IMAGE contains NaN" in str(e.value)
+    assert client.segment(case_dir).mask.shape == (1024, 256)  # and it still serves
+
+
+def test_model_version_check(server):
+    with pytest.raises(ClientError, match="serves checkpoint"):
+        BoneScanClient(server.grpc_url, expected_model_sha256="0123456789abcdef")
+
+
+def test_client_never_logs_report_text(client, case_dir, caplog):
+    marker = "患者王五MARK3391"
+    with caplog.at_level(logging.DEBUG):
+        client.segment(case_dir, report=marker + (case_dir / "report.txt").read_text(encoding="utf-8"))
+        with pytest.raises(Exception) as e:
+            client.segment(case_dir, report=marker * 10000)  # over the 20,000-character limit
+    assert marker not in caplog.text and "MARK3391" not in str(e.value)
+
+
+def test_cli_folder(server, dataset, tmp_path, capsys):
+    from bonescan.cli import main
+
+    code = main(["infer", str(dataset / "cases"), "--server", server.grpc_url, "--out", str(tmp_path / "out"), "--concurrency", "4"])
+    out = capsys.readouterr().out
+    n = len(list((dataset / "cases").iterdir()))
+    assert code == 0 and f"{n} of {n} scans segmented" in out
+    assert len(list((tmp_path / "out").glob("*_overlay.png"))) == n
+    assert len(list((tmp_path / "out").glob("*_lesions.json"))) == n
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def test_tls_with_a_self_signed_certificate(repo, work, case_dir, tmp_path):
+    ca_key, ca, key, csr, crt = (tmp_path / n for n in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt"))
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca), "-days", "1", "-subj", "/CN=bonescan-test-ca")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost")
+    ext = tmp_path / "san.ext"
+    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-out", str(crt), "-days", "1", "-extfile", str(ext))
+    grpc, http, metrics = free_ports(3)
+    srv = TritonServer(repo, grpc, http, metrics, log_file=work / "tritonserver_tls.log",
+                       extra_args=["--grpc-use-ssl=true", f"--grpc-server-cert={crt}", f"--grpc-server-key={key}", f"--grpc-root-cert={ca}"])
+    srv.start(timeout=240)
+    try:
+        with BoneScanClient(f"localhost:{grpc}", ssl=True, root_certificates=str(ca)) as c:
+            r = c.segment(case_dir)
+        assert r.mask.shape == (1024, 256)
+        with pytest.raises(ClientError):  # plaintext against a TLS port fails clearly
+            BoneScanClient(f"localhost:{grpc}", retries=0, timeout_s=5)
+    finally:
+        srv.stop()
+
+
+@pytest.mark.slow
+def test_client_extra_installs_without_torch(server, case_dir, tmp_path):
+    """A fresh venv with only `pip install .[client]` segments a case (no torch, no transformers)."""
+    root = Path(__file__).resolve().parents[1]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = venv / "bin" / "pip"
+    subprocess.run([str(pip), "install", "-q", f"{root}[client]"], check=True, capture_output=True, timeout=900)
+    script = (
+        "import sys; from bonescan.client import BoneScanClient\n"
+        f"c = BoneScanClient('{server.grpc_url}')\n"
+        f"r = c.segment(r'{case_dir}')\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
+        "print('OK', r.summary())\n"
+    )
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("OK")
+    freeze = subprocess.run([str(pip), "freeze"], capture_output=True, text=True).stdout.lower()
+    assert "torch" not in freeze and "transformers" not in freeze and "tritonclient==2.51.0" in freeze
