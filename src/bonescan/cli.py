@@ -73,10 +73,179 @@ def _bench_synth(a: argparse.Namespace) -> int:
     return 0
 
 
+def _train(a: argparse.Namespace) -> int:
+    from bonescan.model.config import preset
+    from bonescan.train import train
+
+    mcfg, tcfg = preset(a.config, a.model, a.fusion)
+    if a.steps is not None:
+        tcfg.steps = a.steps
+    if a.batch_size:
+        tcfg.batch_size = a.batch_size
+    if a.max_minutes is not None:
+        tcfg.max_minutes = a.max_minutes
+    if a.eval_every is not None:
+        tcfg.eval_every = a.eval_every
+    if a.lr is not None:
+        tcfg.lr = a.lr
+    if a.crop_rows is not None:
+        tcfg.crop_rows = a.crop_rows
+    if a.fusion_stages is not None:
+        mcfg.fusion_stages = a.fusion_stages
+    if a.no_prior:
+        mcfg.prior = False
+    train(a.data, a.out, mcfg, tcfg, seed=a.seed, text_encoder_dir=a.text_encoder, progress=not a.quiet,
+          command="bonescan " + " ".join(sys.argv[1:]), config_name=a.config, init_from=a.init_from)
+    return 0
+
+
+def _eval(a: argparse.Namespace) -> int:
+    from bonescan.evaluate import evaluate
+
+    evaluate(a.checkpoint, a.data, a.split, a.reports, a.json, seed=a.seed, progress=not a.quiet)
+    return 0
+
+
+def _export_onnx(a: argparse.Namespace) -> int:
+    from bonescan.export.onnx_export import export_onnx
+
+    desc = export_onnx(a.checkpoint, a.out)
+    for g in desc["graphs"].values():
+        ins = ", ".join(f"{i['name']}:{i['dtype']}{i['shape']}" for i in g["inputs"])
+        outs = ", ".join(f"{o['name']}:{o['dtype']}{o['shape']}" for o in g["outputs"])
+        print(f"{g['file']}: ({ins}) -> ({outs}), {g['nodes']} nodes, opset {g['opset']}")
+    print(f"wrote {Path(a.out) / 'model.json'} ({desc['export_seconds']} s)")
+    return 0
+
+
+def _export_check(a: argparse.Namespace) -> int:
+    from bonescan.export.parity import check_parity
+
+    res = check_parity(a.checkpoint, a.export, a.data, a.split, a.n, a.max_batch, a.json)
+    return 0 if res["ok"] else 1
+
+
+def _export_lint(a: argparse.Namespace) -> int:
+    from bonescan.export.trt_compat import check_export
+
+    res = check_export(a.onnx)
+    for graph, findings in res["graphs"].items():
+        print(f"{graph}: {'OK' if not findings else f'{len(findings)} problem(s)'}")
+        for f in findings:
+            print(f"  {f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
+    return 0 if res["ok"] else 1
+
+
+def _export_trt(a: argparse.Namespace) -> int:
+    from bonescan.export.trt import export_trt
+
+    built = export_trt(a.onnx, a.out, a.precision, a.max_batch, a.timing_cache, a.calibration_cases)
+    print(json.dumps(built, indent=1))
+    return 0
+
+
+def _export_verify_gpu(a: argparse.Namespace) -> int:
+    from bonescan.export.verify_gpu import verify_gpu
+
+    res = verify_gpu(a.checkpoint, a.work, a.precisions, a.max_batch, a.data, a.n)
+    return 0 if res["ok"] else 1
+
+
+def _repo_build(a: argparse.Namespace) -> int:
+    from bonescan.serving.repository import RepoOptions, build_repository
+
+    opts = RepoOptions(flavor=a.flavor, max_batch_size=a.max_batch_size, instances=a.instances,
+                       python_instances=a.python_instances, queue_delay_us=a.queue_delay_us,
+                       intra_op_threads=a.threads, device=a.device)
+    m = build_repository(a.src, a.out, opts, baseline=a.baseline)
+    print(f"wrote {a.out} ({m['flavor']} flavor): {', '.join(m['models'])}")
+    return 0
+
+
+def _serve(a: argparse.Namespace) -> int:
+    from bonescan.serving.server import serve
+
+    return serve(a.repo, a.grpc_port, a.http_port, a.metrics_port, a.log_file)
+
+
+def _infer(a: argparse.Namespace) -> int:
+    """Client command line: one scan or a folder of cases -> masks, overlays, lesion lists."""
+    from tqdm import tqdm
+
+    from bonescan.client import BoneScanClient
+    from bonescan.client.inputs import find_cases
+    from bonescan.errors import BonescanError
+
+    headers = dict(h.split("=", 1) for h in (a.header or []))
+    opts = {"model": a.model, "timeout_s": a.timeout, "retries": a.retries, "headers": headers,
+            "ssl": bool(a.root_cert), "root_certificates": a.root_cert, "private_key": a.client_key,
+            "certificate_chain": a.client_cert, "expected_model_sha256": a.expect_model}
+    if not a.input and not a.views:
+        print("give a scan, a folder of cases, or --views ANTERIOR POSTERIOR", file=sys.stderr)
+        return 2
+    if a.views:
+        items = [((a.views[0], a.views[1]), a.report)]
+    else:
+        src = Path(a.input)
+        items = [(p, a.report) for p in find_cases(src)] if src.is_dir() else [(src, a.report)]
+        if not items:
+            print(f"{src}: no scans found", file=sys.stderr)
+            return 2
+    out = Path(a.out)
+    failures = 0
+    with BoneScanClient(a.server, **opts) as client:
+        bar = tqdm(total=len(items), desc="segmenting", unit="scan", disable=len(items) < 2)
+        results = client.segment_many(items, concurrency=a.concurrency)
+        for (scan, _), res in zip(items, results):
+            name = Path(scan[0]).parent.name if isinstance(scan, tuple) else Path(scan).stem
+            if isinstance(res, BonescanError):
+                failures += 1
+                bar.write(f"FAILED {res}")
+            else:
+                res.save(out, name)
+                bar.write(res.summary().replace(Path(res.source).name or res.source, name, 1))
+            bar.update()
+        bar.close()
+    print(f"{len(items) - failures} of {len(items)} scans segmented; results in {out}")
+    return 0 if failures == 0 else 1
+
+
 def _demo(a: argparse.Namespace) -> int:
     from bonescan.demo import run_demo
 
     return run_demo(a.out, n=a.n, seed=a.seed, workers=a.workers)
+
+
+def _bench_latency(a: argparse.Namespace) -> int:
+    from bonescan.benchmarks.latency import bench_latency
+    from bonescan.benchmarks.report import write_latency_report
+
+    res = bench_latency(a.checkpoint, a.data, a.out, config_name=a.config, export=a.export, repo=a.repo,
+                        concurrency=tuple(a.concurrency), requests_per_level=a.requests, threads=a.threads,
+                        use_perf_analyzer=not a.no_perf_analyzer, server_url=a.server, n_cases=a.cases)
+    print(f"wrote {write_latency_report(res, a.out)}")
+    return 0 if all(res["verdicts"].values()) else 1
+
+
+def _bench_parity(a: argparse.Namespace) -> int:
+    from bonescan.benchmarks.parity import bench_parity
+
+    if a.server:
+        res = bench_parity(a.checkpoint, a.export, a.data, a.server, a.model, a.n, out=a.out)
+        return 0 if res["ok"] else 1
+    from bonescan.serving.repository import RepoOptions, build_repository
+    from bonescan.serving.server import TritonServer, free_ports
+
+    repo = a.repo
+    if repo is None:
+        repo = a.out / "repo"
+        build_repository(a.export, repo, RepoOptions())
+    g, h, m = free_ports(3)
+    with TritonServer(repo, g, h, m, log_file=a.out / "tritonserver_parity.log") as srv:
+        res = bench_parity(a.checkpoint, a.export, a.data, srv.grpc_url, a.model, a.n, out=a.out)
+    return 0 if res["ok"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +288,114 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, type=Path)
     s.set_defaults(func=_data_to_dicom)
 
+    # ---- model
+    s = sub.add_parser("train", help="train the dual-path model or the U-Net baseline")
+    s.add_argument("--data", required=True, type=Path)
+    s.add_argument("--out", required=True, type=Path, help="checkpoint file to write (.pt)")
+    s.add_argument("--model", choices=["dualpath", "unet"], default="dualpath")
+    s.add_argument("--config", choices=["demo", "paper", "tiny"], default="demo")
+    s.add_argument("--fusion", choices=["xattn", "gate"], help="dualpath fusion (default xattn)")
+    s.add_argument("--text-encoder", type=Path, help="local folder with a pretrained MacBERT (offline)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--steps", type=int, help="override the config's steps (0 = initialise only)")
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--max-minutes", type=float, help="stop after this long (the schedule is compressed)")
+    s.add_argument("--eval-every", type=int, help="print validation DSC every n steps")
+    s.add_argument("--lr", type=float, help="override the image-path learning rate")
+    s.add_argument("--crop-rows", type=int, help="training crop height (0 = whole images)")
+    s.add_argument("--init-from", type=Path, help="initialise the image path from this checkpoint (e.g. the U-Net)")
+    s.add_argument("--fusion-stages", type=int, help="override the number of fused decoder stages")
+    s.add_argument("--no-prior", action="store_true", help="ablation: no report veto map on the logits")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_train)
+    s = sub.add_parser("eval", help="evaluate a checkpoint on a split (true, shuffled or empty reports)")
+    s.add_argument("--checkpoint", required=True, type=Path)
+    s.add_argument("--data", required=True, type=Path)
+    s.add_argument("--split", choices=["train", "val", "test"], default="test")
+    s.add_argument("--reports", choices=["true", "shuffled", "empty"], default="true")
+    s.add_argument("--json", type=Path, help="write per-scan and summary metrics here")
+    s.add_argument("--seed", type=int, default=0, help="seed of the report shuffle")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_eval)
+
+    # ---- export
+    exp = sub.add_parser("export", help="ONNX export, parity checks, TensorRT engines")
+    esub = exp.add_subparsers(dest="export_command", required=True)
+    s = esub.add_parser("onnx", help="checkpoint -> text_encoder.onnx + segmenter.onnx + model.json")
+    s.add_argument("--checkpoint", required=True, type=Path)
+    s.add_argument("--out", required=True, type=Path)
+    s.set_defaults(func=_export_onnx)
+    s = esub.add_parser("check", help="parity of the ONNX graphs with PyTorch on held-out cases (JSON)")
+    s.add_argument("--checkpoint", required=True, type=Path)
+    s.add_argument("--export", required=True, type=Path)
+    s.add_argument("--data", required=True, type=Path)
+    s.add_argument("--split", choices=["train", "val", "test"], default="test")
+    s.add_argument("--n", type=int, default=16, help="cases (default 16)")
+    s.add_argument("--max-batch", type=int, default=4, help="check batch sizes 1..N give the same outputs")
+    s.add_argument("--json", type=Path)
+    s.set_defaults(func=_export_check)
+    s = esub.add_parser("lint", help="TensorRT-compatibility check of the ONNX graphs (runs on a CPU)")
+    s.add_argument("--onnx", required=True, type=Path, help="an export folder")
+    s.add_argument("--json", type=Path)
+    s.set_defaults(func=_export_lint)
+    s = esub.add_parser("trt", help="build TensorRT engines (needs an NVIDIA GPU and TensorRT)")
+    s.add_argument("--onnx", required=True, type=Path, help="an export folder")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16")
+    s.add_argument("--max-batch", type=int, default=8, help="= the Triton max_batch_size (default 8)")
+    s.add_argument("--timing-cache", type=Path)
+    s.add_argument("--calibration-cases", type=int, default=64, help="synthetic cases for INT8 calibration")
+    s.set_defaults(func=_export_trt)
+    s = esub.add_parser("verify-gpu", help="one command for a GPU machine: build, compare with onnxruntime, DSC parity")
+    s.add_argument("--checkpoint", required=True, type=Path)
+    s.add_argument("--work", type=Path, default=Path("verify_gpu"))
+    s.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "int8"], choices=["fp32", "fp16", "int8"])
+    s.add_argument("--max-batch", type=int, default=8)
+    s.add_argument("--data", type=Path, help="held-out data (default: 64 synthetic cases made on the fly)")
+    s.add_argument("--n", type=int, default=64)
+    s.set_defaults(func=_export_verify_gpu)
+
+    # ---- repository and server
+    repo = sub.add_parser("repo", help="the Triton model repository")
+    rsub = repo.add_subparsers(dest="repo_command", required=True)
+    s = rsub.add_parser("build", help="fill the model-repository templates with artifacts and configs")
+    s.add_argument("--from", dest="src", required=True, type=Path, help="export folder of the dual-path model (ONNX, or engines for --flavor tensorrt)")
+    s.add_argument("--baseline", type=Path, help="export folder of the U-Net (adds bonescan_unet)")
+    s.add_argument("--flavor", choices=["embedded", "onnxruntime", "tensorrt"], default="embedded")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--max-batch-size", type=int, default=8)
+    s.add_argument("--instances", type=int, default=1, help="instances of text_encoder / segmenter")
+    s.add_argument("--python-instances", type=int, default=1, help="instances of the python steps")
+    s.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batching delay")
+    s.add_argument("--threads", type=int, default=2, help="onnxruntime threads per instance (embedded)")
+    s.add_argument("--device", choices=["gpu", "cpu"], default="gpu", help="instance kind for onnxruntime flavor")
+    s.set_defaults(func=_repo_build)
+    s = sub.add_parser("serve", help="run tritonserver on a repository until Ctrl-C / SIGTERM")
+    s.add_argument("--repo", required=True, type=Path)
+    s.add_argument("--grpc-port", type=int, default=8001)
+    s.add_argument("--http-port", type=int, default=8000)
+    s.add_argument("--metrics-port", type=int, default=8002)
+    s.add_argument("--log-file", type=Path, help="server log (default: inherit the terminal)")
+    s.set_defaults(func=_serve)
+
+    # ---- client
+    s = sub.add_parser("infer", help="segment scans with a running server (gRPC client)")
+    s.add_argument("input", nargs="?", help="DICOM / NPY file, case folder, or a folder of cases")
+    s.add_argument("--views", nargs=2, metavar=("ANTERIOR", "POSTERIOR"), help="two view files (16-bit PNG or DICOM)")
+    s.add_argument("--report", type=Path, help="UTF-8 report file (default: the case folder's report.txt)")
+    s.add_argument("--server", default="localhost:8001", help="gRPC address (default localhost:8001)")
+    s.add_argument("--model", default="bonescan", help="bonescan (with report) or bonescan_unet (image only)")
+    s.add_argument("--out", type=Path, default=Path("bonescan_out"))
+    s.add_argument("--concurrency", type=int, default=4)
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    s.add_argument("--retries", type=int, default=3, help="retries when the server is unavailable")
+    s.add_argument("--root-cert", help="PEM root certificate: use TLS")
+    s.add_argument("--client-cert", help="PEM client certificate (mutual TLS)")
+    s.add_argument("--client-key", help="PEM client key (mutual TLS)")
+    s.add_argument("--header", action="append", help="extra gRPC header NAME=VALUE (e.g. authorization=Bearer ...)")
+    s.add_argument("--expect-model", help="refuse a server whose model hash differs (16 hex digits)")
+    s.set_defaults(func=_infer)
+
     # ---- demo
     s = sub.add_parser("demo", help="the whole pipeline on the embedded synthetic data (make demo)")
     s.add_argument("--out", type=Path, default=Path("demo_out"))
@@ -135,6 +412,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--out", type=Path, help="keep the data set here (default: a temporary folder)")
     s.set_defaults(func=_bench_synth)
+    s = bsub.add_parser("latency", help="Triton ensemble vs in-process PyTorch / onnxruntime, perf_analyzer, memory")
+    s.add_argument("--checkpoint", required=True, type=Path, help="the dual-path checkpoint (demo or paper config)")
+    s.add_argument("--data", required=True, type=Path, help="held-out scans come from its test split")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--config", choices=["demo", "paper"], help="which targets apply (default: from the checkpoint)")
+    s.add_argument("--export", type=Path, help="its ONNX export (default: exported into --out)")
+    s.add_argument("--repo", type=Path, help="a built repository (default: built into --out)")
+    s.add_argument("--server", help="benchmark a running server instead of starting one")
+    s.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    s.add_argument("--requests", type=int, default=0, help="requests per concurrency level (default: 48 demo, 8 paper)")
+    s.add_argument("--cases", type=int, default=8, help="distinct held-out scans to cycle through")
+    s.add_argument("--threads", type=int, default=2, help="threads per engine, the same for all")
+    s.add_argument("--no-perf-analyzer", action="store_true")
+    s.set_defaults(func=_bench_latency)
+    s = bsub.add_parser("parity", help="DSC and max difference: PyTorch, onnxruntime, Triton (TensorRT on a GPU)")
+    s.add_argument("--checkpoint", required=True, type=Path)
+    s.add_argument("--export", required=True, type=Path)
+    s.add_argument("--data", required=True, type=Path)
+    s.add_argument("--out", type=Path, default=Path("bench_out"))
+    s.add_argument("--server", help="a running server (default: start one on --repo or a repository built from --export)")
+    s.add_argument("--repo", type=Path)
+    s.add_argument("--model", help="ensemble name (default: from the checkpoint)")
+    s.add_argument("--n", type=int, default=40)
+    s.set_defaults(func=_bench_parity)
     return p
 
 

@@ -1,33 +1,180 @@
-"""``make demo``: the whole pipeline on the embedded synthetic data set, one step line each."""
+"""``make demo``: the whole pipeline on the embedded synthetic data set, one step line each.
+
+synthesise -> train the U-Net -> train the dual-path model (image path initialised from the U-Net)
+-> export both to ONNX (+ TensorRT lint, parity) -> build the embedded model repository -> start
+Triton -> segment the held-out scans over gRPC with both ensembles -> one table (DSC through
+Triton, parity with PyTorch, latency) -> demo_out/report.md with overlays and plots -> stop Triton.
+
+Steps whose outputs already exist are reused, so a second run is quick.
+"""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+STEPS = 9
 
 
-def step(msg: str) -> float:
-    print(f"\n==> {msg}", flush=True)
+def step(k: int, msg: str) -> float:
+    print(f"\n==> [{k}/{STEPS}] {msg}", flush=True)
     return time.perf_counter()
 
 
-def run_demo(out: Path, n: int = 1000, seed: int = 0, workers: int = 2) -> int:
+def done(t: float, extra: str = "") -> None:
+    print(f"    done in {time.perf_counter() - t:.1f} s {extra}", flush=True)
+
+
+def _segment_all(url: str, model: str, samples: list, concurrency: int = 4) -> list:
+    from bonescan.client import BoneScanClient
+    from bonescan.client.inputs import Request
+
+    reqs = [Request(s.image, s.report, tuple(s.pixel_spacing), s.case_id) for s in samples]
+    out: list = [None] * len(reqs)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    with BoneScanClient(url, model=model, timeout_s=600) as c:
+        def one(i: int):
+            out[i] = c.segment_prepared([reqs[i]])[0]
+
+        with ThreadPoolExecutor(concurrency) as ex:
+            list(tqdm(ex.map(one, range(len(reqs))), total=len(reqs), desc=f"    {model} over gRPC", unit="scan", leave=False))
+    return out
+
+
+def run_demo(out: Path, n: int = 1000, seed: int = 0, workers: int = 2, unet_steps: int = 450, dual_steps: int = 300) -> int:
+    from bonescan.data.dataset import BoneScanDataset
+    from bonescan.data.generate import generate_dataset
+    from bonescan.metrics import scan_metrics, summarize
+
+    t_total = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
-    t = step(f"1/2 synthesising {n} cases (seed {seed}) into {data}")
-    if (data / "manifest.json").exists() and json.loads((data / "manifest.json").read_text())["generator"]["n"] == n:
+
+    t = step(1, f"synthesising {n} SPECT scans + Chinese reports (seed {seed}) into {data}")
+    mpath = data / "manifest.json"
+    if mpath.exists() and json.loads(mpath.read_text())["generator"]["n"] == n and json.loads(mpath.read_text())["generator"]["seed"] == seed:
         print("    already there; reusing")
     else:
-        from bonescan.data.generate import generate_dataset
-
         stats = generate_dataset(data, n, seed, workers)
-        print(json.dumps(stats, ensure_ascii=False))
-    print(f"    {time.perf_counter() - t:.1f} s")
-    t = step("2/2 drawing a preview of the test split")
-    from bonescan.data.preview import preview
+        print(f"    {stats['lesions_per_scan_mean']} lesions per scan, {stats['negative_share']:.0%} negative, "
+              f"{stats['benign_mimic_share']:.0%} with benign mimics, reports {stats['report_chars_mean']:.0f} characters")
+    done(t)
 
-    p = preview(data, out / "preview.png", n=6, split="test")
-    print(f"    wrote {p} ({time.perf_counter() - t:.1f} s)")
+    from bonescan.model.config import preset
+    from bonescan.train import train
+
+    ck = {"unet": out / "unet.pt", "dualpath": out / "dualpath.pt"}
+    t = step(2, f"training the U-Net baseline (demo config, {unet_steps} steps)")
+    if not ck["unet"].exists():
+        m, tc = preset("demo", "unet")
+        tc.steps = unet_steps
+        train(data, ck["unet"], m, tc, seed=seed, command="make demo", config_name="demo")
+    else:
+        print("    already there; reusing")
+    done(t)
+    t = step(3, f"training the dual-path model (report-guided, {dual_steps} steps, image path from the U-Net)")
+    if not ck["dualpath"].exists():
+        m, tc = preset("demo", "dualpath")
+        tc.steps = dual_steps
+        train(data, ck["dualpath"], m, tc, seed=seed, command="make demo", config_name="demo", init_from=ck["unet"])
+    else:
+        print("    already there; reusing")
+    done(t)
+
+    from bonescan.export.onnx_export import export_onnx
+    from bonescan.export.parity import check_parity
+    from bonescan.export.trt_compat import check_export
+
+    t = step(4, "exporting both models to ONNX; TensorRT lint; ONNX-vs-PyTorch parity")
+    exports = {k: out / f"export_{k}" for k in ck}
+    parity = {}
+    for k, p in ck.items():
+        if not (exports[k] / "model.json").exists() or (exports[k] / "model.json").stat().st_mtime < p.stat().st_mtime:
+            export_onnx(p, exports[k])
+        lint = check_export(exports[k])
+        parity[k] = check_parity(p, exports[k], data, n=8, max_batch=4, json_out=out / f"parity_onnx_{k}.json", progress=False)
+        print(f"    {k}: TensorRT lint {'OK' if lint['ok'] else 'FAILED: ' + str(lint['graphs'])}")
+    done(t)
+
+    from bonescan.serving.repository import RepoOptions, build_repository
+    from bonescan.serving.server import TritonServer, free_ports
+
+    t = step(5, "building the embedded Triton model repository (ensembles bonescan + bonescan_unet)")
+    repo = out / "model_repository"
+    build_repository(exports["dualpath"], repo, RepoOptions(max_batch_size=8), baseline=exports["unet"])
+    done(t, str(repo))
+
+    test = BoneScanDataset(data, "test")
+    samples = test.load_all(progress=True, desc="    loading test split")
+    t = step(6, "starting tritonserver (CPU, python backend + onnxruntime)")
+    g, h, mport = free_ports(3)
+    server = TritonServer(repo, g, h, mport, log_file=out / "tritonserver.log")
+    server.start(timeout=300)
+    done(t, f"gRPC {server.grpc_url}")
+    results: dict[str, Any] = {}
+    lat: dict[str, Any] = {}
+    try:
+        t = step(7, f"segmenting {len(samples)} held-out scans over gRPC with both ensembles")
+        served = {"dualpath": _segment_all(server.grpc_url, "bonescan", samples), "unet": _segment_all(server.grpc_url, "bonescan_unet", samples)}
+        done(t)
+        from bonescan.benchmarks.latency import harness
+
+        t = step(8, "latency over gRPC (concurrency 1 and 4) and in-process PyTorch on the same scans")
+        cases = [(s.image, s.report, tuple(s.pixel_spacing)) for s in samples[:8]]
+        for k, model in (("dualpath", "bonescan"), ("unet", "bonescan_unet")):
+            harness(server.grpc_url, model, cases, 1, 4, k == "dualpath")
+            lat[k] = {c: harness(server.grpc_url, model, cases, c, 24, k == "dualpath") for c in (1, 4)}
+        done(t)
+    finally:
+        server.stop()
+
+    from bonescan.model.checkpoint import Predictor
+    from bonescan.postprocess import postprocess
+
+    t = step(9, "PyTorch on the same scans (parity), report")
+    for k in ck:
+        pred = Predictor(ck[k])
+        per_t, per_s, agree, ms = [], [], [], []
+        for s, r in zip(samples, served[k]):
+            t0 = time.perf_counter()
+            m_t = postprocess(pred.logits(s.image[None], [s.report]), np.array([s.pixel_spacing], np.float32))[0][0, 0]
+            ms.append((time.perf_counter() - t0) * 1000)
+            per_t.append(scan_metrics(m_t, s.mask))
+            per_s.append(scan_metrics(r.mask, s.mask))
+            agree.append(scan_metrics(r.mask, m_t)["dsc"])
+        results[k] = {"triton": summarize(per_s), "pytorch": summarize(per_t), "mask_agreement": float(np.mean(agree)),
+                      "identical": int(sum(a == 1.0 for a in agree)), "pytorch_ms_p50": float(np.median(ms))}
+    from bonescan.benchmarks.demo_report import write_demo_report
+
+    table = demo_table(results, lat, parity, len(samples))
+    print(table)
+    report = write_demo_report(out, samples, served, results, lat, table)
+    done(t, str(report))
+    (out / "demo.json").write_text(json.dumps({"results": results, "latency": lat, "parity": {k: {kk: v[kk] for kk in ("max_abs_logit_diff", "mean_mask_dsc")} for k, v in parity.items()}}, indent=1, default=str) + "\n")
+    print(f"\nmake demo finished in {(time.perf_counter() - t_total) / 60:.1f} min; open {report}")
     return 0
+
+
+def demo_table(results: dict, lat: dict, parity: dict, n: int) -> str:
+    lines = [f"\n| model (through Triton, {n} held-out scans) | DSC (mean +- sd) | IoU | lesion sensitivity | FP / scan | "
+             "DSC PyTorch | delta DSC Triton-PyTorch | identical masks | ONNX max logit diff | p50 ms c=1 | p50 ms c=4 | scans/s c=4 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for k, label in (("unet", "U-Net (image only)"), ("dualpath", "dual-path (image + report)")):
+        r = results[k]
+        s = r["triton"]
+        lines.append(
+            f"| {label} | {s['dsc']['mean']:.4f} +- {s['dsc']['sd']:.3f} | {s['iou']['mean']:.4f} | {s['lesion_sensitivity'] or 0:.3f} | "
+            f"{s['fp_per_scan']:.2f} | {r['pytorch']['dsc']['mean']:.4f} | {s['dsc']['mean'] - r['pytorch']['dsc']['mean']:+.5f} | "
+            f"{r['identical']}/{n} | {parity[k]['max_abs_logit_diff']:.1e} | {lat[k][1]['p50_ms']:.0f} | {lat[k][4]['p50_ms']:.0f} | "
+            f"{lat[k][4]['throughput_per_s']:.1f} |")
+    gain = results["dualpath"]["triton"]["dsc"]["mean"] - results["unet"]["triton"]["dsc"]["mean"]
+    lines.append(f"\nDSC gain of the report (dual-path - U-Net): {gain:+.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,505 @@
+"""``bonescan bench latency``: the served ensemble against in-process PyTorch and onnxruntime.
+
+One run, one machine, the same held-out inputs and the same thread counts for everything:
+
+* in-process PyTorch eager (the checkpoint) and in-process onnxruntime (the exported graphs), each
+  as the whole pipeline (tokenize -> text encoder -> segmenter -> postprocess) and one scan at a time;
+* the Triton ensemble over gRPC at concurrency 1, 2, 4, 8, 16 (our harness: p50 / p90 / p99
+  latency, throughput, errors) and Triton's own ``perf_analyzer`` on the same real scans and reports;
+* per-member times from Triton's statistics API; peak memory of the server and its python-backend
+  processes; the FLOPs of one scan and the fp32 matmul rate of this machine measured in the same run.
+
+Ratios (not absolute times) are what the targets are about, since these machines are noisy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bonescan import contract as C
+
+CONCURRENCY = (1, 2, 4, 8, 16)
+
+
+# ----------------------------------------------------------------------------- machine
+def machine_info(threads: int) -> dict[str, Any]:
+    cpu = "unknown"
+    flags = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name") and cpu == "unknown":
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = line
+    simd = [f for f in ("avx512f", "avx512_bf16", "amx_tile", "avx2", "fma") if f" {f}" in flags]
+    import onnxruntime
+    import torch
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "simd": simd, "threads_per_engine": threads,
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "python": platform.python_version(), "torch": str(torch.__version__), "onnxruntime": onnxruntime.__version__}
+
+
+def matmul_gflops(threads: int, n: int = 2048, seconds: float = 3.0) -> float:
+    """fp32 n x n matmul rate with ``threads`` threads (the compute ceiling to compare against)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    t0, k = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        k += 1
+    dt = time.perf_counter() - t0
+    torch.set_num_threads(old)
+    return 2 * n**3 * k / dt / 1e9
+
+
+def model_flops(predictor, image: np.ndarray, report: str) -> dict[str, float]:
+    """FLOPs of one scan (PyTorch's flop counter: matmuls and convolutions), text and image paths."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = predictor.net
+    x = torch.from_numpy(image[None].astype(np.float32))
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        if predictor.tokenizer is not None:
+            ids, mask = (torch.from_numpy(a) for a in predictor.tokenizer([report]))
+            with FlopCounterMode(display=False) as fc:
+                feats = net.text_encoder(ids, mask)
+            out["text_encoder"] = float(fc.get_total_flops())
+            with FlopCounterMode(display=False) as fc:
+                net.segmenter(x, feats, mask)
+            out["segmenter"] = float(fc.get_total_flops())
+        else:
+            with FlopCounterMode(display=False) as fc:
+                net.segmenter(x)
+            out["segmenter"] = float(fc.get_total_flops())
+    out["total"] = sum(out.values())
+    return out
+
+
+# ----------------------------------------------------------------------------- latency helpers
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def summarize_ms(lat_ms: list[float], seconds: float, errors: int = 0) -> dict[str, Any]:
+    return {"n": len(lat_ms), "p50_ms": pct(lat_ms, 50), "p90_ms": pct(lat_ms, 90), "p99_ms": pct(lat_ms, 99),
+            "mean_ms": float(np.mean(lat_ms)) if lat_ms else float("nan"),
+            "throughput_per_s": len(lat_ms) / seconds if seconds > 0 else float("nan"), "errors": errors}
+
+
+def time_inprocess(fn, cases: list, warmup: int, n: int) -> dict[str, Any]:
+    for i in range(warmup):
+        fn(cases[i % len(cases)])
+    lat = []
+    t_all = time.perf_counter()
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn(cases[i % len(cases)])
+        lat.append((time.perf_counter() - t0) * 1000)
+    return summarize_ms(lat, time.perf_counter() - t_all)
+
+
+class MemorySampler:
+    """Peak resident memory of a process and all its children (tritonserver + python stubs)."""
+
+    def __init__(self, pid: int, period: float = 0.2):
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.period = period
+        self.peak = 0
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def rss(self) -> int:
+        import psutil
+
+        total = 0
+        for p in [self.proc, *self.proc.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            r = self.rss()
+            self.samples.append(r)
+            self.peak = max(self.peak, r)
+            time.sleep(self.period)
+
+    def __enter__(self) -> MemorySampler:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def harness(url: str, model: str, cases: list, concurrency: int, n_requests: int, text_guided: bool) -> dict[str, Any]:
+    """n_requests real requests, ``concurrency`` in flight (one gRPC client per worker)."""
+    import tritonclient.grpc as grpcclient
+    from bonescan.client.core import _build_inputs, _outputs
+    from bonescan.client.inputs import Request
+
+    reqs = [Request(img, rep, sp, f"case{i}") for i, (img, rep, sp) in enumerate(cases)]
+    lat: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    counter = iter(range(n_requests))
+
+    def worker() -> None:
+        c = grpcclient.InferenceServerClient(url)
+        outs = _outputs(grpcclient, want_probability=True)
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            ins = _build_inputs(grpcclient, [reqs[i % len(reqs)]], text_guided)
+            t0 = time.perf_counter()
+            try:
+                c.infer(model, ins, outputs=outs, client_timeout=600)
+                dt = (time.perf_counter() - t0) * 1000
+                with lock:
+                    lat.append(dt)
+            except Exception:  # noqa: BLE001 - counted, the run goes on
+                with lock:
+                    errors[0] += 1
+
+    t_all = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as ex:
+        for f in [ex.submit(worker) for _ in range(concurrency)]:
+            f.result()
+    res = summarize_ms(lat, time.perf_counter() - t_all, errors[0])
+    res["concurrency"] = concurrency
+    return res
+
+
+def member_stats(url: str, models: list[str], before: dict | None = None) -> dict[str, Any]:
+    """Triton's statistics per model; with ``before``, the per-inference averages since then."""
+    import tritonclient.grpc as grpcclient
+
+    c = grpcclient.InferenceServerClient(url)
+    now = {}
+    for m in models:
+        s = c.get_inference_statistics(m, as_json=True)["model_stats"][0]
+        inf = s.get("inference_stats", {})
+        now[m] = {
+            "inference_count": int(s.get("inference_count", 0)),
+            "execution_count": int(s.get("execution_count", 0)),
+            **{k: {"count": int(inf.get(k, {}).get("count", 0)), "ns": int(inf.get(k, {}).get("ns", 0))}
+               for k in ("queue", "compute_input", "compute_infer", "compute_output", "success")},
+        }
+    if before is None:
+        return now
+    out = {}
+    for m in models:
+        a, b = before[m], now[m]
+        n_inf = b["inference_count"] - a["inference_count"]
+        n_exe = b["execution_count"] - a["execution_count"]
+        row: dict[str, Any] = {"inferences": n_inf, "executions": n_exe,
+                               "avg_batch": round(n_inf / n_exe, 2) if n_exe else None}
+        for k in ("queue", "compute_input", "compute_infer", "compute_output", "success"):
+            cnt = b[k]["count"] - a[k]["count"]
+            row[f"{k}_ms"] = (b[k]["ns"] - a[k]["ns"]) / cnt / 1e6 if cnt else None
+        out[m] = row
+    return out
+
+
+# ----------------------------------------------------------------------------- perf_analyzer
+def perf_analyzer_binary() -> str | None:
+    import sys
+
+    p = Path(sys.executable).parent / "perf_analyzer"
+    return str(p) if p.exists() else shutil.which("perf_analyzer")
+
+
+def perf_analyzer_env(work: Path) -> dict[str, str]:
+    """perf_analyzer needs libb64 (apt libb64-0d) and libcudart.so.12 (a link to the wheel's copy)."""
+    from bonescan.serving.server import _site_packages
+
+    libs = _site_packages() / "nvidia_pytriton.libs"
+    link_dir = work / "pa_libs"
+    link_dir.mkdir(parents=True, exist_ok=True)
+    cudart = next(libs.glob("libcudart-*.so.12*"), None)
+    if cudart is not None and not (link_dir / "libcudart.so.12").exists():
+        (link_dir / "libcudart.so.12").symlink_to(cudart)
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([str(link_dir), str(libs), env.get("LD_LIBRARY_PATH", "")])
+    return env
+
+
+def perf_analyzer_data(cases: list, path: Path, text_guided: bool, n: int = 4) -> Path:
+    """Real scans and report strings in perf_analyzer's --input-data JSON format."""
+    data = []
+    for img, rep, sp in cases[:n]:
+        row: dict[str, Any] = {
+            C.ENS_IMAGE.name: {"content": img.astype(np.float32).ravel().round(3).tolist(), "shape": list(img.shape)},
+            C.ENS_PIXEL_SPACING.name: {"content": [float(v) for v in sp], "shape": [2]},
+        }
+        if text_guided:
+            row[C.ENS_REPORT.name] = {"content": [rep], "shape": [1]}
+        data.append(row)
+    path.write_text(json.dumps({"data": data}, ensure_ascii=False))
+    return path
+
+
+def run_perf_analyzer(url: str, model: str, data: Path, concurrency: list[int], work: Path,
+                      measurement_ms: int = 4000) -> dict[str, Any]:
+    exe = perf_analyzer_binary()
+    if exe is None:
+        return {"error": "perf_analyzer not found (it comes with the tritonclient wheel)"}
+    csv = work / f"perf_analyzer_{model}.csv"
+    cmd = [exe, "-m", model, "-u", url, "-i", "grpc", "--input-data", str(data),
+           "--concurrency-range", f"{min(concurrency)}:{max(concurrency)}:1" if len(concurrency) > 1 else str(concurrency[0]),
+           "--measurement-mode", "time_windows", "--measurement-interval", str(measurement_ms),
+           "--stability-percentage", "50", "--max-trials", "6", "-f", str(csv), "--percentile", "50"]
+    if len(concurrency) > 1 and concurrency != list(range(min(concurrency), max(concurrency) + 1)):
+        # perf_analyzer takes start:end:step; run the levels one by one instead
+        rows: list[dict[str, Any]] = []
+        for c in concurrency:
+            r = run_perf_analyzer(url, model, data, [c], work, measurement_ms)
+            if "error" in r:
+                return r
+            rows.extend(r["rows"])
+        return {"rows": rows, "command": " ".join(cmd)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=perf_analyzer_env(work), timeout=1800)
+    (work / f"perf_analyzer_{model}_c{'-'.join(map(str, concurrency))}.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0 or not csv.exists():
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+        return {"error": f"perf_analyzer exited with {proc.returncode}: " + " | ".join(tail)}
+    lines = csv.read_text().strip().splitlines()
+    header = lines[0].split(",")
+    rows = []
+    for line in lines[1:]:
+        vals = dict(zip(header, line.split(",")))
+        rows.append({
+            "concurrency": int(float(vals["Concurrency"])),
+            "throughput_per_s": float(vals["Inferences/Second"]),
+            "p50_ms": float(vals["p50 latency"]) / 1000,
+            "p90_ms": float(vals["p90 latency"]) / 1000,
+            "p99_ms": float(vals["p99 latency"]) / 1000,
+            "avg_ms": float(vals.get("Avg latency", "nan")) / 1000 if "Avg latency" in vals else None,
+        })
+    return {"rows": rows, "command": " ".join(cmd)}
+
+
+# ----------------------------------------------------------------------------- the whole benchmark
+TARGETS = {
+    "demo": {"serving_overhead_max": 1.25, "vs_pytorch_max": 1.0, "throughput_c8_over_c1_min": 1.3},
+    "paper": {"serving_overhead_max": 1.10, "vs_pytorch_max": 1.0, "throughput_c8_over_c1_min": 1.0,
+              "compute_efficiency_min": 0.70},
+}
+
+
+def load_cases(data: Path, n: int) -> list:
+    from bonescan.data.dataset import BoneScanDataset
+
+    out = []
+    for s in BoneScanDataset(data, "test", require_mask=False).samples():
+        out.append((s.image, s.report, s.pixel_spacing))
+        if len(out) >= n:
+            break
+    if not out:
+        raise SystemExit(f"{data}: no test cases")
+    return out
+
+
+def bench_latency(checkpoint: Path, data: Path, out: Path, config_name: str | None = None, export: Path | None = None,
+                  repo: Path | None = None, concurrency: tuple[int, ...] = CONCURRENCY, requests_per_level: int = 0,
+                  inprocess_n: int = 0, threads: int = 2, use_perf_analyzer: bool = True, server_url: str | None = None,
+                  max_batch_size: int = 8, n_cases: int = 8) -> dict[str, Any]:
+    """Run everything and write out/latency.json; returns the results."""
+    import torch
+    from bonescan.export.onnx_export import OrtPipeline, export_onnx
+
+    from bonescan.model.checkpoint import Predictor
+    from bonescan.postprocess import postprocess
+    from bonescan.serving.repository import RepoOptions, build_repository
+    from bonescan.serving.server import TritonServer, free_ports
+
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    torch.set_num_threads(threads)
+    pred = Predictor(checkpoint, threads=threads)
+    config_name = config_name or pred.ckpt.metadata.get("config_name") or "demo"
+    model = C.ENSEMBLE_MODEL if pred.text_guided else C.ENSEMBLE_UNET_MODEL
+    cases = load_cases(data, n_cases)
+    heavy = config_name == "paper"
+    inprocess_n = inprocess_n or (6 if heavy else 40)
+    requests_per_level = requests_per_level or (8 if heavy else 48)
+    print(f"[bench] {config_name} config, {model}, {len(cases)} held-out scans, {threads} threads per engine", flush=True)
+
+    res: dict[str, Any] = {"config": config_name, "model": model, "checkpoint": str(checkpoint), "machine": machine_info(threads)}
+    print("[bench] fp32 matmul rate ...", flush=True)
+    res["matmul_gflops"] = round(matmul_gflops(threads), 1)
+    img0, rep0, _ = cases[0]
+    res["flops_per_scan"] = model_flops(pred, img0, rep0)
+
+    if export is None:
+        export = out / "export"
+        if not (export / "model.json").exists():
+            print("[bench] exporting ONNX ...", flush=True)
+            export_onnx(checkpoint, export)
+    ort_pipe = OrtPipeline(export, threads=threads)
+
+    def run_torch(case):
+        img, rep, sp = case
+        postprocess(pred.logits(img[None], [rep]), np.array([sp], np.float32))
+
+    def run_ort(case):
+        img, rep, sp = case
+        postprocess(ort_pipe.logits(img[None], [rep]), np.array([sp], np.float32))
+
+    def run_ort_graphs(case):
+        img, rep, _ = case
+        ort_pipe.logits(img[None], [rep])
+
+    print(f"[bench] in-process PyTorch eager ({inprocess_n} scans) ...", flush=True)
+    res["pytorch"] = time_inprocess(run_torch, cases, 2, inprocess_n)
+    print(f"[bench] in-process onnxruntime ({inprocess_n} scans) ...", flush=True)
+    res["onnxruntime"] = time_inprocess(run_ort, cases, 2, inprocess_n)
+    res["onnxruntime_graphs_only"] = time_inprocess(run_ort_graphs, cases, 1, max(inprocess_n // 2, 3))
+
+    server = None
+    if server_url is None:
+        if repo is None:
+            repo = out / "repo"
+            is_dual = "text_encoder" in json.loads((export / "model.json").read_text())["graphs"]
+            if not is_dual:
+                raise SystemExit("bench latency serves the dual-path model; pass --server for a running bonescan_unet")
+            build_repository(export, repo, RepoOptions(max_batch_size=max_batch_size, intra_op_threads=threads,
+                                                        queue_delay_us=2000 if not heavy else 5000))
+        grpc, http, metrics = free_ports(3)
+        server = TritonServer(repo, grpc, http, metrics, log_file=out / "tritonserver.log")
+        print(f"[bench] starting tritonserver on {repo} ...", flush=True)
+        server.start(timeout=600)
+        server_url = server.grpc_url
+    members = [C.PREPROCESS_MODEL, C.TOKENIZER_MODEL, C.TEXT_ENCODER_MODEL, C.SEGMENTER_MODEL, C.POSTPROCESS_MODEL] \
+        if model == C.ENSEMBLE_MODEL else [C.PREPROCESS_MODEL, C.SEGMENTER_UNET_MODEL, C.POSTPROCESS_MODEL]
+    try:
+        sampler = MemorySampler(server.proc.pid) if server and server.proc else None
+        if sampler:
+            sampler.__enter__()
+            res["server_memory_idle_mib"] = round(sampler.rss() / 2**20, 1)
+        text_guided = model == C.ENSEMBLE_MODEL
+        harness(server_url, model, cases, 1, 3 if heavy else 8, text_guided)  # warm-up
+        res["triton"] = []
+        res["members_c1"] = None
+        for c in concurrency:
+            n = max(requests_per_level, 2 * c)
+            before = member_stats(server_url, members)
+            print(f"[bench] Triton ensemble, concurrency {c}: {n} requests ...", flush=True)
+            row = harness(server_url, model, cases, c, n, text_guided)
+            row["members"] = member_stats(server_url, members, before)
+            res["triton"].append(row)
+        if use_perf_analyzer:
+            print("[bench] perf_analyzer ...", flush=True)
+            data_json = perf_analyzer_data(cases, out / "perf_analyzer_input.json", text_guided)
+            levels = [c for c in concurrency if c <= (4 if heavy else 16)]
+            res["perf_analyzer"] = run_perf_analyzer(server_url, model, data_json, levels, out,
+                                                     measurement_ms=20000 if heavy else 4000)
+        if sampler:
+            sampler.__exit__(None, None, None)
+            res["server_memory_peak_mib"] = round(sampler.peak / 2**20, 1)
+    finally:
+        if server is not None:
+            server.stop()
+
+    res["ratios"] = ratios(res)
+    res["targets"] = TARGETS.get(config_name, TARGETS["demo"])
+    res["verdicts"] = verdicts(res)
+    res["seconds"] = round(time.perf_counter() - t_start, 1)
+    (out / "latency.json").write_text(json.dumps(res, indent=1) + "\n")
+    print(latency_table(res))
+    return res
+
+
+def ratios(res: dict[str, Any]) -> dict[str, float]:
+    c1 = next(r for r in res["triton"] if r["concurrency"] == 1)
+    by_c = {r["concurrency"]: r for r in res["triton"]}
+    out = {
+        "triton_c1_p50_over_onnxruntime_p50": c1["p50_ms"] / res["onnxruntime"]["p50_ms"],
+        "triton_c1_p50_over_pytorch_p50": c1["p50_ms"] / res["pytorch"]["p50_ms"],
+        "onnxruntime_p50_over_pytorch_p50": res["onnxruntime"]["p50_ms"] / res["pytorch"]["p50_ms"],
+        "compute_efficiency": res["flops_per_scan"]["total"] / (c1["p50_ms"] / 1000) / (res["matmul_gflops"] * 1e9),
+    }
+    if 8 in by_c:
+        out["throughput_c8_over_c1"] = by_c[8]["throughput_per_s"] / c1["throughput_per_s"]
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+def verdicts(res: dict[str, Any]) -> dict[str, bool]:
+    t, r = res["targets"], res["ratios"]
+    v = {
+        "serving_overhead": r["triton_c1_p50_over_onnxruntime_p50"] <= t["serving_overhead_max"],
+        "faster_than_pytorch": r["triton_c1_p50_over_pytorch_p50"] <= t["vs_pytorch_max"],
+        "no_errors": all(row["errors"] == 0 for row in res["triton"]),
+    }
+    if "throughput_c8_over_c1" in r:
+        v["throughput_scaling"] = r["throughput_c8_over_c1"] >= t["throughput_c8_over_c1_min"]
+    if "compute_efficiency_min" in t:
+        v["compute_efficiency"] = r["compute_efficiency"] >= t["compute_efficiency_min"]
+    return v
+
+
+def latency_table(res: dict[str, Any]) -> str:
+    lines = [f"\n## Latency: {res['config']} configuration ({res['model']}), {res['machine']['cpu']}, "
+             f"{res['machine']['cores']} cores, {res['machine']['threads_per_engine']} threads per engine", "",
+             "| engine | concurrency | p50 ms | p90 ms | p99 ms | throughput /s | errors |", "|---|---|---|---|---|---|---|"]
+    for name in ("pytorch", "onnxruntime"):
+        r = res[name]
+        label = "PyTorch eager, in-process" if name == "pytorch" else "onnxruntime, in-process"
+        lines.append(f"| {label} | 1 | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['throughput_per_s']:.2f} | - |")
+    for r in res["triton"]:
+        lines.append(f"| Triton ensemble (harness) | {r['concurrency']} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | "
+                     f"{r['throughput_per_s']:.2f} | {r['errors']} |")
+    pa = res.get("perf_analyzer", {})
+    for r in pa.get("rows", []):
+        lines.append(f"| Triton ensemble (perf_analyzer) | {r['concurrency']} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | "
+                     f"{r['throughput_per_s']:.2f} | - |")
+    if "error" in pa:
+        lines.append(f"\nperf_analyzer: {pa['error']}")
+    r = res["ratios"]
+    t = res["targets"]
+    v = res["verdicts"]
+    ok = lambda b: "meets" if b else "MISSES"  # noqa: E731
+    lines += ["", "| ratio (same run) | value | target | |", "|---|---|---|---|",
+              f"| Triton p50 (c=1) / in-process onnxruntime p50 | {r['triton_c1_p50_over_onnxruntime_p50']:.3f} | <= {t['serving_overhead_max']} | {ok(v['serving_overhead'])} |",
+              f"| Triton p50 (c=1) / in-process PyTorch p50 | {r['triton_c1_p50_over_pytorch_p50']:.3f} | <= {t['vs_pytorch_max']} | {ok(v['faster_than_pytorch'])} |"]
+    if "throughput_c8_over_c1" in r:
+        lines.append(f"| throughput c=8 / c=1 | {r['throughput_c8_over_c1']:.3f} | >= {t['throughput_c8_over_c1_min']} | {ok(v['throughput_scaling'])} |")
+    eff_target = t.get("compute_efficiency_min")
+    lines.append(f"| FLOPs per scan / Triton p50 / matmul rate | {r['compute_efficiency']:.3f} | "
+                 f"{'>= ' + str(eff_target) if eff_target else '(paper config only)'} | {ok(v['compute_efficiency']) if 'compute_efficiency' in v else ''} |")
+    lines.append(f"\nFLOPs per scan {res['flops_per_scan']['total'] / 1e9:.1f} G; fp32 matmul {res['matmul_gflops']:.0f} GFLOP/s; "
+                 f"server memory idle {res.get('server_memory_idle_mib', '?')} MiB, peak {res.get('server_memory_peak_mib', '?')} MiB; "
+                 f"errors {sum(row['errors'] for row in res['triton'])}")
+    c1 = next(r for r in res["triton"] if r["concurrency"] == 1)
+    lines += ["", "| member (c=1) | queue ms | compute ms | avg batch |", "|---|---|---|---|"]
+    for m, row in c1["members"].items():
+        comp = sum(row.get(k) or 0 for k in ("compute_input_ms", "compute_infer_ms", "compute_output_ms"))
+        lines.append(f"| {m} | {row['queue_ms'] or 0:.2f} | {comp:.2f} | {row['avg_batch']} |")
+    return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""``bonescan bench parity``: does deployment change the answer? PyTorch vs onnxruntime vs Triton (vs TensorRT).
+
+On held-out cases: each engine's DSC against the ground truth, its difference from PyTorch's, the
+largest logit (or probability) difference from PyTorch, and how well its masks agree with PyTorch's.
+Target: |delta DSC| <= 0.001 between Triton and PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bonescan import contract as C
+
+DSC_DELTA_TARGET = 0.001
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def bench_parity(checkpoint: Path, export: Path, data: Path, server_url: str, model: str | None = None, n: int = 40,
+                 split: str = "test", out: Path | None = None, threads: int = 2, progress: bool = True) -> dict[str, Any]:
+    from bonescan.client import BoneScanClient
+    from bonescan.client.inputs import Request
+    from bonescan.export.onnx_export import OrtPipeline
+    from tqdm import tqdm
+
+    from bonescan.data.dataset import BoneScanDataset
+    from bonescan.metrics import scan_metrics
+    from bonescan.model.checkpoint import Predictor
+    from bonescan.postprocess import postprocess, sigmoid
+
+    t0 = time.perf_counter()
+    pred = Predictor(checkpoint, threads=threads)
+    ort = OrtPipeline(export, threads=threads)
+    model = model or (C.ENSEMBLE_MODEL if pred.text_guided else C.ENSEMBLE_UNET_MODEL)
+    samples = []
+    for s in BoneScanDataset(data, split).samples():
+        samples.append(s)
+        if len(samples) >= n:
+            break
+    engines: dict[str, dict[str, list]] = {e: {"dsc": [], "agree": [], "diff": []} for e in ("pytorch", "onnxruntime", "triton")}
+    trt = None
+    try:
+        from bonescan.export.trt import require_gpu
+
+        require_gpu()
+        from bonescan.export.verify_gpu import TrtPipeline
+
+        eng_dir = Path(export).parent / "trt_fp16"
+        if (eng_dir / "segmenter.plan").exists():
+            trt = TrtPipeline(eng_dir, Path(export))
+            engines["tensorrt_fp16"] = {"dsc": [], "agree": [], "diff": []}
+    except Exception:  # noqa: BLE001 - no GPU here: TensorRT is left out of the table
+        trt = None
+    with BoneScanClient(server_url, model=model, timeout_s=600) as client:
+        for s in tqdm(samples, desc="parity", unit="case", disable=not progress, leave=False):
+            sp = np.array([s.pixel_spacing], np.float32)
+            lt = pred.logits(s.image[None], [s.report])
+            m_t = postprocess(lt, sp)[0][0, 0]
+            outs = {"pytorch": (m_t, 0.0)}
+            lo = ort.logits(s.image[None], [s.report])
+            outs["onnxruntime"] = (postprocess(lo, sp)[0][0, 0], float(np.abs(lo - lt).max()))
+            r = client.segment_prepared([Request(s.image, s.report, tuple(s.pixel_spacing), s.case_id)])[0]
+            outs["triton"] = (r.mask, float(np.abs(r.probability - sigmoid(lt)[0, 0]).max()))
+            if trt is not None:
+                lr = trt.logits(s.image[None], [s.report])
+                outs["tensorrt_fp16"] = (postprocess(lr, sp)[0][0, 0], float(np.abs(lr - lt).max()))
+            for e, (m, diff) in outs.items():
+                engines[e]["dsc"].append(scan_metrics(m, s.mask)["dsc"])
+                engines[e]["agree"].append(scan_metrics(m, m_t)["dsc"])
+                engines[e]["diff"].append(diff)
+    if trt is not None:
+        trt.close()
+    base = float(np.mean(engines["pytorch"]["dsc"]))
+    table = {}
+    for e, v in engines.items():
+        table[e] = {
+            "dsc": float(np.mean(v["dsc"])),
+            "delta_dsc_vs_pytorch": float(np.mean(v["dsc"])) - base,
+            "max_diff_vs_pytorch": float(np.max(v["diff"])),
+            "diff_kind": "probability" if e == "triton" else "logit",
+            "mask_agreement_dsc": float(np.mean(v["agree"])),
+            "identical_masks": int(sum(a == 1.0 for a in v["agree"])),
+        }
+    res = {"model": model, "cases": len(samples), "split": split, "engines": table, "target_abs_delta_dsc": DSC_DELTA_TARGET,
+           "ok": abs(table["triton"]["delta_dsc_vs_pytorch"]) <= DSC_DELTA_TARGET, "seconds": round(time.perf_counter() - t0, 1)}
+    print(parity_table(res))
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"parity_{model}.json").write_text(json.dumps(res, indent=1) + "\n")
+    return res
+
+
+def parity_table(res: dict[str, Any]) -> str:
+    lines = [f"\n## Parity: {res['model']} on {res['cases']} held-out scans", "",
+             "| engine | DSC | delta DSC vs PyTorch | max diff vs PyTorch | mask agreement (DSC) | identical masks |",
+             "|---|---|---|---|---|---|"]
+    for e, r in res["engines"].items():
+        lines.append(f"| {e} | {r['dsc']:.4f} | {r['delta_dsc_vs_pytorch']:+.5f} | {r['max_diff_vs_pytorch']:.2e} ({r['diff_kind']}) | "
+                     f"{r['mask_agreement_dsc']:.5f} | {r['identical_masks']}/{res['cases']} |")
+    lines.append(f"\nTriton vs PyTorch |delta DSC| {abs(res['engines']['triton']['delta_dsc_vs_pytorch']):.5f} "
+                 f"(target <= {res['target_abs_delta_dsc']}): {'meets' if res['ok'] else 'MISSES'}")
+    return "\n".join(lines)
