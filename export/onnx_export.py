@@ -96,9 +96,14 @@ def simplify(path: Path) -> None:
 
 
 def _export(module, args: tuple, path: Path, input_names: list[str], output_names: list[str], dynamic: dict[str, dict[int, str]]) -> None:
+    import warnings
+
     import torch
 
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer warns about Python-side branches on shapes that are constant in our graphs
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*aten::index.*")
         torch.onnx.export(
             module,
             args,

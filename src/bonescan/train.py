@@ -187,7 +187,7 @@ def train(
         if gains:
             groups.append({"params": gains, "lr": tcfg.lr * 10, "weight_decay": 0.0})
         opt = torch.optim.AdamW(groups, weight_decay=tcfg.weight_decay)
-        total = [max(tcfg.steps, 1)]
+        total = [max(tcfg.steps, 0)]
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tcfg.warmup_steps, total))
         loss_fn = DiceCELoss(sigmoid=True, batch=True)
 
@@ -261,7 +261,8 @@ def train(
         net = net.to(memory_format=torch.contiguous_format)
 
         ckpt = Checkpoint(net, mcfg, tok_files, {}, Path(out))
-        val = evaluate_arrays(ckpt, val_set, progress=progress) if len(val_set) else {}
+        # an initialise-only checkpoint (--steps 0, e.g. the paper configuration for cost benchmarks) is not validated
+        val = evaluate_arrays(ckpt, val_set, progress=progress) if len(val_set) and step > 0 else {}
         metadata: dict[str, Any] = {
             "command": command or " ".join(sys.argv),
             "config_name": config_name,
