@@ -27,6 +27,10 @@ from pathlib import Path
 from bonescan.errors import BonescanError
 
 NGC_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51.0, TensorRT 10.5
+#: endpoints that need the admin header (gRPC protocols / HTTP APIs of the same names)
+ADMIN_ENDPOINTS = "model-repository,shared-memory,trace,logging"
+ADMIN_HEADER = "bonescan-admin-key"  # the HTTP header; over gRPC Triton expects it with a prefix:
+ADMIN_HEADER_GRPC = "triton-grpc-protocol-" + ADMIN_HEADER
 
 
 def _site_packages() -> Path:
@@ -114,10 +118,17 @@ class TritonServer:
     log_verbose: int = 0
     exit_timeout: int = 15
     extra_args: list[str] = field(default_factory=list)
+    admin_key: str | None = None  # None: a random key nobody knows, i.e. admin endpoints closed
+    bind: str = "0.0.0.0"
     proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
+        import secrets
+
         dist = triton_dist()
+        if self.admin_key is None:
+            self.admin_key = secrets.token_urlsafe(24)
+        restricted = f"{ADMIN_ENDPOINTS}:{ADMIN_HEADER}={self.admin_key}"
         return [
             str(dist / "bin" / "tritonserver"),
             f"--model-repository={Path(self.repo).resolve()}",
@@ -125,7 +136,11 @@ class TritonServer:
             f"--grpc-port={self.grpc_port}",
             f"--http-port={self.http_port}",
             f"--metrics-port={self.metrics_port}",
+            f"--grpc-address={self.bind}",
+            f"--http-address={self.bind}",
             "--model-control-mode=none",
+            f"--grpc-restricted-protocol={restricted}",
+            f"--http-restricted-api={restricted}",
             "--disable-auto-complete-config",
             "--strict-readiness=true",
             f"--exit-timeout-secs={self.exit_timeout}",
@@ -214,12 +229,18 @@ def docker_command(repo: Path, grpc_port: int = 8001, http_port: int = 8000, met
     )
 
 
-def serve(repo: Path, grpc_port: int, http_port: int, metrics_port: int, log_file: Path | None = None) -> int:
+def serve(repo: Path, grpc_port: int, http_port: int, metrics_port: int, log_file: Path | None = None,
+          admin_key_file: Path | None = None, bind: str = "0.0.0.0") -> int:
     """Foreground server for `bonescan serve`: ready message, then wait for Ctrl-C / SIGTERM."""
     from bonescan.serving.repository import read_manifest
 
     manifest = read_manifest(repo)
-    server = TritonServer(Path(repo), grpc_port, http_port, metrics_port, log_file=log_file)
+    admin_key = None
+    if admin_key_file is not None:
+        admin_key = Path(admin_key_file).read_text().strip()
+        if len(admin_key) < 16:
+            raise BonescanError(f"{admin_key_file}: the admin key must have at least 16 characters")
+    server = TritonServer(Path(repo), grpc_port, http_port, metrics_port, log_file=log_file, admin_key=admin_key, bind=bind)
     stop = {"now": False}
 
     def _handler(signum, frame):  # noqa: ARG001
@@ -231,6 +252,8 @@ def serve(repo: Path, grpc_port: int, http_port: int, metrics_port: int, log_fil
     server.start()
     print(f"ready: gRPC localhost:{grpc_port}  HTTP localhost:{http_port}  metrics localhost:{metrics_port}/metrics", flush=True)
     print(f"models: {', '.join(manifest['models'])}", flush=True)
+    print(f"model control: off; {ADMIN_ENDPOINTS} endpoints need the header {ADMIN_HEADER_GRPC} (gRPC) / {ADMIN_HEADER} (HTTP) "
+          f"({'from ' + str(admin_key_file) if admin_key_file else 'no key given: closed'})", flush=True)
     if log_file:
         print(f"server log: {log_file}", flush=True)
     print("same repository on a GPU (onnxruntime / tensorrt flavor), in the NGC container:\n  " + docker_command(repo, grpc_port, http_port, metrics_port), flush=True)
