@@ -8,18 +8,18 @@ from typing import Any
 import numpy as np
 
 
-def _pick(samples: list, served: dict[str, list], k: int = 4) -> list[int]:
-    """Cases where the report made the biggest difference, plus one negative study."""
+def _pick(samples: list, served: dict[str, list]) -> list[int]:
+    """Two scans with metastases where the report helped most, one typical one, one negative study."""
     from bonescan.metrics import scan_metrics
 
-    gains = []
-    for i, s in enumerate(samples):
-        d = scan_metrics(served["dualpath"][i].mask, s.mask)["dsc"] - scan_metrics(served["unet"][i].mask, s.mask)["dsc"]
-        gains.append((d, i))
-    gains.sort(reverse=True)
-    chosen = [i for _, i in gains[: k - 1]]
-    neg = [i for i, s in enumerate(samples) if not s.mask.any() and i not in chosen]
-    return chosen + neg[:1]
+    d_u = [scan_metrics(served["unet"][i].mask, s.mask)["dsc"] for i, s in enumerate(samples)]
+    d_d = [scan_metrics(served["dualpath"][i].mask, s.mask)["dsc"] for i, s in enumerate(samples)]
+    pos = [i for i, s in enumerate(samples) if s.mask.any()]
+    neg = [i for i, s in enumerate(samples) if not s.mask.any()]
+    helped = sorted(pos, key=lambda i: d_d[i] - d_u[i], reverse=True)[:2]
+    typical = sorted((i for i in pos if i not in helped), key=lambda i: abs(d_d[i] - float(np.median([d_d[j] for j in pos]))))[:1]
+    neg_helped = sorted(neg, key=lambda i: d_d[i] - d_u[i], reverse=True)[:1]
+    return helped + typical + neg_helped
 
 
 def overlays(out: Path, samples: list, served: dict[str, list], idx: list[int]) -> Path:
@@ -30,20 +30,20 @@ def overlays(out: Path, samples: list, served: dict[str, list], idx: list[int]) 
     viz.use_agg()
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(idx), 4, figsize=(11, 5.2 * len(idx)), gridspec_kw={"width_ratios": [1, 1, 1, 1.5]}, squeeze=False)
+    fig, axes = plt.subplots(len(idx), 4, figsize=(9, 5.6 * len(idx)), gridspec_kw={"width_ratios": [1, 1, 1, 1.3]}, squeeze=False)
     for row, i in zip(axes, idx):
         s = samples[i]
         ant, _ = from_model_frame(s.image)
         y0, y1 = viz.body_rows(ant)
-        for ax, (title, mask, color) in zip(row[:3], (("ground truth", s.mask, "lime"),
-                                                       ("U-Net (image only)", served["unet"][i].mask, "tab:blue"),
-                                                       ("dual-path (image + report)", served["dualpath"][i].mask, "red"))):
-            d = "" if mask is s.mask else f"  DSC {scan_metrics(mask, s.mask)['dsc']:.2f}"
-            viz.show_view(ax, ant[y0:y1], f"{s.case_id} {title}{d}")
+        for ax, (title, mask, color) in zip(row[:3], ((f"{s.case_id}\ntruth", s.mask, "lime"),
+                                                       ("U-Net", served["unet"][i].mask, "tab:blue"),
+                                                       ("dual-path", served["dualpath"][i].mask, "red"))):
+            d = "" if mask is s.mask else f"\nDSC {scan_metrics(mask, s.mask)['dsc']:.2f}"
+            viz.show_view(ax, ant[y0:y1], f"{title}{d}")
             viz.overlay_mask(ax, mask[y0:y1], color)
         viz.text_panel(row[3], s.report, width=24, fontsize=7)
-    fig.suptitle("anterior view; outlines: green = truth, blue = U-Net, red = dual-path (through Triton)", fontsize=9)
-    fig.tight_layout()
+    fig.suptitle("anterior views; outlines: green = truth, blue = U-Net, red = dual-path (masks served by Triton)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     p = out / "overlays.png"
     fig.savefig(p, dpi=100)
     plt.close(fig)
@@ -65,7 +65,10 @@ def write_demo_report(out: Path, samples: list, served: dict[str, list], results
     fig, ax = plt.subplots(figsize=(4.2, 4))
     neg = np.array([not s.mask.any() for s in samples])
     ax.scatter(np.array(d_u)[~neg], np.array(d_d)[~neg], s=9, label="scans with metastases")
-    ax.scatter(np.array(d_u)[neg], np.array(d_d)[neg], s=9, marker="x", color="tab:red", label="negative scans")
+    ax.scatter(np.array(d_u)[neg], np.array(d_d)[neg], s=9, marker="x", color="tab:red", label="negative scans (counts)")
+    for (xu, xd) in {(float(a), float(b)) for a, b in zip(np.array(d_u)[neg], np.array(d_d)[neg])}:
+        k = int(sum(1 for a, b in zip(np.array(d_u)[neg], np.array(d_d)[neg]) if (a, b) == (xu, xd)))
+        ax.annotate(str(k), (xu, xd), textcoords="offset points", xytext=(6, -10 if xd > 0.5 else 4), fontsize=7, color="tab:red")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
     ax.set_xlabel("U-Net DSC")
     ax.set_ylabel("dual-path DSC")

@@ -167,7 +167,7 @@ def _repo_build(a: argparse.Namespace) -> int:
 def _serve(a: argparse.Namespace) -> int:
     from bonescan.serving.server import serve
 
-    return serve(a.repo, a.grpc_port, a.http_port, a.metrics_port, a.log_file)
+    return serve(a.repo, a.grpc_port, a.http_port, a.metrics_port, a.log_file, a.admin_key_file, a.bind)
 
 
 def _infer(a: argparse.Namespace) -> int:
@@ -215,7 +215,7 @@ def _infer(a: argparse.Namespace) -> int:
 def _demo(a: argparse.Namespace) -> int:
     from bonescan.demo import run_demo
 
-    return run_demo(a.out, n=a.n, seed=a.seed, workers=a.workers)
+    return run_demo(a.out, n=a.n, seed=a.seed, workers=a.workers, unet_steps=a.unet_steps, dual_steps=a.dual_steps)
 
 
 def _bench_latency(a: argparse.Namespace) -> int:
@@ -246,6 +246,37 @@ def _bench_parity(a: argparse.Namespace) -> int:
     with TritonServer(repo, g, h, m, log_file=a.out / "tritonserver_parity.log") as srv:
         res = bench_parity(a.checkpoint, a.export, a.data, srv.grpc_url, a.model, a.n, out=a.out)
     return 0 if res["ok"] else 1
+
+
+def _prepare_repo(a: argparse.Namespace) -> Path:
+    if a.repo:
+        return a.repo
+    from bonescan.serving.repository import RepoOptions, build_repository
+
+    repo = a.out / "repo"
+    build_repository(a.export, repo, RepoOptions())
+    return repo
+
+
+def _bench_soak(a: argparse.Namespace) -> int:
+    from bonescan.benchmarks.faults import soak
+
+    res = soak(_prepare_repo(a), a.export, a.data, a.minutes, a.concurrency, a.warmup, a.out)
+    return 0 if res["ok"] else 1
+
+
+def _bench_kill(a: argparse.Namespace) -> int:
+    from bonescan.benchmarks.faults import kill_restart
+
+    res = kill_restart(_prepare_repo(a), a.export, a.data, a.requests, a.concurrency, a.kill_after, a.out)
+    return 0 if res["ok"] else 1
+
+
+def _bench_text_gain(a: argparse.Namespace) -> int:
+    from bonescan.benchmarks.text_gain import run_text_gain
+
+    res = run_text_gain(a.data, a.out, a.seeds, a.config, a.fusion, not a.no_prior, a.tag)
+    return 0 if all(res["summary"]["targets_met"].values()) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -376,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--http-port", type=int, default=8000)
     s.add_argument("--metrics-port", type=int, default=8002)
     s.add_argument("--log-file", type=Path, help="server log (default: inherit the terminal)")
+    s.add_argument("--admin-key-file", type=Path, help="file with the key that opens the admin endpoints (default: closed)")
+    s.add_argument("--bind", default="0.0.0.0", help="address to listen on (default all; 127.0.0.1 for local clients only)")
     s.set_defaults(func=_serve)
 
     # ---- client
@@ -402,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=1000)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--unet-steps", type=int, default=400)
+    s.add_argument("--dual-steps", type=int, default=400)
     s.set_defaults(func=_demo)
 
     # ---- bench
@@ -436,6 +471,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="ensemble name (default: from the checkpoint)")
     s.add_argument("--n", type=int, default=40)
     s.set_defaults(func=_bench_parity)
+    s = bsub.add_parser("soak", help="N minutes at concurrency C: errors, wrong answers, server memory growth")
+    s.add_argument("--export", required=True, type=Path, help="ONNX export of the dual-path model")
+    s.add_argument("--data", required=True, type=Path)
+    s.add_argument("--repo", type=Path, help="a built repository (default: built from --export into --out)")
+    s.add_argument("--out", type=Path, default=Path("bench_out"))
+    s.add_argument("--minutes", type=float, default=10.0)
+    s.add_argument("--concurrency", type=int, default=8)
+    s.add_argument("--warmup", type=float, default=60.0, help="seconds before memory is compared")
+    s.set_defaults(func=_bench_soak)
+    s = bsub.add_parser("kill", help="SIGKILL the server mid-run and restart it: no request lost or answered twice")
+    s.add_argument("--export", required=True, type=Path)
+    s.add_argument("--data", required=True, type=Path)
+    s.add_argument("--repo", type=Path)
+    s.add_argument("--out", type=Path, default=Path("bench_out"))
+    s.add_argument("--requests", type=int, default=40)
+    s.add_argument("--concurrency", type=int, default=4)
+    s.add_argument("--kill-after", type=int, default=10, help="answered requests before the SIGKILL")
+    s.set_defaults(func=_bench_kill)
+    s = bsub.add_parser("text-gain", help="U-Net vs dual-path over seeds, with true / shuffled / empty reports")
+    s.add_argument("--data", required=True, type=Path)
+    s.add_argument("--out", type=Path, default=Path("runs/text_gain"))
+    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    s.add_argument("--config", choices=["demo", "tiny"], default="demo")
+    s.add_argument("--fusion", choices=["xattn", "gate"])
+    s.add_argument("--no-prior", action="store_true", help="ablation without the report veto map")
+    s.add_argument("--tag", default="", help="suffix for the dual-path checkpoints of an ablation")
+    s.set_defaults(func=_bench_text_gain)
     return p
 
 

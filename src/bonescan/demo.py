@@ -1,6 +1,6 @@
 """``make demo``: the whole pipeline on the embedded synthetic data set, one step line each.
 
-synthesise -> train the U-Net -> train the dual-path model (image path initialised from the U-Net)
+synthesise -> train the U-Net -> train the dual-path model (same config and steps)
 -> export both to ONNX (+ TensorRT lint, parity) -> build the embedded model repository -> start
 Triton -> segment the held-out scans over gRPC with both ensembles -> one table (DSC through
 Triton, parity with PyTorch, latency) -> demo_out/report.md with overlays and plots -> stop Triton.
@@ -48,7 +48,7 @@ def _segment_all(url: str, model: str, samples: list, concurrency: int = 4) -> l
     return out
 
 
-def run_demo(out: Path, n: int = 1000, seed: int = 0, workers: int = 2, unet_steps: int = 450, dual_steps: int = 300) -> int:
+def run_demo(out: Path, n: int = 1000, seed: int = 0, workers: int = 2, unet_steps: int = 400, dual_steps: int = 400) -> int:
     from bonescan.data.dataset import BoneScanDataset
     from bonescan.data.generate import generate_dataset
     from bonescan.metrics import scan_metrics, summarize
@@ -80,11 +80,11 @@ def run_demo(out: Path, n: int = 1000, seed: int = 0, workers: int = 2, unet_ste
     else:
         print("    already there; reusing")
     done(t)
-    t = step(3, f"training the dual-path model (report-guided, {dual_steps} steps, image path from the U-Net)")
+    t = step(3, f"training the dual-path model (image + report, demo config, {dual_steps} steps)")
     if not ck["dualpath"].exists():
         m, tc = preset("demo", "dualpath")
         tc.steps = dual_steps
-        train(data, ck["dualpath"], m, tc, seed=seed, command="make demo", config_name="demo", init_from=ck["unet"])
+        train(data, ck["dualpath"], m, tc, seed=seed, command="make demo", config_name="demo")
     else:
         print("    already there; reusing")
     done(t)
