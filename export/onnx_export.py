@@ -195,14 +195,10 @@ def read_description(export_dir: str | Path) -> dict[str, Any]:
 
 
 def ort_session(path: str | Path, threads: int = 2):
-    """An onnxruntime CPU session with the project's settings (used by parity checks and benchmarks)."""
-    import onnxruntime as ort
+    """An onnxruntime CPU session with the settings Triton's embedded flavor uses (parity checks, benchmarks)."""
+    from bonescan.serving.onnx_runner import cpu_session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return cpu_session(path, threads)
 
 
 class OrtPipeline:

@@ -12,6 +12,22 @@ import json
 from pathlib import Path
 
 
+def cpu_session(path: str | Path, threads: int = 2, spinning: bool = False):
+    """An onnxruntime CPU session with the project's settings, the same served and in-process.
+
+    Idle intra-op threads do not spin: the pipeline's steps (text encoder, segmenter, the python
+    steps) share the cores, and a pool spinning after one step steals a core from the next one.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
 class OnnxRunnerModel:
     def initialize(self, args: dict) -> None:
         import onnxruntime as ort
@@ -25,13 +41,7 @@ class OnnxRunnerModel:
         params = {k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()}
         threads = int(params.get("intra_op_threads", "2") or 2)
         path = Path(args["model_repository"]) / args["model_version"] / params.get("onnx_file", "model.onnx")
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # the ensemble's steps share the cores: a spinning idle pool would steal them from the next step
-        so.add_session_config_entry("session.intra_op.allow_spinning", params.get("allow_spinning", "0") or "0")
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(path, threads, spinning=params.get("allow_spinning", "0") == "1")
         pb_utils.Logger.log_info(f"{self.name}: onnxruntime {ort.__version__}, {threads} threads, {path.name}")
 
     def execute(self, requests: list) -> list:
