@@ -158,6 +158,7 @@ def _repo_build(a: argparse.Namespace) -> int:
 
     opts = RepoOptions(flavor=a.flavor, max_batch_size=a.max_batch_size, instances=a.instances,
                        python_instances=a.python_instances, queue_delay_us=a.queue_delay_us,
+                       python_queue_delay_us=a.python_queue_delay_us,
                        intra_op_threads=a.threads, device=a.device)
     m = build_repository(a.src, a.out, opts, baseline=a.baseline)
     print(f"wrote {a.out} ({m['flavor']} flavor): {', '.join(m['models'])}")
@@ -397,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-batch-size", type=int, default=8)
     s.add_argument("--instances", type=int, default=1, help="instances of text_encoder / segmenter")
     s.add_argument("--python-instances", type=int, default=1, help="instances of the python steps")
-    s.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batching delay")
+    s.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batching delay of text_encoder / segmenter")
+    s.add_argument("--python-queue-delay-us", type=int, default=0, help="dynamic batching delay of the python steps")
     s.add_argument("--threads", type=int, default=2, help="onnxruntime threads per instance (embedded)")
     s.add_argument("--device", choices=["gpu", "cpu"], default="gpu", help="instance kind for onnxruntime flavor")
     s.set_defaults(func=_repo_build)
@@ -505,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(a.func(a) or 0)
     except KeyboardInterrupt:

@@ -45,7 +45,8 @@ class RepoOptions:
     max_batch_size: int = 8
     instances: int = 1  # instances of text_encoder / segmenter
     python_instances: int = 1  # instances of preprocess / tokenizer / postprocess
-    queue_delay_us: int = 2000
+    queue_delay_us: int = 2000  # text_encoder / segmenter: wait this long to grow a batch (pays off on a GPU)
+    python_queue_delay_us: int = 0  # python steps: per-request work, a batch saves nothing, so no waiting
     intra_op_threads: int = 2
     device: str = "gpu"  # for onnxruntime / tensorrt flavors: KIND_GPU (or cpu for onnxruntime)
 
@@ -92,7 +93,7 @@ def _python_model(out: Path, model: str, opts: RepoOptions, inputs, outputs, ext
         "max_batch_size": opts.max_batch_size,
         "inputs": tensor_block("input", inputs),
         "outputs": tensor_block("output", outputs),
-        "queue_delay_us": opts.queue_delay_us,
+        "python_queue_delay_us": opts.python_queue_delay_us,
         "python_instances": opts.python_instances,
     })
     (d / "config.pbtxt").write_text(cfg, encoding="utf-8")
