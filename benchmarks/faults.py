@@ -41,19 +41,26 @@ def _start(repo: Path, ports: tuple[int, int, int], log: Path):
     return srv
 
 
-def soak(repo: Path, export: Path, data: Path, minutes: float = 10.0, concurrency: int = 8, warmup_s: float = 60.0,
-         out: Path | None = None, model: str = C.ENSEMBLE_MODEL) -> dict[str, Any]:
-    from bonescan.benchmarks.latency import MemorySampler, load_cases
-    from bonescan.client import BoneScanClient
+def _setup(export: Path, data: Path, n: int, out: Path | None):
+    """Held-out cases, their expected masks (onnxruntime in-process) and client requests."""
+    from bonescan.benchmarks.latency import load_cases
     from bonescan.client.inputs import Request
-
-    from bonescan.serving.server import free_ports
 
     out = out or Path("bench_out")
     out.mkdir(parents=True, exist_ok=True)
-    cases = load_cases(data, 8)
-    expected = _expected(export, cases)
+    cases = load_cases(data, n)
     reqs = [Request(img, rep, sp, f"case{i}") for i, (img, rep, sp) in enumerate(cases)]
+    return out, cases, _expected(export, cases), reqs
+
+
+def soak(repo: Path, export: Path, data: Path, minutes: float = 10.0, concurrency: int = 8, warmup_s: float = 60.0,
+         out: Path | None = None, model: str = C.ENSEMBLE_MODEL) -> dict[str, Any]:
+    from bonescan.benchmarks.latency import MemorySampler
+    from bonescan.client import BoneScanClient
+
+    from bonescan.serving.server import free_ports
+
+    out, cases, expected, reqs = _setup(export, data, 8, out)
     srv = _start(repo, tuple(free_ports(3)), out / "tritonserver_soak.log")
     counts = {"ok": 0, "wrong": 0, "errors": 0}
     lat: list[float] = []
@@ -113,16 +120,12 @@ def soak(repo: Path, export: Path, data: Path, minutes: float = 10.0, concurrenc
 def kill_restart(repo: Path, export: Path, data: Path, requests: int = 40, concurrency: int = 4, kill_after: int = 10,
                  out: Path | None = None, model: str = C.ENSEMBLE_MODEL) -> dict[str, Any]:
     """SIGKILL the server after ``kill_after`` answered requests, restart it, account for every request."""
-    from bonescan.benchmarks.latency import load_cases
     from bonescan.client import BoneScanClient
     from bonescan.client.inputs import Request
 
     from bonescan.serving.server import free_ports
 
-    out = out or Path("bench_out")
-    out.mkdir(parents=True, exist_ok=True)
-    cases = load_cases(data, 6)
-    expected = _expected(export, cases)
+    out, cases, expected, _ = _setup(export, data, 6, out)
     ports = tuple(free_ports(3))
     srv = _start(repo, ports, out / "tritonserver_kill.log")
     outcomes: dict[int, list[str]] = {i: [] for i in range(requests)}

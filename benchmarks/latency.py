@@ -390,8 +390,7 @@ def bench_latency(checkpoint: Path, data: Path, out: Path, config_name: str | No
             is_dual = "text_encoder" in json.loads((export / "model.json").read_text())["graphs"]
             if not is_dual:
                 raise SystemExit("bench latency serves the dual-path model; pass --server for a running bonescan_unet")
-            build_repository(export, repo, RepoOptions(max_batch_size=max_batch_size, intra_op_threads=threads,
-                                                        queue_delay_us=2000 if not heavy else 5000))
+            build_repository(export, repo, RepoOptions(max_batch_size=max_batch_size, intra_op_threads=threads))
         grpc, http, metrics = free_ports(3)
         server = TritonServer(repo, grpc, http, metrics, log_file=out / "tritonserver.log")
         print(f"[bench] starting tritonserver on {repo} ...", flush=True)

@@ -58,6 +58,22 @@ def test_every_config_parses_as_model_config(repo: Path):
             assert cfg.dynamic_batching is not None and cfg.max_batch_size == 4
     assert seen == set(manifest["models"])
     assert {"bonescan", "bonescan_unet", "tokenizer", "text_encoder", "segmenter", "postprocess"} <= seen
+    seg = parse_config(repo / "segmenter" / "config.pbtxt")
+    assert seg.parameters["run_batch"].string_value == "1" and seg.parameters["intra_op_threads"].string_value == "2"
+    assert seg.dynamic_batching.max_queue_delay_microseconds == 20000  # conftest's explicit value
+
+
+def test_chunked_runs_equal_one_batched_run(exports, samples):
+    """The embedded runner splits a dynamic batch into runs of run_batch rows: same outputs."""
+    from bonescan.serving.onnx_runner import cpu_session, run_in_chunks
+
+    sess = cpu_session(exports["unet"] / "segmenter.onnx")
+    feeds = {C.IMAGE.name: np.stack([samples[i % len(samples)].image for i in range(3)]).astype(np.float32)}
+    whole = run_in_chunks(sess, [C.LOGITS.name], feeds, 0)[0]
+    for rows in (1, 2):
+        chunked = run_in_chunks(sess, [C.LOGITS.name], feeds, rows)[0]
+        assert chunked.shape == whole.shape == (3, 1, C.IMAGE_HEIGHT, C.IMAGE_WIDTH)
+        np.testing.assert_allclose(chunked, whole, atol=1e-4)
 
 
 def test_model_metadata_matches_the_export(client, exports):

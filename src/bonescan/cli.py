@@ -159,7 +159,7 @@ def _repo_build(a: argparse.Namespace) -> int:
     opts = RepoOptions(flavor=a.flavor, max_batch_size=a.max_batch_size, instances=a.instances,
                        python_instances=a.python_instances, queue_delay_us=a.queue_delay_us,
                        python_queue_delay_us=a.python_queue_delay_us,
-                       intra_op_threads=a.threads, device=a.device)
+                       intra_op_threads=a.threads, run_batch=a.run_batch, device=a.device)
     m = build_repository(a.src, a.out, opts, baseline=a.baseline)
     print(f"wrote {a.out} ({m['flavor']} flavor): {', '.join(m['models'])}")
     return 0
@@ -398,9 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-batch-size", type=int, default=8)
     s.add_argument("--instances", type=int, default=1, help="instances of text_encoder / segmenter")
     s.add_argument("--python-instances", type=int, default=1, help="instances of the python steps")
-    s.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batching delay of text_encoder / segmenter")
+    s.add_argument("--queue-delay-us", type=int, default=None,
+                   help="dynamic batching delay of text_encoder / segmenter (default: 2000, 0 for the embedded CPU flavor)")
     s.add_argument("--python-queue-delay-us", type=int, default=0, help="dynamic batching delay of the python steps")
     s.add_argument("--threads", type=int, default=2, help="onnxruntime threads per instance (embedded)")
+    s.add_argument("--run-batch", type=int, default=1,
+                   help="embedded: scans per onnxruntime run within a dynamic batch (0: all; default 1, see README)")
     s.add_argument("--device", choices=["gpu", "cpu"], default="gpu", help="instance kind for onnxruntime flavor")
     s.set_defaults(func=_repo_build)
     s = sub.add_parser("serve", help="run tritonserver on a repository until Ctrl-C / SIGTERM")
