@@ -55,7 +55,7 @@ def repo(exports: dict[str, Path], work: Path) -> Path:
     from bonescan.serving.repository import RepoOptions, build_repository
 
     out = work / "repo"
-    build_repository(exports["dualpath"], out, RepoOptions(max_batch_size=4, queue_delay_us=20000, python_queue_delay_us=20000), baseline=exports["unet"])
+    build_repository(exports["dualpath"], out, RepoOptions(max_batch_size=4, queue_delay_us=20000), baseline=exports["unet"])
     return out
 
 

@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--python-instances", type=int, default=1, help="instances of the python steps")
     s.add_argument("--queue-delay-us", type=int, default=None,
                    help="dynamic batching delay of text_encoder / segmenter (default: 2000, 0 for the embedded CPU flavor)")
-    s.add_argument("--python-queue-delay-us", type=int, default=0, help="dynamic batching delay of the python steps")
+    s.add_argument("--python-queue-delay-us", type=int, default=100, help="dynamic batching delay of the python steps")
     s.add_argument("--threads", type=int, default=2, help="onnxruntime threads per instance (embedded)")
     s.add_argument("--run-batch", type=int, default=1,
                    help="embedded: scans per onnxruntime run within a dynamic batch (0: all; default 1, see README)")
