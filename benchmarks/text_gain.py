@@ -77,7 +77,6 @@ def summarize(rows: dict[str, Any], seeds: list[int], tag: str = "") -> dict[str
 
 def table(result: dict[str, Any]) -> str:
     rows, seeds = result["rows"], result["seeds"]
-    tag = "" if result.get("prior", True) and result.get("fusion") == "xattn" else ""
     lines = [f"\n## Text gain: {result['config']} config, fusion {result['fusion']}, veto map {'on' if result['prior'] else 'off'}, "
              f"{result['test_scans']} test scans, seeds {seeds}", "",
              "| model | reports | " + " | ".join(f"DSC seed {s}" for s in seeds) + " | mean | sd over seeds | lesion sens. | FP/scan | negatives clean |",
@@ -99,5 +98,4 @@ def table(result: dict[str, Any]) -> str:
     lines += ["", f"- dual-path (true reports) - U-Net: {s['gain_true']:+.4f} (target >= +0.03): {ok(s['targets_met']['true_gain_at_least_0.03'])}",
               f"- dual-path (shuffled reports) - U-Net: {s['gain_shuffled']:+.4f} (target <= 0): {ok(s['targets_met']['shuffled_not_above_unet'])}",
               f"- dual-path (empty reports) - U-Net: {s['gain_empty']:+.4f} (target within +-0.03): {ok(s['targets_met']['empty_within_0.03'])}"]
-    del tag
     return "\n".join(lines)

@@ -280,6 +280,14 @@ def _bench_text_gain(a: argparse.Namespace) -> int:
     return 0 if all(res["summary"]["targets_met"].values()) else 1
 
 
+def _fault_run_args(s: argparse.ArgumentParser) -> None:
+    """The arguments `bench soak` and `bench kill` share."""
+    s.add_argument("--export", required=True, type=Path, help="ONNX export of the dual-path model")
+    s.add_argument("--data", required=True, type=Path)
+    s.add_argument("--repo", type=Path, help="a built repository (default: built from --export into --out)")
+    s.add_argument("--out", type=Path, default=Path("bench_out"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bonescan", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -477,19 +485,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=40)
     s.set_defaults(func=_bench_parity)
     s = bsub.add_parser("soak", help="N minutes at concurrency C: errors, wrong answers, server memory growth")
-    s.add_argument("--export", required=True, type=Path, help="ONNX export of the dual-path model")
-    s.add_argument("--data", required=True, type=Path)
-    s.add_argument("--repo", type=Path, help="a built repository (default: built from --export into --out)")
-    s.add_argument("--out", type=Path, default=Path("bench_out"))
+    _fault_run_args(s)
     s.add_argument("--minutes", type=float, default=10.0)
     s.add_argument("--concurrency", type=int, default=8)
     s.add_argument("--warmup", type=float, default=60.0, help="seconds before memory is compared")
     s.set_defaults(func=_bench_soak)
     s = bsub.add_parser("kill", help="SIGKILL the server mid-run and restart it: no request lost or answered twice")
-    s.add_argument("--export", required=True, type=Path)
-    s.add_argument("--data", required=True, type=Path)
-    s.add_argument("--repo", type=Path)
-    s.add_argument("--out", type=Path, default=Path("bench_out"))
+    _fault_run_args(s)
     s.add_argument("--requests", type=int, default=40)
     s.add_argument("--concurrency", type=int, default=4)
     s.add_argument("--kill-after", type=int, default=10, help="answered requests before the SIGKILL")
