@@ -7,6 +7,11 @@ the targets (memory = server + python-backend processes, sampled every second).
 ``bonescan bench kill``: requests run through the client library (with its retries) while the
 server is SIGKILLed mid-run and restarted on the same ports. Every request must end exactly once:
 answered correctly, or failed with an error; none lost, none answered twice.
+
+``bonescan bench storm``: rounds of every bad request of :func:`bad_requests` (each followed by a
+good one), then concurrent mixes of good dual-path, good U-Net and bad requests landing in the same
+dynamic batches. Every request carries a client timeout; an unanswered one counts as hung. This is
+the run that showed Triton 2.51's ensemble deadlock with a parallel text branch (see contract.py).
 """
 
 from __future__ import annotations
@@ -21,6 +26,141 @@ from typing import Any
 import numpy as np
 
 from bonescan import contract as C
+
+#: a report that must never appear in an error or a log
+SECRET_REPORT = "隐私MARKER5150报告"
+
+
+def grpc_inputs(image: np.ndarray, reports: list | None, spacing: np.ndarray, image_dtype: str = "FP32",
+                drop: str | None = None) -> list:
+    """Raw tritonclient inputs (no client-side checks), so bad requests reach the server as they are."""
+    import tritonclient.grpc as grpcclient
+
+    ins = []
+    if drop != C.ENS_IMAGE.name:
+        t = grpcclient.InferInput(C.ENS_IMAGE.name, list(image.shape), image_dtype)
+        t.set_data_from_numpy(image)
+        ins.append(t)
+    if drop != C.ENS_PIXEL_SPACING.name:
+        t = grpcclient.InferInput(C.ENS_PIXEL_SPACING.name, list(spacing.shape), C.ENS_PIXEL_SPACING.triton_dtype)
+        t.set_data_from_numpy(spacing)
+        ins.append(t)
+    if reports is not None and drop != C.ENS_REPORT.name:
+        rep = np.array([[r if isinstance(r, bytes) else r.encode("utf-8")] for r in reports], dtype=np.object_)
+        t = grpcclient.InferInput(C.ENS_REPORT.name, list(rep.shape), C.ENS_REPORT.triton_dtype)
+        t.set_data_from_numpy(rep)
+        ins.append(t)
+    return ins
+
+
+def bad_requests(image: np.ndarray, report: str, spacing: np.ndarray, max_batch_size: int) -> dict[str, tuple[str, list, str]]:
+    """name -> (model, raw inputs, words the server's error must contain), from one good [1, 2, H, W] request."""
+    over = max_batch_size + 1
+    big = np.ones((1, C.IMAGE_CHANNELS, 4 * C.IMAGE_HEIGHT, 4 * C.IMAGE_WIDTH), np.float32)
+    ens = C.ENSEMBLE_MODEL
+
+    def with_value(v: float) -> np.ndarray:
+        x = image.copy()
+        x[0, 1, 500, 100] = v
+        return x
+
+    return {
+        "wrong dtype": (ens, grpc_inputs(image.astype(np.float64), [report], spacing, "FP64"),
+                        f"data-type is 'FP64', but model '{ens}' expects 'FP32'"),
+        "wrong rank": (ens, grpc_inputs(image[:, 0], [report], spacing), "shape"),
+        "wrong shape": (ens, grpc_inputs(image[:, :, :512], [report], spacing), "shape"),
+        "huge image": (ens, grpc_inputs(big, [report], spacing), "shape"),
+        "empty image": (ens, grpc_inputs(np.zeros_like(image), [report], spacing), "anterior view is empty"),
+        "NaN": (ens, grpc_inputs(with_value(np.nan), [report], spacing), "NaN or infinite"),
+        "Inf": (ens, grpc_inputs(with_value(np.inf), [report], spacing), "NaN or infinite"),
+        "negative counts": (ens, grpc_inputs(with_value(-3.0), [report], spacing), "negative counts"),
+        "counts above uint16": (ens, grpc_inputs(with_value(70000.0), [report], spacing), "above 65535"),
+        "bad pixel spacing": (ens, grpc_inputs(image, [report], np.array([[0.0, 2.4]], np.float32)), "PIXEL_SPACING must be between"),
+        "100,000-character report": (ens, grpc_inputs(image, [SECRET_REPORT * 10000], spacing), "the limit is 20000"),
+        "invalid UTF-8": (ens, grpc_inputs(image, [SECRET_REPORT.encode("utf-8")[:-1] + b"\xff"], spacing), "not valid UTF-8"),
+        "batch over max_batch_size": (ens, grpc_inputs(np.repeat(image, over, 0), [report] * over, np.repeat(spacing, over, 0)), "batch"),
+        "missing input": (ens, grpc_inputs(image, [report], spacing, drop=C.ENS_REPORT.name), "input"),
+        "unknown model": (ens + "_v9", grpc_inputs(image, [report], spacing), "unknown model"),
+    }
+
+
+def storm(repo: Path, export: Path, data: Path, rounds: int = 10, concurrency: int = 8, baseline: Path | None = None,
+          out: Path | None = None, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Bad requests between good ones, then concurrent mixes; every answer checked, every hang counted."""
+    import tritonclient.grpc as grpcclient
+    from tqdm import tqdm
+
+    from bonescan.serving.server import free_ports
+
+    out, cases, expected, _ = _setup(export, data, 1, out)
+    img, rep, sp = cases[0]
+    image, spacing = img[None].astype(np.float32), np.array([sp], np.float32)
+    want = {C.ENSEMBLE_MODEL: expected[0]}
+    if baseline is not None:
+        want[C.ENSEMBLE_UNET_MODEL] = _expected(baseline, cases)[0]
+    srv = _start(repo, tuple(free_ports(3)), out / "tritonserver_storm.log")
+    masks = [grpcclient.InferRequestedOutput(C.ENS_MASK.name)]
+    nan_image = image.copy()
+    nan_image[0, 0, 10, 10] = np.nan
+    counts = {"good_ok": 0, "bad_refused": 0, "wrong": 0, "hung": 0, "other_errors": 0}
+    examples: list[str] = []
+
+    def outcome(model: str, ins: list, words: str | None) -> str:
+        """words None: a good request, whose mask must be the expected one."""
+        c = grpcclient.InferenceServerClient(srv.grpc_url)
+        try:
+            r = c.infer(model, ins, outputs=masks, client_timeout=timeout_s)
+        except Exception as e:  # noqa: BLE001 - tritonclient's InferenceServerException
+            msg = str(e)
+            if "Deadline" in msg:
+                return "hung"
+            if words is not None and words.lower() in msg.lower() and "MARKER5150" not in msg:
+                return "bad_refused"
+            return "other_errors"
+        finally:
+            c.close()
+        if words is not None:
+            return "wrong"
+        return "good_ok" if np.array_equal(r.as_numpy(C.ENS_MASK.name)[0, 0], want[model]) else "wrong"
+
+    def mixed(i: int) -> tuple[str, str]:
+        kind = i % 4
+        if kind == 0:
+            return "good dual-path", outcome(C.ENSEMBLE_MODEL, grpc_inputs(image, [rep], spacing), None)
+        if kind == 1:
+            return "NaN image", outcome(C.ENSEMBLE_MODEL, grpc_inputs(nan_image, [SECRET_REPORT], spacing), "NaN or infinite")
+        if kind == 2 and C.ENSEMBLE_UNET_MODEL in want:
+            return "good U-Net", outcome(C.ENSEMBLE_UNET_MODEL, grpc_inputs(image, None, spacing), None)
+        bad = SECRET_REPORT.encode("utf-8")[:-1] + b"\xff"
+        return "invalid UTF-8", outcome(C.ENSEMBLE_MODEL, grpc_inputs(image, [bad], spacing), "not valid UTF-8")
+
+    def note(what: str, verdict: str) -> None:
+        counts[verdict] += 1
+        if verdict in ("wrong", "hung", "other_errors") and len(examples) < 5:
+            examples.append(f"{what}: {verdict}")
+
+    t0 = time.monotonic()
+    try:
+        with grpcclient.InferenceServerClient(srv.grpc_url) as c:
+            max_batch = int(c.get_model_config(C.ENSEMBLE_MODEL, as_json=True)["config"]["max_batch_size"])
+        for _ in tqdm(range(rounds), desc="storm rounds", unit="round"):
+            for name, (model, ins, words) in bad_requests(image, rep, spacing, max_batch).items():
+                note(name, outcome(model, ins, words))
+                note(f"good after {name}", outcome(C.ENSEMBLE_MODEL, grpc_inputs(image, [rep], spacing), None))
+            with ThreadPoolExecutor(concurrency) as ex:
+                for what, verdict in ex.map(mixed, range(4 * concurrency)):
+                    note(what, verdict)
+    finally:
+        srv.stop()
+    total = sum(counts.values())
+    res = {"rounds": rounds, "concurrency": concurrency, "requests": total, **counts, "examples": examples,
+           "seconds": round(time.monotonic() - t0, 1), "with_unet": C.ENSEMBLE_UNET_MODEL in want}
+    res["ok"] = counts["wrong"] == 0 and counts["hung"] == 0 and counts["other_errors"] == 0
+    (out / "storm.json").write_text(json.dumps(res, indent=1) + "\n")
+    print(f"storm: {total} requests in {rounds} rounds ({res['seconds']} s): {counts['good_ok']} good answered correctly, "
+          f"{counts['bad_refused']} bad refused with the right error, {counts['wrong']} wrong, {counts['hung']} hung "
+          f"(no answer in {timeout_s:.0f} s), {counts['other_errors']} other errors -> {'OK' if res['ok'] else 'FAILED'}")
+    return res
 
 
 def _expected(export: Path, cases: list) -> list[np.ndarray]:

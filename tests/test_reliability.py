@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from bonescan.benchmarks.faults import SECRET_REPORT, bad_requests, grpc_inputs
 from bonescan.client import BoneScanClient, prepare
 from bonescan.export.onnx_export import OrtPipeline
 
@@ -20,7 +21,9 @@ from bonescan.errors import BonescanError
 from bonescan.postprocess import postprocess
 from bonescan.serving.server import ADMIN_HEADER, ADMIN_HEADER_GRPC, TritonServer, free_ports
 
-SECRET = "隐私MARKER5150报告"
+SECRET = SECRET_REPORT
+TIMEOUT_S = 120  # every request of these tests: a hung server fails one test, it does not stall the run
+MAX_BATCH = 4  # the session repository's max_batch_size (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -38,49 +41,13 @@ def expected(exports, sample):
     }
 
 
-def _request(image, report, spacing, image_dtype="FP32", drop=None):
-    ins = []
-    if drop != "IMAGE":
-        t = grpcclient.InferInput("IMAGE", list(image.shape), image_dtype)
-        t.set_data_from_numpy(image)
-        ins.append(t)
-    if drop != "PIXEL_SPACING":
-        t = grpcclient.InferInput("PIXEL_SPACING", list(spacing.shape), "FP32")
-        t.set_data_from_numpy(spacing)
-        ins.append(t)
-    if drop != "REPORT":
-        rep = np.array([[r if isinstance(r, bytes) else r.encode("utf-8")] for r in report], dtype=np.object_)
-        t = grpcclient.InferInput("REPORT", list(rep.shape), "BYTES")
-        t.set_data_from_numpy(rep)
-        ins.append(t)
-    return ins
-
-
-def _bad_cases(img, rep, sp):
-    big = np.ones((1, 2, 4096, 1024), np.float32)
-
-    def with_value(v):
-        x = img.copy()
-        x[0, 1, 500, 100] = v
-        return x
-
-    return {
-        "wrong dtype": ("bonescan", _request(img.astype(np.float64), [rep], sp, "FP64"), "data-type is 'FP64', but model 'bonescan' expects 'FP32'"),
-        "wrong rank": ("bonescan", _request(img[:, 0], [rep], sp), "shape"),
-        "wrong shape": ("bonescan", _request(img[:, :, :512], [rep], sp), "shape"),
-        "huge image": ("bonescan", _request(big, [rep], sp), "shape"),
-        "empty image": ("bonescan", _request(np.zeros_like(img), [rep], sp), "anterior view is empty"),
-        "NaN": ("bonescan", _request(with_value(np.nan), [rep], sp), "NaN or infinite"),
-        "Inf": ("bonescan", _request(with_value(np.inf), [rep], sp), "NaN or infinite"),
-        "negative counts": ("bonescan", _request(with_value(-3.0), [rep], sp), "negative counts"),
-        "counts above uint16": ("bonescan", _request(with_value(70000.0), [rep], sp), "above 65535"),
-        "bad pixel spacing": ("bonescan", _request(img, [rep], np.array([[0.0, 2.4]], np.float32)), "PIXEL_SPACING must be between"),
-        "100,000-character report": ("bonescan", _request(img, [SECRET * 10000], sp), "the limit is 20000"),
-        "invalid UTF-8": ("bonescan", _request(img, [SECRET.encode("utf-8")[:-1] + b"\xff"], sp), "not valid UTF-8"),
-        "batch over max_batch_size": ("bonescan", _request(np.repeat(img, 5, 0), [rep] * 5, np.repeat(sp, 5, 0)), "batch"),
-        "missing input": ("bonescan", _request(img, [rep], sp, drop="REPORT"), "input"),
-        "unknown model": ("bonescan_v9", _request(img, [rep], sp), "unknown model"),
-    }
+def _good(client, sample, report=None):
+    img = sample.image[None].astype(np.float32)
+    sp = np.array([sample.pixel_spacing], np.float32)
+    rep = sample.report if report is None else report
+    res = client.infer("bonescan", grpc_inputs(img, [rep], sp), outputs=[grpcclient.InferRequestedOutput("MASK")],
+                       client_timeout=TIMEOUT_S)
+    return res.as_numpy("MASK")
 
 
 BAD = ["wrong dtype", "wrong rank", "wrong shape", "huge image", "empty image", "NaN", "Inf", "negative counts",
@@ -88,29 +55,31 @@ BAD = ["wrong dtype", "wrong rank", "wrong shape", "huge image", "empty image", 
        "batch over max_batch_size", "missing input", "unknown model"]
 
 
+def test_the_bad_input_table_is_complete(sample):
+    img = sample.image[None].astype(np.float32)
+    assert sorted(bad_requests(img, sample.report, np.array([sample.pixel_spacing], np.float32), MAX_BATCH)) == sorted(BAD)
+
+
 @pytest.mark.parametrize("name", BAD)
 def test_bad_input_gets_a_clear_error_and_the_server_goes_on(name, server, sample, expected):
     client = grpcclient.InferenceServerClient(server.grpc_url)
     img = sample.image[None].astype(np.float32)
     sp = np.array([sample.pixel_spacing], np.float32)
-    model, ins, words = _bad_cases(img, sample.report, sp)[name]
+    model, ins, words = bad_requests(img, sample.report, sp, MAX_BATCH)[name]
     with pytest.raises(Exception) as e:
-        client.infer(model, ins, outputs=[grpcclient.InferRequestedOutput("MASK")], client_timeout=120)
+        client.infer(model, ins, outputs=[grpcclient.InferRequestedOutput("MASK")], client_timeout=TIMEOUT_S)
     msg = str(e.value)
+    assert "Deadline" not in msg, f"{name}: no answer within {TIMEOUT_S} s"
     assert words.lower() in msg.lower(), f"{name}: {msg}"
     assert "MARKER5150" not in msg and sample.report[:12] not in msg
     # a good request right after is answered, and correctly
-    good = client.infer("bonescan", _request(img, [sample.report], sp), outputs=[grpcclient.InferRequestedOutput("MASK")])
-    assert np.array_equal(good.as_numpy("MASK"), expected["true"])
+    assert np.array_equal(_good(client, sample), expected["true"])
     assert client.is_server_live() and client.is_server_ready()
 
 
 def test_empty_report_is_served_as_no_report(server, sample, expected):
     client = grpcclient.InferenceServerClient(server.grpc_url)
-    img = sample.image[None].astype(np.float32)
-    sp = np.array([sample.pixel_spacing], np.float32)
-    res = client.infer("bonescan", _request(img, [""], sp), outputs=[grpcclient.InferRequestedOutput("MASK")])
-    assert np.array_equal(res.as_numpy("MASK"), expected["empty"])
+    assert np.array_equal(_good(client, sample, report=""), expected["empty"])
 
 
 def test_a_bad_request_in_a_batch_does_not_spoil_the_others(server, sample, expected):
@@ -126,8 +95,8 @@ def test_a_bad_request_in_a_batch_does_not_spoil_the_others(server, sample, expe
         c = grpcclient.InferenceServerClient(server.grpc_url)
         bad = i % 2 == 1
         try:
-            r = c.infer("bonescan", _request(nan_img if bad else img, [SECRET if bad else sample.report], sp),
-                        outputs=[grpcclient.InferRequestedOutput("MASK")])
+            r = c.infer("bonescan", grpc_inputs(nan_img if bad else img, [SECRET if bad else sample.report], sp),
+                        outputs=[grpcclient.InferRequestedOutput("MASK")], client_timeout=TIMEOUT_S)
             return "ok" if np.array_equal(r.as_numpy("MASK"), expected["true"]) else "wrong"
         except Exception as e:  # noqa: BLE001
             return "error-nan" if "NaN" in str(e) else f"error: {e}"
@@ -135,6 +104,34 @@ def test_a_bad_request_in_a_batch_does_not_spoil_the_others(server, sample, expe
     with ThreadPoolExecutor(8) as ex:
         out = list(ex.map(send, range(16)))
     assert out == ["ok", "error-nan"] * 8
+
+
+def test_ensembles_are_one_chain(repo):
+    """Every step after the first needs an output of the step before it, so at most one step of a
+    request is in flight and a refused request has none left running (Triton 2.51 deadlocks its gRPC
+    frontend when a parallel step finishes after the ensemble has failed; see contract.py)."""
+    from bonescan.serving.repository import parse_config
+
+    for name in ("bonescan", "bonescan_unet"):
+        cfg = parse_config(repo / name / "config.pbtxt")
+        steps = list(cfg.ensemble_scheduling.step)
+        assert steps[0].model_name == "preprocess"
+        ensemble_inputs = {i.name for i in cfg.input}
+        assert ensemble_inputs == set(steps[0].input_map.values()), f"{name}: preprocess must check every input"
+        for prev, step in zip(steps, steps[1:]):
+            assert set(step.input_map.values()) & set(prev.output_map.values()), f"{name}: {step.model_name} can start before {prev.model_name} ends"
+            assert not set(step.input_map.values()) & ensemble_inputs, f"{name}: {step.model_name} reads an unchecked input"
+
+
+def test_storm_of_bad_and_mixed_requests(repo, exports, dataset, work):
+    """CI version of `bonescan bench storm`: bad requests between good ones and concurrent mixes of
+    dual-path, U-Net and bad requests; nothing hangs, nothing is answered wrong."""
+    from bonescan.benchmarks.faults import storm
+
+    res = storm(repo, exports["dualpath"], dataset, rounds=2, concurrency=8, baseline=exports["unet"],
+                out=work / "storm", timeout_s=TIMEOUT_S)
+    assert res["hung"] == 0 and res["wrong"] == 0 and res["other_errors"] == 0, res["examples"]
+    assert res["with_unet"] and res["good_ok"] >= 2 * (15 + 16) and res["bad_refused"] >= 2 * (15 + 16)
 
 
 def test_client_refuses_bad_arrays_before_sending(tmp_path):

@@ -95,7 +95,7 @@ def test_ensemble_equals_in_process_onnxruntime(client, exports, samples):
     pipe = OrtPipeline(exports["dualpath"])
     for s in samples[:3]:
         sp = np.array([s.pixel_spacing], np.float32)
-        res = client.infer("bonescan", _inputs(s.image[None], [s.report], sp), outputs=_outputs())
+        res = client.infer("bonescan", _inputs(s.image[None], [s.report], sp), outputs=_outputs(), client_timeout=120)
         want_mask, want_prob, want_les = postprocess(pipe.logits(s.image[None], [s.report]), sp)
         assert np.array_equal(res.as_numpy("MASK"), want_mask)
         assert np.abs(res.as_numpy("PROBABILITY") - want_prob).max() < 1e-5
@@ -107,7 +107,7 @@ def test_unet_ensemble(client, exports, samples):
     pipe = OrtPipeline(exports["unet"])
     s = samples[0]
     sp = np.array([s.pixel_spacing], np.float32)
-    res = client.infer("bonescan_unet", _inputs(s.image[None], None, sp), outputs=_outputs())
+    res = client.infer("bonescan_unet", _inputs(s.image[None], None, sp), outputs=_outputs(), client_timeout=120)
     assert np.array_equal(res.as_numpy("MASK"), postprocess(pipe.logits(s.image[None]), sp)[0])
 
 
@@ -120,7 +120,7 @@ def test_concurrent_requests_are_batched_and_answered(client, server, exports, s
     def one(s):
         c = grpcclient.InferenceServerClient(server.grpc_url)
         sp = np.array([s.pixel_spacing], np.float32)
-        return c.infer("bonescan", _inputs(s.image[None], [s.report], sp), outputs=[grpcclient.InferRequestedOutput("MASK")]).as_numpy("MASK")
+        return c.infer("bonescan", _inputs(s.image[None], [s.report], sp), outputs=[grpcclient.InferRequestedOutput("MASK")], client_timeout=120).as_numpy("MASK")
 
     with ThreadPoolExecutor(n) as ex:
         masks = list(ex.map(one, cases))
@@ -136,13 +136,13 @@ def test_concurrent_requests_are_batched_and_answered(client, server, exports, s
 def test_server_log_has_no_report_text(client, server, samples):
     s = samples[0]
     sp = np.array([s.pixel_spacing], np.float32)
-    client.infer("bonescan", _inputs(s.image[None], [MARKER + s.report], sp), outputs=_outputs())
+    client.infer("bonescan", _inputs(s.image[None], [MARKER + s.report], sp), outputs=_outputs(), client_timeout=120)
     bad = MARKER.encode("utf-8")[:-1]  # cut inside a character: invalid UTF-8 carrying the marker's bytes
     r = grpcclient.InferInput("REPORT", [1, 1], "BYTES")
     r.set_data_from_numpy(np.array([[bad]], dtype=np.object_))
     ins = _inputs(s.image[None], None, sp) + [r]
     with pytest.raises(Exception) as e:
-        client.infer("bonescan", ins, outputs=_outputs())
+        client.infer("bonescan", ins, outputs=_outputs(), client_timeout=120)
     assert "UTF-8" in str(e.value) and "MARKER" not in str(e.value)
     log = Path(server.log_file).read_text(errors="replace")
     assert "tokenizer" in log  # the log is being written

@@ -273,6 +273,19 @@ def _bench_kill(a: argparse.Namespace) -> int:
     return 0 if res["ok"] else 1
 
 
+def _bench_storm(a: argparse.Namespace) -> int:
+    from bonescan.benchmarks.faults import storm
+
+    repo = a.repo
+    if repo is None:
+        from bonescan.serving.repository import RepoOptions, build_repository
+
+        repo = a.out / "repo"
+        build_repository(a.export, repo, RepoOptions(), baseline=a.baseline)
+    res = storm(repo, a.export, a.data, a.rounds, a.concurrency, a.baseline, a.out)
+    return 0 if res["ok"] else 1
+
+
 def _bench_text_gain(a: argparse.Namespace) -> int:
     from bonescan.benchmarks.text_gain import run_text_gain
 
@@ -408,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--python-instances", type=int, default=1, help="instances of the python steps")
     s.add_argument("--queue-delay-us", type=int, default=None,
                    help="dynamic batching delay of text_encoder / segmenter (default: 2000, 0 for the embedded CPU flavor)")
-    s.add_argument("--python-queue-delay-us", type=int, default=100, help="dynamic batching delay of the python steps")
+    s.add_argument("--python-queue-delay-us", type=int, default=0, help="dynamic batching delay of the python steps")
     s.add_argument("--threads", type=int, default=2, help="onnxruntime threads per instance (embedded)")
     s.add_argument("--run-batch", type=int, default=1,
                    help="embedded: scans per onnxruntime run within a dynamic batch (0: all; default 1, see README)")
@@ -496,6 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--concurrency", type=int, default=4)
     s.add_argument("--kill-after", type=int, default=10, help="answered requests before the SIGKILL")
     s.set_defaults(func=_bench_kill)
+    s = bsub.add_parser("storm", help="bad requests between good ones, then concurrent mixes: no hang, no wrong answer")
+    _fault_run_args(s)
+    s.add_argument("--baseline", type=Path, help="ONNX export of the U-Net: adds U-Net requests to the mixes")
+    s.add_argument("--rounds", type=int, default=10)
+    s.add_argument("--concurrency", type=int, default=8)
+    s.set_defaults(func=_bench_storm)
     s = bsub.add_parser("text-gain", help="U-Net vs dual-path over seeds, with true / shuffled / empty reports")
     s.add_argument("--data", required=True, type=Path)
     s.add_argument("--out", type=Path, default=Path("runs/text_gain"))

@@ -92,6 +92,7 @@ class TensorSpec:
     dtype: str  # numpy dtype name ("float32", "int32", "uint8", "object" for BYTES)
     dims: tuple[int, ...]
     doc: str = ""
+    optional: bool = False  # a model input a request (or an ensemble step) may leave out
 
     @property
     def triton_dtype(self) -> str:
@@ -143,11 +144,16 @@ ENS_MASK = TensorSpec("MASK", "uint8", (1, IMAGE_HEIGHT, IMAGE_WIDTH), "1 = lesi
 ENS_PROBABILITY = TensorSpec("PROBABILITY", "float32", (1, IMAGE_HEIGHT, IMAGE_WIDTH), "sigmoid(logits)")
 ENS_LESIONS = TensorSpec("LESIONS", "object", (1,), "JSON list of lesions (see postprocess)")
 
-# Steps inside the ensemble (python-backend models).
+# Steps inside the ensemble (python-backend models). preprocess checks everything a request brings
+# (image, spacing and, for the dual-path ensemble, the report) before any other step runs: the steps
+# form one chain, so a refused request never leaves a sibling step in flight. (Triton 2.51 deadlocked
+# its gRPC frontend when a parallel step finished after the ensemble had already failed.)
 PIXEL_SPACING = TensorSpec("pixel_spacing", "float32", (2,), "checked pixel spacing")
-PREPROCESS_INPUTS = (ENS_IMAGE, ENS_PIXEL_SPACING)
-PREPROCESS_OUTPUTS = (IMAGE, PIXEL_SPACING)
-TOKENIZER_INPUTS = (ENS_REPORT,)
+REPORT = TensorSpec("report", "object", (1,), "checked report (valid UTF-8, within the size limit)")
+PREPROCESS_INPUTS = (ENS_IMAGE, ENS_PIXEL_SPACING, TensorSpec(ENS_REPORT.name, ENS_REPORT.dtype, ENS_REPORT.dims,
+                                                             "absent in the U-Net ensemble", optional=True))
+PREPROCESS_OUTPUTS = (IMAGE, PIXEL_SPACING, REPORT)
+TOKENIZER_INPUTS = (REPORT,)
 TOKENIZER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK)
 POSTPROCESS_INPUTS = (LOGITS, PIXEL_SPACING)
 

@@ -1,10 +1,10 @@
-"""tokenizer: REPORT (UTF-8 bytes) -> input_ids, attention_mask (INT32, fixed length).
+"""tokenizer: report (UTF-8 bytes, already checked by preprocess) -> input_ids, attention_mask (INT32, fixed length).
 
 The WordPiece tokenizer (tokenizer.json, MacBERT's or the one trained with the model) is loaded once
 in initialize(); execute() tokenizes every queued report in one batch call. Truncation length and
 padding come from bonescan/contract.py (TOKENIZER). An empty report is allowed (the model was
-trained with report dropout). Undecodable or oversized text fails that request only; the error
-names the problem, never the text.
+trained with report dropout). preprocess has refused undecodable or oversized text; should such
+text arrive anyway, it fails that request only, and the error names the problem, never the text.
 """
 
 import os
@@ -27,9 +27,9 @@ class TritonPythonModel:
     def execute(self, requests):
         texts, good, sizes, errors = [], [], [], {}
         for i, r in enumerate(requests):
-            t = pb_utils.get_input_tensor_by_name(r, "REPORT")
+            t = pb_utils.get_input_tensor_by_name(r, "report")
             if t is None:
-                errors[i] = "input REPORT is missing"
+                errors[i] = "input report is missing"
                 continue
             try:
                 decoded = [decode_report(x) for x in t.as_numpy().reshape(-1)]

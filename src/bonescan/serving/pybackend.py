@@ -18,9 +18,14 @@ def error_response(pb_utils, message: str):
 
 
 def gather(pb_utils, requests: Sequence, names: Sequence[str],
-           check: Callable[[dict[str, np.ndarray]], str | None] | None = None):
+           check: Callable[[dict[str, np.ndarray]], str | None] | None = None,
+           optional: Sequence[str] = ()):
     """Inputs of every request -> (per-name lists of arrays of the good requests, their indexes,
-    their batch sizes, {request index: error message})."""
+    their batch sizes, {request index: error message}).
+
+    An input named in ``optional`` may be absent (the U-Net ensemble sends no report); its list then
+    holds None for that request, so the lists stay aligned with ``good``.
+    """
     arrays: dict[str, list[np.ndarray]] = {n: [] for n in names}
     good: list[int] = []
     sizes: list[int] = []
@@ -30,6 +35,9 @@ def gather(pb_utils, requests: Sequence, names: Sequence[str],
         for n in names:
             t = pb_utils.get_input_tensor_by_name(r, n)
             if t is None:
+                if n in optional:
+                    feed[n] = None
+                    continue
                 errors[i] = f"input {n} is missing"
                 break
             feed[n] = t.as_numpy()
@@ -39,8 +47,8 @@ def gather(pb_utils, requests: Sequence, names: Sequence[str],
         if problem:
             errors[i] = problem
             continue
-        for n in names:
-            arrays[n].append(feed[n])
+        for n, arr in feed.items():
+            arrays[n].append(arr)
         good.append(i)
         sizes.append(int(feed[names[0]].shape[0]))
     return arrays, good, sizes, errors

@@ -49,10 +49,8 @@ class RepoOptions:
     #: pays off; 0 for the embedded CPU flavor, where a batch saves ~7 % and the wait costs every request
     #: (requests that queue while an instance is busy are still batched)
     queue_delay_us: int | None = None
-    #: python steps: per-request work, a batch saves nothing, so (almost) no waiting. Not 0: with 0, Triton
-    #: 2.51 left a request unanswered after a run of error responses from preprocess (seen twice; 100 and
-    #: 2000 µs passed the same 15 bad inputs)
-    python_queue_delay_us: int = 100
+    #: python steps: per-request work, a batch saves nothing, so no waiting
+    python_queue_delay_us: int = 0
     intra_op_threads: int = 2
     run_batch: int = 1  # embedded flavor: rows per onnxruntime run (0: the whole dynamic batch); see onnx_runner.py
     device: str = "gpu"  # for onnxruntime / tensorrt flavors: KIND_GPU (or cpu for onnxruntime)
@@ -76,7 +74,8 @@ def tensor_block(kind: str, specs: tuple[C.TensorSpec, ...], overrides: dict[str
     rows = []
     for s in specs:
         dims = overrides.get(s.name, s.dims)
-        rows.append(f'  {{ name: "{s.name}" data_type: {s.config_dtype} dims: {_dims(dims)} }}')
+        optional = " optional: true" if s.optional else ""
+        rows.append(f'  {{ name: "{s.name}" data_type: {s.config_dtype} dims: {_dims(dims)}{optional} }}')
     return f"{kind} [\n" + ",\n".join(rows) + "\n]"
 
 
