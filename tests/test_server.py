@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from bonescan.benchmarks.faults import grpc_inputs
 from bonescan.export.onnx_export import OrtPipeline
 
 from bonescan import contract as C
@@ -20,14 +21,7 @@ MARKER = "标记MARKER7781不应出现在日志"  # a report string that must ne
 
 
 def _inputs(images: np.ndarray, reports: list[str] | None, spacing: np.ndarray):
-    ins = [grpcclient.InferInput("IMAGE", list(images.shape), "FP32"), grpcclient.InferInput("PIXEL_SPACING", list(spacing.shape), "FP32")]
-    ins[0].set_data_from_numpy(images.astype(np.float32))
-    ins[1].set_data_from_numpy(spacing.astype(np.float32))
-    if reports is not None:
-        r = grpcclient.InferInput("REPORT", [len(reports), 1], "BYTES")
-        r.set_data_from_numpy(np.array([[t.encode("utf-8")] for t in reports], dtype=np.object_))
-        ins.append(r)
-    return ins
+    return grpc_inputs(images.astype(np.float32), reports, spacing.astype(np.float32))
 
 
 def _outputs():

@@ -255,7 +255,7 @@ def _prepare_repo(a: argparse.Namespace) -> Path:
     from bonescan.serving.repository import RepoOptions, build_repository
 
     repo = a.out / "repo"
-    build_repository(a.export, repo, RepoOptions())
+    build_repository(a.export, repo, RepoOptions(), baseline=getattr(a, "baseline", None))
     return repo
 
 
@@ -276,13 +276,7 @@ def _bench_kill(a: argparse.Namespace) -> int:
 def _bench_storm(a: argparse.Namespace) -> int:
     from bonescan.benchmarks.faults import storm
 
-    repo = a.repo
-    if repo is None:
-        from bonescan.serving.repository import RepoOptions, build_repository
-
-        repo = a.out / "repo"
-        build_repository(a.export, repo, RepoOptions(), baseline=a.baseline)
-    res = storm(repo, a.export, a.data, a.rounds, a.concurrency, a.baseline, a.out)
+    res = storm(_prepare_repo(a), a.export, a.data, a.rounds, a.concurrency, a.baseline, a.out)
     return 0 if res["ok"] else 1
 
 

@@ -11,7 +11,7 @@ in the torch-free client).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -150,8 +150,7 @@ ENS_LESIONS = TensorSpec("LESIONS", "object", (1,), "JSON list of lesions (see p
 # its gRPC frontend when a parallel step finished after the ensemble had already failed.)
 PIXEL_SPACING = TensorSpec("pixel_spacing", "float32", (2,), "checked pixel spacing")
 REPORT = TensorSpec("report", "object", (1,), "checked report (valid UTF-8, within the size limit)")
-PREPROCESS_INPUTS = (ENS_IMAGE, ENS_PIXEL_SPACING, TensorSpec(ENS_REPORT.name, ENS_REPORT.dtype, ENS_REPORT.dims,
-                                                             "absent in the U-Net ensemble", optional=True))
+PREPROCESS_INPUTS = (ENS_IMAGE, ENS_PIXEL_SPACING, replace(ENS_REPORT, doc="absent in the U-Net ensemble", optional=True))
 PREPROCESS_OUTPUTS = (IMAGE, PIXEL_SPACING, REPORT)
 TOKENIZER_INPUTS = (REPORT,)
 TOKENIZER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK)

@@ -11,6 +11,7 @@ request has no other step in flight (Triton 2.51 deadlocked its gRPC frontend wh
 finished after the ensemble had already failed; see contract.py).
 """
 
+import json
 import os
 import sys
 
@@ -44,10 +45,12 @@ def _check(feed):
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.names = ["IMAGE", "PIXEL_SPACING", "REPORT"]
+        inputs = json.loads(args["model_config"])["input"]  # generated from contract.PREPROCESS_INPUTS
+        self.names = [i["name"] for i in inputs]
+        self.optional = [i["name"] for i in inputs if i.get("optional")]
 
     def execute(self, requests):
-        arrays, good, sizes, errors = gather(pb_utils, requests, self.names, _check, optional=["REPORT"])
+        arrays, good, sizes, errors = gather(pb_utils, requests, self.names, _check, optional=self.optional)
         outputs = {}
         if good:
             # requests from the U-Net ensemble carry no report: their rows get b"" (that ensemble
