@@ -19,14 +19,14 @@ MODES = ("true", "shuffled", "empty")
 
 def run_text_gain(data: Path, out: Path, seeds: list[int], config: str = "demo", fusion: str | None = None,
                   prior: bool = True, tag: str = "") -> dict[str, Any]:
-    from bonescan.data.dataset import BoneScanDataset
+    from bonescan.data.arrays import load_split
     from bonescan.evaluate import evaluate_arrays
     from bonescan.model.checkpoint import load_checkpoint
     from bonescan.model.config import preset
-    from bonescan.train import SplitArrays, train
+    from bonescan.train import train
 
     out.mkdir(parents=True, exist_ok=True)
-    test = SplitArrays(BoneScanDataset(data, "test"), desc="loading test")
+    test = load_split(data, "test")
     rows: dict[str, Any] = {}
     for seed in seeds:
         for model in ("unet", "dualpath"):

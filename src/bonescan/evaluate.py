@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from bonescan.contract import THRESHOLD
+from bonescan.data.arrays import SplitArrays, load_split, manifest_hash
 from bonescan.metrics import scan_metrics, summarize
 from bonescan.postprocess import postprocess
 
@@ -42,9 +43,9 @@ def select_reports(reports: list[str], mode: str, seed: int = 0) -> list[str]:
     raise ValueError(f"reports must be one of {REPORT_MODES}, got {mode!r}")
 
 
-def evaluate_arrays(ckpt, arrays, reports: str = "true", seed: int = 0, batch: int = 4, progress: bool = True,
+def evaluate_arrays(ckpt, arrays: SplitArrays, reports: str = "true", seed: int = 0, batch: int = 4, progress: bool = True,
                     threshold: float = THRESHOLD) -> dict[str, Any]:
-    """ckpt: Checkpoint or Predictor; arrays: train.SplitArrays -> {"per_scan": [...], "summary": {...}}."""
+    """ckpt: Checkpoint or Predictor; arrays: a split in memory -> {"per_scan": [...], "summary": {...}}."""
     from tqdm import tqdm
 
     from bonescan.model.checkpoint import Predictor
@@ -65,12 +66,10 @@ def evaluate_arrays(ckpt, arrays, reports: str = "true", seed: int = 0, batch: i
 
 def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", reports: str = "true",
              json_out: str | Path | None = None, seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    from bonescan.data.dataset import BoneScanDataset
     from bonescan.model.checkpoint import load_checkpoint
-    from bonescan.train import SplitArrays, manifest_hash
 
     ckpt = load_checkpoint(checkpoint)
-    arrays = SplitArrays(BoneScanDataset(data, split), progress, f"loading {split}")
+    arrays = load_split(data, split, progress)
     res = evaluate_arrays(ckpt, arrays, reports, seed, progress=progress)
     res.update({
         "checkpoint": str(checkpoint),

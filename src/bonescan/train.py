@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import platform
@@ -16,44 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from bonescan.data.dataset import MANIFEST, BoneScanDataset
+from bonescan.data.arrays import load_split, manifest_hash
 from bonescan.errors import BonescanError
 from bonescan.model.checkpoint import Checkpoint, read_tokenizer_files, save_checkpoint, write_tokenizer_files
 from bonescan.model.config import ModelConfig, TrainConfig
 from bonescan.model.network import BoneScanNet
-
-
-class SplitArrays:
-    """A split held in memory: counts (uint16 when they fit), masks, reports."""
-
-    def __init__(self, ds: BoneScanDataset, progress: bool = True, desc: str = "loading"):
-        samples = ds.load_all(progress=progress, desc=desc)
-        if not samples:
-            raise BonescanError(f"{ds.root}: no readable case in split {ds.split!r}")
-        imgs = np.stack([s.image for s in samples])
-        integral = bool(np.all(imgs == np.round(imgs))) and float(imgs.max()) <= 65535
-        self.images = imgs.astype(np.uint16) if integral else imgs.astype(np.float32)
-        self.masks = np.stack([s.mask if s.mask is not None else np.zeros(s.image.shape[1:], np.uint8) for s in samples])
-        self.reports = [s.report for s in samples]
-        self.ids = [s.case_id for s in samples]
-        self.spacings = [s.pixel_spacing for s in samples]
-        self.errors = list(ds.errors)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def subset(self, n: int) -> SplitArrays:
-        """The first n cases (a view, no copy)."""
-        sub = object.__new__(SplitArrays)
-        sub.images, sub.masks = self.images[:n], self.masks[:n]
-        sub.reports, sub.ids, sub.spacings = self.reports[:n], self.ids[:n], self.spacings[:n]
-        sub.errors = []
-        return sub
-
-
-def manifest_hash(data: Path) -> str:
-    p = Path(data) / MANIFEST
-    return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.exists() else "no-manifest"
 
 
 def warm_start(net: BoneScanNet, ckpt_path: str | Path) -> dict[str, Any]:
@@ -145,8 +111,8 @@ def train(
     np.random.seed(seed)
     torch.set_num_threads(tcfg.threads)
     data = Path(data)
-    train_set = SplitArrays(BoneScanDataset(data, "train"), progress, "loading train")
-    val_set = SplitArrays(BoneScanDataset(data, "val"), progress, "loading val")
+    train_set = load_split(data, "train", progress)
+    val_set = load_split(data, "val", progress)
 
     with tempfile.TemporaryDirectory(prefix="bonescan-tok-") as tmp:
         if mcfg.model == "dualpath":

@@ -1,0 +1,65 @@
+"""A split held in memory, and the hash that names the data it came from.
+
+Training, evaluation and the text-gain benchmark all read whole splits into arrays; they share
+this module so that none of them has to import another (``train`` evaluates on the validation
+split, so ``evaluate`` cannot also import ``train``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from bonescan.data.dataset import MANIFEST, BoneScanDataset
+from bonescan.errors import BonescanError
+
+
+class SplitArrays:
+    """A split held in memory: counts (uint16 when they fit), masks, reports."""
+
+    def __init__(self, ds: BoneScanDataset, progress: bool = True, desc: str = "loading"):
+        samples = ds.load_all(progress=progress, desc=desc)
+        if not samples:
+            raise BonescanError(f"{ds.root}: no readable case in split {ds.split!r}")
+        imgs = np.stack([s.image for s in samples])
+        integral = bool(np.all(imgs == np.round(imgs))) and float(imgs.max()) <= 65535
+        self.images = imgs.astype(np.uint16) if integral else imgs.astype(np.float32)
+        self.masks = np.stack([s.mask if s.mask is not None else np.zeros(s.image.shape[1:], np.uint8) for s in samples])
+        self.reports = [s.report for s in samples]
+        self.ids = [s.case_id for s in samples]
+        self.spacings = [s.pixel_spacing for s in samples]
+        self.errors = list(ds.errors)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, n: int) -> SplitArrays:
+        """The first n cases (a view, no copy)."""
+        sub = object.__new__(SplitArrays)
+        sub.images, sub.masks = self.images[:n], self.masks[:n]
+        sub.reports, sub.ids, sub.spacings = self.reports[:n], self.ids[:n], self.spacings[:n]
+        sub.errors = []
+        return sub
+
+
+def load_split(data: str | Path, split: str, progress: bool = True, desc: str | None = None) -> SplitArrays:
+    """Every readable case of one split of a data folder, in memory (cases without a mask are errors).
+
+    Args:
+        data: the data folder (``cases/`` and ``manifest.json``).
+        split: ``train``, ``val`` or ``test``.
+        progress: show a progress bar while the cases load.
+        desc: the progress bar's label (default ``loading <split>``).
+
+    Returns:
+        The split's arrays; unreadable cases are skipped and listed in ``.errors``.
+    """
+    return SplitArrays(BoneScanDataset(data, split), progress, desc or f"loading {split}")
+
+
+def manifest_hash(data: str | Path) -> str:
+    """The first 16 hex digits of manifest.json's SHA-256: which data a checkpoint or a result saw."""
+    p = Path(data) / MANIFEST
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.exists() else "no-manifest"
