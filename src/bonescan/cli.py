@@ -214,7 +214,7 @@ def _infer(a: argparse.Namespace) -> int:
 
 
 def _demo(a: argparse.Namespace) -> int:
-    from bonescan.demo import run_demo
+    from bonescan.benchmarks.demo import run_demo
 
     return run_demo(a.out, n=a.n, seed=a.seed, workers=a.workers, unet_steps=a.unet_steps, dual_steps=a.dual_steps)
 

@@ -5,7 +5,9 @@ synthesise -> train the U-Net -> train the dual-path model (same config and step
 Triton -> segment the held-out scans over gRPC with both ensembles -> one table (DSC through
 Triton, parity with PyTorch, latency) -> demo_out/report.md with overlays and plots -> stop Triton.
 
-Steps whose outputs already exist are reused, so a second run is quick.
+Steps whose outputs already exist are reused, so a second run is quick. The demo lives with the
+benchmarks because it is the end of the data flow (data -> model -> export -> repository ->
+server -> client -> benchmarks): it uses every layer, and no library module imports it.
 """
 
 from __future__ import annotations
