@@ -6,6 +6,7 @@ from pathlib import Path
 
 from bonescan.contract import from_model_frame
 from bonescan.data.dataset import BoneScanDataset
+from bonescan.errors import BonescanError
 
 
 def preview(data: str | Path, out: str | Path, n: int = 6, ids: list[str] | None = None, split: str | None = None,
@@ -25,7 +26,7 @@ def preview(data: str | Path, out: str | Path, n: int = 6, ids: list[str] | None
         except Exception as e:  # show what can be shown; name what could not
             print(f"preview: skipping {ds.ids[i]}: {e}")
     if not samples:
-        raise SystemExit("preview: no readable case")
+        raise BonescanError(f"{data}: no readable case to preview")
     cols = 4 if show_report else 3
     fig, axes = plt.subplots(len(samples), cols, figsize=(2.3 * cols + (1.6 if show_report else 0), 5.2 * len(samples)),
                              gridspec_kw={"width_ratios": [1, 1, 1, 1.5][:cols]}, squeeze=False)
