@@ -6,9 +6,66 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-COMMANDS: dict[str, argparse.ArgumentParser] = {}
+from bonescan import contract as C
+
+SPLITS = ("train", "val", "test")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+# ----------------------------------------------------------------------------- shared arguments
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless the help already says it in words (an
+    unset option usually means something, e.g. "built from --export into --out") or the option is
+    required (it has none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
+class Option:
+    """One command-line option, defined once; every command that needs it subscribes with
+    ``OPTION.add(parser)``, overriding only what differs for that command (whether it is
+    required, its default, what it means there)."""
+
+    def __init__(self, *flags: str, **spec: Any):
+        self.flags = flags
+        self.spec = spec
+
+    def add(self, parser: argparse.ArgumentParser, **overrides: Any) -> None:
+        parser.add_argument(*self.flags, **{**self.spec, **overrides})
+
+
+DATA = Option("--data", type=Path, required=True, help="data folder (cases/ and manifest.json)")
+CHECKPOINT = Option("--checkpoint", type=Path, required=True, help="checkpoint file (.pt) written by `bonescan train`")
+SPLIT = Option("--split", choices=SPLITS, default="test", help="split of the data folder")
+OUT = Option("--out", type=Path, required=True, help="output folder")
+EXPORT = Option("--export", type=Path, required=True, help="ONNX export folder (`bonescan export onnx`)")
+QUIET = Option("--quiet", action="store_true", help="no progress bars")
+
+
+def _command(sub: argparse._SubParsersAction, name: str, func, help: str) -> argparse.ArgumentParser:
+    """A subcommand whose help shows every option's default; ``func(args) -> exit code`` runs it."""
+    p = sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+    p.set_defaults(func=func)
+    return p
+
+
+def _group(sub: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
+    """A command with subcommands (``bonescan data ...``)."""
+    p = sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+    return p.add_subparsers(dest=f"{name}_command", required=True)
+
+
+# ----------------------------------------------------------------------------- data
 
 
 def _data_synth(a: argparse.Namespace) -> int:
@@ -41,7 +98,7 @@ def _data_manifest(a: argparse.Namespace) -> int:
         return 2
     splits = assign_splits(ids, a.seed, a.val, a.test)
     path = write_manifest(root, [CaseRef(i, splits[i], cases / i) for i in ids], {"format": "bonescan-dataset/1"})
-    counts = {s: sum(1 for v in splits.values() if v == s) for s in ("train", "val", "test")}
+    counts = {s: sum(1 for v in splits.values() if v == s) for s in SPLITS}
     print(f"wrote {path}: {counts}")
     return 0
 
@@ -66,34 +123,77 @@ def _data_to_dicom(a: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_synth(a: argparse.Namespace) -> int:
-    from bonescan.benchmarks.synth import bench_synth
+def data_commands(sub: argparse._SubParsersAction) -> None:
+    """``bonescan data synth | preview | manifest | check | to-dicom``."""
+    dsub = _group(sub, "data", "synthetic data set, previews, hospital data checks")
+    s = _command(dsub, "synth", _data_synth, "write a synthetic SPECT + report data set")
+    OUT.add(s, help="data folder to write")
+    s.add_argument("--n", type=int, default=1000, help="number of cases")
+    s.add_argument("--seed", type=int, default=0, help="seed of the generator (the same seed gives the same bytes)")
+    s.add_argument("--workers", type=int, default=2, help="processes")
+    QUIET.add(s)
+    s = _command(dsub, "preview", _data_preview, "draw a grid of cases (views, mask, report) into a PNG")
+    DATA.add(s)
+    OUT.add(s, help="PNG file to write")
+    s.add_argument("--n", type=int, default=6, help="number of cases")
+    s.add_argument("--ids", nargs="*", help="case ids to draw (default: the first --n)")
+    SPLIT.add(s, default=None, help="draw from this split only (default: all cases)")
+    s.add_argument("--no-report", action="store_true", help="leave the report text out of the picture")
+    s = _command(dsub, "manifest", _data_manifest, "write manifest.json with a fixed split for a folder of cases")
+    DATA.add(s)
+    s.add_argument("--seed", type=int, default=0, help="seed of the split")
+    s.add_argument("--val", type=float, default=0.1, help="share of the cases in the val split")
+    s.add_argument("--test", type=float, default=0.2, help="share of the cases in the test split")
+    s.add_argument("--force", action="store_true", help="replace an existing manifest.json")
+    s = _command(dsub, "check", _data_check, "read every case and list the ones that cannot be used")
+    DATA.add(s)
+    SPLIT.add(s, default=None, help="check this split only (default: all cases)")
+    s.add_argument("--no-mask", action="store_true", help="masks are not required")
+    s = _command(dsub, "to-dicom", _data_to_dicom, "write a case's views as one two-frame NM DICOM file")
+    s.add_argument("case", type=Path, help="case folder, DICOM or NPY")
+    OUT.add(s, help="DICOM file to write")
 
-    bench_synth(a.n, a.workers, a.out)
-    return 0
+
+# ----------------------------------------------------------------------------- train / eval
+
+def int_or_preset(text: str) -> int | None:
+    """An integer where 0 means "the preset's value" (``--batch-size 0``)."""
+    return int(text) or None
+
+
+# `bonescan train` options that override one field of the preset's configs (unset: the preset's
+# value): option -> (which config, field, its add_argument keywords)
+TRAIN_OVERRIDES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "--steps": ("train", "steps", {"type": int, "help": "training steps (0 = initialise only; default: the config's)"}),
+    "--batch-size": ("train", "batch_size", {"type": int_or_preset,
+                                             "help": "scans per step (default, or 0: the config's)"}),
+    "--max-minutes": ("train", "max_minutes", {"type": float,
+                                               "help": "stop after this long, the schedule compressed (default: the config's, no limit)"}),
+    "--eval-every": ("train", "eval_every", {"type": int, "help": "print validation DSC every n steps (default: the config's, only at the end)"}),
+    "--lr": ("train", "lr", {"type": float, "help": "learning rate of the image path (default: the config's)"}),
+    "--crop-rows": ("train", "crop_rows", {"type": int, "help": "training crop height, 0 = whole images (default: the config's)"}),
+    "--fusion-stages": ("model", "fusion_stages", {"type": int, "help": "number of fused decoder stages (default: the config's)"}),
+    "--no-prior": ("model", "prior", {"action": "store_false", "default": None,
+                                     "help": "ablation: no report veto map on the logits (default: with it)"}),
+}
+
+
+def train_configs(a: argparse.Namespace):
+    """The preset's (ModelConfig, TrainConfig) with the options of TRAIN_OVERRIDES that were given."""
+    from bonescan.model.config import preset
+
+    mcfg, tcfg = preset(a.config, a.model, a.fusion)
+    changes: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+    for config, field, _ in TRAIN_OVERRIDES.values():
+        if getattr(a, field) is not None:
+            changes[config][field] = getattr(a, field)
+    return replace(mcfg, **changes["model"]), replace(tcfg, **changes["train"])
 
 
 def _train(a: argparse.Namespace) -> int:
-    from bonescan.model.config import preset
     from bonescan.train import train
 
-    mcfg, tcfg = preset(a.config, a.model, a.fusion)
-    if a.steps is not None:
-        tcfg.steps = a.steps
-    if a.batch_size:
-        tcfg.batch_size = a.batch_size
-    if a.max_minutes is not None:
-        tcfg.max_minutes = a.max_minutes
-    if a.eval_every is not None:
-        tcfg.eval_every = a.eval_every
-    if a.lr is not None:
-        tcfg.lr = a.lr
-    if a.crop_rows is not None:
-        tcfg.crop_rows = a.crop_rows
-    if a.fusion_stages is not None:
-        mcfg.fusion_stages = a.fusion_stages
-    if a.no_prior:
-        mcfg.prior = False
+    mcfg, tcfg = train_configs(a)
     train(a.data, a.out, mcfg, tcfg, seed=a.seed, text_encoder_dir=a.text_encoder, progress=not a.quiet,
           command="bonescan " + " ".join(sys.argv[1:]), config_name=a.config, init_from=a.init_from)
     return 0
@@ -104,6 +204,34 @@ def _eval(a: argparse.Namespace) -> int:
 
     evaluate(a.checkpoint, a.data, a.split, a.reports, a.json, seed=a.seed, progress=not a.quiet)
     return 0
+
+
+def model_commands(sub: argparse._SubParsersAction) -> None:
+    """``bonescan train`` and ``bonescan eval``."""
+    s = _command(sub, "train", _train, "train the dual-path model or the U-Net baseline")
+    DATA.add(s)
+    OUT.add(s, help="checkpoint file to write (.pt)")
+    s.add_argument("--model", choices=["dualpath", "unet"], default="dualpath",
+                   help="dualpath (image + report) or unet (image only)")
+    s.add_argument("--config", choices=["demo", "paper", "tiny"], default="demo", help="preset of model and training")
+    s.add_argument("--fusion", choices=["xattn", "gate"], help="dualpath fusion (default: xattn)")
+    s.add_argument("--text-encoder", type=Path, help="local folder with a pretrained MacBERT, read offline (default: a small BERT trained from scratch)")
+    s.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches and augmentation")
+    for option, (_, field, spec) in TRAIN_OVERRIDES.items():
+        s.add_argument(option, dest=field, **spec)
+    s.add_argument("--init-from", type=Path, help="initialise the image path from this checkpoint, e.g. the U-Net (default: fresh)")
+    QUIET.add(s)
+    s = _command(sub, "eval", _eval, "evaluate a checkpoint on a split (true, shuffled or empty reports)")
+    CHECKPOINT.add(s)
+    DATA.add(s)
+    SPLIT.add(s)
+    s.add_argument("--reports", choices=["true", "shuffled", "empty"], default="true", help="which report each scan gets")
+    s.add_argument("--json", type=Path, help="write per-scan and summary metrics here (default: not written)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the report shuffle")
+    QUIET.add(s)
+
+
+# ----------------------------------------------------------------------------- export
 
 
 def _export_onnx(a: argparse.Namespace) -> int:
@@ -153,6 +281,43 @@ def _export_verify_gpu(a: argparse.Namespace) -> int:
     return 0 if res["ok"] else 1
 
 
+def export_commands(sub: argparse._SubParsersAction) -> None:
+    """``bonescan export onnx | check | lint | trt | verify-gpu``."""
+    esub = _group(sub, "export", "ONNX export, parity checks, TensorRT engines")
+    s = _command(esub, "onnx", _export_onnx, "checkpoint -> text_encoder.onnx + segmenter.onnx + model.json")
+    CHECKPOINT.add(s)
+    OUT.add(s, help="export folder to write")
+    s = _command(esub, "check", _export_check, "parity of the ONNX graphs with PyTorch on held-out cases (JSON)")
+    CHECKPOINT.add(s)
+    EXPORT.add(s)
+    DATA.add(s)
+    SPLIT.add(s)
+    s.add_argument("--n", type=int, default=16, help="cases")
+    s.add_argument("--max-batch", type=int, default=4, help="check batch sizes 1..N give the same outputs")
+    s.add_argument("--json", type=Path, help="write the results here (default: not written)")
+    s = _command(esub, "lint", _export_lint, "TensorRT-compatibility check of the ONNX graphs (runs on a CPU)")
+    s.add_argument("--onnx", required=True, type=Path, help="an export folder")
+    s.add_argument("--json", type=Path, help="write the findings here (default: not written)")
+    s = _command(esub, "trt", _export_trt, "build TensorRT engines (needs an NVIDIA GPU and TensorRT)")
+    s.add_argument("--onnx", required=True, type=Path, help="an export folder")
+    OUT.add(s, help="engine folder to write")
+    s.add_argument("--precision", choices=PRECISIONS, default="fp16", help="engine precision")
+    s.add_argument("--max-batch", type=int, default=8, help="= the Triton max_batch_size")
+    s.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file, read and updated (default: none)")
+    s.add_argument("--calibration-cases", type=int, default=64, help="synthetic cases for INT8 calibration")
+    s = _command(esub, "verify-gpu", _export_verify_gpu,
+                 "one command for a GPU machine: build, compare with onnxruntime, DSC parity")
+    CHECKPOINT.add(s)
+    s.add_argument("--work", type=Path, default=Path("verify_gpu"), help="folder for exports, engines and results")
+    s.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS, help="engine precisions to build and check")
+    s.add_argument("--max-batch", type=int, default=8, help="= the Triton max_batch_size")
+    DATA.add(s, required=False, help="held-out data (default: 64 synthetic cases made on the fly)")
+    s.add_argument("--n", type=int, default=64, help="held-out cases")
+
+
+# ----------------------------------------------------------------------------- repository and server
+
+
 def _repo_build(a: argparse.Namespace) -> int:
     from bonescan.serving.repository import RepoOptions, build_repository
 
@@ -169,6 +334,38 @@ def _serve(a: argparse.Namespace) -> int:
     from bonescan.serving.server import serve
 
     return serve(a.repo, a.grpc_port, a.http_port, a.metrics_port, a.log_file, a.admin_key_file, a.bind)
+
+
+def serving_commands(sub: argparse._SubParsersAction) -> None:
+    """``bonescan repo build`` and ``bonescan serve``."""
+    rsub = _group(sub, "repo", "the Triton model repository")
+    s = _command(rsub, "build", _repo_build, "fill the model-repository templates with artifacts and configs")
+    s.add_argument("--from", dest="src", required=True, type=Path,
+                   help="export folder of the dual-path model (ONNX, or engines for --flavor tensorrt)")
+    s.add_argument("--baseline", type=Path, help="export folder of the U-Net, adds bonescan_unet (default: none)")
+    s.add_argument("--flavor", choices=["embedded", "onnxruntime", "tensorrt"], default="embedded", help="how Triton runs the graphs")
+    OUT.add(s, help="repository folder to write")
+    s.add_argument("--max-batch-size", type=int, default=8, help="Triton max_batch_size of every model")
+    s.add_argument("--instances", type=int, default=1, help="instances of text_encoder / segmenter")
+    s.add_argument("--python-instances", type=int, default=1, help="instances of the python steps")
+    s.add_argument("--queue-delay-us", type=int, default=None,
+                   help="dynamic batching delay of text_encoder / segmenter (default: 2000, 0 for the embedded CPU flavor)")
+    s.add_argument("--python-queue-delay-us", type=int, default=0, help="dynamic batching delay of the python steps")
+    s.add_argument("--threads", type=int, default=2, help="onnxruntime threads per instance (embedded)")
+    s.add_argument("--run-batch", type=int, default=1,
+                   help="embedded: scans per onnxruntime run within a dynamic batch (0: all; see README)")
+    s.add_argument("--device", choices=["gpu", "cpu"], default="gpu", help="instance kind for onnxruntime flavor")
+    s = _command(sub, "serve", _serve, "run tritonserver on a repository until Ctrl-C / SIGTERM")
+    s.add_argument("--repo", required=True, type=Path, help="a built repository (`bonescan repo build`)")
+    s.add_argument("--grpc-port", type=int, default=8001, help="gRPC port")
+    s.add_argument("--http-port", type=int, default=8000, help="HTTP port")
+    s.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port")
+    s.add_argument("--log-file", type=Path, help="server log (default: inherit the terminal)")
+    s.add_argument("--admin-key-file", type=Path, help="file with the key that opens the admin endpoints (default: closed)")
+    s.add_argument("--bind", default="0.0.0.0", help="address to listen on (0.0.0.0: all; 127.0.0.1 for local clients only)")
+
+
+# ----------------------------------------------------------------------------- client
 
 
 def _infer(a: argparse.Namespace) -> int:
@@ -213,10 +410,51 @@ def _infer(a: argparse.Namespace) -> int:
     return 0 if failures == 0 else 1
 
 
+def infer_command(sub: argparse._SubParsersAction) -> None:
+    """``bonescan infer``: the gRPC client."""
+    s = _command(sub, "infer", _infer, "segment scans with a running server (gRPC client)")
+    s.add_argument("input", nargs="?", help="DICOM / NPY file, case folder, or a folder of cases (default: none, give --views)")
+    s.add_argument("--views", nargs=2, metavar=("ANTERIOR", "POSTERIOR"), help="two view files, 16-bit PNG or DICOM (default: none)")
+    s.add_argument("--report", type=Path, help="UTF-8 report file (default: the case folder's report.txt)")
+    s.add_argument("--server", default="localhost:8001", help="gRPC address")
+    s.add_argument("--model", choices=[C.ENSEMBLE_MODEL, C.ENSEMBLE_UNET_MODEL], default=C.ENSEMBLE_MODEL,
+                   help=f"{C.ENSEMBLE_MODEL} (with report) or {C.ENSEMBLE_UNET_MODEL} (image only)")
+    OUT.add(s, required=False, default=Path("bonescan_out"), help="folder for masks, overlays and lesion lists")
+    s.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    s.add_argument("--retries", type=int, default=3, help="retries when the server is unavailable")
+    s.add_argument("--root-cert", help="PEM root certificate: use TLS (default: plain gRPC)")
+    s.add_argument("--client-cert", help="PEM client certificate, mutual TLS (default: none)")
+    s.add_argument("--client-key", help="PEM client key, mutual TLS (default: none)")
+    s.add_argument("--header", action="append", help="extra gRPC header NAME=VALUE, repeatable, e.g. authorization=Bearer ... (default: none)")
+    s.add_argument("--expect-model", help="refuse a server whose model hash differs, 16 hex digits (default: any)")
+
+
+# ----------------------------------------------------------------------------- demo and benchmarks
+
+
 def _demo(a: argparse.Namespace) -> int:
     from bonescan.benchmarks.demo import run_demo
 
     return run_demo(a.out, n=a.n, seed=a.seed, workers=a.workers, unet_steps=a.unet_steps, dual_steps=a.dual_steps)
+
+
+def demo_command(sub: argparse._SubParsersAction) -> None:
+    """``bonescan demo`` (``make demo``)."""
+    s = _command(sub, "demo", _demo, "the whole pipeline on the embedded synthetic data (make demo)")
+    OUT.add(s, required=False, default=Path("demo_out"), help="folder for data, checkpoints, exports, repository and report")
+    s.add_argument("--n", type=int, default=1000, help="synthetic cases")
+    s.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
+    s.add_argument("--workers", type=int, default=2, help="processes for the synthesis")
+    s.add_argument("--unet-steps", type=int, default=400, help="training steps of the U-Net")
+    s.add_argument("--dual-steps", type=int, default=400, help="training steps of the dual-path model")
+
+
+def _bench_synth(a: argparse.Namespace) -> int:
+    from bonescan.benchmarks.synth import bench_synth
+
+    bench_synth(a.n, a.workers, a.out)
+    return 0
 
 
 def _bench_latency(a: argparse.Namespace) -> int:
@@ -288,236 +526,82 @@ def _bench_text_gain(a: argparse.Namespace) -> int:
 
 
 def _fault_run_args(s: argparse.ArgumentParser) -> None:
-    """The arguments `bench soak` and `bench kill` share."""
-    s.add_argument("--export", required=True, type=Path, help="ONNX export of the dual-path model")
-    s.add_argument("--data", required=True, type=Path)
+    """The arguments `bench soak`, `bench kill` and `bench storm` share."""
+    EXPORT.add(s, help="ONNX export of the dual-path model")
+    DATA.add(s)
     s.add_argument("--repo", type=Path, help="a built repository (default: built from --export into --out)")
-    s.add_argument("--out", type=Path, default=Path("bench_out"))
+    OUT.add(s, required=False, default=Path("bench_out"), help="results folder")
+
+
+def bench_commands(sub: argparse._SubParsersAction) -> None:
+    """``bonescan bench synth | latency | parity | soak | kill | storm | text-gain``."""
+    bsub = _group(sub, "bench", "benchmarks that print measured figures")
+    s = _command(bsub, "synth", _bench_synth, "time the synthesis of N cases")
+    s.add_argument("--n", type=int, default=1000, help="cases")
+    s.add_argument("--workers", type=int, default=2, help="processes")
+    OUT.add(s, required=False, help="keep the data set here (default: a temporary folder)")
+    s = _command(bsub, "latency", _bench_latency,
+                 "Triton ensemble vs in-process PyTorch / onnxruntime, perf_analyzer, memory")
+    CHECKPOINT.add(s, help="the dual-path checkpoint (demo or paper config)")
+    DATA.add(s, help="data folder; held-out scans come from its test split")
+    OUT.add(s, help="results folder")
+    s.add_argument("--config", choices=["demo", "paper"], help="which targets apply (default: from the checkpoint)")
+    EXPORT.add(s, required=False, help="its ONNX export (default: exported into --out)")
+    s.add_argument("--repo", type=Path, help="a built repository (default: built into --out)")
+    s.add_argument("--server", help="benchmark a running server instead of starting one (default: start one)")
+    s.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="concurrency levels")
+    s.add_argument("--requests", type=int, default=0, help="requests per concurrency level (0, the default: 48 demo, 8 paper)")
+    s.add_argument("--cases", type=int, default=8, help="distinct held-out scans to cycle through")
+    s.add_argument("--threads", type=int, default=2, help="threads per engine, the same for all")
+    s.add_argument("--no-perf-analyzer", action="store_true", help="skip perf_analyzer")
+    s = _command(bsub, "parity", _bench_parity, "DSC and max difference: PyTorch, onnxruntime, Triton (TensorRT on a GPU)")
+    CHECKPOINT.add(s)
+    EXPORT.add(s)
+    DATA.add(s)
+    OUT.add(s, required=False, default=Path("bench_out"), help="results folder")
+    s.add_argument("--server", help="a running server (default: start one on --repo or a repository built from --export)")
+    s.add_argument("--repo", type=Path, help="a built repository (default: built from --export into --out)")
+    s.add_argument("--model", choices=[C.ENSEMBLE_MODEL, C.ENSEMBLE_UNET_MODEL], help="ensemble name (default: from the checkpoint)")
+    s.add_argument("--n", type=int, default=40, help="held-out cases")
+    s = _command(bsub, "soak", _bench_soak, "N minutes at concurrency C: errors, wrong answers, server memory growth")
+    _fault_run_args(s)
+    s.add_argument("--minutes", type=float, default=10.0, help="duration")
+    s.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    s.add_argument("--warmup", type=float, default=60.0, help="seconds before memory is compared")
+    s = _command(bsub, "kill", _bench_kill, "SIGKILL the server mid-run and restart it: no request lost or answered twice")
+    _fault_run_args(s)
+    s.add_argument("--requests", type=int, default=40, help="requests in all")
+    s.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    s.add_argument("--kill-after", type=int, default=10, help="answered requests before the SIGKILL")
+    s = _command(bsub, "storm", _bench_storm, "bad requests between good ones, then concurrent mixes: no hang, no wrong answer")
+    _fault_run_args(s)
+    s.add_argument("--baseline", type=Path, help="ONNX export of the U-Net: adds U-Net requests to the mixes (default: none)")
+    s.add_argument("--rounds", type=int, default=10, help="rounds of bad and good requests")
+    s.add_argument("--concurrency", type=int, default=8, help="requests in flight in the mixes")
+    s = _command(bsub, "text-gain", _bench_text_gain, "U-Net vs dual-path over seeds, with true / shuffled / empty reports")
+    DATA.add(s)
+    OUT.add(s, required=False, default=Path("runs/text_gain"), help="checkpoints (reused when there) and results")
+    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    s.add_argument("--config", choices=["demo", "tiny"], default="demo", help="preset of both models")
+    s.add_argument("--fusion", choices=["xattn", "gate"], help="dual-path fusion (default: xattn)")
+    s.add_argument("--no-prior", action="store_true", help="ablation without the report veto map")
+    s.add_argument("--tag", default="", help="suffix for the dual-path checkpoints of an ablation")
+
+
+# ----------------------------------------------------------------------------- entry point
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bonescan", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p = argparse.ArgumentParser(prog="bonescan", description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True)
-
-    # ---- data
-    data = sub.add_parser("data", help="synthetic data set, previews, hospital data checks")
-    dsub = data.add_subparsers(dest="data_command", required=True)
-    s = dsub.add_parser("synth", help="write a synthetic SPECT + report data set")
-    s.add_argument("--out", required=True, type=Path)
-    s.add_argument("--n", type=int, default=1000, help="number of cases (default 1000)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--workers", type=int, default=2, help="processes (default 2)")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=_data_synth)
-    s = dsub.add_parser("preview", help="draw a grid of cases (views, mask, report) into a PNG")
-    s.add_argument("--data", required=True, type=Path)
-    s.add_argument("--out", required=True, type=Path)
-    s.add_argument("--n", type=int, default=6, help="number of cases (default 6)")
-    s.add_argument("--ids", nargs="*", help="case ids to draw instead of the first n")
-    s.add_argument("--split", choices=["train", "val", "test"])
-    s.add_argument("--no-report", action="store_true", help="leave the report text out of the picture")
-    s.set_defaults(func=_data_preview)
-    s = dsub.add_parser("manifest", help="write manifest.json with a fixed split for a folder of cases")
-    s.add_argument("--data", required=True, type=Path)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--val", type=float, default=0.1)
-    s.add_argument("--test", type=float, default=0.2)
-    s.add_argument("--force", action="store_true")
-    s.set_defaults(func=_data_manifest)
-    s = dsub.add_parser("check", help="read every case and list the ones that cannot be used")
-    s.add_argument("--data", required=True, type=Path)
-    s.add_argument("--split", choices=["train", "val", "test"])
-    s.add_argument("--no-mask", action="store_true", help="masks are not required")
-    s.set_defaults(func=_data_check)
-    s = dsub.add_parser("to-dicom", help="write a case's views as one two-frame NM DICOM file")
-    s.add_argument("case", type=Path, help="case folder, DICOM or NPY")
-    s.add_argument("--out", required=True, type=Path)
-    s.set_defaults(func=_data_to_dicom)
-
-    # ---- model
-    s = sub.add_parser("train", help="train the dual-path model or the U-Net baseline")
-    s.add_argument("--data", required=True, type=Path)
-    s.add_argument("--out", required=True, type=Path, help="checkpoint file to write (.pt)")
-    s.add_argument("--model", choices=["dualpath", "unet"], default="dualpath")
-    s.add_argument("--config", choices=["demo", "paper", "tiny"], default="demo")
-    s.add_argument("--fusion", choices=["xattn", "gate"], help="dualpath fusion (default xattn)")
-    s.add_argument("--text-encoder", type=Path, help="local folder with a pretrained MacBERT (offline)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--steps", type=int, help="override the config's steps (0 = initialise only)")
-    s.add_argument("--batch-size", type=int)
-    s.add_argument("--max-minutes", type=float, help="stop after this long (the schedule is compressed)")
-    s.add_argument("--eval-every", type=int, help="print validation DSC every n steps")
-    s.add_argument("--lr", type=float, help="override the image-path learning rate")
-    s.add_argument("--crop-rows", type=int, help="training crop height (0 = whole images)")
-    s.add_argument("--init-from", type=Path, help="initialise the image path from this checkpoint (e.g. the U-Net)")
-    s.add_argument("--fusion-stages", type=int, help="override the number of fused decoder stages")
-    s.add_argument("--no-prior", action="store_true", help="ablation: no report veto map on the logits")
-    s.add_argument("--quiet", action="store_true")
-    s.set_defaults(func=_train)
-    s = sub.add_parser("eval", help="evaluate a checkpoint on a split (true, shuffled or empty reports)")
-    s.add_argument("--checkpoint", required=True, type=Path)
-    s.add_argument("--data", required=True, type=Path)
-    s.add_argument("--split", choices=["train", "val", "test"], default="test")
-    s.add_argument("--reports", choices=["true", "shuffled", "empty"], default="true")
-    s.add_argument("--json", type=Path, help="write per-scan and summary metrics here")
-    s.add_argument("--seed", type=int, default=0, help="seed of the report shuffle")
-    s.add_argument("--quiet", action="store_true")
-    s.set_defaults(func=_eval)
-
-    # ---- export
-    exp = sub.add_parser("export", help="ONNX export, parity checks, TensorRT engines")
-    esub = exp.add_subparsers(dest="export_command", required=True)
-    s = esub.add_parser("onnx", help="checkpoint -> text_encoder.onnx + segmenter.onnx + model.json")
-    s.add_argument("--checkpoint", required=True, type=Path)
-    s.add_argument("--out", required=True, type=Path)
-    s.set_defaults(func=_export_onnx)
-    s = esub.add_parser("check", help="parity of the ONNX graphs with PyTorch on held-out cases (JSON)")
-    s.add_argument("--checkpoint", required=True, type=Path)
-    s.add_argument("--export", required=True, type=Path)
-    s.add_argument("--data", required=True, type=Path)
-    s.add_argument("--split", choices=["train", "val", "test"], default="test")
-    s.add_argument("--n", type=int, default=16, help="cases (default 16)")
-    s.add_argument("--max-batch", type=int, default=4, help="check batch sizes 1..N give the same outputs")
-    s.add_argument("--json", type=Path)
-    s.set_defaults(func=_export_check)
-    s = esub.add_parser("lint", help="TensorRT-compatibility check of the ONNX graphs (runs on a CPU)")
-    s.add_argument("--onnx", required=True, type=Path, help="an export folder")
-    s.add_argument("--json", type=Path)
-    s.set_defaults(func=_export_lint)
-    s = esub.add_parser("trt", help="build TensorRT engines (needs an NVIDIA GPU and TensorRT)")
-    s.add_argument("--onnx", required=True, type=Path, help="an export folder")
-    s.add_argument("--out", required=True, type=Path)
-    s.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16")
-    s.add_argument("--max-batch", type=int, default=8, help="= the Triton max_batch_size (default 8)")
-    s.add_argument("--timing-cache", type=Path)
-    s.add_argument("--calibration-cases", type=int, default=64, help="synthetic cases for INT8 calibration")
-    s.set_defaults(func=_export_trt)
-    s = esub.add_parser("verify-gpu", help="one command for a GPU machine: build, compare with onnxruntime, DSC parity")
-    s.add_argument("--checkpoint", required=True, type=Path)
-    s.add_argument("--work", type=Path, default=Path("verify_gpu"))
-    s.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "int8"], choices=["fp32", "fp16", "int8"])
-    s.add_argument("--max-batch", type=int, default=8)
-    s.add_argument("--data", type=Path, help="held-out data (default: 64 synthetic cases made on the fly)")
-    s.add_argument("--n", type=int, default=64)
-    s.set_defaults(func=_export_verify_gpu)
-
-    # ---- repository and server
-    repo = sub.add_parser("repo", help="the Triton model repository")
-    rsub = repo.add_subparsers(dest="repo_command", required=True)
-    s = rsub.add_parser("build", help="fill the model-repository templates with artifacts and configs")
-    s.add_argument("--from", dest="src", required=True, type=Path, help="export folder of the dual-path model (ONNX, or engines for --flavor tensorrt)")
-    s.add_argument("--baseline", type=Path, help="export folder of the U-Net (adds bonescan_unet)")
-    s.add_argument("--flavor", choices=["embedded", "onnxruntime", "tensorrt"], default="embedded")
-    s.add_argument("--out", required=True, type=Path)
-    s.add_argument("--max-batch-size", type=int, default=8)
-    s.add_argument("--instances", type=int, default=1, help="instances of text_encoder / segmenter")
-    s.add_argument("--python-instances", type=int, default=1, help="instances of the python steps")
-    s.add_argument("--queue-delay-us", type=int, default=None,
-                   help="dynamic batching delay of text_encoder / segmenter (default: 2000, 0 for the embedded CPU flavor)")
-    s.add_argument("--python-queue-delay-us", type=int, default=0, help="dynamic batching delay of the python steps")
-    s.add_argument("--threads", type=int, default=2, help="onnxruntime threads per instance (embedded)")
-    s.add_argument("--run-batch", type=int, default=1,
-                   help="embedded: scans per onnxruntime run within a dynamic batch (0: all; default 1, see README)")
-    s.add_argument("--device", choices=["gpu", "cpu"], default="gpu", help="instance kind for onnxruntime flavor")
-    s.set_defaults(func=_repo_build)
-    s = sub.add_parser("serve", help="run tritonserver on a repository until Ctrl-C / SIGTERM")
-    s.add_argument("--repo", required=True, type=Path)
-    s.add_argument("--grpc-port", type=int, default=8001)
-    s.add_argument("--http-port", type=int, default=8000)
-    s.add_argument("--metrics-port", type=int, default=8002)
-    s.add_argument("--log-file", type=Path, help="server log (default: inherit the terminal)")
-    s.add_argument("--admin-key-file", type=Path, help="file with the key that opens the admin endpoints (default: closed)")
-    s.add_argument("--bind", default="0.0.0.0", help="address to listen on (default all; 127.0.0.1 for local clients only)")
-    s.set_defaults(func=_serve)
-
-    # ---- client
-    s = sub.add_parser("infer", help="segment scans with a running server (gRPC client)")
-    s.add_argument("input", nargs="?", help="DICOM / NPY file, case folder, or a folder of cases")
-    s.add_argument("--views", nargs=2, metavar=("ANTERIOR", "POSTERIOR"), help="two view files (16-bit PNG or DICOM)")
-    s.add_argument("--report", type=Path, help="UTF-8 report file (default: the case folder's report.txt)")
-    s.add_argument("--server", default="localhost:8001", help="gRPC address (default localhost:8001)")
-    s.add_argument("--model", default="bonescan", help="bonescan (with report) or bonescan_unet (image only)")
-    s.add_argument("--out", type=Path, default=Path("bonescan_out"))
-    s.add_argument("--concurrency", type=int, default=4)
-    s.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    s.add_argument("--retries", type=int, default=3, help="retries when the server is unavailable")
-    s.add_argument("--root-cert", help="PEM root certificate: use TLS")
-    s.add_argument("--client-cert", help="PEM client certificate (mutual TLS)")
-    s.add_argument("--client-key", help="PEM client key (mutual TLS)")
-    s.add_argument("--header", action="append", help="extra gRPC header NAME=VALUE (e.g. authorization=Bearer ...)")
-    s.add_argument("--expect-model", help="refuse a server whose model hash differs (16 hex digits)")
-    s.set_defaults(func=_infer)
-
-    # ---- demo
-    s = sub.add_parser("demo", help="the whole pipeline on the embedded synthetic data (make demo)")
-    s.add_argument("--out", type=Path, default=Path("demo_out"))
-    s.add_argument("--n", type=int, default=1000)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--workers", type=int, default=2)
-    s.add_argument("--unet-steps", type=int, default=400)
-    s.add_argument("--dual-steps", type=int, default=400)
-    s.set_defaults(func=_demo)
-
-    # ---- bench
-    bench = sub.add_parser("bench", help="benchmarks that print measured figures")
-    bsub = bench.add_subparsers(dest="bench_command", required=True)
-    s = bsub.add_parser("synth", help="time the synthesis of N cases")
-    s.add_argument("--n", type=int, default=1000)
-    s.add_argument("--workers", type=int, default=2)
-    s.add_argument("--out", type=Path, help="keep the data set here (default: a temporary folder)")
-    s.set_defaults(func=_bench_synth)
-    s = bsub.add_parser("latency", help="Triton ensemble vs in-process PyTorch / onnxruntime, perf_analyzer, memory")
-    s.add_argument("--checkpoint", required=True, type=Path, help="the dual-path checkpoint (demo or paper config)")
-    s.add_argument("--data", required=True, type=Path, help="held-out scans come from its test split")
-    s.add_argument("--out", required=True, type=Path)
-    s.add_argument("--config", choices=["demo", "paper"], help="which targets apply (default: from the checkpoint)")
-    s.add_argument("--export", type=Path, help="its ONNX export (default: exported into --out)")
-    s.add_argument("--repo", type=Path, help="a built repository (default: built into --out)")
-    s.add_argument("--server", help="benchmark a running server instead of starting one")
-    s.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    s.add_argument("--requests", type=int, default=0, help="requests per concurrency level (default: 48 demo, 8 paper)")
-    s.add_argument("--cases", type=int, default=8, help="distinct held-out scans to cycle through")
-    s.add_argument("--threads", type=int, default=2, help="threads per engine, the same for all")
-    s.add_argument("--no-perf-analyzer", action="store_true")
-    s.set_defaults(func=_bench_latency)
-    s = bsub.add_parser("parity", help="DSC and max difference: PyTorch, onnxruntime, Triton (TensorRT on a GPU)")
-    s.add_argument("--checkpoint", required=True, type=Path)
-    s.add_argument("--export", required=True, type=Path)
-    s.add_argument("--data", required=True, type=Path)
-    s.add_argument("--out", type=Path, default=Path("bench_out"))
-    s.add_argument("--server", help="a running server (default: start one on --repo or a repository built from --export)")
-    s.add_argument("--repo", type=Path)
-    s.add_argument("--model", help="ensemble name (default: from the checkpoint)")
-    s.add_argument("--n", type=int, default=40)
-    s.set_defaults(func=_bench_parity)
-    s = bsub.add_parser("soak", help="N minutes at concurrency C: errors, wrong answers, server memory growth")
-    _fault_run_args(s)
-    s.add_argument("--minutes", type=float, default=10.0)
-    s.add_argument("--concurrency", type=int, default=8)
-    s.add_argument("--warmup", type=float, default=60.0, help="seconds before memory is compared")
-    s.set_defaults(func=_bench_soak)
-    s = bsub.add_parser("kill", help="SIGKILL the server mid-run and restart it: no request lost or answered twice")
-    _fault_run_args(s)
-    s.add_argument("--requests", type=int, default=40)
-    s.add_argument("--concurrency", type=int, default=4)
-    s.add_argument("--kill-after", type=int, default=10, help="answered requests before the SIGKILL")
-    s.set_defaults(func=_bench_kill)
-    s = bsub.add_parser("storm", help="bad requests between good ones, then concurrent mixes: no hang, no wrong answer")
-    _fault_run_args(s)
-    s.add_argument("--baseline", type=Path, help="ONNX export of the U-Net: adds U-Net requests to the mixes")
-    s.add_argument("--rounds", type=int, default=10)
-    s.add_argument("--concurrency", type=int, default=8)
-    s.set_defaults(func=_bench_storm)
-    s = bsub.add_parser("text-gain", help="U-Net vs dual-path over seeds, with true / shuffled / empty reports")
-    s.add_argument("--data", required=True, type=Path)
-    s.add_argument("--out", type=Path, default=Path("runs/text_gain"))
-    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    s.add_argument("--config", choices=["demo", "tiny"], default="demo")
-    s.add_argument("--fusion", choices=["xattn", "gate"])
-    s.add_argument("--no-prior", action="store_true", help="ablation without the report veto map")
-    s.add_argument("--tag", default="", help="suffix for the dual-path checkpoints of an ablation")
-    s.set_defaults(func=_bench_text_gain)
+    data_commands(sub)
+    model_commands(sub)
+    export_commands(sub)
+    serving_commands(sub)
+    infer_command(sub)
+    demo_command(sub)
+    bench_commands(sub)
     return p
 
 
