@@ -16,17 +16,10 @@ from typing import Any
 import numpy as np
 
 from bonescan.contract import THRESHOLD
+from bonescan.metrics import dsc as mask_dsc
 
 MAX_LOGIT_DIFF = 1e-3
 MIN_MASK_DSC = 0.999
-
-
-def mask_dsc(a: np.ndarray, b: np.ndarray) -> float:
-    """DSC between two binary masks; 1.0 when both are empty (the same masks)."""
-    a = a.astype(bool)
-    b = b.astype(bool)
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
 
 
 def check_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Path, split: str = "test", n: int = 16,

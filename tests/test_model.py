@@ -11,7 +11,7 @@ import torch
 from bonescan.contract import IMAGE_HEIGHT, IMAGE_WIDTH, TOKENIZER, normalize_counts_np, to_model_frame
 from bonescan.data.synth import synth_case
 from bonescan.evaluate import derangement, select_reports
-from bonescan.metrics import scan_metrics, summarize
+from bonescan.metrics import dsc, scan_metrics, summarize
 from bonescan.model.checkpoint import Checkpoint, load_checkpoint, read_tokenizer_files, save_checkpoint
 from bonescan.model.config import preset
 from bonescan.model.network import BoneScanNet
@@ -193,6 +193,14 @@ def test_metrics_on_hand_made_masks():
     s = summarize([m, scan_metrics(empty, empty)])
     assert s["lesion_sensitivity"] == pytest.approx(0.5) and s["fp_per_scan"] == pytest.approx(0.5)
     assert s["negative_scans_clean"] == 1.0
+
+
+def test_numpy_dsc_agrees_with_monai():
+    rng = np.random.default_rng(0)
+    empty = np.zeros((16, 8), bool)
+    pairs = [(empty, empty), (empty, ~empty)] + [(rng.random((16, 8)) < 0.2, rng.random((16, 8)) < 0.2) for _ in range(5)]
+    for a, b in pairs:
+        assert dsc(a, b) == pytest.approx(scan_metrics(a, b)["dsc"])
 
 
 def test_shuffled_reports_never_keep_their_own():

@@ -18,7 +18,19 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import label
 
-EIGHT = np.ones((3, 3), dtype=bool)
+from bonescan.postprocess import EIGHT
+
+
+def dsc(a: np.ndarray, b: np.ndarray) -> float:
+    """DSC between two binary masks with numpy alone; 1.0 when both are empty (the same masks).
+
+    For comparing two predictions (export parity); the per-scan metrics against the ground truth
+    come from MONAI (:func:`scan_metrics`) and agree with this one.
+    """
+    a = np.asarray(a).astype(bool)
+    b = np.asarray(b).astype(bool)
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
 
 
 def _monai(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
