@@ -406,7 +406,6 @@ def bench_latency(checkpoint: Path, data: Path, out: Path, config_name: str | No
         text_guided = model == C.ENSEMBLE_MODEL
         harness(server_url, model, cases, 1, 3 if heavy else 8, text_guided)  # warm-up
         res["triton"] = []
-        res["members_c1"] = None
         for c in concurrency:
             n = max(requests_per_level, 2 * c)
             before = member_stats(server_url, members)
