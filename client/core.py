@@ -114,6 +114,22 @@ class _Common:
     def text_guided(self) -> bool:
         return self.opts.model != C.ENSEMBLE_UNET_MODEL
 
+    def _probes(self) -> list[tuple[str, str, tuple, str]]:
+        """The connection check, one sequence for both clients: (client method, what it checks, its
+        arguments, the problem when it answers False). Then the model config is read and checked."""
+        o = self.opts
+        return [
+            ("is_server_live", "liveness check", (), f"{o.url}: server is not live"),
+            ("is_server_ready", "readiness check", (), f"{o.url}: server is live but not ready (models still loading or failed)"),
+            ("is_model_ready", "model check", (o.model, o.model_version),
+             f"{o.url}: model {o.model!r} is not ready (not in the repository, or failed to load)"),
+        ]
+
+    def _checked(self, cfg) -> dict[str, Any]:
+        """The answer of ``get_model_config`` -> the check's summary; raises ClientError on a mismatch."""
+        self._check_config(cfg.config)
+        return {"url": self.opts.url, "model": self.opts.model, "ready": True}
+
     def _check_config(self, cfg) -> None:
         params = {k: v.string_value for k, v in cfg.parameters.items()}
         got = params.get("bonescan_contract_version")
@@ -165,15 +181,11 @@ class BoneScanClient(_Common):
     def check(self) -> dict[str, Any]:
         """Live, ready, model ready, contract version; raises ClientError with the reason."""
         h = self.opts.headers or None
-        if not self._call(self.client.is_server_live, "liveness check", headers=h):
-            raise ClientError(f"{self.opts.url}: server is not live")
-        if not self._call(self.client.is_server_ready, "readiness check", headers=h):
-            raise ClientError(f"{self.opts.url}: server is live but not ready (models still loading or failed)")
-        if not self._call(self.client.is_model_ready, "model check", self.opts.model, self.opts.model_version, headers=h):
-            raise ClientError(f"{self.opts.url}: model {self.opts.model!r} is not ready (not in the repository, or failed to load)")
-        cfg = self._call(self.client.get_model_config, "model config", self.opts.model, self.opts.model_version, headers=h).config
-        self._check_config(cfg)
-        return {"url": self.opts.url, "model": self.opts.model, "ready": True}
+        for method, what, args, problem in self._probes():
+            if not self._call(getattr(self.client, method), what, *args, headers=h):
+                raise ClientError(problem)
+        return self._checked(self._call(self.client.get_model_config, "model config", self.opts.model,
+                                        self.opts.model_version, headers=h))
 
     # -- inference
     def segment_prepared(self, reqs: Sequence[Request]) -> list[SegmentationResult]:
@@ -250,14 +262,13 @@ class AsyncBoneScanClient(_Common):
         raise AssertionError("unreachable")
 
     async def check(self) -> dict[str, Any]:
+        """Live, ready, model ready, contract version; raises ClientError with the reason."""
         h = self.opts.headers or None
-        if not await self._call(self.client.is_server_ready, "readiness check", headers=h):
-            raise ClientError(f"{self.opts.url}: server is not ready")
-        if not await self._call(self.client.is_model_ready, "model check", self.opts.model, self.opts.model_version, headers=h):
-            raise ClientError(f"{self.opts.url}: model {self.opts.model!r} is not ready")
-        cfg = await self._call(self.client.get_model_config, "model config", self.opts.model, self.opts.model_version, headers=h)
-        self._check_config(cfg.config)
-        return {"url": self.opts.url, "model": self.opts.model, "ready": True}
+        for method, what, args, problem in self._probes():
+            if not await self._call(getattr(self.client, method), what, *args, headers=h):
+                raise ClientError(problem)
+        return self._checked(await self._call(self.client.get_model_config, "model config", self.opts.model,
+                                              self.opts.model_version, headers=h))
 
     async def segment_prepared(self, reqs: Sequence[Request]) -> list[SegmentationResult]:
         g = self._g

@@ -103,6 +103,46 @@ def test_server_refusal_is_explained(client, case_dir):
     assert client.segment(case_dir).mask.shape == (1024, 256)  # and it still serves
 
 
+@pytest.mark.parametrize("down", ["is_server_live", "is_server_ready", "is_model_ready"])
+def test_sync_and_async_check_run_the_same_probes(down):
+    """One sequence of checks behind both clients: the same probes in the same order, the same error."""
+    probes = ("is_server_live", "is_server_ready", "is_model_ready")
+    asked: dict[str, list[str]] = {"sync": [], "async": []}
+
+    def answer(name):
+        def probe(*args, **kwargs):
+            asked["sync"].append(name)
+            return name != down
+        return probe
+
+    def answer_async(name):
+        async def probe(*args, **kwargs):
+            asked["async"].append(name)
+            return name != down
+        return probe
+
+    sync = BoneScanClient("localhost:1", check_on_connect=False)
+    for name in probes:
+        setattr(sync.client, name, answer(name))
+    with pytest.raises(ClientError) as e_sync:
+        sync.check()
+    sync.close()
+
+    async def run_async() -> str:
+        c = AsyncBoneScanClient("localhost:1", check_on_connect=False)
+        for name in probes:
+            setattr(c.client, name, answer_async(name))
+        try:
+            with pytest.raises(ClientError) as e:
+                await c.check()
+            return str(e.value)
+        finally:
+            await c.close()
+
+    assert asyncio.run(run_async()) == str(e_sync.value)
+    assert asked["sync"] == asked["async"] == list(probes[: probes.index(down) + 1])
+
+
 def test_model_version_check(server):
     with pytest.raises(ClientError, match="serves checkpoint"):
         BoneScanClient(server.grpc_url, expected_model_sha256="0123456789abcdef")
