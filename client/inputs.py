@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bonescan.contract import DEFAULT_PIXEL_SPACING_MM, to_model_frame
+from bonescan.contract import DEFAULT_PIXEL_SPACING_MM, ENS_REPORT, to_model_frame
 from bonescan.data.io import CaseError, Scan, find_scan_files, read_report, read_scan
+from bonescan.tokenize import ReportError, decode_report
 from bonescan.validate import image_problem, spacing_problem
 
 ScanLike = Scan | str | Path | tuple | np.ndarray
@@ -66,7 +67,9 @@ def load_report(report: str | Path | None, case_dir: Path | None = None) -> str:
 
 
 def prepare(scan: ScanLike, report: str | Path | None = None, pixel_spacing: tuple[float, float] | None = None) -> Request:
-    """Read and check everything for one request; errors name the input and the problem."""
+    """Read and check everything for one request (image, pixel spacing, report: the checks the
+    server's preprocess step runs); errors name the input, the field and the problem, never the
+    report's text."""
     s = load_scan(scan, pixel_spacing)
     case_dir = Path(scan) if isinstance(scan, (str, Path)) and Path(scan).is_dir() else None
     text = load_report(report, case_dir)
@@ -78,6 +81,10 @@ def prepare(scan: ScanLike, report: str | Path | None = None, pixel_spacing: tup
     problem = spacing_problem(np.array(spacing), "pixel spacing")
     if problem:
         raise CaseError(s.source or "<scan>", problem)
+    try:  # the server's check, on the bytes that will be sent (a str can hold what UTF-8 cannot)
+        decode_report(text.encode("utf-8", "surrogatepass"), ENS_REPORT.name)
+    except ReportError as e:
+        raise CaseError(s.source or "<scan>", str(e)) from None
     return Request(image, text, spacing, s.source or str(scan))  # type: ignore[arg-type]
 
 

@@ -157,6 +157,17 @@ def test_client_never_logs_report_text(client, case_dir, caplog):
     assert marker not in caplog.text and "MARK3391" not in str(e.value)
 
 
+def test_prepare_checks_a_report_string_as_the_server_does(case_dir):
+    """The client refuses what the preprocess step would: an oversized report, one UTF-8 cannot carry."""
+    marker = "患者王五MARK3391"
+    with pytest.raises(CaseError, match=r"REPORT has 120000 characters; the limit is 20000") as e:
+        prepare(case_dir, marker * 10000)
+    assert "MARK3391" not in str(e.value)
+    with pytest.raises(CaseError, match=r"REPORT is not valid UTF-8") as e:
+        prepare(case_dir, marker + "\ud800")
+    assert "MARK3391" not in str(e.value)
+
+
 def test_cli_folder(server, dataset, tmp_path, capsys):
     from bonescan.cli import main
 
