@@ -165,7 +165,6 @@ def storm(repo: Path, export: Path, data: Path, rounds: int = 10, concurrency: i
 
 def _expected(export: Path, cases: list) -> list[np.ndarray]:
     from bonescan.export.onnx_export import OrtPipeline
-
     from bonescan.postprocess import postprocess
 
     pipe = OrtPipeline(export)
@@ -197,7 +196,6 @@ def soak(repo: Path, export: Path, data: Path, minutes: float = 10.0, concurrenc
          out: Path | None = None, model: str = C.ENSEMBLE_MODEL) -> dict[str, Any]:
     from bonescan.benchmarks.latency import MemorySampler
     from bonescan.client import BoneScanClient
-
     from bonescan.serving.server import free_ports
 
     out, cases, expected, reqs = _setup(export, data, 8, out)
@@ -262,7 +260,6 @@ def kill_restart(repo: Path, export: Path, data: Path, requests: int = 40, concu
     """SIGKILL the server after ``kill_after`` answered requests, restart it, account for every request."""
     from bonescan.client import BoneScanClient
     from bonescan.client.inputs import Request
-
     from bonescan.serving.server import free_ports
 
     out, cases, expected, _ = _setup(export, data, 6, out)

@@ -160,6 +160,7 @@ class MemorySampler:
 def harness(url: str, model: str, cases: list, concurrency: int, n_requests: int, text_guided: bool) -> dict[str, Any]:
     """n_requests real requests, ``concurrency`` in flight (one gRPC client per worker)."""
     import tritonclient.grpc as grpcclient
+
     from bonescan.client.core import _build_inputs, _outputs
     from bonescan.client.inputs import Request
 
@@ -333,8 +334,8 @@ def bench_latency(checkpoint: Path, data: Path, out: Path, config_name: str | No
                   max_batch_size: int = 8, n_cases: int = 8) -> dict[str, Any]:
     """Run everything and write out/latency.json; returns the results."""
     import torch
-    from bonescan.export.onnx_export import OrtPipeline, export_onnx
 
+    from bonescan.export.onnx_export import OrtPipeline, export_onnx
     from bonescan.model.checkpoint import Predictor
     from bonescan.postprocess import postprocess
     from bonescan.serving.repository import RepoOptions, build_repository

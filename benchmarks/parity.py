@@ -26,12 +26,12 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 def bench_parity(checkpoint: Path, export: Path, data: Path, server_url: str, model: str | None = None, n: int = 40,
                  split: str = "test", out: Path | None = None, threads: int = 2, progress: bool = True) -> dict[str, Any]:
-    from bonescan.client import BoneScanClient
-    from bonescan.client.inputs import Request
-    from bonescan.export.onnx_export import OrtPipeline
     from tqdm import tqdm
 
+    from bonescan.client import BoneScanClient
+    from bonescan.client.inputs import Request
     from bonescan.data.dataset import BoneScanDataset
+    from bonescan.export.onnx_export import OrtPipeline
     from bonescan.metrics import scan_metrics
     from bonescan.model.checkpoint import Predictor
     from bonescan.postprocess import postprocess, sigmoid

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bonescan.client.inputs import Request, ScanLike, prepare
-from bonescan.client.result import SegmentationResult
 
 from bonescan import contract as C
+from bonescan.client.inputs import Request, ScanLike, prepare
+from bonescan.client.result import SegmentationResult
 from bonescan.errors import BonescanError
 
 log = logging.getLogger("bonescan.client")

@@ -24,10 +24,10 @@ MIN_MASK_DSC = 0.999
 
 def check_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Path, split: str = "test", n: int = 16,
                  max_batch: int = 4, json_out: str | Path | None = None, threads: int = 2, progress: bool = True) -> dict[str, Any]:
-    from bonescan.export.onnx_export import OrtPipeline, read_description
     from tqdm import tqdm
 
     from bonescan.data.dataset import BoneScanDataset
+    from bonescan.export.onnx_export import OrtPipeline, read_description
     from bonescan.model.checkpoint import Predictor
 
     t0 = time.perf_counter()

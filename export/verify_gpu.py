@@ -106,7 +106,6 @@ def verify_gpu(checkpoint: str | Path, work: str | Path, precisions: list[str], 
     from bonescan.export.onnx_export import export_onnx
     from bonescan.export.trt import export_trt, profile_shapes, require_gpu
     from bonescan.export.trt_compat import check_export
-
     from bonescan.metrics import scan_metrics
     from bonescan.model.checkpoint import Predictor
     from bonescan.postprocess import postprocess

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bonescan.client import AsyncBoneScanClient, BoneScanClient, ClientError, prepare
 
+from bonescan.client import AsyncBoneScanClient, BoneScanClient, ClientError, prepare
 from bonescan.data.io import CaseError, read_scan, write_dicom_scan, write_png16
 from bonescan.serving.server import TritonServer, free_ports
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from bonescan.benchmarks.faults import grpc_inputs
-from bonescan.export.onnx_export import OrtPipeline
 
 from bonescan import contract as C
+from bonescan.benchmarks.faults import grpc_inputs
 from bonescan.data.dataset import BoneScanDataset
+from bonescan.export.onnx_export import OrtPipeline
 from bonescan.postprocess import postprocess
 from bonescan.serving.repository import parse_config, read_manifest
 
