@@ -174,7 +174,14 @@ TRAIN_OVERRIDES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "--crop-rows": ("train", "crop_rows", {"type": int, "help": "training crop height, 0 = whole images (default: the config's)"}),
     "--fusion-stages": ("model", "fusion_stages", {"type": int, "help": "number of fused decoder stages (default: the config's)"}),
     "--no-prior": ("model", "prior", {"action": "store_false", "default": None,
-                                     "help": "ablation: no report veto map on the logits (default: with it)"}),
+                                     "help": "ablation: no report maps (no veto on the logits, no mentions for the fail-safe) (default: with them)"}),
+    "--pretrain-text": ("train", "pretrain_text_steps", {"type": int, "metavar": "STEPS",
+                                                         "help": "masked-language-model steps of the text encoder on generated reports of every "
+                                                                 "house style before segmentation training (default: the config's)"}),
+    "--text-augment": ("train", "text_augment", {"type": float, "help": "strength of the report augmentation, 0 = off (default: the config's)"}),
+    "--no-rerender": ("train", "rerender_reports", {"action": "store_false", "default": None,
+                                                    "help": "train synthetic cases with their written reports only, not re-written in "
+                                                            "random house styles (default: re-written)"}),
 }
 
 
@@ -195,14 +202,17 @@ def _train(a: argparse.Namespace) -> int:
 
     mcfg, tcfg = train_configs(a)
     train(a.data, a.out, mcfg, tcfg, seed=a.seed, text_encoder_dir=a.text_encoder, progress=not a.quiet,
-          command="bonescan " + " ".join(sys.argv[1:]), config_name=a.config, init_from=a.init_from)
+          command="bonescan " + " ".join(sys.argv[1:]), config_name=a.config, init_from=a.init_from,
+          fallback=a.fallback, styles=a.styles)
     return 0
 
 
 def _eval(a: argparse.Namespace) -> int:
     from bonescan.evaluate import evaluate
 
-    evaluate(a.checkpoint, a.data, a.split, a.reports, a.json, seed=a.seed, progress=not a.quiet)
+    split = a.split or (None if a.reports_dir else "test")  # a reports folder picks its cases from every split
+    evaluate(a.checkpoint, a.data, split, a.reports, a.json, seed=a.seed, progress=not a.quiet, reports_dir=a.reports_dir,
+             style=a.style, answer=a.answer)
     return 0
 
 
@@ -220,12 +230,23 @@ def model_commands(sub: argparse._SubParsersAction) -> None:
     for option, (_, field, spec) in TRAIN_OVERRIDES.items():
         s.add_argument(option, dest=field, **spec)
     s.add_argument("--init-from", type=Path, help="initialise the image path from this checkpoint, e.g. the U-Net (default: fresh)")
+    s.add_argument("--fallback", type=Path,
+                   help="dualpath: the trained U-Net checkpoint bundled as the fail-safe's image-only answer; the fail-safe is "
+                        "calibrated on the validation split with it (default: none, an untrained U-Net: for cost measurements only)")
+    s.add_argument("--styles", nargs="+", metavar="STYLE",
+                   help="house styles the synthetic cases' reports are re-written in (default: all; see bonescan.data.styles)")
     QUIET.add(s)
     s = _command(sub, "eval", _eval, "evaluate a checkpoint on a split (true, shuffled or empty reports)")
     CHECKPOINT.add(s)
     DATA.add(s)
-    SPLIT.add(s)
+    SPLIT.add(s, default=None, help="split of the data folder (default: test; with --reports-dir every case)")
     s.add_argument("--reports", choices=["true", "shuffled", "empty"], default="true", help="which report each scan gets")
+    s.add_argument("--reports-dir", type=Path,
+                   help="evaluate only the cases that have a <case_id>.txt in this folder, with that text as their report "
+                        "(reports written elsewhere, e.g. by a hospital; default: the cases' own report.txt)")
+    s.add_argument("--style", help="re-write every report from its ground truth (meta.json) in this house style (default: as written)")
+    s.add_argument("--answer", choices=["failsafe", "dualpath", "unet"], default="failsafe",
+                   help="which answer of a dual-path model the summary line gives (all three go into --json)")
     s.add_argument("--json", type=Path, help="write per-scan and summary metrics here (default: not written)")
     s.add_argument("--seed", type=int, default=0, help="seed of the report shuffle")
     QUIET.add(s)
@@ -521,7 +542,7 @@ def _bench_storm(a: argparse.Namespace) -> int:
 def _bench_text_gain(a: argparse.Namespace) -> int:
     from bonescan.benchmarks.text_gain import run_text_gain
 
-    res = run_text_gain(a.data, a.out, a.seeds, a.config, a.fusion, not a.no_prior, a.tag)
+    res = run_text_gain(a.data, a.out, a.seeds, a.config, a.leave_out, a.pretrain_text, a.tag)
     return 0 if all(res["summary"]["targets_met"].values()) else 1
 
 
@@ -578,13 +599,15 @@ def bench_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--baseline", type=Path, help="ONNX export of the U-Net: adds U-Net requests to the mixes (default: none)")
     s.add_argument("--rounds", type=int, default=10, help="rounds of bad and good requests")
     s.add_argument("--concurrency", type=int, default=8, help="requests in flight in the mixes")
-    s = _command(bsub, "text-gain", _bench_text_gain, "U-Net vs dual-path over seeds, with true / shuffled / empty reports")
+    s = _command(bsub, "text-gain", _bench_text_gain,
+                 "U-Net vs dual-path over seeds: in-style, left-out-style, hand-written, shuffled and no reports, fail-safe on and off")
     DATA.add(s)
     OUT.add(s, required=False, default=Path("runs/text_gain"), help="checkpoints (reused when there) and results")
     s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     s.add_argument("--config", choices=["demo", "tiny"], default="demo", help="preset of both models")
-    s.add_argument("--fusion", choices=["xattn", "gate"], help="dual-path fusion (default: xattn)")
-    s.add_argument("--no-prior", action="store_true", help="ablation without the report veto map")
+    s.add_argument("--leave-out", default="auto",
+                   help="house style kept out of the dual-path model's training: auto (seed k leaves out style k), none, or a style name")
+    s.add_argument("--pretrain-text", type=int, metavar="STEPS", help="MLM pretraining steps (default: the config's)")
     s.add_argument("--tag", default="", help="suffix for the dual-path checkpoints of an ablation")
 
 

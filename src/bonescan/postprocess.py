@@ -79,3 +79,40 @@ def postprocess(logits: np.ndarray, spacing: np.ndarray, threshold: float = THRE
         out_json.append(json.dumps({"lesions": lesions, "count": len(lesions), "threshold": threshold,
                                     "pixel_spacing_mm": [round(float(v), 4) for v in spacing[b]]}))
     return masks, prob, out_json
+
+
+def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_map: np.ndarray, text_stats: np.ndarray,
+                         spacing: np.ndarray, settings, threshold: float = THRESHOLD
+                         ) -> tuple[np.ndarray, np.ndarray, list[str], list[dict[str, Any]]]:
+    """The dual-path graph's three answers -> one per scan (bonescan.failsafe decides which).
+
+    logits, fallback_logits float32 [B, 1, H, W]; text_map [B, 2, h, w]; text_stats int32 [B, 2];
+    spacing [B, 2] -> (mask uint8 [B, 1, H, W], probability [B, 1, H, W], B lesion-list JSON strings
+    that also say which path answered and why, B decision dicts).
+    """
+    from bonescan.failsafe import UNET, decide
+
+    logits = np.asarray(logits, dtype=np.float32)
+    spacing = np.asarray(spacing, dtype=np.float32).reshape(len(logits), 2)
+    prob_d = sigmoid(logits)
+    prob_u = sigmoid(np.asarray(fallback_logits, dtype=np.float32))
+    masks = np.zeros(logits.shape, dtype=np.uint8)
+    probs = np.zeros(logits.shape, dtype=np.float32)
+    out_json: list[str] = []
+    decisions: list[dict[str, Any]] = []
+    for b in range(len(logits)):
+        sp = (float(spacing[b, 0]), float(spacing[b, 1]))
+        keep_d, _ = lesions_of(prob_d[b, 0] >= threshold, prob_d[b, 0], sp)
+        keep_u, _ = lesions_of(prob_u[b, 0] >= threshold, prob_u[b, 0], sp)
+        final, info = decide(keep_d, keep_u, text_map[b], text_stats[b], settings)
+        prob = prob_u[b, 0] if info["answered_by"] == UNET else np.where(keep_d | ~final.astype(bool), prob_d[b, 0],
+                                                                          np.maximum(prob_d[b, 0], prob_u[b, 0]))
+        keep, lesions = lesions_of(final.astype(bool), prob, sp)
+        masks[b, 0] = keep
+        probs[b, 0] = prob
+        decisions.append(info)
+        out_json.append(json.dumps({"lesions": lesions, "count": len(lesions), "threshold": threshold,
+                                    "pixel_spacing_mm": [round(float(v), 4) for v in spacing[b]],
+                                    "answered_by": info["answered_by"], "reason": info["reason"],
+                                    "signals": info["signals"]}, ensure_ascii=False))
+    return masks, probs, out_json, decisions

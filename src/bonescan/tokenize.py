@@ -35,10 +35,18 @@ def decode_report(raw: bytes | str, field: str = "REPORT") -> str:
     return text
 
 
+#: The ids of the tokens the text encoder was trained on (written next to tokenizer.json by
+#: training). Every other id reads as [UNK] to the model, and its share in a report is one of the
+#: fail-safe's signals (bonescan.failsafe): a report in words the model never saw is not trusted.
+TRAINED_TOKENS_FILE = "trained_tokens.json"
+
+
 class ReportTokenizer:
     """Batched, fixed-length tokenization of reports (load once, call many times)."""
 
     def __init__(self, tokenizer_json: str | Path):
+        import json
+
         from tokenizers import Tokenizer
 
         self.tok = Tokenizer.from_file(str(tokenizer_json))
@@ -52,6 +60,17 @@ class ReportTokenizer:
         pad = self.tok.token_to_id("[PAD]")
         if pad != TOKENIZER.pad_token_id:
             raise ValueError(f"tokenizer's [PAD] id is {pad}, the contract says {TOKENIZER.pad_token_id}")
+        self.unk_id = self.tok.token_to_id("[UNK]")
+        self.special_ids = np.array(sorted(i for t in ("[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]")
+                                           if (i := self.tok.token_to_id(t)) is not None), dtype=np.int64)
+        trained = Path(tokenizer_json).with_name(TRAINED_TOKENS_FILE)
+        self.known = np.ones(self.vocab_size, dtype=bool)  # without the file (e.g. a pretrained MacBERT): all
+        if trained.is_file():
+            self.known[:] = False
+            self.known[np.asarray(json.loads(trained.read_text(encoding="utf-8"))["ids"], dtype=np.int64)] = True
+        self.known[self.special_ids] = True
+        if self.unk_id is not None:
+            self.known[self.unk_id] = False
 
     def __call__(self, reports: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """reports: B strings (may be empty) -> input_ids, attention_mask: int32 [B, T]."""
@@ -60,6 +79,15 @@ class ReportTokenizer:
         ids = np.array([e.ids for e in enc], dtype=dtype)
         mask = np.array([e.attention_mask for e in enc], dtype=dtype)
         return ids, mask
+
+    def text_stats(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """int32 [B, 2]: (tokens of the report, of them unknown to the model: [UNK] or never trained on).
+
+        Special tokens ([CLS], [SEP], padding) are not counted; an empty report has 0 tokens."""
+        ids = np.asarray(ids)
+        content = (np.asarray(mask) > 0) & ~np.isin(ids, self.special_ids[self.special_ids != self.unk_id])
+        unknown = content & ~self.known[np.clip(ids, 0, self.vocab_size - 1)]
+        return np.stack([content.sum(1), unknown.sum(1)], axis=1).astype(np.int32)
 
     def n_tokens(self, report: str) -> int:
         """Tokens the report would have without truncation (for statistics)."""
@@ -70,37 +98,84 @@ class ReportTokenizer:
             self.tok.enable_truncation(max_length=self.max_tokens)
 
 
-def train_wordpiece(reports: Sequence[str], out_dir: str | Path, vocab_size: int = 1500) -> Path:
-    """Train a Chinese-BERT-style WordPiece vocabulary on the training reports (no MacBERT at hand).
+#: Unicode blocks whose characters get one token each (after NFKC + lowercase), i.e. what a
+#: Chinese clinical report can hold: ASCII, Latin-1 symbols (° ± ×), Greek, general punctuation,
+#: letter-like symbols and arrows, mathematical operators (≥ ≤), enclosed numbers (NFKC folds
+#: ① to 1), box drawing, CJK symbols and punctuation (、。【】), CJK Extension A and the CJK
+#: Unified Ideographs block. MacBERT's vocabulary holds about 21,000 entries, most of them single
+#: characters of the last block; this one holds every character of it, so no Chinese character
+#: of a report becomes [UNK] (only characters outside these blocks, e.g. emoji or the rare
+#: supplementary-plane ideographs of CJK Extension B+).
+VOCAB_BLOCKS = (
+    (0x21, 0x7E), (0xA1, 0xFF), (0x370, 0x3FF), (0x2010, 0x205E), (0x2100, 0x214F), (0x2190, 0x21FF),
+    (0x2200, 0x22FF), (0x2460, 0x24FF), (0x2500, 0x257F), (0x25A0, 0x25FF), (0x3000, 0x303F),
+    (0x3400, 0x4DBF), (0x4E00, 0x9FFF),
+)
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
-    CJK characters are split one by one (as in bert-base-chinese / MacBERT); digits and Latin
-    letters (T7, 99mTc) become word pieces. Writes tokenizer.json, vocab.txt and the
-    transformers tokenizer config into out_dir; returns out_dir.
+
+def _normalizer():
+    from tokenizers import normalizers
+
+    # NFKC folds full-width letters, digits and punctuation (Ｔ７，) and circled numbers (①) into
+    # their plain forms, so the same report typed on another keyboard gives the same tokens
+    return normalizers.Sequence([
+        normalizers.NFKC(),
+        normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=False, strip_accents=False,
+                                   lowercase=TOKENIZER.lowercase),
+    ])
+
+
+def character_vocabulary() -> dict[str, int]:
+    """Token -> id: the special tokens ([PAD] = 0 as the contract says), then every character of
+    :data:`VOCAB_BLOCKS` after normalisation, in code-point order. Deterministic: the same ids on
+    every machine, so a checkpoint's embedding rows always mean the same characters."""
+    import unicodedata
+
+    norm = _normalizer()
+    vocab: dict[str, None] = dict.fromkeys(SPECIAL_TOKENS)
+    for a, b in VOCAB_BLOCKS:
+        for cp in range(a, b + 1):
+            ch = chr(cp)
+            if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"):
+                continue
+            for c in norm.normalize_str(ch):
+                if not c.isspace():
+                    vocab.setdefault(c)
+    return {t: i for i, t in enumerate(vocab)}
+
+
+def build_tokenizer(out_dir: str | Path) -> Path:
+    """Write the character-level report tokenizer (no MacBERT at hand) into out_dir.
+
+    Every character is one token, as Chinese characters are in MacBERT; Latin letters and digits
+    are single characters too (``T7`` -> ``t`` ``7``), which keeps any spelling of a vertebra or a
+    rib readable without a vocabulary learned from the training reports. Writes tokenizer.json
+    (what the Triton tokenizer step loads), vocab.txt and the transformers tokenizer config;
+    returns out_dir.
     """
-    from tokenizers import BertWordPieceTokenizer, Tokenizer
+    from tokenizers import Regex, Tokenizer, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
     from transformers import BertTokenizerFast
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    wp = BertWordPieceTokenizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=TOKENIZER.lowercase)
-    alphabet = list("0123456789abcdefghijklmnopqrstuvwxyz")
-    wp.train_from_iterator(
-        list(reports) + [" ".join(alphabet), " ".join(a + b for a in alphabet for b in "0123456789")],
-        vocab_size=vocab_size,
-        min_frequency=1,
-        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
-        limit_alphabet=5000,
-        initial_alphabet=alphabet,
-        wordpieces_prefix="##",
-        show_progress=False,
-    )
-    wp.save_model(str(out))  # vocab.txt, for people and other tools
-    wp.save(str(out / "tokenizer.json"))
+    vocab = character_vocabulary()
+    tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = _normalizer()
+    # whitespace separates nothing in Chinese text: drop it, then one token per character
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                 pre_tokenizers.Split(Regex("."), behavior="isolated")])
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tok.save(str(out / "tokenizer.json"))
+    (out / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
     fast = BertTokenizerFast(
         tokenizer_object=Tokenizer.from_file(str(out / "tokenizer.json")),
         do_lower_case=TOKENIZER.lowercase,
         unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]",
         model_max_length=TOKENIZER.max_tokens,
     )
-    fast.save_pretrained(str(out))  # tokenizer.json + tokenizer_config.json, loadable by transformers
+    fast.save_pretrained(str(out))  # tokenizer_config.json etc., loadable by transformers
     return out

@@ -25,7 +25,7 @@ import torch
 
 from bonescan.data.arrays import SplitArrays, load_split, manifest_hash
 from bonescan.errors import BonescanError
-from bonescan.evaluate import evaluate_arrays
+from bonescan.evaluate import calibrate_failsafe, evaluate_arrays
 from bonescan.model.checkpoint import Checkpoint, read_tokenizer_files, save_checkpoint, write_tokenizer_files
 from bonescan.model.config import ModelConfig, TrainConfig
 from bonescan.model.network import BoneScanNet
@@ -50,19 +50,29 @@ def warm_start(net: BoneScanNet, ckpt_path: str | Path) -> dict[str, Any]:
             "steps_done": src.metadata.get("steps_done"), "loaded": len(loaded)}
 
 
-def grounding_loss(g: torch.Tensor, mask: torch.Tensor, no_report: torch.Tensor, pos_weight: float = 5.0) -> torch.Tensor:
-    """Loss of the report's veto map g [B, 1, h, w] against the lesion mask [B, 1, H, W].
+def grounding_loss(g: torch.Tensor, mask: torch.Tensor, findings: torch.Tensor, no_report: torch.Tensor,
+                   pos_weight: float = 5.0, mention_weight: float = 1.0) -> torch.Tensor:
+    """Loss of the report's maps g [B, 2, h, w] (allow, mention; model.fusion.TextPrior) against
+    the lesion mask and the findings mask, both [B, 1, H, W].
 
-    Target: the mask max-pooled to the grid and grown by one cell (the report names a bone, the
-    exact place varies with the patient's size and position); with no report, 1 everywhere
-    (nothing is ruled out). Positives weigh ``pos_weight``: a veto on a real lesion costs more
-    than a missed veto.
+    allow: the lesion mask max-pooled to the grid and grown by one cell (the report names a bone,
+    the exact place varies with the patient's size and position); with no report, 1 everywhere
+    (nothing is ruled out). mention: every finding the report describes (metastases, benign
+    findings, artefacts; data.dataset.findings_mask), pooled and grown the same way; with no
+    report, 0 everywhere. Positives weigh ``pos_weight``: a veto on a real lesion, or a finding
+    read as unmentioned, costs more than the opposite mistake.
     """
     import torch.nn.functional as F
 
-    target = F.max_pool2d(F.adaptive_max_pool2d(mask, g.shape[-2:]), 3, stride=1, padding=1)
-    target[no_report] = 1.0
-    return F.binary_cross_entropy_with_logits(g, target, pos_weight=torch.tensor(pos_weight))
+    def pooled(m: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(F.adaptive_max_pool2d(m, g.shape[-2:]), 3, stride=1, padding=1)
+
+    allow, mention = pooled(mask), pooled(findings)
+    allow[no_report] = 1.0
+    mention[no_report] = 0.0
+    pw = torch.tensor(pos_weight)
+    loss = F.binary_cross_entropy_with_logits(g[:, :1], allow, pos_weight=pw)
+    return loss + mention_weight * F.binary_cross_entropy_with_logits(g[:, 1:2], mention, pos_weight=pw)
 
 
 def augment(images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,14 +114,12 @@ def lr_lambda(warmup: int, total: list[int]):
 # ----------------------------------------------------------------------------- the jobs of a run
 
 
-def setup_tokenizer(mcfg: ModelConfig, reports: list[str], text_encoder_dir: str | Path | None,
+def setup_tokenizer(mcfg: ModelConfig, text_encoder_dir: str | Path | None,
                     tmp: Path) -> tuple[dict[str, str], ReportTokenizer | None]:
     """The tokenizer files the checkpoint will carry, and a tokenizer made from them.
 
     Args:
         mcfg: the model configuration; a U-Net (``model="unet"``) reads no text and gets none.
-        reports: the training reports; without ``text_encoder_dir`` a WordPiece vocabulary is
-            trained on them.
         text_encoder_dir: a local pretrained MacBERT folder; its tokenizer is used (converted to
             ``tokenizer.json`` when the folder has only ``vocab.txt``).
         tmp: a scratch folder, removed by the caller.
@@ -129,9 +137,9 @@ def setup_tokenizer(mcfg: ModelConfig, reports: list[str], text_encoder_dir: str
             BertTokenizerFast.from_pretrained(str(text_encoder_dir), local_files_only=True).save_pretrained(tmp)
             tok_files = read_tokenizer_files(tmp)
     else:
-        from bonescan.tokenize import train_wordpiece
+        from bonescan.tokenize import build_tokenizer
 
-        train_wordpiece(reports, tmp)
+        build_tokenizer(tmp)  # every character of Chinese text, not only those of the training reports
         tok_files = read_tokenizer_files(tmp)
     if not tok_files:
         return tok_files, None
@@ -140,16 +148,38 @@ def setup_tokenizer(mcfg: ModelConfig, reports: list[str], text_encoder_dir: str
     return tok_files, ReportTokenizer(write_tokenizer_files(tok_files, tmp / "final") / "tokenizer.json")
 
 
+def load_fallback(net: BoneScanNet, ckpt_path: str | Path) -> dict[str, Any]:
+    """Load a trained U-Net into the dual-path network's fallback (the fail-safe's image-only answer,
+    frozen); returns what was loaded. The network's config must already carry the U-Net's config."""
+    from bonescan.model.checkpoint import load_checkpoint, sha256_16
+
+    src = load_checkpoint(ckpt_path)
+    if src.cfg.model != "unet":
+        raise BonescanError(f"{ckpt_path}: holds a {src.cfg.model} model; --fallback takes a U-Net checkpoint")
+    if net.fallback is None:
+        raise BonescanError("only the dual-path model carries a fallback U-Net")
+    net.fallback.load_state_dict(src.net.segmenter.state_dict())
+    return {"checkpoint": str(ckpt_path), "sha256_16": sha256_16(ckpt_path), "seed": src.metadata.get("seed"),
+            "validation_dsc": (src.metadata.get("validation") or {}).get("dsc", {}).get("mean")}
+
+
 def build_model(mcfg: ModelConfig, tokenizer: ReportTokenizer | None, text_encoder_dir: str | Path | None,
-                init_from: str | Path | None) -> tuple[BoneScanNet, dict[str, Any] | None]:
+                init_from: str | Path | None, fallback: str | Path | None = None
+                ) -> tuple[BoneScanNet, dict[str, Any] | None, dict[str, Any] | None]:
     """A fresh network (channels-last for speed on the CPU), its image path optionally copied from
-    ``init_from``; returns it and what was copied (None when nothing was)."""
+    ``init_from`` and, for the dual-path model, the trained U-Net ``fallback`` bundled as the
+    fail-safe's answer; returns it, what was copied and what was bundled (None when nothing was)."""
+    if fallback is not None and mcfg.model == "dualpath":
+        from bonescan.model.checkpoint import load_checkpoint
+
+        mcfg.fallback = load_checkpoint(fallback).cfg
     net = BoneScanNet(mcfg, vocab_size=tokenizer.vocab_size if tokenizer else 0, pretrained_text=text_encoder_dir)
+    fallback_info = load_fallback(net, fallback) if fallback is not None and net.fallback is not None else None
     init_info = None
     if init_from is not None:
         init_info = warm_start(net, init_from)
         print(f"initialised {init_info['loaded']} tensors of the image path from {init_from}")
-    return net.to(memory_format=torch.channels_last), init_info
+    return net.to(memory_format=torch.channels_last), init_info, fallback_info
 
 
 def build_optimizer(net: BoneScanNet, tcfg: TrainConfig) -> torch.optim.AdamW:
@@ -158,9 +188,11 @@ def build_optimizer(net: BoneScanNet, tcfg: TrainConfig) -> torch.optim.AdamW:
     text_params = list(net.text_encoder.parameters()) if net.text_encoder is not None else []
     # scalar gains (fusion residual scales, prior scales): Adam moves every parameter by ~lr per
     # step, so a gain that must travel from 0.1 to 1 needs a larger step to get there in time
-    gains = [p for n, p in net.named_parameters() if n.endswith("scale") and p.ndim <= 1]
+    gains = [p for n, p in net.named_parameters() if n.endswith("scale") and p.ndim <= 1 and p.requires_grad]
     special = {id(p) for p in text_params + gains}
-    groups: list[dict[str, Any]] = [{"params": [p for p in net.parameters() if id(p) not in special], "lr": tcfg.lr}]
+    # the bundled fallback U-Net is frozen: it stays the model it was trained as
+    groups: list[dict[str, Any]] = [{"params": [p for p in net.parameters() if id(p) not in special and p.requires_grad],
+                                     "lr": tcfg.lr}]
     if text_params:
         groups.append({"params": text_params, "lr": tcfg.text_lr})
     if gains:
@@ -168,35 +200,63 @@ def build_optimizer(net: BoneScanNet, tcfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, weight_decay=tcfg.weight_decay)
 
 
-@dataclass
-class ReportTokens:
-    """The training reports tokenized once, and the empty report that replaces a dropped one."""
+def training_report(meta: dict[str, Any] | None, report: str, rng: np.random.Generator, styles: list[str] | None,
+                    strength: float) -> str:
+    """The report a case is trained with this time: re-written from its ground truth in a house
+    style drawn from ``styles`` when it is a synthetic case with a report (a hospital's case keeps
+    its own), then augmented (data.augment) with ``strength`` (0: as written)."""
+    text = report
+    if styles and meta and meta.get("generator") and report:
+        from bonescan.data.report import report_from_meta
 
-    ids: np.ndarray  # int32 [N, T]
-    mask: np.ndarray  # int32 [N, T]
-    empty_ids: np.ndarray  # int32 [1, T]
-    empty_mask: np.ndarray  # int32 [1, T]
+        text = report_from_meta(meta, str(rng.choice(styles)), int(rng.integers(2**31))).text
+    if strength > 0 and text:
+        from bonescan.data.augment import augment_report
 
-    @classmethod
-    def of(cls, tokenizer: ReportTokenizer, reports: list[str]) -> ReportTokens:
-        return cls(*tokenizer(reports), *tokenizer([""]))
+        text = augment_report(text, rng, strength)
+    return text
 
-    def batch(self, idx: np.ndarray, drop: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """The reports of cases ``idx``, the empty report where ``drop`` is True."""
-        ids = self.ids[idx].copy()
-        am = self.mask[idx].copy()
-        ids[drop] = self.empty_ids[0]
-        am[drop] = self.empty_mask[0]
-        return torch.from_numpy(ids), torch.from_numpy(am)
+
+class ReportSource:
+    """The reports of a training batch, tokenized: each case's report re-written in a random house
+    style and augmented every time it is drawn (:func:`training_report`), replaced by the empty
+    report where it is dropped, a share of its tokens turned into [UNK] (the model learns to read
+    past characters it does not know). Records every token id it hands out: after training the
+    ids never seen are the characters the model cannot read (tokenize.TRAINED_TOKENS_FILE)."""
+
+    def __init__(self, tokenizer: ReportTokenizer, arrays: SplitArrays, tcfg: TrainConfig, styles: list[str] | None,
+                 rng: np.random.Generator):
+        self.tokenizer, self.arrays, self.tcfg, self.styles, self.rng = tokenizer, arrays, tcfg, styles, rng
+        self.seen: set[int] = set()
+
+    def batch(self, idx: np.ndarray, drop: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """(input_ids, attention_mask, no_report [B] bool) for cases ``idx``; ``drop``: report dropout."""
+        texts = ["" if d else training_report(self.arrays.metas[i], self.arrays.reports[i], self.rng, self.styles,
+                                              self.tcfg.text_augment) for i, d in zip(idx, drop)]
+        ids, am = self.tokenizer(texts)
+        self.seen.update(np.unique(ids[am > 0]).tolist())
+        ids = unk_noise(ids, am, self.tokenizer, self.tcfg.unk_noise, self.rng)
+        return torch.from_numpy(ids), torch.from_numpy(am), self.tokenizer.text_stats(ids, am)[:, 0] == 0
+
+
+def unk_noise(ids: np.ndarray, mask: np.ndarray, tokenizer: ReportTokenizer, share: float,
+              rng: np.random.Generator) -> np.ndarray:
+    """Replace ``share`` of the report tokens by [UNK]."""
+    if share <= 0 or tokenizer.unk_id is None:
+        return ids
+    content = (mask > 0) & ~np.isin(ids, tokenizer.special_ids)
+    out = ids.copy()
+    out[content & (rng.random(ids.shape) < share)] = tokenizer.unk_id
+    return out
 
 
 class Batches:
-    """Where training steps draw from: the split in memory, its reports tokenized (None for the
-    U-Net) and the run's generator. Cases come in random order without replacement; a new order
+    """Where training steps draw from: the split in memory, its reports (None for the U-Net) and
+    the run's generator. Cases come in random order without replacement; a new order
     starts when fewer than a batch are left."""
 
-    def __init__(self, arrays: SplitArrays, tokens: ReportTokens | None, batch_size: int, gen: torch.Generator):
-        self.arrays, self.tokens, self.batch_size, self.gen = arrays, tokens, batch_size, gen
+    def __init__(self, arrays: SplitArrays, reports: ReportSource | None, batch_size: int, gen: torch.Generator):
+        self.arrays, self.reports, self.batch_size, self.gen = arrays, reports, batch_size, gen
         self.order = torch.randperm(len(arrays), generator=gen)
         self.pos = 0
 
@@ -213,36 +273,39 @@ def train_step(net: BoneScanNet, opt: torch.optim.Optimizer, sched: torch.optim.
                loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batches: Batches, tcfg: TrainConfig) -> float:
     """One optimisation step; returns its loss.
 
-    A batch of cases, augmented (:func:`augment`), cropped to ``tcfg.crop_rows`` random rows (the
-    counts are normalised on the whole image inside the network; the crop starts on a multiple
-    of the network's coarsest stride), ``tcfg.report_dropout`` of the reports replaced by the
-    empty one, forward, Dice + CE loss plus the veto-map loss, backward, clipped step.
+    A batch of cases, augmented (:func:`augment`; the lesion and findings masks move with the
+    image), cropped to ``tcfg.crop_rows`` random rows (the counts are normalised on the whole image
+    inside the network; the crop starts on a multiple of the network's coarsest stride), its
+    reports drawn from the ReportSource with ``tcfg.report_dropout`` of them dropped, forward,
+    Dice + CE loss plus the loss of the report's maps, backward, clipped step.
     """
     gen = batches.gen
     idx = batches.next_indices()
     img = torch.from_numpy(batches.arrays.images[idx].astype(np.float32))
-    msk = torch.from_numpy(batches.arrays.masks[idx].astype(np.float32))[:, None]
-    img, msk = augment(img, msk, gen)
+    targets = torch.from_numpy(np.stack([batches.arrays.masks[idx], batches.arrays.findings[idx]], axis=1).astype(np.float32))
+    img, targets = augment(img, targets, gen)
     img = img.contiguous(memory_format=torch.channels_last)
     rows = None
     if tcfg.crop_rows and tcfg.crop_rows < img.shape[2]:
         mult = net.segmenter.row_multiple
         r0 = int(torch.randint(0, (img.shape[2] - tcfg.crop_rows) // mult + 1, (1,), generator=gen)) * mult
         rows = (r0, r0 + tcfg.crop_rows)
-        msk = msk[:, :, r0 : r0 + tcfg.crop_rows]
-    drop = np.zeros(len(idx), dtype=bool)
-    if batches.tokens is not None:
+        targets = targets[:, :, r0 : r0 + tcfg.crop_rows]
+    msk, findings = targets[:, :1], targets[:, 1:]
+    no_report = np.ones(len(idx), dtype=bool)
+    if batches.reports is not None:
         drop = torch.rand(len(idx), generator=gen).numpy() < tcfg.report_dropout
-        ids, am = batches.tokens.batch(idx, drop)
+        ids, am, no_report = batches.reports.batch(idx, drop)
         logits, grounding = net(img, ids, am, rows=rows, return_grounding=True)
     else:
         logits, grounding = net(img, rows=rows, return_grounding=True)
     loss = loss_fn(logits, msk)
     for g in grounding:
-        loss = loss + tcfg.grounding_weight * grounding_loss(g, msk, torch.from_numpy(drop))
+        loss = loss + tcfg.grounding_weight * grounding_loss(g, msk, findings, torch.from_numpy(no_report),
+                                                              mention_weight=tcfg.mention_weight)
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+    torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], 5.0)
     opt.step()
     sched.step()
     return float(loss.detach())
@@ -303,10 +366,59 @@ def fit(net: BoneScanNet, opt: torch.optim.Optimizer, sched: torch.optim.lr_sche
     return FitResult(step, losses, seconds)
 
 
+def pretrain_text_encoder(net: BoneScanNet, tokenizer: ReportTokenizer, tcfg: TrainConfig, styles: list[str] | None,
+                          seed: int, progress: bool) -> tuple[dict[str, Any] | None, set[int]]:
+    """Masked-language-model pretraining of the text encoder on a fresh corpus of generated reports
+    in ``styles`` every step (model.text_pretrain); returns its record and the token ids it saw."""
+    if net.text_encoder is None or tcfg.pretrain_text_steps <= 0:
+        return None, set()
+    from bonescan.data.corpus import report_corpus
+    from bonescan.model.text_pretrain import pretrain_text
+
+    def corpus(n: int, rng: np.random.Generator) -> list[str]:
+        texts = report_corpus(n, int(rng.integers(2**31)), styles)
+        return [training_report(None, t, rng, None, tcfg.text_augment) for t in texts]
+
+    info = pretrain_text(net.text_encoder, tokenizer, corpus, tcfg.pretrain_text_steps, tcfg.pretrain_text_batch,
+                         lr=tcfg.pretrain_text_lr, seed=seed, progress=progress)
+    seen = set(info.pop("token_ids_seen"))
+    print(f"text encoder pretrained as a masked language model: loss {info['loss_first']} -> {info['loss_last']} "
+          f"in {info['seconds']} s")
+    return info, seen
+
+
+def finish_text_encoder(net: BoneScanNet, tokenizer: ReportTokenizer, tok_files: dict[str, str], seen: set[int]) -> int:
+    """After training a text encoder from scratch: characters no training text held keep random
+    embeddings; give them the embedding of [UNK] (which the [UNK] noise trained), and write the ids
+    that were trained next to the tokenizer (tokenize.TRAINED_TOKENS_FILE): their share in a report
+    is one of the fail-safe's signals. Returns how many ids were trained."""
+    from bonescan.tokenize import TRAINED_TOKENS_FILE
+
+    assert net.text_encoder is not None
+    emb = net.text_encoder.bert.get_input_embeddings().weight
+    known = np.zeros(tokenizer.vocab_size, bool)
+    known[sorted(i for i in seen if 0 <= i < tokenizer.vocab_size)] = True
+    known[tokenizer.special_ids] = True
+    with torch.no_grad():
+        emb[torch.from_numpy(~known)] = emb[tokenizer.unk_id].clone()
+    known[tokenizer.unk_id] = False
+    tok_files[TRAINED_TOKENS_FILE] = json.dumps({"ids": np.nonzero(known)[0].tolist(),
+                                                 "note": "token ids the text encoder was trained on; others read as [UNK]"})
+    return int(known.sum())
+
+
+def validation_reports(val_set: SplitArrays, styles: list[str] | None, seed: int) -> list[str]:
+    """The validation split's reports as training saw reports: re-written in the training styles."""
+    return [training_report(m, r, np.random.default_rng([seed, k]), styles, 0.0)
+            for k, (m, r) in enumerate(zip(val_set.metas, val_set.reports))]
+
+
 def checkpoint_metadata(*, command: str | None, config_name: str, mcfg: ModelConfig, tcfg: TrainConfig, seed: int,
                         data: Path, train_set: SplitArrays, val_set: SplitArrays, result: FitResult,
                         text_encoder_dir: str | Path | None, tok_files: dict[str, str], init_info: dict[str, Any] | None,
-                        validation: dict[str, Any], t_start: float) -> dict[str, Any]:
+                        validation: dict[str, Any], t_start: float, fallback_info: dict[str, Any] | None = None,
+                        pretraining: dict[str, Any] | None = None, styles: list[str] | None = None,
+                        failsafe: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a checkpoint records about its making: command, seed, data (manifest hash, skipped
     cases), configuration, steps, final loss, times, text encoder, validation metrics, versions.
     Plain data only: checkpoints load with ``weights_only=True``."""
@@ -326,7 +438,11 @@ def checkpoint_metadata(*, command: str | None, config_name: str, mcfg: ModelCon
         "train_seconds": round(result.seconds, 1),
         "total_seconds": round(time.perf_counter() - t_start, 1),
         "text_encoder": str(text_encoder_dir) if text_encoder_dir else ("trained from scratch" if tok_files else None),
+        "text_pretraining": pretraining,
+        "report_styles": styles,
         "init_from": init_info,
+        "fallback": fallback_info,
+        "failsafe": failsafe,
         "validation": validation.get("summary", {}),
         "torch": str(torch.__version__),
         "python": platform.python_version(),
@@ -345,34 +461,57 @@ def train(
     command: str | None = None,
     config_name: str = "",
     init_from: str | Path | None = None,
+    fallback: str | Path | None = None,
+    styles: list[str] | None = None,
 ) -> Path:
-    """Train and save a checkpoint; returns its path. Validation metrics go into the metadata."""
+    """Train and save a checkpoint; returns its path. Validation metrics go into the metadata.
+
+    fallback: a trained U-Net checkpoint, bundled into the dual-path model as the fail-safe's
+    image-only answer (without it the dual-path model carries an untrained U-Net and its fail-safe
+    cannot be calibrated: only for cost measurements). styles: the house styles synthetic cases'
+    reports are re-written in (default all; ``bench text-gain`` leaves one out).
+    """
     t_start = time.perf_counter()
     torch.manual_seed(seed)
     np.random.seed(seed)
+    rng = np.random.default_rng(seed)
     torch.set_num_threads(tcfg.threads)
     data = Path(data)
     train_set = load_split(data, "train", progress)
     val_set = load_split(data, "val", progress)
+    if mcfg.model == "dualpath" and tcfg.rerender_reports:
+        from bonescan.data.styles import STYLES
+
+        styles = list(styles) if styles is not None else list(STYLES)
+    else:
+        styles = None
 
     with tempfile.TemporaryDirectory(prefix="bonescan-tok-") as tmp:
-        tok_files, tokenizer = setup_tokenizer(mcfg, train_set.reports, text_encoder_dir, Path(tmp))
-        net, init_info = build_model(mcfg, tokenizer, text_encoder_dir, init_from)
+        tok_files, tokenizer = setup_tokenizer(mcfg, text_encoder_dir, Path(tmp))
+        net, init_info, fallback_info = build_model(mcfg, tokenizer, text_encoder_dir, init_from, fallback)
+        pretraining, seen = pretrain_text_encoder(net, tokenizer, tcfg, styles, seed, progress) if tokenizer else (None, set())
         opt = build_optimizer(net, tcfg)
         total = [max(tcfg.steps, 0)]  # the schedule's length; a time budget shrinks it
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tcfg.warmup_steps, total))
-        tokens = ReportTokens.of(tokenizer, train_set.reports) if tokenizer is not None else None
-        batches = Batches(train_set, tokens, tcfg.batch_size, torch.Generator().manual_seed(seed))
+        reports = ReportSource(tokenizer, train_set, tcfg, styles, rng) if tokenizer is not None else None
+        batches = Batches(train_set, reports, tcfg.batch_size, torch.Generator().manual_seed(seed))
         validate = partial(validation_dsc, net, mcfg, tok_files, out, val_set) if len(val_set) else None
         result = fit(net, opt, sched, total, batches, tcfg, validate, progress, f"train {mcfg.model}")
         net = net.to(memory_format=torch.contiguous_format)
+        if tokenizer is not None and reports is not None and text_encoder_dir is None:
+            finish_text_encoder(net, tokenizer, tok_files, seen | reports.seen)
 
         # an initialise-only checkpoint (--steps 0, e.g. the paper configuration for cost benchmarks) is not validated
         ckpt = Checkpoint(net, mcfg, tok_files, {}, Path(out))
-        val = evaluate_arrays(ckpt, val_set, progress=progress) if len(val_set) and result.steps > 0 else {}
+        trained = len(val_set) > 0 and result.steps > 0
+        val = evaluate_arrays(ckpt, val_set, progress=progress) if trained else {}
+        failsafe = None
+        if trained and net.fallback is not None and fallback_info is not None:
+            failsafe = calibrate_failsafe(ckpt, val_set, validation_reports(val_set, styles, seed), seed=seed, progress=progress)
         metadata = checkpoint_metadata(command=command, config_name=config_name, mcfg=mcfg, tcfg=tcfg, seed=seed, data=data,
                                        train_set=train_set, val_set=val_set, result=result, text_encoder_dir=text_encoder_dir,
-                                       tok_files=tok_files, init_info=init_info, validation=val, t_start=t_start)
+                                       tok_files=tok_files, init_info=init_info, validation=val, t_start=t_start,
+                                       fallback_info=fallback_info, pretraining=pretraining, styles=styles, failsafe=failsafe)
         path = save_checkpoint(out, net, tok_files, metadata)
     v = metadata["validation"]
     took = f"{result.steps} steps in {result.seconds / 60:.1f} min"

@@ -12,51 +12,75 @@ from pathlib import Path
 
 import numpy as np
 
-from bonescan.data.dataset import MANIFEST, BoneScanDataset
+from bonescan.data.dataset import MANIFEST, BoneScanDataset, Sample, findings_mask
 from bonescan.errors import BonescanError
 
 
 class SplitArrays:
-    """A split held in memory: counts (uint16 when they fit), masks, reports."""
+    """A split held in memory: counts (uint16 when they fit), masks, the findings masks that train
+    the report's mention map (data.dataset.findings_mask), reports, ground truth (meta.json) when
+    the cases carry it."""
 
     def __init__(self, ds: BoneScanDataset, progress: bool = True, desc: str = "loading"):
         samples = ds.load_all(progress=progress, desc=desc)
         if not samples:
             raise BonescanError(f"{ds.root}: no readable case in split {ds.split!r}")
+        self._fill(samples, list(ds.errors))
+
+    @classmethod
+    def from_samples(cls, samples: list[Sample], errors: list | None = None) -> SplitArrays:
+        """Arrays of samples already in memory (e.g. cases the generator made without writing them)."""
+        if not samples:
+            raise BonescanError("no case to hold in memory")
+        arr = object.__new__(cls)
+        arr._fill(samples, list(errors or []))
+        return arr
+
+    def _fill(self, samples: list[Sample], errors: list) -> None:
         imgs = np.stack([s.image for s in samples])
         integral = bool(np.all(imgs == np.round(imgs))) and float(imgs.max()) <= 65535
         self.images = imgs.astype(np.uint16) if integral else imgs.astype(np.float32)
         self.masks = np.stack([s.mask if s.mask is not None else np.zeros(s.image.shape[1:], np.uint8) for s in samples])
+        self.findings = np.stack([findings_mask(s.mask, s.meta, s.image.shape[1:]) for s in samples])
+        self.metas = [s.meta for s in samples]
         self.reports = [s.report for s in samples]
         self.ids = [s.case_id for s in samples]
         self.spacings = [s.pixel_spacing for s in samples]
-        self.errors = list(ds.errors)
+        self.errors = errors
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def subset(self, n: int) -> SplitArrays:
         """The first n cases (a view, no copy)."""
+        return self.select(list(range(min(n, len(self)))))
+
+    def select(self, indices: list[int]) -> SplitArrays:
+        """The cases at ``indices``, in that order."""
         sub = object.__new__(SplitArrays)
-        sub.images, sub.masks = self.images[:n], self.masks[:n]
-        sub.reports, sub.ids, sub.spacings = self.reports[:n], self.ids[:n], self.spacings[:n]
+        ix = np.asarray(indices, dtype=np.int64)
+        sub.images, sub.masks, sub.findings = self.images[ix], self.masks[ix], self.findings[ix]
+        sub.reports = [self.reports[i] for i in ix]
+        sub.ids = [self.ids[i] for i in ix]
+        sub.spacings = [self.spacings[i] for i in ix]
+        sub.metas = [self.metas[i] for i in ix]
         sub.errors = []
         return sub
 
 
-def load_split(data: str | Path, split: str, progress: bool = True, desc: str | None = None) -> SplitArrays:
+def load_split(data: str | Path, split: str | None, progress: bool = True, desc: str | None = None) -> SplitArrays:
     """Every readable case of one split of a data folder, in memory (cases without a mask are errors).
 
     Args:
         data: the data folder (``cases/`` and ``manifest.json``).
-        split: ``train``, ``val`` or ``test``.
+        split: ``train``, ``val`` or ``test``; None: every case.
         progress: show a progress bar while the cases load.
         desc: the progress bar's label (default ``loading <split>``).
 
     Returns:
         The split's arrays; unreadable cases are skipped and listed in ``.errors``.
     """
-    return SplitArrays(BoneScanDataset(data, split), progress, desc or f"loading {split}")
+    return SplitArrays(BoneScanDataset(data, split), progress, desc or f"loading {split or 'all cases'}")
 
 
 def manifest_hash(data: str | Path) -> str:

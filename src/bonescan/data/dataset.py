@@ -45,6 +45,23 @@ class Sample:
     meta: dict[str, Any] | None = None
 
 
+def findings_mask(mask: np.ndarray | None, meta: dict[str, Any] | None, shape: tuple[int, int]) -> np.ndarray:
+    """uint8 [H, W]: every place a report describes a finding: the metastases (the mask) and, when
+    the case carries its ground truth (meta.json of synthetic data), the boxes of benign findings
+    and artefacts. Trains the report's ``mention`` map (model.fusion.TextPrior)."""
+    out = np.zeros(shape, np.uint8) if mask is None else (np.asarray(mask) > 0).astype(np.uint8)
+    if not meta:
+        return out
+    for b in meta.get("benign", []):
+        for f in b.get("foci", []):
+            y0, x0, y1, x1 = f["bbox"]
+            out[y0 : y1 + 1, x0 : x1 + 1] = 1
+    for a in meta.get("artefacts", []):
+        cy, cx = (int(round(v)) for v in a["center"])
+        out[max(cy - 4, 0) : cy + 5, max(cx - 4, 0) : cx + 5] = 1
+    return out
+
+
 @dataclass
 class CaseRef:
     case_id: str

@@ -19,7 +19,18 @@ from bonescan.model.config import ModelConfig
 from bonescan.model.network import BoneScanNet
 
 FORMAT = "bonescan-checkpoint/1"
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "trained_tokens.json")
+
+
+def sha256_16(path: str | Path) -> str:
+    """The first 16 hex digits of a file's SHA-256 (how configs and exports name a checkpoint)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def read_tokenizer_files(d: str | Path) -> dict[str, str]:
@@ -111,6 +122,20 @@ class Predictor:
     @property
     def text_guided(self) -> bool:
         return self.net.text_encoder is not None
+
+    @torch.no_grad()
+    def outputs(self, images: np.ndarray, reports: list[str] | None = None) -> dict[str, np.ndarray]:
+        """What the deployed graphs give: logits [B, 1, H, W]; for dualpath also text_map
+        [B, 2, h, w], fallback_logits [B, 1, H, W] and text_stats [B, 2] (see bonescan.failsafe)."""
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        if self.tokenizer is None:
+            return {"logits": self.net(x).numpy()}
+        ids, mask = self.tokenizer(reports if reports is not None else [""] * len(images))
+        ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
+        feats = self.net.text_encoder(ids_t, mask_t)
+        logits, text_map, fallback = self.net.deployed_segmenter()(x, feats, mask_t)
+        return {"logits": logits.numpy(), "text_map": text_map.numpy(), "fallback_logits": fallback.numpy(),
+                "text_stats": self.tokenizer.text_stats(ids, mask)}
 
     @torch.no_grad()
     def logits(self, images: np.ndarray, reports: list[str] | None = None) -> np.ndarray:

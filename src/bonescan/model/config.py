@@ -30,8 +30,11 @@ class ModelConfig:
     fusion: str = "xattn"  # xattn (GuideDecoder-style cross-attention) | gate (pooled-text channel gate)
     fusion_stages: int = 2  # fuse at the bottleneck and the next (n - 1) decoder stages
     fusion_heads: int = 4
-    prior: bool = True  # the report's veto map (TextPrior) on the logits
+    prior: bool = True  # the report's maps (TextPrior): the veto on the logits, the mentions for the fail-safe
     text: TextConfig = field(default_factory=TextConfig)
+    #: dualpath: the image-only U-Net deployed inside the segmenter graph as the fail-safe's answer
+    #: (None: a U-Net of this model's image configuration)
+    fallback: ModelConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -40,8 +43,16 @@ class ModelConfig:
     def from_dict(d: dict[str, Any]) -> ModelConfig:
         d = dict(d)
         text = TextConfig(**d.pop("text", {}))
+        fb = d.pop("fallback", None)
         known = {f.name for f in fields(ModelConfig)}
-        return ModelConfig(text=text, **{k: v for k, v in d.items() if k in known})
+        return ModelConfig(text=text, fallback=ModelConfig.from_dict(fb) if fb else None,
+                           **{k: v for k, v in d.items() if k in known})
+
+    def fallback_config(self) -> ModelConfig:
+        """The fallback U-Net's configuration (this model's image path when none was given)."""
+        if self.fallback is not None:
+            return self.fallback
+        return ModelConfig(model="unet", width=self.width, depth=self.depth, stem_stride=self.stem_stride)
 
 
 @dataclass
@@ -58,6 +69,15 @@ class TrainConfig:
     eval_every: int = 0  # also evaluate on (up to 50) validation cases every n steps; 0 = only at the end
     max_minutes: float = 0.0  # 0 = no time limit; otherwise stop early (the schedule is compressed)
     threads: int = 2
+    mention_weight: float = 1.0  # weight of the loss of the report's mention map (dualpath)
+    #: reports re-written from the case's ground truth in a random house style each time a synthetic
+    #: case is drawn (a hospital's cases keep their own report), then augmented (text_augment)
+    rerender_reports: bool = True
+    text_augment: float = 1.0  # strength of the text augmentation (0 = off)
+    unk_noise: float = 0.03  # share of report tokens replaced by [UNK] (teaches the model to read past them)
+    pretrain_text_steps: int = 0  # masked-language-model steps of the text encoder before segmentation training
+    pretrain_text_batch: int = 32
+    pretrain_text_lr: float = 1e-3
 
 
 PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {

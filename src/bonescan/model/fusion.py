@@ -20,6 +20,31 @@ from torch import nn
 MASK_NEG = -1.0e4
 
 
+def check_heads(channels: int, heads: int) -> int:
+    """The head count for ``channels``; a ValueError when it does not divide them (never a silent change)."""
+    if heads < 1 or channels % heads:
+        raise ValueError(f"{heads} attention heads do not divide {channels} channels; choose a divisor of {channels}")
+    return heads
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, heads: int) -> torch.Tensor:
+    """Multi-head attention of queries over text tokens with padding masked.
+
+    q [B or 1, N, C] (a batch of 1 is broadcast), k, v [B, T, C], mask [B, T] (1 = token) -> [B, N, C].
+    Plain MatMul / Softmax with an additive -1e4 mask: exports to ONNX as is and is representable
+    in FP16 TensorRT engines.
+    """
+    b, t, c = k.shape
+    dh = c // heads
+    q = q.reshape(q.shape[0], -1, heads, dh).transpose(1, 2)  # [B, h, N, dh]
+    k = k.reshape(b, t, heads, dh).transpose(1, 2)  # [B, h, T, dh]
+    v = v.reshape(b, t, heads, dh).transpose(1, 2)
+    scores = torch.matmul(q, k.transpose(2, 3)) * (1.0 / math.sqrt(dh))
+    scores = scores + (1.0 - mask.to(scores.dtype))[:, None, None, :] * MASK_NEG
+    out = torch.matmul(torch.softmax(scores, dim=-1), v)  # [B, h, N, dh]
+    return out.transpose(1, 2).reshape(b, -1, c)
+
+
 def sincos_2d(channels: int, h: int, w: int) -> torch.Tensor:
     """Fixed 2-D sine/cosine position code [1, channels, h, w] (half rows, half columns)."""
     c = max(channels // 4, 1)
@@ -51,14 +76,24 @@ class TextProjection(nn.Module):
 
 
 class CrossAttentionFusion(nn.Module):
-    """x [B, C, H, W], text [B, T, Dt], mask [B, T] -> x + scale * LN(CrossAttn(x + pos, text))."""
+    """x [B, C, H, W], text [B, T, Dt], mask [B, T] -> x + scale * LN(CrossAttn(x + pos, text)).
+
+    Args:
+        channels: C of the decoder stage. text_dim: Dt of the text encoder.
+        heads: attention heads; must divide ``channels`` (ValueError otherwise).
+        hw: the stage's (H, W) at full-image inference (training crops take rows of its position code).
+        scale_init: the residual gain's start value.
+
+    Examples::
+
+        >>> f = CrossAttentionFusion(64, 128, heads=4, hw=(32, 8))
+        >>> f(torch.zeros(1, 64, 32, 8), torch.zeros(1, 10, 128), torch.ones(1, 10)).shape
+        torch.Size([1, 64, 32, 8])
+    """
 
     def __init__(self, channels: int, text_dim: int, heads: int, hw: tuple[int, int], scale_init: float = 0.1):
         super().__init__()
-        if channels % heads:
-            heads = math.gcd(channels, heads)
-        self.heads = heads
-        self.dh = channels // heads
+        self.heads = check_heads(channels, heads)
         self.text = TextProjection(text_dim, channels)
         self.register_buffer("pos", sincos_2d(channels, *hw), persistent=False)
         self.q = nn.Linear(channels, channels)
@@ -68,26 +103,13 @@ class CrossAttentionFusion(nn.Module):
         self.norm = nn.LayerNorm(channels)
         self.scale = nn.Parameter(torch.tensor(float(scale_init)))
 
-    def attention(self, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, row0: int = 0) -> torch.Tensor:
-        """Attention output [B, H*W, C] (before norm and residual). row0: first row of a training crop."""
+    def forward(self, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, row0: int = 0) -> torch.Tensor:
         b, c, h, w = x.shape
         t = self.text(text, mask)  # [B, T, C]
         pos = self.pos[:, :, row0 : row0 + h] if (row0 or h != self.pos.shape[2]) else self.pos
         q = self.q((x + pos).flatten(2).transpose(1, 2))  # [B, HW, C]
-        k = self.k(t)
-        v = self.v(t)
-        q = q.reshape(b, h * w, self.heads, self.dh).transpose(1, 2)  # [B, h, HW, dh]
-        k = k.reshape(b, -1, self.heads, self.dh).transpose(1, 2)  # [B, h, T, dh]
-        v = v.reshape(b, -1, self.heads, self.dh).transpose(1, 2)
-        scores = torch.matmul(q, k.transpose(2, 3)) * (1.0 / math.sqrt(self.dh))
-        scores = scores + (1.0 - mask.to(scores.dtype))[:, None, None, :] * MASK_NEG
-        attn = torch.softmax(scores, dim=-1)
-        out = torch.matmul(attn, v).transpose(1, 2).reshape(b, h * w, c)
-        return self.o(out)
-
-    def forward(self, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, row0: int = 0) -> torch.Tensor:
-        b, c, h, w = x.shape
-        out = self.norm(self.attention(x, text, mask, row0)).transpose(1, 2).reshape(b, c, h, w)
+        out = self.o(masked_attention(q, self.k(t), self.v(t), mask, self.heads))
+        out = self.norm(out).transpose(1, 2).reshape(b, c, h, w)
         return x + self.scale * out
 
 
@@ -110,42 +132,46 @@ class GateFusion(nn.Module):
 
 
 class TextPrior(nn.Module):
-    """What the report says about each place: a coarse map of log-odds that a lesion may be there.
+    """What the report says about each place, read from the report alone: two coarse maps.
+
+    * channel 0, ``allow``: log-odds that the report allows a metastasis there. It enters the
+      segmenter's logits as ``scale * log(sigmoid(allow))`` (see Segmenter): a veto that explains
+      hot spots away (benign findings, negative studies) but never creates a lesion. Trained
+      against the lesion mask max-pooled to the grid (with no report nothing is ruled out: 1
+      everywhere).
+    * channel 1, ``mention``: log-odds that the report describes a finding there at all,
+      metastasis or benign (a degenerative knee, a rib fracture, an injection site). Trained
+      against every finding's box (with no report: 0 everywhere). It is what lets the fail-safe
+      (bonescan.failsafe) see a report that does not describe the image in front of it: hot spots
+      of the image that the report never mentions.
 
     Queries are positions only (a learned code over the coarse grid, initialised from the 2-D
-    sine/cosine code), keys / values the report's tokens (padding masked): the map is read from the
-    report alone, so it can only be learned from the text. It is trained against the lesion mask
-    max-pooled to the grid (with no report, nothing is ruled out: target 1 everywhere), and enters
-    the segmenter's logits as ``scale * log(sigmoid(map))`` (see Segmenter): a veto that explains
-    hot spots away (benign findings, negative studies) but never creates a lesion.
+    sine/cosine code), keys / values the report's tokens (padding masked): the maps can only be
+    learned from the text.
 
-    text [B, T, Dt], mask [B, T] -> logits [B, 1, h, w].
+    text [B, T, Dt], mask [B, T] -> logits [B, 2, h, w].
     """
+
+    CHANNELS = ("allow", "mention")
 
     def __init__(self, text_dim: int, channels: int, heads: int, hw: tuple[int, int]):
         super().__init__()
         self.hw = hw
-        self.heads = heads if channels % heads == 0 else math.gcd(channels, heads)
-        self.dh = channels // self.heads
+        self.heads = check_heads(channels, heads)
         self.text = TextProjection(text_dim, channels)
         self.queries = nn.Parameter(sincos_2d(channels, *hw).flatten(2).transpose(1, 2).clone())  # [1, h*w, C]
         self.q = nn.Linear(channels, channels)
         self.k = nn.Linear(channels, channels)
         self.v = nn.Linear(channels, channels)
         self.norm = nn.LayerNorm(channels)
-        self.mlp = nn.Sequential(nn.Linear(channels, channels), nn.GELU(), nn.Linear(channels, 1))
+        self.mlp = nn.Sequential(nn.Linear(channels, channels), nn.GELU(), nn.Linear(channels, len(self.CHANNELS)))
 
     def forward(self, text: torch.Tensor, mask: torch.Tensor, rows: tuple[int, int] | None = None) -> torch.Tensor:
         b = text.shape[0]
         h, w = self.hw
         t = self.text(text, mask)
-        q = self.q(self.queries).expand(b, -1, -1).reshape(b, h * w, self.heads, self.dh).transpose(1, 2)
-        k = self.k(t).reshape(b, -1, self.heads, self.dh).transpose(1, 2)
-        v = self.v(t).reshape(b, -1, self.heads, self.dh).transpose(1, 2)
-        scores = torch.matmul(q, k.transpose(2, 3)) * (1.0 / math.sqrt(self.dh))
-        scores = scores + (1.0 - mask.to(scores.dtype))[:, None, None, :] * MASK_NEG
-        out = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2).reshape(b, h * w, -1)
-        logits = self.mlp(self.norm(out)).transpose(1, 2).reshape(b, 1, h, w)
+        out = masked_attention(self.q(self.queries), self.k(t), self.v(t), mask, self.heads)  # [B, h*w, C]
+        logits = self.mlp(self.norm(out)).transpose(1, 2).reshape(b, len(self.CHANNELS), h, w)
         return logits[:, :, rows[0] : rows[1]] if rows is not None else logits
 
 

@@ -135,12 +135,41 @@ class Segmenter(nn.Module):
         grounding: list[torch.Tensor] = []
         if fuse and self.prior is not None:
             cells = (rows[0] // down, rows[1] // down) if rows is not None else None
-            g = self.prior(text_features, attention_mask, cells)
+            g = self.prior(text_features, attention_mask, cells)  # [B, 2, h, w]: allow, mention
             grounding.append(g)
             # a constant scale factor (not a size) keeps every dim static in the exported graph
-            up_g = F.interpolate(g, scale_factor=float(down), mode="bilinear", align_corners=False)
+            up_g = F.interpolate(g[:, :1], scale_factor=float(down), mode="bilinear", align_corners=False)
             logits = logits + self.prior_scale * F.logsigmoid(up_g)
         return (logits, grounding) if return_grounding else logits
+
+    def text_map(self, text_features: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The report's coarse maps [B, 2, h, w] (allow, mention logits); without a TextPrior
+        (the --no-prior ablation) a map that allows everything and explains every hot spot."""
+        if self.prior is not None:
+            return self.prior(text_features, attention_mask)
+        down = self.row_multiple
+        return text_features.new_full((text_features.shape[0], 2, IMAGE_HEIGHT // down, IMAGE_WIDTH // down), 20.0)
+
+
+class DeployedSegmenter(nn.Module):
+    """The dual-path segmenter graph as deployed: one graph, three answers for the fail-safe.
+
+    (image, text_features, attention_mask) -> (logits, text_map, fallback_logits): the
+    text-guided logits, the report's coarse maps (allow, mention; see TextPrior) and the logits of
+    the image-only U-Net this model was trained beside. ``bonescan.failsafe`` decides per scan
+    which answer to give. One graph (not a second Triton step) keeps the ensemble one chain.
+    """
+
+    def __init__(self, segmenter: Segmenter, fallback: Segmenter):
+        super().__init__()
+        self.segmenter = segmenter
+        self.fallback = fallback
+
+    def forward(self, image: torch.Tensor, text_features: torch.Tensor, attention_mask: torch.Tensor):
+        out = self.segmenter(image, text_features, attention_mask, return_grounding=True)
+        logits, grounding = out  # type: ignore[misc]
+        text_map = grounding[0] if grounding else self.segmenter.text_map(text_features, attention_mask)
+        return logits, text_map, self.fallback(image)
 
 
 class BoneScanNet(nn.Module):
@@ -158,6 +187,23 @@ class BoneScanNet(nn.Module):
         elif cfg.model != "unet":
             raise ValueError(f"model must be 'dualpath' or 'unet', got {cfg.model!r}")
         self.segmenter = Segmenter(cfg, text_dim)
+        self.fallback: Segmenter | None = None
+        if cfg.model == "dualpath":
+            # the fail-safe's image-only answer: frozen, loaded from a trained U-Net (train --fallback)
+            self.fallback = Segmenter(cfg.fallback_config())
+            self.fallback.requires_grad_(False)
+
+    def deployed_segmenter(self) -> nn.Module:
+        """The segmenter graph that is exported: DeployedSegmenter for dualpath, the U-Net itself otherwise."""
+        if self.fallback is None:
+            return self.segmenter
+        return DeployedSegmenter(self.segmenter, self.fallback)
+
+    def train(self, mode: bool = True) -> BoneScanNet:
+        super().train(mode)
+        if self.fallback is not None:
+            self.fallback.eval()  # frozen, BatchNorm statistics included
+        return self
 
     def forward(self, image: torch.Tensor, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 rows: tuple[int, int] | None = None, return_grounding: bool = False):
