@@ -13,8 +13,15 @@ COMMANDS: dict[str, argparse.ArgumentParser] = {}
 
 def _data_synth(a: argparse.Namespace) -> int:
     from bonescan.data.generate import generate_dataset
+    from bonescan.data.styles import STYLE_NAMES
+    from bonescan.data.synth import SynthConfig
+    from bonescan.errors import BonescanError
 
-    stats = generate_dataset(a.out, a.n, a.seed, a.workers, progress=not a.quiet)
+    styles = tuple(a.house_styles or ())
+    unknown = sorted(set(styles) - set(STYLE_NAMES))
+    if unknown:  # before any work starts
+        raise BonescanError(f"unknown house style {', '.join(unknown)}; known: {', '.join(STYLE_NAMES)}")
+    stats = generate_dataset(a.out, a.n, a.seed, a.workers, progress=not a.quiet, cfg=SynthConfig(house_styles=styles))
     print(json.dumps(stats, ensure_ascii=False, indent=1))
     return 0
 
@@ -309,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--house-styles", nargs="+", metavar="STYLE",
+                   help="write reports only in these house styles (default: all; see bonescan.data.styles)")
     s.set_defaults(func=_data_synth)
     s = dsub.add_parser("preview", help="draw a grid of cases (views, mask, report) into a PNG")
     s.add_argument("--data", required=True, type=Path)

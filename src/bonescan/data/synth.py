@@ -32,6 +32,7 @@ from bonescan.data import raster
 from bonescan.data.atlas import REGIONS, SHAPE, Patient, Skeleton, build_skeleton, soft_tissue
 from bonescan.data.raster import Patch
 from bonescan.data.report import Finding, write_report
+from bonescan.data.styles import pick_style
 
 GENERATOR_VERSION = "bonescan-synth/1"
 
@@ -140,6 +141,9 @@ class SynthConfig:
     p_injection: float = 0.15
     p_urine: float = 0.04
     mimic_scale: float = 1.0  # multiplies every benign-mimic probability
+    #: house styles the reports are written in (styles.STYLE_NAMES; empty = all), e.g. all but one
+    #: to test a model on a hospital whose wording it has never read
+    house_styles: tuple[str, ...] = ()
 
 
 @dataclass
@@ -328,7 +332,10 @@ def _place_mimics(scene: _Scene, cfg: SynthConfig, benign: list[dict], findings:
                 continue
             foci.append(scene.add_focus(p, _contrast(rng, 1.8), support_regions or regions, is_met=False))
         if foci:
-            benign.append({"type": kind, "regions": regions, "foci": foci})
+            entry: dict[str, Any] = {"type": kind, "regions": regions, "foci": foci}
+            if arc:
+                entry["arc"] = arc  # the report may name it (左侧第5-7后肋); report_from_meta needs it
+            benign.append(entry)
             findings.append(Finding(kind, regions, arc=arc))
 
     def present(kind: str) -> bool:
@@ -500,7 +507,10 @@ def synth_case(seed: int, index: int, cfg: SynthConfig | None = None) -> Case:
     anterior, posterior_ant_frame = out
     posterior = np.ascontiguousarray(posterior_ant_frame[:, ::-1])  # as acquired, seen from behind
 
-    report = write_report(met_findings, benign_findings, art_findings, rng, len(lesions), kidneys_visible)
+    # the report last, from the same generator: its draws cannot change the image
+    house_style = pick_style(rng, cfg.house_styles)
+    report = write_report(met_findings, benign_findings, art_findings, rng, len(lesions), kidneys_visible,
+                          style=house_style, sex="F" if patient.female else "M")
     for les in lesions:
         les["mention"] = report.mentions[les["id"]]
 
@@ -525,7 +535,7 @@ def synth_case(seed: int, index: int, cfg: SynthConfig | None = None) -> Case:
         "lesions": lesions,
         "benign": benign,
         "artefacts": artefacts,
-        "report": {"style": report.style, "chars": len(report.text)},
+        "report": {"style": report.style, "house_style": report.house_style, "chars": len(report.text)},
     }
     return Case(case_id, anterior, posterior, scene.mask, report.text, meta)
 
