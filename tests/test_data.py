@@ -1,5 +1,5 @@
 """Synthetic data: determinism, ground-truth consistency, report wording and house styles, the text
-corpus, loaders, bad files."""
+corpus and augmentation, loaders, bad files."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from scipy.ndimage import label
 
 from bonescan.contract import IMAGE_HEIGHT, IMAGE_WIDTH, from_model_frame, to_model_frame
 from bonescan.data.atlas import REGIONS, VERTEBRAE
+from bonescan.data.augment import augment_report
 from bonescan.data.corpus import report_corpus, sample_findings
 from bonescan.data.dataset import BoneScanDataset
 from bonescan.data.generate import generate_dataset
@@ -21,7 +22,8 @@ from bonescan.data.io import CaseError, read_dicom_scan, read_scan, write_dicom_
 from bonescan.data.report import COARSE, findings_from_meta, report_from_meta, write_report
 from bonescan.data.styles import STYLE_NAMES, STYLES, VOCABULARY, HouseStyle
 from bonescan.data.synth import SynthConfig, synth_case
-from tests.report_parser import parse_mention
+from bonescan.data.textnoise import BONE_CHARS, add_slips
+from tests.report_parser import parse_mention, parse_report
 
 N_CHECK = 60  # cases checked for ground-truth consistency
 
@@ -258,6 +260,33 @@ def test_corpus_follows_the_generator_and_is_fast():
         report_corpus(2000, 100 + k)
         rates.append(2000 / (time.perf_counter() - t0))
     assert max(rates) >= 2000, rates
+
+
+# ----------------------------------------------------------------------------- augmentation
+def test_augmentation_keeps_the_facts(cases):
+    texts = report_corpus(400, 8) + [c.report for c in cases]
+    changed = total = 0
+    for i, t in enumerate(texts):
+        facts = parse_report(t)
+        for seed, strength in ((0, 0.5), (1, 1.0), (2, 2.0)):
+            out = augment_report(t, np.random.default_rng([i, seed]), strength)
+            assert parse_report(out) == facts, (i, seed)
+            changed += out != t
+            total += 1
+    assert changed > 0.8 * total
+    # typing slips never touch digits, sides, arcs or any character of a bone name
+    fixed = BONE_CHARS | set("左右前后")
+    for i, t in enumerate(texts[:200]):
+        out = add_slips(t, np.random.default_rng(i), 5)
+        assert out != t and [c for c in out if c in fixed or c.isdigit()] == [c for c in t if c in fixed or c.isdigit()]
+    t = cases[1].report
+    assert augment_report(t, np.random.default_rng(0), 0.0) == t
+    assert augment_report(t, np.random.default_rng(3)) == augment_report(t, np.random.default_rng(3))
+    # metastases stay metastases and negatives stay negative
+    for c in cases:
+        out = augment_report(c.report, np.random.default_rng(9), 2.0)
+        says_met = any(w in out for w in VOCABULARY["metastasis"] + ("转移",))
+        assert says_met == any(w in c.report for w in VOCABULARY["metastasis"] + ("转移",)), c.case_id
 
 
 def test_atlas_names_every_required_region():

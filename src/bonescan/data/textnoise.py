@@ -4,9 +4,9 @@ Real reports carry the marks of the people who type them: a doubled or dropped c
 space or line break, a half-width comma in a full-width text. The report generator adds a few per
 report (how many is a house-style choice) and ``augment.py`` adds a few more at training time. Both
 use this one implementation, which refuses to touch, or to sit next to, anything a fact hangs on:
-digits and letters (T7, 99mTc), 左 / 右 / 前 / 后 / 双 / 第 / 至, every character of a bone name, the
-words for negation, certainty, metastasis and benign findings, and any string the caller names
-(the mentions of lesions, the section headers).
+digits (also full-width and circled: ５, ①) and letters (T7, 99mTc), 左 / 右 / 前 / 后 / 双 / 第 / 至,
+every character of a bone name, the words for negation, certainty, metastasis and benign
+findings, and any string the caller names (the mentions of lesions, the section headers).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ _FACT_WORDS = sorted({w for cls in ("negation", "certainty_before", "certainty_a
                                     "degenerative", "old_injury", "inflammatory", "benign") for w in VOCABULARY[cls]}
                      | set(HEDGES), key=len, reverse=True)
 _FACT_RE = re.compile("|".join(map(re.escape, _FACT_WORDS)))
-_FIXED_RE = re.compile("[" + re.escape("".join(sorted(BONE_CHARS | FIXED_CHARS))) + r"0-9A-Za-z０-９\s]+")
+_FIXED_RE = re.compile("[" + re.escape("".join(sorted(BONE_CHARS | FIXED_CHARS))) + r"\dA-Za-z①-⑳\s]+")
 
 
 class Uniform(Protocol):
