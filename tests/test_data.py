@@ -1,9 +1,11 @@
-"""Synthetic data: determinism, ground-truth consistency, report wording, loaders, bad files."""
+"""Synthetic data: determinism, ground-truth consistency, report wording and house styles, the text
+corpus and augmentation, loaders, bad files."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +14,16 @@ from scipy.ndimage import label
 
 from bonescan.contract import IMAGE_HEIGHT, IMAGE_WIDTH, from_model_frame, to_model_frame
 from bonescan.data.atlas import REGIONS, VERTEBRAE
+from bonescan.data.augment import augment_report
+from bonescan.data.corpus import report_corpus, sample_findings
 from bonescan.data.dataset import BoneScanDataset
 from bonescan.data.generate import generate_dataset
 from bonescan.data.io import CaseError, read_dicom_scan, read_scan, write_dicom_scan, write_png16
-from bonescan.data.report import COARSE
-from bonescan.data.synth import synth_case
-from tests.report_parser import parse_mention
+from bonescan.data.report import COARSE, findings_from_meta, report_from_meta, write_report
+from bonescan.data.styles import STYLE_NAMES, STYLES, VOCABULARY, HouseStyle
+from bonescan.data.synth import SynthConfig, synth_case
+from bonescan.data.textnoise import BONE_CHARS, add_slips
+from tests.report_parser import parse_mention, parse_report
 
 N_CHECK = 60  # cases checked for ground-truth consistency
 
@@ -78,33 +84,209 @@ def test_mask_matches_metadata(cases):
                 assert c.mask[cy, cx] == 0, f"{c.case_id}: benign {b['type']} at a masked pixel"
 
 
+def _check_mentions(meta: dict, report: str, kind: str, where: str) -> int:
+    """Every lesion's mention is in the report and names its region (its coarse group when vague)."""
+    for les in meta["lesions"]:
+        mention = les["mention"]
+        assert mention and mention in report, (where, les["id"])
+        named = parse_mention(mention)
+        if kind == "vague":
+            assert COARSE[les["group"]] in named, (where, mention)
+        else:
+            assert les["region"] in named, (where, les["region"], mention)
+    return len(meta["lesions"])
+
+
 def test_every_metastasis_is_named_in_its_report(cases):
-    n_checked = 0
-    for c in cases:
-        for les in c.meta["lesions"]:
-            mention = les["mention"]
-            assert mention and mention in c.report
-            named = parse_mention(mention)
-            if c.meta["report"]["style"] == "vague":
-                assert COARSE[les["group"]] in named, (c.case_id, mention)
-            else:
-                assert les["region"] in named, (c.case_id, les["region"], mention)
-            n_checked += 1
+    n_checked = sum(_check_mentions(c.meta, c.report, c.meta["report"]["style"], c.case_id) for c in cases)
     assert n_checked > 50
+
+
+def _has_sections(text: str, hs: HouseStyle) -> bool:
+    """Findings before impression: the style's two headers in order, or two bare paragraphs."""
+    if hs.headers is None:
+        return len([line for line in text.split("\n") if line.strip()]) >= 2
+    f, i = hs.headers
+    return f in text and i in text and text.index(f) < text.index(i)
+
+
+BENIGN_WORDS = ("退行性", "退变", "骨折", "关节炎", "骨质增生", "炎性", "外伤", "骨关节病", "良性")
 
 
 def test_reports_have_both_sections_and_vary(cases):
     for c in cases:
-        assert c.report.startswith("检查所见：") and "\n诊断意见：" in c.report
+        hs = STYLES[c.meta["report"]["house_style"]]
+        assert _has_sections(c.report, hs), c.case_id
         if not c.meta["lesions"]:
-            assert "未见" in c.report
+            assert any(w in c.report for w in hs.negation), c.case_id
         if c.meta["benign"]:
-            assert any(w in c.report for w in ("退行性", "骨折", "关节炎", "骨质增生", "炎性", "外伤")), c.case_id
+            assert any(w in c.report for w in BENIGN_WORDS), c.case_id
     assert len({c.report for c in cases}) == len(cases)
     # vertebra naming variants all occur
     text = "".join(c.report for c in cases)
     assert any(f"第{i}胸椎" in text or f"第{i}腰椎" in text for i in range(1, 13))
     assert any(f"T{i}" in text or f"L{i}" in text for i in range(1, 13))
+
+
+# ----------------------------------------------------------------------------- house styles
+def _line_headers(text: str) -> set[str]:
+    """Known section headers standing at the start of a line."""
+    known = sorted({h for s in STYLES.values() for h in (s.headers or ()) + ((s.method_header,) if s.method_header else ())},
+                   key=len, reverse=True)
+    found = set()
+    for line in text.split("\n"):
+        for h in known:
+            if line.startswith(h):
+                found.add(h)
+                break
+    return found
+
+
+@pytest.fixture(scope="module")
+def style_reports() -> dict[str, list[tuple[str, bool]]]:
+    """Per style: 300 reports of drawn findings, and whether each is positive."""
+    rng = np.random.default_rng(17)
+    out: dict[str, list[tuple[str, bool]]] = {}
+    for s in STYLE_NAMES:
+        out[s] = []
+        for _ in range(300):
+            mets, benign, artefacts, n, kidneys = sample_findings(rng)
+            out[s].append((write_report(mets, benign, artefacts, rng, n, kidneys, style=s).text, bool(mets)))
+    return out
+
+
+def test_every_style_appears_in_the_data(cases):
+    assert len(STYLE_NAMES) >= 6
+    seen = {c.meta["report"]["house_style"] for c in cases}
+    assert seen == set(STYLE_NAMES)
+
+
+def test_styles_differ_in_headers_and_vocabulary(style_reports):
+    style_texts = {s: [t for t, _ in rs] for s, rs in style_reports.items()}
+    words = sorted({w for ws in VOCABULARY.values() for w in ws}, key=len, reverse=True)
+
+    def vocabulary_of(texts: list[str]) -> set[str]:
+        used = set()
+        for t in texts:
+            for w in words:
+                if w in t:
+                    used.add(w)
+                    t = t.replace(w, "|")
+        return used
+
+    used = {s: vocabulary_of(ts) for s, ts in style_texts.items()}
+    headers = {s: set().union(*(_line_headers(t) for t in ts)) for s, ts in style_texts.items()}
+    for s, hs in STYLES.items():
+        # its own headers, and only those
+        assert headers[s] == set(hs.headers or ()) | ({hs.method_header} if hs.method_header else set()), s
+        # its words come from the shared vocabulary, and some of its uptake words are its own
+        for w in hs.uptake + hs.negation + hs.metastasis:
+            assert any(w in cls for cls in VOCABULARY.values()), (s, w)
+        others = {w for o in STYLES.values() if o is not hs for w in o.uptake}
+        own = set(hs.uptake) - others
+        assert own and own & used[s], s
+        # a positive report says uptake in its hospital's words (a typing slip may break one word)
+        positive = [t for t, pos in style_reports[s] if pos]
+        assert sum(any(w in t for w in hs.uptake) for t in positive) >= 0.9 * len(positive), s
+    for a in STYLE_NAMES:
+        for b in STYLE_NAMES:
+            if a < b:
+                assert used[a] != used[b] and headers[a] != headers[b], (a, b)
+
+
+def test_report_from_meta_in_every_style(cases):
+    n = 0
+    for style in STYLE_NAMES:
+        for k, c in enumerate(cases):
+            r = report_from_meta(c.meta, style, seed=k)
+            assert r.house_style == style and _has_sections(r.text, STYLES[style]), (style, c.case_id)
+            meta = {**c.meta, "lesions": [{**les, "mention": r.mentions[les["id"]]} for les in c.meta["lesions"]]}
+            n += _check_mentions(meta, r.text, r.style, f"{style}/{c.case_id}")
+            assert sorted(r.mentions) == [les["id"] for les in c.meta["lesions"]]
+    assert n > 50 * len(STYLE_NAMES)
+    again = report_from_meta(cases[1].meta, "plain", seed=5)
+    assert again.text == report_from_meta(cases[1].meta, "plain", seed=5).text
+    assert again.text != report_from_meta(cases[1].meta, "plain", seed=6).text
+    with pytest.raises(ValueError, match="unknown house style"):
+        report_from_meta(cases[1].meta, "no-such-style", seed=0)
+
+
+def test_findings_from_meta_are_the_ones_the_report_was_written_from(monkeypatch):
+    import bonescan.data.synth as synth
+
+    seen = []
+
+    def spy(mets, benign, artefacts, rng, n_lesions, kidneys_visible, **kw):
+        seen.append((mets, benign, artefacts, n_lesions, kidneys_visible))
+        return write_report(mets, benign, artefacts, rng, n_lesions, kidneys_visible, **kw)
+
+    monkeypatch.setattr(synth, "write_report", spy)
+    kinds = set()
+    for i in (1, 10, 17, 20, 29):  # rib fractures, arthritis, several mimics, many lesions
+        c = synth_case(7, i)
+        assert findings_from_meta(c.meta) == seen[-1]
+        kinds |= {f.kind for f in seen[-1][1] + seen[-1][2]}
+    assert "rib_fracture" in kinds and len(kinds) >= 4
+
+
+def test_house_styles_can_be_restricted():
+    c = synth_case(7, 3, SynthConfig(house_styles=("plain",)))
+    assert c.meta["report"]["house_style"] == "plain"
+    with pytest.raises(ValueError, match="unknown house style"):
+        synth_case(7, 3, SynthConfig(house_styles=("nope",)))
+
+
+# ----------------------------------------------------------------------------- text corpus
+def test_corpus_follows_the_generator_and_is_fast():
+    rng = np.random.default_rng(0)
+    draws = [sample_findings(rng) for _ in range(5000)]
+    n_lesions = np.array([d[3] for d in draws])
+    assert 0.25 < (n_lesions == 0).mean() < 0.35 and 3.5 < n_lesions.mean() < 4.5
+    groups = [REGIONS[f.regions[0]].group for d in draws for f in d[0]]
+    spine = sum(g in ("cervical", "thoracic", "lumbar") for g in groups)
+    pelvis = sum(g in ("ilium", "sacrum", "pubis", "ischium") for g in groups)
+    assert spine > pelvis and groups.count("rib") > pelvis
+    knees = np.mean([any(f.kind == "degenerative_knee" for f in d[1]) for d in draws])
+    assert 0.15 < knees < 0.3
+    assert all(len(d[0]) == d[3] and [i for f in d[0] for i in f.ids] == list(range(d[3])) for d in draws)
+
+    texts = report_corpus(200, 3)
+    assert texts == report_corpus(200, 3) and texts[:50] == report_corpus(50, 3) and texts != report_corpus(200, 4)
+    assert all(_line_headers(t) == {"所见：", "印象："} for t in report_corpus(50, 3, ["impression"]))
+    report_corpus(200, 0)  # warm up (template cache)
+    rates = []
+    for k in range(3):
+        t0 = time.perf_counter()
+        report_corpus(2000, 100 + k)
+        rates.append(2000 / (time.perf_counter() - t0))
+    assert max(rates) >= 2000, rates
+
+
+# ----------------------------------------------------------------------------- augmentation
+def test_augmentation_keeps_the_facts(cases):
+    texts = report_corpus(400, 8) + [c.report for c in cases]
+    changed = total = 0
+    for i, t in enumerate(texts):
+        facts = parse_report(t)
+        for seed, strength in ((0, 0.5), (1, 1.0), (2, 2.0)):
+            out = augment_report(t, np.random.default_rng([i, seed]), strength)
+            assert parse_report(out) == facts, (i, seed)
+            changed += out != t
+            total += 1
+    assert changed > 0.8 * total
+    # typing slips never touch digits, sides, arcs or any character of a bone name
+    fixed = BONE_CHARS | set("左右前后")
+    for i, t in enumerate(texts[:200]):
+        out = add_slips(t, np.random.default_rng(i), 5)
+        assert out != t and [c for c in out if c in fixed or c.isdigit()] == [c for c in t if c in fixed or c.isdigit()]
+    t = cases[1].report
+    assert augment_report(t, np.random.default_rng(0), 0.0) == t
+    assert augment_report(t, np.random.default_rng(3)) == augment_report(t, np.random.default_rng(3))
+    # metastases stay metastases and negatives stay negative
+    for c in cases:
+        out = augment_report(c.report, np.random.default_rng(9), 2.0)
+        says_met = any(w in out for w in VOCABULARY["metastasis"] + ("转移",))
+        assert says_met == any(w in c.report for w in VOCABULARY["metastasis"] + ("转移",)), c.case_id
 
 
 def test_atlas_names_every_required_region():
@@ -209,12 +391,18 @@ def test_manifest_lists_splits(small_set: Path):
     m = json.loads((small_set / "manifest.json").read_text())
     assert m["generator"]["seed"] == 11 and len(m["cases"]) == 8
     assert m["statistics"]["cases"] == 8
+    houses = m["statistics"]["report_house_style"]
+    assert sum(houses.values()) == 8 and set(houses) <= set(STYLE_NAMES)
 
 
 def test_cli_synth_and_preview(tmp_path: Path):
     from bonescan.cli import main
 
     assert main(["data", "synth", "--out", str(tmp_path / "d"), "--n", "3", "--seed", "1", "--workers", "1", "--quiet"]) == 0
+    assert main(["data", "synth", "--out", str(tmp_path / "e"), "--n", "2", "--workers", "1", "--quiet",
+                 "--house-styles", "plain", "bracket"]) == 0
+    assert set(json.loads((tmp_path / "e" / "manifest.json").read_text())["statistics"]["report_house_style"]) <= {"plain", "bracket"}
+    assert main(["data", "synth", "--out", str(tmp_path / "f"), "--n", "1", "--quiet", "--house-styles", "nope"]) == 2
     assert main(["data", "preview", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "p.png"), "--n", "2"]) == 0
     from PIL import Image
 

@@ -70,8 +70,15 @@ def _group(sub: argparse._SubParsersAction, name: str, help: str) -> argparse._S
 
 def _data_synth(a: argparse.Namespace) -> int:
     from bonescan.data.generate import generate_dataset
+    from bonescan.data.styles import STYLE_NAMES
+    from bonescan.data.synth import SynthConfig
+    from bonescan.errors import BonescanError
 
-    stats = generate_dataset(a.out, a.n, a.seed, a.workers, progress=not a.quiet)
+    styles = tuple(a.house_styles or ())
+    unknown = sorted(set(styles) - set(STYLE_NAMES))
+    if unknown:  # before any work starts
+        raise BonescanError(f"unknown house style {', '.join(unknown)}; known: {', '.join(STYLE_NAMES)}")
+    stats = generate_dataset(a.out, a.n, a.seed, a.workers, progress=not a.quiet, cfg=SynthConfig(house_styles=styles))
     print(json.dumps(stats, ensure_ascii=False, indent=1))
     return 0
 
@@ -131,6 +138,8 @@ def data_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--n", type=int, default=1000, help="number of cases")
     s.add_argument("--seed", type=int, default=0, help="seed of the generator (the same seed gives the same bytes)")
     s.add_argument("--workers", type=int, default=2, help="processes")
+    s.add_argument("--house-styles", nargs="+", metavar="STYLE",
+                   help="write reports only in these house styles (default: all; see bonescan.data.styles)")
     QUIET.add(s)
     s = _command(dsub, "preview", _data_preview, "draw a grid of cases (views, mask, report) into a PNG")
     DATA.add(s)

@@ -108,9 +108,14 @@ class Patient:
             elbow_flex=(float(rng.uniform(0.0, 0.25)), float(rng.uniform(0.0, 0.25))),
             leg_spread=float(rng.uniform(0.0, 0.06)),
             scoliosis=float(rng.normal(0, 5)) if rng.random() < 0.2 else 0.0,
-            age=int(np.clip(rng.normal(64, 11), 30, 92)),
+            age=sample_age(rng),
             female=female,
         )
+
+
+def sample_age(rng: np.random.Generator) -> int:
+    """Age of a patient sent for a bone scan (mean 64, sd 11, 30-92 years); benign mimics depend on it."""
+    return int(min(max(float(rng.normal(64, 11)), 30.0), 92.0))
 
 
 @dataclass

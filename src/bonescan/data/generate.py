@@ -31,6 +31,7 @@ def write_case(root: Path, seed: int, index: int, cfg: SynthConfig) -> dict[str,
         "benign_types": sorted({b["type"] for b in case.meta["benign"]}),
         "report_chars": len(case.report),
         "report_style": case.meta["report"]["style"],
+        "report_house_style": case.meta["report"]["house_style"],
         "mask_pixels": int(case.mask.sum()),
     }
 
@@ -106,8 +107,10 @@ def dataset_statistics(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         for t in s["benign_types"]:
             benign_types[t] = benign_types.get(t, 0) + 1
     styles: dict[str, int] = {}
+    house_styles: dict[str, int] = {}
     for s in summaries:
         styles[s["report_style"]] = styles.get(s["report_style"], 0) + 1
+        house_styles[s["report_house_style"]] = house_styles.get(s["report_house_style"], 0) + 1
     return {
         "cases": n,
         "lesions_per_scan_mean": round(float(les.mean()), 3),
@@ -117,6 +120,7 @@ def dataset_statistics(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         "negative_with_mimic_share": round(float(np.mean([(s["n_lesions"] == 0) and s["n_benign"] > 0 for s in summaries])), 3),
         "scans_with_benign_type": dict(sorted(benign_types.items())),
         "report_style": dict(sorted(styles.items())),
+        "report_house_style": dict(sorted(house_styles.items())),
         "report_chars_mean": round(float(chars.mean()), 1),
         "report_chars_p5_p95": [int(np.percentile(chars, 5)), int(np.percentile(chars, 95))],
         "mask_pixels_mean": round(float(np.mean([s["mask_pixels"] for s in summaries])), 1),

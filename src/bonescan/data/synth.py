@@ -19,6 +19,7 @@ Everything is a pure function of (seed, case index): the same seed gives the sam
 
 from __future__ import annotations
 
+import bisect
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ from bonescan.data import raster
 from bonescan.data.atlas import REGIONS, SHAPE, Patient, Skeleton, build_skeleton, soft_tissue
 from bonescan.data.raster import Patch
 from bonescan.data.report import Finding, write_report
+from bonescan.data.styles import pick_style
 
 GENERATOR_VERSION = "bonescan-synth/1"
 
@@ -52,6 +54,84 @@ _RADIUS = {
 _DEFAULT_RADIUS = (0.005, 0.012)
 
 
+@dataclass(frozen=True)
+class MimicRate:
+    """How often a benign mimic appears in a scan: (base + per_age * a) * SynthConfig.mimic_scale,
+    a = (age - 40) / 40 clipped to [0, 1]; ``bilateral`` is the share on both sides."""
+
+    base: float
+    per_age: float = 0.0
+    bilateral: float = 0.0
+
+
+#: Benign mimics in the order synth_case considers them. The text-only corpus (``corpus.py``)
+#: reads the same table, so its reports mention benign findings as often as the scans show them.
+MIMIC_RATES: dict[str, MimicRate] = {
+    "degenerative_knee": MimicRate(0.1, 0.22, 0.6),
+    "degenerative_shoulder": MimicRate(0.06, 0.12, 0.4),
+    "facet_arthropathy": MimicRate(0.06, 0.16, 0.5),
+    "cervical_spondylosis": MimicRate(0.03, 0.06),
+    "rib_fracture": MimicRate(0.12),
+    "compression_fracture": MimicRate(0.02, 0.06),
+    "arthritis_hand": MimicRate(0.06, 0.0, 0.6),
+    "arthritis_foot": MimicRate(0.06, 0.0, 0.5),
+    "sternoclavicular": MimicRate(0.04, 0.0, 0.5),
+}
+#: mimic kind -> the region naming its side (R / L filled in); the spine and rib kinds name their own
+_MIMIC_SIDE_REGION = {
+    "degenerative_knee": "femur_{}_distal", "degenerative_shoulder": "humerus_{}_proximal", "arthritis_hand": "hand_{}",
+    "arthritis_foot": "foot_{}", "sternoclavicular": "clavicle_{}",
+}
+#: kidney activity relative to bone, and the level above which the report calls the kidneys seen
+KIDNEY_ACTIVITY = (0.15, 1.0)
+KIDNEYS_SEEN_ABOVE = 0.3
+#: share of injection-site artefacts at the elbow (the rest on the back of the hand)
+INJECTION_AT_ELBOW = 0.6
+
+
+def mimic_probability(kind: str, age: int, scale: float = 1.0) -> float:
+    """Probability that a patient of ``age`` shows a benign mimic of ``kind`` (see MimicRate)."""
+    r = MIMIC_RATES[kind]
+    a = min(max((age - 40) / 40, 0.0), 1.0)  # python, not np.clip: the corpus calls this per report
+    return (r.base + r.per_age * a) * scale
+
+
+#: how many consecutive ribs a fracture row spans (1-4), as the CDF Generator.choice builds from p
+_RIB_FRACTURE_COUNT_CDF = (np.cumsum([0.35, 0.25, 0.25, 0.15]) / np.cumsum([0.35, 0.25, 0.25, 0.15])[-1]).tolist()
+
+
+def _one_of(rng: np.random.Generator, items: list[str]) -> str:
+    """``rng.choice(items)`` with the same draw (Generator.choice calls integers(0, n)), ten times cheaper."""
+    return items[int(rng.integers(len(items)))]
+
+
+def mimic_extent(kind: str, rng: np.random.Generator) -> tuple[list[str], list[str], str]:
+    """Where a benign mimic of ``kind`` sits: (regions, sides, rib arc), drawn exactly as synth_case
+    draws them before it places the foci (so the corpus and the scans share one distribution)."""
+    sides: list[str] = []
+    arc = ""
+    if kind in _MIMIC_SIDE_REGION:
+        sides = ["R", "L"] if rng.random() < MIMIC_RATES[kind].bilateral else [_one_of(rng, ["R", "L"])]
+        return [_MIMIC_SIDE_REGION[kind].format(sd) for sd in sides], sides, arc
+    if kind == "facet_arthropathy":  # one or two lower lumbar levels, one or both sides
+        first = int(rng.integers(3, 6))
+        verts = [f"L{k}" for k in range(first, min(first + int(rng.integers(1, 3)), 6))]
+        sides = ["R", "L"] if rng.random() < MIMIC_RATES[kind].bilateral else [_one_of(rng, ["R", "L"])]
+        return verts, sides, arc
+    if kind == "cervical_spondylosis":
+        verts = [str(v) for v in rng.choice(["C4", "C5", "C6"], size=int(rng.integers(1, 3)), replace=False)]
+        return sorted(verts), sides, arc
+    if kind == "rib_fracture":  # one to four consecutive ribs of one side, one arc
+        sd = _one_of(rng, ["R", "L"])
+        count = 1 + bisect.bisect_right(_RIB_FRACTURE_COUNT_CDF, rng.random())  # = rng.choice([1, 2, 3, 4], p=...)
+        first = int(rng.integers(3, 11 - count + 1))
+        arc = _one_of(rng, ["anterior", "posterior"])
+        return [f"rib_{sd}{k}" for k in range(first, first + count)], [sd], arc
+    if kind == "compression_fracture":  # osteoporotic, at the thoracolumbar junction
+        return [_one_of(rng, ["T10", "T11", "T12", "L1", "L2"])], sides, arc
+    raise ValueError(f"unknown benign mimic kind {kind!r}")
+
+
 @dataclass
 class SynthConfig:
     p_negative: float = 0.3
@@ -61,6 +141,9 @@ class SynthConfig:
     p_injection: float = 0.15
     p_urine: float = 0.04
     mimic_scale: float = 1.0  # multiplies every benign-mimic probability
+    #: house styles the reports are written in (styles.STYLE_NAMES; empty = all), e.g. all but one
+    #: to test a model on a hospital whose wording it has never read
+    house_styles: tuple[str, ...] = ()
 
 
 @dataclass
@@ -80,9 +163,10 @@ def _region_site(region: str) -> str:
     return info.group
 
 
-_SITE_REGIONS: dict[str, list[str]] = {}
+#: the regions of each site of SITE_FREQUENCY (a lesion's region is drawn uniformly among them)
+SITE_REGIONS: dict[str, list[str]] = {}
 for _r in REGIONS:
-    _SITE_REGIONS.setdefault(_region_site(_r), []).append(_r)
+    SITE_REGIONS.setdefault(_region_site(_r), []).append(_r)
 
 
 def _wobble(rng: np.random.Generator, amount: float) -> np.ndarray:
@@ -194,7 +278,7 @@ def _place_metastases(scene: _Scene, n: int, findings: list[Finding], lesions: l
     while len(lesions) < n and tries < 40 * n:
         tries += 1
         site = sites[int(rng.choice(len(sites), p=probs))]
-        region = str(rng.choice(_SITE_REGIONS[site]))
+        region = str(rng.choice(SITE_REGIONS[site]))
         parts = sk.region_parts(region)
         if not parts:
             continue
@@ -237,9 +321,7 @@ def _part_edge(sk: Skeleton, region: str, part: str, side: str) -> tuple[float, 
 def _place_mimics(scene: _Scene, cfg: SynthConfig, benign: list[dict], findings: list[Finding]) -> None:
     rng, sk, h = scene.rng, scene.sk, scene.h
     age = sk.patient.age
-    a = float(np.clip((age - 40) / 40, 0, 1))
     s = cfg.mimic_scale
-    sides_pick = lambda p_bilateral: ["R", "L"] if rng.random() < p_bilateral else [str(rng.choice(["R", "L"]))]  # noqa: E731
 
     def put(kind: str, spots: list[tuple[tuple[float, float], tuple[float, float], float, list[str]]], regions: list[str], arc: str = "") -> None:
         foci = []
@@ -250,30 +332,34 @@ def _place_mimics(scene: _Scene, cfg: SynthConfig, benign: list[dict], findings:
                 continue
             foci.append(scene.add_focus(p, _contrast(rng, 1.8), support_regions or regions, is_met=False))
         if foci:
-            benign.append({"type": kind, "regions": regions, "foci": foci})
+            entry: dict[str, Any] = {"type": kind, "regions": regions, "foci": foci}
+            if arc:
+                entry["arc"] = arc  # the report may name it (左侧第5-7后肋); report_from_meta needs it
+            benign.append(entry)
             findings.append(Finding(kind, regions, arc=arc))
 
-    if rng.random() < (0.1 + 0.22 * a) * s:  # degenerative knees
-        sides = sides_pick(0.6)
+    def present(kind: str) -> bool:
+        return bool(rng.random() < mimic_probability(kind, age, s))
+
+    if present("degenerative_knee"):
+        regions, sides, _ = mimic_extent("degenerative_knee", rng)
         spots = []
         for sd in sides:
             y, x = _lm(sk, f"knee_{sd}")
             medial = 1.0 if sd == "R" else -1.0  # towards the midline
             r = float(rng.uniform(0.006, 0.01) * h)
             spots.append(((y + 0.004 * h, x + medial * 0.007 * h), (r * 0.8, r), 0.0, [f"femur_{sd}_distal", f"tibia_{sd}"]))
-        put("degenerative_knee", spots, [f"femur_{sd}_distal" for sd in sides])
-    if rng.random() < (0.06 + 0.12 * a) * s:  # shoulders
-        sides = sides_pick(0.4)
+        put("degenerative_knee", spots, regions)
+    if present("degenerative_shoulder"):
+        regions, sides, _ = mimic_extent("degenerative_shoulder", rng)
         spots = []
         for sd in sides:
             y, x = _lm(sk, f"shoulder_{sd}")
             r = float(rng.uniform(0.006, 0.01) * h)
             spots.append(((y + rng.normal(0, 0.004 * h), x + rng.normal(0, 0.004 * h)), (r, r), 0.0, [f"humerus_{sd}_proximal", f"scapula_{sd}", f"clavicle_{sd}"]))
-        put("degenerative_shoulder", spots, [f"humerus_{sd}_proximal" for sd in sides])
-    if rng.random() < (0.06 + 0.16 * a) * s:  # lumbar facet arthropathy
-        first = int(rng.integers(3, 6))
-        verts = [f"L{k}" for k in range(first, min(first + int(rng.integers(1, 3)), 6))]
-        sides = sides_pick(0.5)
+        put("degenerative_shoulder", spots, regions)
+    if present("facet_arthropathy"):
+        verts, sides, _ = mimic_extent("facet_arthropathy", rng)
         spots = []
         for v in verts:
             for sd in sides:
@@ -281,9 +367,8 @@ def _place_mimics(scene: _Scene, cfg: SynthConfig, benign: list[dict], findings:
                 r = float(rng.uniform(0.0035, 0.0055) * h)
                 spots.append(((y, x), (r, r * 0.9), 0.0, [v]))
         put("facet_arthropathy", spots, verts)
-    if rng.random() < (0.03 + 0.06 * a) * s:  # cervical spondylosis
-        verts = [str(v) for v in rng.choice(["C4", "C5", "C6"], size=int(rng.integers(1, 3)), replace=False)]
-        verts.sort()
+    if present("cervical_spondylosis"):
+        verts, _, _ = mimic_extent("cervical_spondylosis", rng)
         spots = []
         for v in verts:
             sd = str(rng.choice(["R", "L"]))
@@ -291,12 +376,8 @@ def _place_mimics(scene: _Scene, cfg: SynthConfig, benign: list[dict], findings:
             r = float(rng.uniform(0.003, 0.0045) * h)
             spots.append(((y, x), (r, r), 0.0, [v]))
         put("cervical_spondylosis", spots, verts)
-    if rng.random() < 0.12 * s:  # rib fractures: foci in a vertical row on consecutive ribs
-        sd = str(rng.choice(["R", "L"]))
-        count = int(rng.choice([1, 2, 3, 4], p=[0.35, 0.25, 0.25, 0.15]))
-        first = int(rng.integers(3, 11 - count + 1))
-        arc = str(rng.choice(["anterior", "posterior"]))
-        ribs = [f"rib_{sd}{k}" for k in range(first, first + count)]
+    if present("rib_fracture"):  # foci in a vertical row on consecutive ribs
+        ribs, _, arc = mimic_extent("rib_fracture", rng)
         spine_x = _lm(sk, "spine_mid")[1]
         frac = float(rng.uniform(0.55, 0.9))
         spots = []
@@ -317,38 +398,38 @@ def _place_mimics(scene: _Scene, cfg: SynthConfig, benign: list[dict], findings:
             spots.append(((float(yy[k] + pp.y0), float(xs[k])), (r, r), 0.0, [rib]))
             used.append(rib)
         put("rib_fracture", spots, used, arc=arc)
-    if rng.random() < (0.02 + 0.06 * a) * s:  # osteoporotic compression fracture: a band
-        v = str(rng.choice(["T10", "T11", "T12", "L1", "L2"]))
+    if present("compression_fracture"):  # osteoporotic compression fracture: a band
+        (v,), _, _ = mimic_extent("compression_fracture", rng)
         part = next(p for p in sk.region_parts(v) if p.name == "body")
         yy, xx = np.nonzero(part.patch.data > 0.5)
         cy, cx = float(yy.mean() + part.patch.y0), float(xx.mean() + part.patch.x0)
         half_w = (xx.max() - xx.min()) / 2
         put("compression_fracture", [((cy + rng.normal(0, 1.0), cx), (float(rng.uniform(0.0022, 0.0032) * h), half_w * 0.95), -sk.patient.tilt, [v])], [v])
-    if rng.random() < 0.06 * s:  # arthritis of wrists / hands
-        sides = sides_pick(0.6)
+    if present("arthritis_hand"):  # arthritis of wrists / hands
+        regions, sides, _ = mimic_extent("arthritis_hand", rng)
         spots = []
         for sd in sides:
             y, x = _lm(sk, f"wrist_{sd}" if rng.random() < 0.6 else f"hand_{sd}")
             r = float(rng.uniform(0.004, 0.007) * h)
             spots.append(((y, x), (r, r), 0.0, [f"hand_{sd}", f"forearm_{sd}"]))
-        put("arthritis_hand", spots, [f"hand_{sd}" for sd in sides])
-    if rng.random() < 0.06 * s:  # ankles / feet
-        sides = sides_pick(0.5)
+        put("arthritis_hand", spots, regions)
+    if present("arthritis_foot"):  # ankles / feet
+        regions, sides, _ = mimic_extent("arthritis_foot", rng)
         spots = []
         for sd in sides:
             y, x = _lm(sk, f"ankle_{sd}")
             r = float(rng.uniform(0.005, 0.008) * h)
             spots.append(((y + 0.01 * h, x), (r, r), 0.0, [f"foot_{sd}", f"tibia_{sd}"]))
-        put("arthritis_foot", spots, [f"foot_{sd}" for sd in sides])
-    if rng.random() < 0.04 * s:  # sternoclavicular joints
-        sides = sides_pick(0.5)
+        put("arthritis_foot", spots, regions)
+    if present("sternoclavicular"):  # sternoclavicular joints
+        regions, sides, _ = mimic_extent("sternoclavicular", rng)
         y, x = _lm(sk, "sternum")
         spots = []
         for sd in sides:
             sg = 1.0 if sd == "L" else -1.0
             r = float(rng.uniform(0.004, 0.006) * h)
             spots.append(((y - 0.045 * h, x + sg * 0.017 * h), (r, r), 0.0, [f"clavicle_{sd}", "sternum"]))
-        put("sternoclavicular", spots, [f"clavicle_{sd}" for sd in sides])
+        put("sternoclavicular", spots, regions)
 
 
 def synth_case(seed: int, index: int, cfg: SynthConfig | None = None) -> Case:
@@ -369,8 +450,8 @@ def synth_case(seed: int, index: int, cfg: SynthConfig | None = None) -> Case:
     _place_mimics(scene, cfg, benign, benign_findings)
 
     # physiology: kidneys (posterior), bladder (anterior), soft tissue
-    kidney_int = float(rng.uniform(0.15, 1.0))
-    kidneys_visible = kidney_int > 0.3
+    kidney_int = float(rng.uniform(*KIDNEY_ACTIVITY))
+    kidneys_visible = kidney_int > KIDNEYS_SEEN_ABOVE
     for sd in ("R", "L"):
         y, x = _lm(sk, f"kidney_{sd}")
         kp = raster.ellipse((y, x), (0.03 * h, 0.017 * h), float(rng.normal(0, 0.15)) + (0.25 if sd == "R" else -0.25), SHAPE)
@@ -390,7 +471,7 @@ def synth_case(seed: int, index: int, cfg: SynthConfig | None = None) -> Case:
     art_findings: list[Finding] = []
     if rng.random() < cfg.p_injection:
         sd = str(rng.choice(["R", "L"]))
-        where = "antecubital" if rng.random() < 0.6 else "hand"
+        where = "antecubital" if rng.random() < INJECTION_AT_ELBOW else "hand"
         y, x = _lm(sk, f"{where}_{sd}")
         if 0 <= x < IMAGE_WIDTH and 0 <= y < IMAGE_HEIGHT:
             p = raster.ellipse((y, x), (2.2, 2.2), 0.0, SHAPE)
@@ -426,7 +507,10 @@ def synth_case(seed: int, index: int, cfg: SynthConfig | None = None) -> Case:
     anterior, posterior_ant_frame = out
     posterior = np.ascontiguousarray(posterior_ant_frame[:, ::-1])  # as acquired, seen from behind
 
-    report = write_report(met_findings, benign_findings, art_findings, rng, len(lesions), kidneys_visible)
+    # the report last, from the same generator: its draws cannot change the image
+    house_style = pick_style(rng, cfg.house_styles)
+    report = write_report(met_findings, benign_findings, art_findings, rng, len(lesions), kidneys_visible,
+                          style=house_style, sex="F" if patient.female else "M")
     for les in lesions:
         les["mention"] = report.mentions[les["id"]]
 
@@ -451,7 +535,7 @@ def synth_case(seed: int, index: int, cfg: SynthConfig | None = None) -> Case:
         "lesions": lesions,
         "benign": benign,
         "artefacts": artefacts,
-        "report": {"style": report.style, "chars": len(report.text)},
+        "report": {"style": report.style, "house_style": report.house_style, "chars": len(report.text)},
     }
     return Case(case_id, anterior, posterior, scene.mask, report.text, meta)
 
