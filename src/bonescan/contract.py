@@ -1,9 +1,11 @@
 """The one source of truth for everything two components must agree on.
 
-Image geometry, view layout, tensor names / dtypes / shapes of the two deployable graphs and of
-the Triton ensemble, tokenizer settings, the decision threshold and the Triton model names are
-defined here once. Training, export, the Triton configs (generated), the python-backend models
-(this file is copied next to them by ``bonescan repo build``) and the client all import it.
+Image geometry, view layout, tensor names / dtypes / shapes of the deployable graphs and of the
+Triton ensemble, which axes of the graphs are dynamic (and the ranges TensorRT profiles give them),
+tokenizer settings, the decision threshold and the Triton model names are defined here once.
+Training, export (ONNX names and dynamic axes, TensorRT lint and profiles), the Triton configs
+(generated), the python-backend models (this file is copied next to them by ``bonescan repo
+build``) and the client all import it.
 
 This module must stay importable with numpy alone (it runs inside Triton's python backend and
 in the torch-free client).
@@ -11,7 +13,8 @@ in the torch-free client).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -155,10 +158,11 @@ PREPROCESS_OUTPUTS = (IMAGE, PIXEL_SPACING, REPORT)
 TOKENIZER_INPUTS = (REPORT,)
 TOKENIZER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK)
 POSTPROCESS_INPUTS = (LOGITS, PIXEL_SPACING)
+POSTPROCESS_OUTPUTS = (ENS_MASK, ENS_PROBABILITY, ENS_LESIONS)
 
 ENSEMBLE_INPUTS = (ENS_IMAGE, ENS_REPORT, ENS_PIXEL_SPACING)
 ENSEMBLE_UNET_INPUTS = (ENS_IMAGE, ENS_PIXEL_SPACING)
-ENSEMBLE_OUTPUTS = (ENS_MASK, ENS_PROBABILITY, ENS_LESIONS)
+ENSEMBLE_OUTPUTS = POSTPROCESS_OUTPUTS
 
 # ----------------------------------------------------------------------------- Triton model names
 PREPROCESS_MODEL = "preprocess"
@@ -169,6 +173,119 @@ TEXT_ENCODER_MODEL = "text_encoder"
 SEGMENTER_MODEL = "segmenter"
 SEGMENTER_UNET_MODEL = "segmenter_unet"
 POSTPROCESS_MODEL = "postprocess"
+
+# ----------------------------------------------------------------------------- dynamic axes
+#: Names of the dynamic axes (the ONNX graphs' symbolic dims). Axis 0 of every tensor is the batch;
+#: axis 1 of the text tensors is the token axis (the tokenizer pads to a fixed length, but the graphs
+#: take any length, so a shorter report could be sent shorter).
+BATCH = "batch"
+TOKENS = "tokens"
+#: Triton's max_batch_size unless ``repo build --max-batch-size`` says otherwise. A TensorRT engine's
+#: batch range must reach the repository's max_batch_size (``repo build`` refuses it otherwise), so
+#: ``export trt`` and ``export verify-gpu`` build for this same number by default.
+MAX_BATCH_SIZE = 8
+#: The shortest token axis a TensorRT optimisation profile accepts; the longest, and the optimum, is
+#: the tokenizer's fixed length (TOKENIZER.max_tokens), the only length Triton ever sends.
+MIN_TOKENS = 8
+
+
+def axis_range(axis: str, max_batch: int = MAX_BATCH_SIZE, tokens: int = TOKENIZER.max_tokens) -> tuple[int, int, int]:
+    """(min, opt, max) of a dynamic axis in a TensorRT optimisation profile.
+
+    Batch: 1 .. ``max_batch`` (the Triton max_batch_size), optimum half of it (what a busy dynamic
+    batcher forms); tokens: MIN_TOKENS .. ``tokens``, optimum ``tokens`` (the fixed length).
+    """
+    if axis == BATCH:
+        return 1, max(1, max_batch // 2), max_batch
+    if axis == TOKENS:
+        return MIN_TOKENS, tokens, tokens
+    raise ValueError(f"unknown axis {axis!r}")
+
+
+# ----------------------------------------------------------------------------- models and graphs
+@dataclass(frozen=True)
+class ModelSpec:
+    """A Triton model's inputs and outputs, in the order its config.pbtxt lists them (python-backend
+    models unpack them in that order)."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+    def tensor(self, name: str) -> TensorSpec:
+        for t in self.inputs + self.outputs:
+            if t.name == name:
+                return t
+        raise KeyError(f"{self.name} has no tensor {name!r}")
+
+
+@dataclass(frozen=True)
+class GraphSpec(ModelSpec):
+    """A deployable graph, declared once the way Optimum's model configs do: its inputs, outputs and,
+    per tensor, the dynamic axes ``{axis: BATCH | TOKENS}``.
+
+    Everything that names a graph tensor or decides which of its dims may vary reads this: the ONNX
+    export (input / output names, ``dynamic_axes``, the check against the contract), the TensorRT
+    lint (only these axes may be symbolic), the TensorRT optimisation profiles (:func:`axis_range`
+    per axis) and the Triton configs. ``export_name`` is the graph's file stem and its key in an
+    export folder's model.json: the U-Net's graph is ``segmenter.onnx`` too, served as
+    ``segmenter_unet``. A dim of -1 that is not a dynamic axis is fixed per model (the text width,
+    ``text_hidden`` in model.json).
+    """
+
+    export_name: str = ""
+    dynamic_axes: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for t in self.inputs + self.outputs:
+            axes = self.dynamic_axes.get(t.name)
+            if axes is None or axes.get(0) != BATCH:
+                raise ValueError(f"{self.name}: {t.name} needs axis 0 = {BATCH!r} in dynamic_axes")
+            for axis, label in axes.items():
+                if label not in (BATCH, TOKENS) or (axis > 0 and (axis > len(t.dims) or t.dims[axis - 1] != DYN)):
+                    raise ValueError(f"{self.name}: {t.name} axis {axis} ({label}) is not a dynamic dim of {t.dims}")
+        unknown = set(self.dynamic_axes) - {t.name for t in self.inputs + self.outputs}
+        if unknown:
+            raise ValueError(f"{self.name}: dynamic_axes name tensors it does not have: {sorted(unknown)}")
+
+    @property
+    def onnx_file(self) -> str:
+        return f"{self.export_name}.onnx"
+
+    def onnx_dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """``dynamic_axes`` for ``torch.onnx.export``."""
+        return {name: dict(axes) for name, axes in self.dynamic_axes.items()}
+
+    def dynamic_dims(self) -> dict[str, set[int]]:
+        """tensor -> the dims that may be symbolic (batch included)."""
+        return {name: set(axes) for name, axes in self.dynamic_axes.items()}
+
+
+_BATCH_AXES = {0: BATCH}
+_TEXT_AXES = {0: BATCH, 1: TOKENS}
+
+TEXT_ENCODER_GRAPH = GraphSpec(
+    TEXT_ENCODER_MODEL, TEXT_ENCODER_INPUTS, TEXT_ENCODER_OUTPUTS, export_name="text_encoder",
+    dynamic_axes={INPUT_IDS.name: _TEXT_AXES, ATTENTION_MASK.name: _TEXT_AXES, TEXT_FEATURES.name: _TEXT_AXES})
+SEGMENTER_GRAPH = GraphSpec(
+    SEGMENTER_MODEL, SEGMENTER_INPUTS, SEGMENTER_OUTPUTS, export_name="segmenter",
+    dynamic_axes={IMAGE.name: _BATCH_AXES, TEXT_FEATURES.name: _TEXT_AXES, ATTENTION_MASK.name: _TEXT_AXES,
+                  LOGITS.name: _BATCH_AXES})
+SEGMENTER_UNET_GRAPH = GraphSpec(
+    SEGMENTER_UNET_MODEL, SEGMENTER_UNET_INPUTS, SEGMENTER_OUTPUTS, export_name="segmenter",
+    dynamic_axes={IMAGE.name: _BATCH_AXES, LOGITS.name: _BATCH_AXES})
+#: graph name (= its Triton model) -> graph
+GRAPHS = {g.name: g for g in (TEXT_ENCODER_GRAPH, SEGMENTER_GRAPH, SEGMENTER_UNET_GRAPH)}
+#: the graphs an export of each model kind (ModelConfig.model) holds, in export order
+MODEL_GRAPHS = {"dualpath": (TEXT_ENCODER_GRAPH, SEGMENTER_GRAPH), "unet": (SEGMENTER_UNET_GRAPH,)}
 
 # ----------------------------------------------------------------------------- postprocess
 #: A pixel is lesion when sigmoid(logit) >= THRESHOLD.
@@ -181,18 +298,8 @@ def spec_table() -> dict:
     """Every tensor of the deployment as plain data (written into the export description)."""
     return {
         "contract_version": CONTRACT_VERSION,
-        "text_encoder": {
-            "inputs": [t.to_dict() for t in TEXT_ENCODER_INPUTS],
-            "outputs": [t.to_dict() for t in TEXT_ENCODER_OUTPUTS],
-        },
-        "segmenter": {
-            "inputs": [t.to_dict() for t in SEGMENTER_INPUTS],
-            "outputs": [t.to_dict() for t in SEGMENTER_OUTPUTS],
-        },
-        "segmenter_unet": {
-            "inputs": [t.to_dict() for t in SEGMENTER_UNET_INPUTS],
-            "outputs": [t.to_dict() for t in SEGMENTER_OUTPUTS],
-        },
+        **{g.name: {"inputs": [t.to_dict() for t in g.inputs], "outputs": [t.to_dict() for t in g.outputs]}
+           for g in GRAPHS.values()},
         "ensemble": {
             "inputs": [t.to_dict() for t in ENSEMBLE_INPUTS],
             "outputs": [t.to_dict() for t in ENSEMBLE_OUTPUTS],

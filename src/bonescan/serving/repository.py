@@ -42,7 +42,7 @@ FLAVOR_NOTES = {
 @dataclass
 class RepoOptions:
     flavor: str = "embedded"
-    max_batch_size: int = 8
+    max_batch_size: int = C.MAX_BATCH_SIZE  # TensorRT engines must be built for at least this batch
     instances: int = 1  # instances of text_encoder / segmenter
     python_instances: int = 1  # instances of preprocess / tokenizer / postprocess
     #: text_encoder / segmenter: wait this long to grow a batch. Default: 2000 on a GPU, where a batch
@@ -110,9 +110,10 @@ def _python_model(out: Path, model: str, opts: RepoOptions, inputs, outputs, ext
     (d / "config.pbtxt").write_text(cfg, encoding="utf-8")
 
 
-def _network_model(out: Path, model: str, graph: str, opts: RepoOptions, src_dir: Path, inputs, outputs,
+def _network_model(out: Path, graph: C.GraphSpec, opts: RepoOptions, src_dir: Path,
                    overrides: dict[str, tuple[int, ...]]) -> dict[str, Any]:
-    """text_encoder / segmenter / segmenter_unet in the chosen flavor."""
+    """text_encoder / segmenter / segmenter_unet in the chosen flavor (the graph's name is its model's)."""
+    model, inputs, outputs = graph.name, graph.inputs, graph.outputs
     d = out / model
     (d / "1").mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = {}
@@ -120,7 +121,7 @@ def _network_model(out: Path, model: str, graph: str, opts: RepoOptions, src_dir
     optimization = ""
     if opts.flavor == "embedded":
         runtime = 'backend: "python"'
-        shutil.copy(src_dir / f"{graph}.onnx", d / "1" / "model.onnx")
+        shutil.copy(src_dir / graph.onnx_file, d / "1" / "model.onnx")
         shutil.copy(templates() / model / "1" / "model.py", d / "1" / "model.py")
         _copy_runtime(d / "1")
         kind = "KIND_CPU"
@@ -128,12 +129,12 @@ def _network_model(out: Path, model: str, graph: str, opts: RepoOptions, src_dir
                   f'{{ key: "run_batch" value: {{ string_value: "{opts.run_batch}" }} }} ]')
     elif opts.flavor == "onnxruntime":
         runtime = 'platform: "onnxruntime_onnx"'
-        shutil.copy(src_dir / f"{graph}.onnx", d / "1" / "model.onnx")
+        shutil.copy(src_dir / graph.onnx_file, d / "1" / "model.onnx")
         kind = "KIND_GPU" if opts.device == "gpu" else "KIND_CPU"
     else:
         from bonescan.export.trt import check_engine_version
 
-        plan = src_dir / f"{graph}.plan"
+        plan = src_dir / f"{graph.export_name}.plan"
         if not plan.is_file():
             raise BonescanError(f"{plan}: missing; build engines with `bonescan export trt` first")
         info = check_engine_version(plan)
@@ -212,16 +213,14 @@ def _build(src: Path, out: Path, opts: RepoOptions, desc: dict[str, Any], baseli
     from bonescan.export.onnx_export import read_description
 
     hidden = int(desc["text_hidden"])
-    overrides = {"text_features": (C.DYN, hidden)}
+    overrides = {C.TEXT_FEATURES.name: (C.DYN, hidden)}  # the text width is fixed per model
     engines: dict[str, Any] = {}
 
     _python_model(out, C.PREPROCESS_MODEL, opts, C.PREPROCESS_INPUTS, C.PREPROCESS_OUTPUTS)
     _python_model(out, C.TOKENIZER_MODEL, opts, C.TOKENIZER_INPUTS, C.TOKENIZER_OUTPUTS,
                   {"tokenizer.json": src / "tokenizer" / "tokenizer.json"})
-    engines[C.TEXT_ENCODER_MODEL] = _network_model(out, C.TEXT_ENCODER_MODEL, "text_encoder", opts, src,
-                                                   C.TEXT_ENCODER_INPUTS, C.TEXT_ENCODER_OUTPUTS, overrides)
-    engines[C.SEGMENTER_MODEL] = _network_model(out, C.SEGMENTER_MODEL, "segmenter", opts, src,
-                                                C.SEGMENTER_INPUTS, C.SEGMENTER_OUTPUTS, overrides)
+    for graph in C.MODEL_GRAPHS["dualpath"]:
+        engines[graph.name] = _network_model(out, graph, opts, src, overrides)
     _python_model(out, C.POSTPROCESS_MODEL, opts, C.POSTPROCESS_INPUTS, C.ENSEMBLE_OUTPUTS)
     _ensemble(out, C.ENSEMBLE_MODEL, opts, C.ENSEMBLE_INPUTS, desc)
     models = [C.PREPROCESS_MODEL, C.TOKENIZER_MODEL, C.TEXT_ENCODER_MODEL, C.SEGMENTER_MODEL, C.POSTPROCESS_MODEL, C.ENSEMBLE_MODEL]
@@ -230,8 +229,8 @@ def _build(src: Path, out: Path, opts: RepoOptions, desc: dict[str, Any], baseli
         base_desc = read_description(baseline)
         if base_desc["model"] != "unet":
             raise BonescanError(f"{baseline}: holds a {base_desc['model']} export; --baseline takes the U-Net")
-        engines[C.SEGMENTER_UNET_MODEL] = _network_model(out, C.SEGMENTER_UNET_MODEL, "segmenter", opts, Path(baseline),
-                                                         C.SEGMENTER_UNET_INPUTS, C.SEGMENTER_OUTPUTS, {})
+        for graph in C.MODEL_GRAPHS["unet"]:
+            engines[graph.name] = _network_model(out, graph, opts, Path(baseline), {})
         _ensemble(out, C.ENSEMBLE_UNET_MODEL, opts, C.ENSEMBLE_UNET_INPUTS, base_desc)
         models += [C.SEGMENTER_UNET_MODEL, C.ENSEMBLE_UNET_MODEL]
     manifest = {

@@ -1,0 +1,81 @@
+"""The contract drives the graph tensors: export names and dynamic axes, the TensorRT lint and
+profiles, the batch-size defaults (no server, no training)."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import onnx
+import pytest
+from bonescan.export.trt import export_trt, profile_shapes
+from bonescan.export.trt_compat import check_file
+from bonescan.export.verify_gpu import verify_gpu
+from onnx import TensorProto, helper
+
+from bonescan import contract as C
+from bonescan.serving.repository import RepoOptions
+
+
+def test_every_graph_tensor_has_a_dynamic_batch_and_text_tensors_a_token_axis():
+    text = {C.INPUT_IDS.name, C.ATTENTION_MASK.name, C.TEXT_FEATURES.name}
+    for g in C.GRAPHS.values():
+        for t in g.inputs + g.outputs:
+            want = {0: C.BATCH, 1: C.TOKENS} if t.name in text else {0: C.BATCH}
+            assert dict(g.dynamic_axes[t.name]) == want, (g.name, t.name)
+    assert [g.name for g in C.MODEL_GRAPHS["dualpath"]] == ["text_encoder", "segmenter"]
+    assert [g.onnx_file for g in C.MODEL_GRAPHS["unet"]] == ["segmenter.onnx"]
+
+
+def test_a_dynamic_axis_must_be_a_dynamic_dim_of_the_contract():
+    with pytest.raises(ValueError, match="not a dynamic dim"):
+        C.GraphSpec("g", (C.IMAGE,), (C.LOGITS,), export_name="g",
+                    dynamic_axes={C.IMAGE.name: {0: C.BATCH, 2: C.TOKENS}, C.LOGITS.name: {0: C.BATCH}})
+    with pytest.raises(ValueError, match="axis 0"):
+        C.GraphSpec("g", (C.IMAGE,), (C.LOGITS,), export_name="g", dynamic_axes={C.IMAGE.name: {0: C.BATCH}})
+
+
+@pytest.mark.parametrize("graph", sorted(C.GRAPHS))
+def test_tensorrt_profiles_follow_the_contract(graph):
+    spec = C.GRAPHS[graph]
+    hidden = 64
+    shapes = profile_shapes(graph, 6, hidden)
+    assert list(shapes) == list(spec.input_names)
+    for t in spec.inputs:
+        s = shapes[t.name]
+        for k, d in enumerate((C.DYN, *t.dims)):
+            got = (s.min[k], s.opt[k], s.max[k])
+            if k in spec.dynamic_axes[t.name]:
+                assert got == C.axis_range(spec.dynamic_axes[t.name][k], 6), (t.name, k)
+            else:
+                assert got == ((d,) * 3 if d != C.DYN else (hidden,) * 3), (t.name, k)
+
+
+def _io(name: str, dims: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
+
+
+def test_lint_allows_exactly_the_contracts_dynamic_axes(tmp_path: Path):
+    """A segmenter whose text tensors vary in batch and tokens passes; a symbolic image height fails."""
+    h, w = C.IMAGE_HEIGHT, C.IMAGE_WIDTH
+    ok_image = _io(C.IMAGE.name, [C.BATCH, 2, h, w])
+    bad_image = _io(C.IMAGE.name, [C.BATCH, 2, "height", w])
+    feats = _io(C.TEXT_FEATURES.name, [C.BATCH, C.TOKENS, 32])
+    mask = helper.make_tensor_value_info(C.ATTENTION_MASK.name, TensorProto.INT32, [C.BATCH, C.TOKENS])
+    logits = _io(C.LOGITS.name, [C.BATCH, 1, h, w])
+    node = helper.make_node("Slice", [C.IMAGE.name, "s", "e", "a"], [C.LOGITS.name], name="first_view")
+    consts = [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in (("s", 0), ("e", 1), ("a", 1))]
+    for image, findings in ((ok_image, 0), (bad_image, 1)):
+        g = helper.make_graph([node], "segmenter", [image, feats, mask], [logits], initializer=consts)
+        path = tmp_path / C.SEGMENTER_GRAPH.onnx_file
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        got = check_file(path)
+        assert len(got) == findings, [str(f) for f in got]
+        assert all(f.node == C.IMAGE.name and "dimension 2" in f.rule for f in got)
+
+
+def test_batch_size_defaults_come_from_the_contract():
+    """Engines built with the defaults serve in a repository built with the defaults."""
+    assert RepoOptions().max_batch_size == C.MAX_BATCH_SIZE
+    assert inspect.signature(export_trt).parameters["max_batch"].default == C.MAX_BATCH_SIZE
+    assert inspect.signature(verify_gpu).parameters["max_batch"].default == C.MAX_BATCH_SIZE
