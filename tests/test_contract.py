@@ -79,3 +79,36 @@ def test_batch_size_defaults_come_from_the_contract():
     assert RepoOptions().max_batch_size == C.MAX_BATCH_SIZE
     assert inspect.signature(export_trt).parameters["max_batch"].default == C.MAX_BATCH_SIZE
     assert inspect.signature(verify_gpu).parameters["max_batch"].default == C.MAX_BATCH_SIZE
+
+
+@pytest.mark.parametrize("name", sorted(C.ENSEMBLES))
+def test_generated_ensemble_configs_parse_and_equal_the_chain(name, tmp_path: Path):
+    from tritonclient.grpc.model_config_pb2 import DataType
+
+    from bonescan.serving.repository import ensemble_config, parse_config
+
+    chain = C.ENSEMBLES[name]
+    path = tmp_path / "config.pbtxt"
+    path.write_text(ensemble_config(chain, 6, {"bonescan_flavor": "embedded"}), encoding="utf-8")
+    cfg = parse_config(path)
+    assert (cfg.name, cfg.platform, cfg.max_batch_size) == (name, "ensemble", 6)
+    for got, want in ((cfg.input, chain.inputs), (cfg.output, chain.outputs)):
+        assert [(t.name, t.data_type, list(t.dims)) for t in got] == [(t.name, DataType.Value(t.config_dtype), list(t.dims)) for t in want]
+    steps = [(s.model_name, s.model_version, dict(s.input_map), dict(s.output_map)) for s in cfg.ensemble_scheduling.step]
+    assert steps == [(s.model.name, -1, dict(s.input_map), dict(s.output_map)) for s in chain.steps]
+    assert cfg.parameters["bonescan_flavor"].string_value == "embedded"
+
+
+def test_a_parallel_or_broken_chain_is_refused():
+    """The earlier layout (the text branch beside preprocess) deadlocked Triton 2.51; the contract refuses it."""
+    pre = C.step(C.PREPROCESS_SPEC, C.ENSEMBLE_UNET_INPUTS, (C.IMAGE, C.PIXEL_SPACING))
+    tok_from_request = C.Step(C.TOKENIZER_SPEC, ((C.REPORT.name, C.ENS_REPORT.name),), C.ENSEMBLE_CHAIN.steps[1].output_map)
+    steps = C.ENSEMBLE_CHAIN.steps
+    with pytest.raises(ValueError, match="first step must read every ensemble input"):
+        C.EnsembleSpec("x", "", C.ENSEMBLE_INPUTS, C.ENSEMBLE_OUTPUTS, (pre, tok_from_request, *steps[2:]))
+    with pytest.raises(ValueError, match="postprocess can start before text_encoder ends"):
+        C.EnsembleSpec("x", "", C.ENSEMBLE_INPUTS, C.ENSEMBLE_OUTPUTS, (*steps[:3], steps[4], steps[3]))
+    with pytest.raises(ValueError, match="no step produces"):
+        C.EnsembleSpec("x", "", C.ENSEMBLE_INPUTS, C.ENSEMBLE_OUTPUTS, C.ENSEMBLE_CHAIN.steps[:-1])
+    with pytest.raises(ValueError, match="must feed"):
+        C.step(C.SEGMENTER_GRAPH, (C.IMAGE,))

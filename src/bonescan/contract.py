@@ -1,7 +1,7 @@
 """The one source of truth for everything two components must agree on.
 
 Image geometry, view layout, tensor names / dtypes / shapes of the deployable graphs and of the
-Triton ensemble, which axes of the graphs are dynamic (and the ranges TensorRT profiles give them),
+Triton ensembles, the ensembles' chains of steps, which axes of the graphs are dynamic (and the ranges TensorRT profiles give them),
 tokenizer settings, the decision threshold and the Triton model names are defined here once.
 Training, export (ONNX names and dynamic axes, TensorRT lint and profiles), the Triton configs
 (generated), the python-backend models (this file is copied next to them by ``bonescan repo
@@ -286,6 +286,90 @@ SEGMENTER_UNET_GRAPH = GraphSpec(
 GRAPHS = {g.name: g for g in (TEXT_ENCODER_GRAPH, SEGMENTER_GRAPH, SEGMENTER_UNET_GRAPH)}
 #: the graphs an export of each model kind (ModelConfig.model) holds, in export order
 MODEL_GRAPHS = {"dualpath": (TEXT_ENCODER_GRAPH, SEGMENTER_GRAPH), "unet": (SEGMENTER_UNET_GRAPH,)}
+
+# ----------------------------------------------------------------------------- ensembles
+PREPROCESS_SPEC = ModelSpec(PREPROCESS_MODEL, PREPROCESS_INPUTS, PREPROCESS_OUTPUTS)
+TOKENIZER_SPEC = ModelSpec(TOKENIZER_MODEL, TOKENIZER_INPUTS, TOKENIZER_OUTPUTS)
+POSTPROCESS_SPEC = ModelSpec(POSTPROCESS_MODEL, POSTPROCESS_INPUTS, POSTPROCESS_OUTPUTS)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of an ensemble: a model, and the ensemble tensor behind each input / output it uses."""
+
+    model: ModelSpec
+    input_map: tuple[tuple[str, str], ...]  # (model input, ensemble tensor)
+    output_map: tuple[tuple[str, str], ...]  # (model output, ensemble tensor)
+
+    def reads(self) -> set[str]:
+        return {v for _, v in self.input_map}
+
+    def writes(self) -> set[str]:
+        return {v for _, v in self.output_map}
+
+
+def step(model: ModelSpec, inputs: tuple[TensorSpec, ...] | None = None, outputs: tuple[TensorSpec, ...] | None = None) -> Step:
+    """A step using ``inputs`` / ``outputs`` of ``model`` (default: all of them) under their own
+    names; only an optional input may be left out."""
+    inputs = model.inputs if inputs is None else inputs
+    outputs = model.outputs if outputs is None else outputs
+    for t in inputs + outputs:
+        model.tensor(t.name)
+    left_out = [t.name for t in model.inputs if not t.optional and t.name not in {i.name for i in inputs}]
+    if left_out:
+        raise ValueError(f"a {model.name} step must feed {left_out}")
+    return Step(model, tuple((t.name, t.name) for t in inputs), tuple((t.name, t.name) for t in outputs))
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """An ensemble, declared as a chain of steps; ``bonescan repo build`` generates its config.pbtxt.
+
+    Checked when the contract is imported: the first step reads every ensemble input and no later
+    step reads one (the first step checks them all); every later step reads an output of the step
+    before it, so at most one step of a request is in flight and a refused request has no step left
+    running (Triton 2.51 deadlocked its gRPC frontend when a parallel step finished after the
+    ensemble had already failed); each step's inputs exist, with its dtypes, when it runs; every
+    ensemble output is produced.
+    """
+
+    name: str
+    doc: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    steps: tuple[Step, ...]
+
+    def __post_init__(self) -> None:
+        dtypes = {t.name: t.dtype for t in self.inputs}
+        if not self.steps or self.steps[0].reads() != set(dtypes):
+            raise ValueError(f"{self.name}: the first step must read every ensemble input, and only those")
+        for i, s in enumerate(self.steps):
+            if i > 0 and s.reads() & {t.name for t in self.inputs}:
+                raise ValueError(f"{self.name}: {s.model.name} reads an ensemble input the first step has not checked")
+            if i > 0 and not s.reads() & self.steps[i - 1].writes():
+                raise ValueError(f"{self.name}: {s.model.name} can start before {self.steps[i - 1].model.name} ends")
+            for key, tensor in s.input_map:
+                if dtypes.get(tensor) != s.model.tensor(key).dtype:
+                    raise ValueError(f"{self.name}: {s.model.name} input {key} needs {tensor} as "
+                                     f"{s.model.tensor(key).dtype}, the chain has {dtypes.get(tensor)}")
+            dtypes.update({tensor: s.model.tensor(key).dtype for key, tensor in s.output_map})
+        for t in self.outputs:
+            if dtypes.get(t.name) != t.dtype:
+                raise ValueError(f"{self.name}: no step produces output {t.name} as {t.dtype}")
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(s.model.name for s in self.steps)
+
+
+ENSEMBLE_CHAIN = EnsembleSpec(
+    ENSEMBLE_MODEL, "the ensemble clinical software calls", ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS,
+    (step(PREPROCESS_SPEC), step(TOKENIZER_SPEC), step(TEXT_ENCODER_GRAPH), step(SEGMENTER_GRAPH), step(POSTPROCESS_SPEC)))
+ENSEMBLE_UNET_CHAIN = EnsembleSpec(
+    ENSEMBLE_UNET_MODEL, "the image-only baseline", ENSEMBLE_UNET_INPUTS, ENSEMBLE_OUTPUTS,
+    (step(PREPROCESS_SPEC, ENSEMBLE_UNET_INPUTS, (IMAGE, PIXEL_SPACING)), step(SEGMENTER_UNET_GRAPH), step(POSTPROCESS_SPEC)))
+#: ensemble name -> chain; the dual-path one first (``repo build`` builds the U-Net one with --baseline)
+ENSEMBLES = {e.name: e for e in (ENSEMBLE_CHAIN, ENSEMBLE_UNET_CHAIN)}
 
 # ----------------------------------------------------------------------------- postprocess
 #: A pixel is lesion when sigmoid(logit) >= THRESHOLD.
