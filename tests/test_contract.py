@@ -112,3 +112,21 @@ def test_a_parallel_or_broken_chain_is_refused():
         C.EnsembleSpec("x", "", C.ENSEMBLE_INPUTS, C.ENSEMBLE_OUTPUTS, C.ENSEMBLE_CHAIN.steps[:-1])
     with pytest.raises(ValueError, match="must feed"):
         C.step(C.SEGMENTER_GRAPH, (C.IMAGE,))
+
+
+@pytest.mark.parametrize("spec", [C.PREPROCESS_SPEC, C.TOKENIZER_SPEC, C.POSTPROCESS_SPEC, *C.GRAPHS.values()],
+                         ids=lambda s: s.name)
+def test_python_models_read_the_contracts_tensors_from_their_config(spec, tmp_path: Path):
+    """What a python-backend model's initialize() reads back from its generated config is the contract."""
+    import numpy as np
+    from google.protobuf.json_format import MessageToDict
+
+    from bonescan.serving.pybackend import config_tensors
+    from bonescan.serving.repository import parse_config, tensor_block
+
+    path = tmp_path / "config.pbtxt"
+    path.write_text(f'name: "{spec.name}"\n{tensor_block("input", spec.inputs)}\n{tensor_block("output", spec.outputs)}\n')
+    inputs, outputs = config_tensors(MessageToDict(parse_config(path), preserving_proto_field_name=True))
+    for got, want in ((inputs, spec.inputs), (outputs, spec.outputs)):
+        assert [(t.name, t.dtype, t.dims, t.optional) for t in got] == \
+            [(t.name, np.dtype(t.dtype), t.dims, t.optional) for t in want]

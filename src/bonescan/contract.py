@@ -122,6 +122,20 @@ NUMPY_TO_TRITON = {
     "object": "BYTES",
 }
 
+
+
+def config_dtype_to_numpy(data_type: str) -> str:
+    """A config.pbtxt ``data_type`` ("TYPE_FP32", "TYPE_STRING") -> numpy dtype name (the inverse
+    of :attr:`TensorSpec.config_dtype`); python-backend models read their dtypes with it."""
+    name = data_type.removeprefix("TYPE_")
+    if name == "STRING":
+        return "object"
+    for np_name, triton in NUMPY_TO_TRITON.items():
+        if triton == name:
+            return np_name
+    raise ValueError(f"no numpy dtype for {data_type}")
+
+
 IMAGE_DIMS = (IMAGE_CHANNELS, IMAGE_HEIGHT, IMAGE_WIDTH)
 DYN = -1
 
