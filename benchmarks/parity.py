@@ -28,13 +28,13 @@ def bench_parity(checkpoint: Path, export: Path, data: Path, server_url: str, mo
                  split: str = "test", out: Path | None = None, threads: int = 2, progress: bool = True) -> dict[str, Any]:
     from bonescan.client import BoneScanClient
     from bonescan.client.inputs import Request
-    from bonescan.export.onnx_export import OrtPipeline
     from tqdm import tqdm
 
     from bonescan.data.dataset import BoneScanDataset
     from bonescan.metrics import scan_metrics
     from bonescan.model.checkpoint import Predictor
     from bonescan.postprocess import postprocess, sigmoid
+    from bonescan.serving.ort_pipeline import OrtPipeline
 
     t0 = time.perf_counter()
     pred = Predictor(checkpoint, threads=threads)

@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bonescan import contract as C
 from bonescan.errors import BonescanError
 
@@ -187,33 +185,3 @@ def read_description(export_dir: str | Path) -> dict[str, Any]:
     if d.get("format") != FORMAT:
         raise BonescanError(f"{p}: not a {FORMAT} description")
     return d
-
-
-def ort_session(path: str | Path, threads: int = 2):
-    """An onnxruntime CPU session with the settings Triton's embedded flavor uses (parity checks, benchmarks)."""
-    from bonescan.serving.onnx_runner import cpu_session
-
-    return cpu_session(path, threads)
-
-
-class OrtPipeline:
-    """In-process onnxruntime running the exported graphs, the way Triton runs them."""
-
-    def __init__(self, export_dir: str | Path, threads: int = 2):
-        from bonescan.tokenize import ReportTokenizer
-
-        self.dir = Path(export_dir)
-        self.desc = read_description(self.dir)
-        self.text_guided = "text_encoder" in self.desc["graphs"]
-        self.seg = ort_session(self.dir / "segmenter.onnx", threads)
-        self.text = ort_session(self.dir / "text_encoder.onnx", threads) if self.text_guided else None
-        self.tokenizer = ReportTokenizer(self.dir / "tokenizer" / "tokenizer.json") if self.text_guided else None
-
-    def logits(self, images: np.ndarray, reports: list[str] | None = None) -> np.ndarray:
-        images = np.ascontiguousarray(images, dtype=np.float32)
-        if not self.text_guided:
-            return self.seg.run(["logits"], {"image": images})[0]
-        assert self.tokenizer is not None and self.text is not None
-        ids, mask = self.tokenizer(reports if reports is not None else [""] * len(images))
-        feats = self.text.run(["text_features"], {"input_ids": ids, "attention_mask": mask})[0]
-        return self.seg.run(["logits"], {"image": images, "text_features": feats, "attention_mask": mask})[0]

@@ -31,11 +31,12 @@ def mask_dsc(a: np.ndarray, b: np.ndarray) -> float:
 
 def check_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Path, split: str = "test", n: int = 16,
                  max_batch: int = 4, json_out: str | Path | None = None, threads: int = 2, progress: bool = True) -> dict[str, Any]:
-    from bonescan.export.onnx_export import OrtPipeline, read_description
+    from bonescan.export.onnx_export import read_description
     from tqdm import tqdm
 
     from bonescan.data.dataset import BoneScanDataset
     from bonescan.model.checkpoint import Predictor
+    from bonescan.serving.ort_pipeline import OrtPipeline
 
     t0 = time.perf_counter()
     desc = read_description(export_dir)

@@ -237,10 +237,10 @@ def calibration_feeds(graph: str, export_dir: Path, n: int = 64, batch: int = 4,
     """Synthetic cases as calibration batches for ``graph`` (its export name; the segmenter's text
     features come from the exported text encoder run in onnxruntime)."""
     import numpy as np
-    from bonescan.export.onnx_export import OrtPipeline
 
     from bonescan.contract import to_model_frame
     from bonescan.data.synth import synth_case
+    from bonescan.serving.ort_pipeline import OrtPipeline
 
     pipe = OrtPipeline(export_dir)
     for start in range(0, n, batch):

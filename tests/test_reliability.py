@@ -12,13 +12,13 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from bonescan.benchmarks.faults import SECRET_REPORT, bad_requests, grpc_inputs
 from bonescan.client import BoneScanClient, prepare
-from bonescan.export.onnx_export import OrtPipeline
 
 from bonescan import contract as C
 from bonescan.data.dataset import BoneScanDataset
 from bonescan.data.io import CaseError
 from bonescan.errors import BonescanError
 from bonescan.postprocess import postprocess
+from bonescan.serving.ort_pipeline import OrtPipeline
 from bonescan.serving.server import ADMIN_HEADER, ADMIN_HEADER_GRPC, TritonServer, free_ports
 
 SECRET = SECRET_REPORT

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from bonescan.benchmarks.faults import grpc_inputs
-from bonescan.export.onnx_export import OrtPipeline
 
 from bonescan import contract as C
 from bonescan.data.dataset import BoneScanDataset
 from bonescan.postprocess import postprocess
+from bonescan.serving.ort_pipeline import OrtPipeline
 from bonescan.serving.repository import parse_config, read_manifest
 
 MARKER = "标记MARKER7781不应出现在日志"  # a report string that must never reach a log

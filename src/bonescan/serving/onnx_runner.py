@@ -7,9 +7,13 @@ from another export fails to load instead of failing requests); ``parameters { k
 "intra_op_threads" }`` sets onnxruntime's threads and ``run_batch`` how many rows one
 ``session.run`` takes (0: the whole batch). The session is opened
 once in initialize(); execute() gathers all queued requests into one batch and runs it in chunks of
-``run_batch`` rows. On a CPU a bigger run does not pay: the paper-size segmenter takes 2.10 s per scan
-alone, 2.33 s in a batch of 2 and 2.48 s in a batch of 4 (its activations leave the caches), and
-memory grows with the batch; so the embedded flavor runs one scan at a time by default.
+``run_batch`` rows. On a CPU a bigger run does not pay: the paper-size segmenter took longer per
+scan in a batch of 2 or 4 than alone (its activations leave the caches), and memory grows with the
+batch; so the embedded flavor runs one scan at a time by default. ``bonescan bench latency``
+measures it (the README lists the figures).
+
+:func:`cpu_session` is the one onnxruntime session setup of the project: the served models and the
+in-process pipeline (:mod:`bonescan.serving.ort_pipeline`) both open their sessions with it.
 """
 
 from __future__ import annotations

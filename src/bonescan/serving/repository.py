@@ -52,7 +52,7 @@ class RepoOptions:
     instances: int = 1  # instances of text_encoder / segmenter
     python_instances: int = 1  # instances of preprocess / tokenizer / postprocess
     #: text_encoder / segmenter: wait this long to grow a batch. Default: 2000 on a GPU, where a batch
-    #: pays off; 0 for the embedded CPU flavor, where a batch saves ~7 % and the wait costs every request
+    #: pays off; 0 for the embedded CPU flavor, where a batch saves little and the wait costs every request
     #: (requests that queue while an instance is busy are still batched)
     queue_delay_us: int | None = None
     #: python steps: per-request work, a batch saves nothing, so no waiting
