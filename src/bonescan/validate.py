@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bonescan.contract import ENS_IMAGE, ENS_REPORT, IMAGE_DIMS, MAX_COUNT
+from bonescan.contract import ENS_IMAGE, ENS_PIXEL_SPACING, ENS_REPORT, IMAGE_DIMS, MAX_COUNT
 from bonescan.tokenize import ReportError, decode_report
 
 MIN_SPACING_MM = 0.1
@@ -34,7 +34,7 @@ def image_problem(image: np.ndarray, field: str = ENS_IMAGE.name) -> str | None:
     return None
 
 
-def spacing_problem(spacing: np.ndarray, field: str = "PIXEL_SPACING") -> str | None:
+def spacing_problem(spacing: np.ndarray, field: str = ENS_PIXEL_SPACING.name) -> str | None:
     s = np.asarray(spacing, dtype=np.float64).reshape(-1)
     if s.shape != (2,):
         return f"{field} must hold 2 values (row, column mm), got {s.size}"
