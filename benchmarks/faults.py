@@ -164,8 +164,8 @@ def storm(repo: Path, export: Path, data: Path, rounds: int = 10, concurrency: i
 
 
 def _expected(export: Path, cases: list) -> list[np.ndarray]:
-    from bonescan.export.onnx_export import OrtPipeline
     from bonescan.postprocess import postprocess
+    from bonescan.serving.ort_pipeline import OrtPipeline
 
     pipe = OrtPipeline(export)
     return [postprocess(pipe.logits(img[None], [rep] if pipe.text_guided else None), np.array([sp], np.float32))[0][0, 0]

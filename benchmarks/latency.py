@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from bonescan import contract as C
+from bonescan.errors import BonescanError
 
 CONCURRENCY = (1, 2, 4, 8, 16)
 
@@ -324,20 +325,21 @@ def load_cases(data: Path, n: int) -> list:
         if len(out) >= n:
             break
     if not out:
-        raise SystemExit(f"{data}: no test cases")
+        raise BonescanError(f"{data}: no test cases")
     return out
 
 
 def bench_latency(checkpoint: Path, data: Path, out: Path, config_name: str | None = None, export: Path | None = None,
                   repo: Path | None = None, concurrency: tuple[int, ...] = CONCURRENCY, requests_per_level: int = 0,
                   inprocess_n: int = 0, threads: int = 2, use_perf_analyzer: bool = True, server_url: str | None = None,
-                  max_batch_size: int = 8, n_cases: int = 8) -> dict[str, Any]:
+                  max_batch_size: int = C.MAX_BATCH_SIZE, n_cases: int = 8) -> dict[str, Any]:
     """Run everything and write out/latency.json; returns the results."""
     import torch
 
-    from bonescan.export.onnx_export import OrtPipeline, export_onnx
+    from bonescan.export.onnx_export import export_onnx
     from bonescan.model.checkpoint import Predictor
     from bonescan.postprocess import postprocess
+    from bonescan.serving.ort_pipeline import OrtPipeline
     from bonescan.serving.repository import RepoOptions, build_repository
     from bonescan.serving.server import TritonServer, free_ports
 
@@ -390,15 +392,14 @@ def bench_latency(checkpoint: Path, data: Path, out: Path, config_name: str | No
             repo = out / "repo"
             is_dual = "text_encoder" in json.loads((export / "model.json").read_text())["graphs"]
             if not is_dual:
-                raise SystemExit("bench latency serves the dual-path model; pass --server for a running bonescan_unet")
+                raise BonescanError("bench latency serves the dual-path model; pass --server for a running bonescan_unet")
             build_repository(export, repo, RepoOptions(max_batch_size=max_batch_size, intra_op_threads=threads))
         grpc, http, metrics = free_ports(3)
         server = TritonServer(repo, grpc, http, metrics, log_file=out / "tritonserver.log")
         print(f"[bench] starting tritonserver on {repo} ...", flush=True)
         server.start(timeout=600)
         server_url = server.grpc_url
-    members = [C.PREPROCESS_MODEL, C.TOKENIZER_MODEL, C.TEXT_ENCODER_MODEL, C.SEGMENTER_MODEL, C.POSTPROCESS_MODEL] \
-        if model == C.ENSEMBLE_MODEL else [C.PREPROCESS_MODEL, C.SEGMENTER_UNET_MODEL, C.POSTPROCESS_MODEL]
+    members = list(C.ENSEMBLES[model].models)
     try:
         sampler = MemorySampler(server.proc.pid) if server and server.proc else None
         if sampler:

@@ -31,10 +31,10 @@ def bench_parity(checkpoint: Path, export: Path, data: Path, server_url: str, mo
     from bonescan.client import BoneScanClient
     from bonescan.client.inputs import Request
     from bonescan.data.dataset import BoneScanDataset
-    from bonescan.export.onnx_export import OrtPipeline
     from bonescan.metrics import scan_metrics
     from bonescan.model.checkpoint import Predictor
     from bonescan.postprocess import postprocess, sigmoid
+    from bonescan.serving.ort_pipeline import OrtPipeline
 
     t0 = time.perf_counter()
     pred = Predictor(checkpoint, threads=threads)

@@ -7,9 +7,10 @@ Output folder::
     segmenter.onnx        # (image[, text_features, attention_mask]) -> logits
     tokenizer/            # tokenizer.json (+ vocab.txt, configs), dualpath only
 
-Graphs have a dynamic batch dimension (and a dynamic token dimension for text), are simplified
-with onnxslim (constant folding, dead-node removal), and pass ``onnx.checker`` and strict shape
-inference. The Triton configs and the client are generated from model.json.
+Names and dynamic axes (batch, and tokens for text) come from the contract's graph declarations
+(:data:`bonescan.contract.GRAPHS`). Graphs are simplified with onnxslim (constant folding,
+dead-node removal), and pass ``onnx.checker`` and strict shape inference. The Triton configs and
+the client are generated from model.json.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bonescan import contract as C
 from bonescan.errors import BonescanError
 
@@ -30,8 +29,6 @@ log = logging.getLogger("bonescan.export")
 
 FORMAT = "bonescan-export/1"
 OPSET = 17
-BATCH = "batch"
-TOKENS = "tokens"
 DESCRIPTION = "model.json"
 
 
@@ -67,9 +64,9 @@ def describe_graph(path: Path) -> dict[str, Any]:
             "opset": int(next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))), "nodes": len(m.graph.node)}
 
 
-def check_against_contract(graph: dict[str, Any], inputs: tuple[C.TensorSpec, ...], outputs: tuple[C.TensorSpec, ...]) -> None:
+def check_against_contract(graph: dict[str, Any], spec: C.GraphSpec) -> None:
     """The exported graph's tensors must be the contract's: names, dtypes, static dims."""
-    for kind, got, want in (("input", graph["inputs"], inputs), ("output", graph["outputs"], outputs)):
+    for kind, got, want in (("input", graph["inputs"], spec.inputs), ("output", graph["outputs"], spec.outputs)):
         if [g["name"] for g in got] != [w.name for w in want]:
             raise BonescanError(f"{graph['file']}: {kind}s {[g['name'] for g in got]} != contract {[w.name for w in want]}")
         for g, w in zip(got, want):
@@ -95,7 +92,7 @@ def simplify(path: Path) -> None:
     onnx.shape_inference.infer_shapes_path(str(path), strict_mode=True)
 
 
-def _export(module, args: tuple, path: Path, input_names: list[str], output_names: list[str], dynamic: dict[str, dict[int, str]]) -> None:
+def _export(module, args: tuple, path: Path, spec: C.GraphSpec) -> None:
     import warnings
 
     import torch
@@ -108,13 +105,24 @@ def _export(module, args: tuple, path: Path, input_names: list[str], output_name
             module,
             args,
             str(path),
-            input_names=input_names,
-            output_names=output_names,
-            dynamic_axes=dynamic,
+            input_names=list(spec.input_names),
+            output_names=list(spec.output_names),
+            dynamic_axes=spec.onnx_dynamic_axes(),
             opset_version=OPSET,
             do_constant_folding=True,
             dynamo=False,
         )
+
+
+def _export_graph(module, args: tuple, out: Path, spec: C.GraphSpec, simplify_graph: bool) -> dict[str, Any]:
+    """Export one graph as the contract declares it, simplify it, check it; returns its description."""
+    path = out / spec.onnx_file
+    _export(module, args, path, spec)
+    if simplify_graph:
+        simplify(path)
+    desc = describe_graph(path)
+    check_against_contract(desc, spec)
+    return desc
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, simplify_graphs: bool = True) -> dict[str, Any]:
@@ -137,30 +145,15 @@ def export_onnx(checkpoint: str | Path, out: str | Path, simplify_graphs: bool =
         tok = ckpt.report_tokenizer()
         ids, mask = tok(["检查所见：T7椎体见放射性浓聚。", ""])
         ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
-        p = out / "text_encoder.onnx"
-        _export(net.text_encoder, (ids_t, mask_t), p, ["input_ids", "attention_mask"], ["text_features"],
-                {"input_ids": {0: BATCH, 1: TOKENS}, "attention_mask": {0: BATCH, 1: TOKENS}, "text_features": {0: BATCH, 1: TOKENS}})
-        if simplify_graphs:
-            simplify(p)
-        graphs["text_encoder"] = describe_graph(p)
-        check_against_contract(graphs["text_encoder"], C.TEXT_ENCODER_INPUTS, C.TEXT_ENCODER_OUTPUTS)
+        te, seg = C.TEXT_ENCODER_GRAPH, C.SEGMENTER_GRAPH
+        graphs[te.export_name] = _export_graph(net.text_encoder, (ids_t, mask_t), out, te, simplify_graphs)
         with torch.no_grad():
             feats = net.text_encoder(ids_t, mask_t)
-        p = out / "segmenter.onnx"
-        _export(net.segmenter, (image, feats, mask_t), p, ["image", "text_features", "attention_mask"], ["logits"],
-                {"image": {0: BATCH}, "text_features": {0: BATCH, 1: TOKENS}, "attention_mask": {0: BATCH, 1: TOKENS}, "logits": {0: BATCH}})
-        if simplify_graphs:
-            simplify(p)
-        graphs["segmenter"] = describe_graph(p)
-        check_against_contract(graphs["segmenter"], C.SEGMENTER_INPUTS, C.SEGMENTER_OUTPUTS)
+        graphs[seg.export_name] = _export_graph(net.segmenter, (image, feats, mask_t), out, seg, simplify_graphs)
         write_tokenizer_files(ckpt.tokenizer_files, out / "tokenizer")
     else:
-        p = out / "segmenter.onnx"
-        _export(net.segmenter, (image,), p, ["image"], ["logits"], {"image": {0: BATCH}, "logits": {0: BATCH}})
-        if simplify_graphs:
-            simplify(p)
-        graphs["segmenter"] = describe_graph(p)
-        check_against_contract(graphs["segmenter"], C.SEGMENTER_UNET_INPUTS, C.SEGMENTER_OUTPUTS)
+        seg = C.SEGMENTER_UNET_GRAPH
+        graphs[seg.export_name] = _export_graph(net.segmenter, (image,), out, seg, simplify_graphs)
     desc = {
         "format": FORMAT,
         "model": ckpt.cfg.model,
@@ -192,33 +185,3 @@ def read_description(export_dir: str | Path) -> dict[str, Any]:
     if d.get("format") != FORMAT:
         raise BonescanError(f"{p}: not a {FORMAT} description")
     return d
-
-
-def ort_session(path: str | Path, threads: int = 2):
-    """An onnxruntime CPU session with the settings Triton's embedded flavor uses (parity checks, benchmarks)."""
-    from bonescan.serving.onnx_runner import cpu_session
-
-    return cpu_session(path, threads)
-
-
-class OrtPipeline:
-    """In-process onnxruntime running the exported graphs, the way Triton runs them."""
-
-    def __init__(self, export_dir: str | Path, threads: int = 2):
-        from bonescan.tokenize import ReportTokenizer
-
-        self.dir = Path(export_dir)
-        self.desc = read_description(self.dir)
-        self.text_guided = "text_encoder" in self.desc["graphs"]
-        self.seg = ort_session(self.dir / "segmenter.onnx", threads)
-        self.text = ort_session(self.dir / "text_encoder.onnx", threads) if self.text_guided else None
-        self.tokenizer = ReportTokenizer(self.dir / "tokenizer" / "tokenizer.json") if self.text_guided else None
-
-    def logits(self, images: np.ndarray, reports: list[str] | None = None) -> np.ndarray:
-        images = np.ascontiguousarray(images, dtype=np.float32)
-        if not self.text_guided:
-            return self.seg.run(["logits"], {"image": images})[0]
-        assert self.tokenizer is not None and self.text is not None
-        ids, mask = self.tokenizer(reports if reports is not None else [""] * len(images))
-        feats = self.text.run(["text_features"], {"input_ids": ids, "attention_mask": mask})[0]
-        return self.seg.run(["logits"], {"image": images, "text_features": feats, "attention_mask": mask})[0]

@@ -27,8 +27,9 @@ def check_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Pat
     from tqdm import tqdm
 
     from bonescan.data.dataset import BoneScanDataset
-    from bonescan.export.onnx_export import OrtPipeline, read_description
+    from bonescan.export.onnx_export import read_description
     from bonescan.model.checkpoint import Predictor
+    from bonescan.serving.ort_pipeline import OrtPipeline
 
     t0 = time.perf_counter()
     desc = read_description(export_dir)

@@ -3,8 +3,10 @@
 ``bonescan export trt --onnx DIR --precision {fp32,fp16,int8} --max-batch N --out DIR`` builds
 ``text_encoder.plan`` and ``segmenter.plan`` with Polygraphy's loaders:
 
-* one optimisation profile per graph: batch 1 .. N (N = the Triton ``max_batch_size``) and
-  tokens 8 .. 256 (the tokenizer's fixed length is the optimum);
+* one optimisation profile per graph, from the contract's graph declarations: every dynamic axis
+  gets its range (:func:`bonescan.contract.axis_range`: batch 1 .. N, N = the Triton
+  ``max_batch_size``, default ``contract.MAX_BATCH_SIZE``; tokens 8 .. 256, the tokenizer's fixed
+  length is the optimum);
 * a timing cache reused across builds;
 * FP16 with the numerically sensitive layers kept in FP32 (normalisation, softmax, reductions,
   pow, and the unary ops of the count normalisation: log / exp), precision constraints obeyed;
@@ -39,8 +41,6 @@ TRITON_TENSORRT = {"24.10": "10.5.0", "24.11": "10.6.0", "24.12": "10.7.0", "25.
 #: The container that matches the Triton server this project serves on the CPU (2.51.0).
 TRITON_RELEASE = "24.10"
 PRECISIONS = ("fp32", "fp16", "int8")
-MIN_TOKENS = 8
-GRAPHS = ("text_encoder", "segmenter")
 
 
 @dataclass(frozen=True)
@@ -52,22 +52,32 @@ class Shapes:
     max: tuple[int, ...]
 
 
-def profile_shapes(graph: str, max_batch: int, text_hidden: int | None, tokens: int = C.TOKENIZER.max_tokens) -> dict[str, Shapes]:
-    """The optimisation profile of a graph; max batch = the Triton max_batch_size."""
+def profile_shapes(graph: str | C.GraphSpec, max_batch: int, text_hidden: int | None,
+                   tokens: int = C.TOKENIZER.max_tokens) -> dict[str, Shapes]:
+    """The optimisation profile of a graph (a contract graph or its name), input by input.
+
+    Dynamic axes span :func:`bonescan.contract.axis_range` (max batch = the Triton max_batch_size),
+    static dims stay, and a -1 dim that is not a dynamic axis (the text width) is ``text_hidden``.
+    """
     if max_batch < 1:
         raise BonescanError("--max-batch must be at least 1")
-    opt_b = max(1, max_batch // 2)
-    ids = Shapes((1, MIN_TOKENS), (opt_b, tokens), (max_batch, tokens))
-    if graph == "text_encoder":
-        return {"input_ids": ids, "attention_mask": ids}
-    if graph != "segmenter":
+    spec = graph if isinstance(graph, C.GraphSpec) else C.GRAPHS.get(graph)
+    if spec is None:
         raise BonescanError(f"unknown graph {graph!r}")
-    img = Shapes((1, *C.IMAGE_DIMS), (opt_b, *C.IMAGE_DIMS), (max_batch, *C.IMAGE_DIMS))
-    shapes = {"image": img}
-    if text_hidden:
-        d = text_hidden
-        shapes["text_features"] = Shapes((1, MIN_TOKENS, d), (opt_b, tokens, d), (max_batch, tokens, d))
-        shapes["attention_mask"] = ids
+    shapes: dict[str, Shapes] = {}
+    for t in spec.inputs:
+        axes = spec.dynamic_axes[t.name]
+        ranges: list[tuple[int, int, int]] = []
+        for k, d in enumerate((C.DYN, *t.dims)):
+            if k in axes:
+                ranges.append(C.axis_range(axes[k], max_batch, tokens))
+            elif d != C.DYN:
+                ranges.append((d, d, d))
+            elif text_hidden:
+                ranges.append((text_hidden, text_hidden, text_hidden))
+            else:
+                raise BonescanError(f"{spec.name}: input {t.name} needs the text width (text_hidden in model.json)")
+        shapes[t.name] = Shapes(tuple(r[0] for r in ranges), tuple(r[1] for r in ranges), tuple(r[2] for r in ranges))
     return shapes
 
 
@@ -224,13 +234,13 @@ def build_engine(
 
 
 def calibration_feeds(graph: str, export_dir: Path, n: int = 64, batch: int = 4, seed: int = 1234) -> Iterator[dict[str, Any]]:
-    """Synthetic cases as calibration batches for ``graph`` (the segmenter's text features come
-    from the exported text encoder run in onnxruntime)."""
+    """Synthetic cases as calibration batches for ``graph`` (its export name; the segmenter's text
+    features come from the exported text encoder run in onnxruntime)."""
     import numpy as np
 
     from bonescan.contract import to_model_frame
     from bonescan.data.synth import synth_case
-    from bonescan.export.onnx_export import OrtPipeline
+    from bonescan.serving.ort_pipeline import OrtPipeline
 
     pipe = OrtPipeline(export_dir)
     for start in range(0, n, batch):
@@ -239,18 +249,23 @@ def calibration_feeds(graph: str, export_dir: Path, n: int = 64, batch: int = 4,
         images = np.stack([to_model_frame(c.anterior, c.posterior) for c in cases])
         if pipe.tokenizer is not None and pipe.text is not None:
             ids, mask = pipe.tokenizer(reports)
-            if graph == "text_encoder":
-                yield {"input_ids": ids, "attention_mask": mask}
+            text = {C.INPUT_IDS.name: ids, C.ATTENTION_MASK.name: mask}
+            if graph == C.TEXT_ENCODER_GRAPH.export_name:
+                yield text
                 continue
-            feats = pipe.text.run(["text_features"], {"input_ids": ids, "attention_mask": mask})[0]
-            yield {"image": images, "text_features": feats, "attention_mask": mask}
+            feats = pipe.text.run([C.TEXT_FEATURES.name], text)[0]
+            yield {C.IMAGE.name: images, C.TEXT_FEATURES.name: feats, C.ATTENTION_MASK.name: mask}
         else:
-            yield {"image": images}
+            yield {C.IMAGE.name: images}
 
 
-def export_trt(onnx_dir: str | Path, out: str | Path, precision: str = "fp16", max_batch: int = 4,
+def export_trt(onnx_dir: str | Path, out: str | Path, precision: str = "fp16", max_batch: int = C.MAX_BATCH_SIZE,
                timing_cache: str | Path | None = None, calibration_cases: int = 64) -> dict[str, Any]:
-    """Build the engines of an ONNX export folder. Stops before any work without a GPU."""
+    """Build the engines of an ONNX export folder. Stops before any work without a GPU.
+
+    ``max_batch`` must reach the ``repo build --max-batch-size`` the engines will serve under; both
+    default to ``contract.MAX_BATCH_SIZE``.
+    """
     if precision not in PRECISIONS:
         raise BonescanError(f"--precision must be one of {PRECISIONS}")
     version = require_gpu()
@@ -261,14 +276,13 @@ def export_trt(onnx_dir: str | Path, out: str | Path, precision: str = "fp16", m
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(timing_cache) if timing_cache else out / "timing.cache"
     built: dict[str, Any] = {"tensorrt_version": version, "precision": precision, "max_batch": max_batch, "engines": {}}
-    for graph in GRAPHS:
-        if graph not in desc["graphs"]:
-            continue
-        shapes = profile_shapes(graph, max_batch, desc.get("text_hidden"))
+    for spec in C.MODEL_GRAPHS[desc["model"]]:
+        graph = spec.export_name
+        shapes = profile_shapes(spec, max_batch, desc.get("text_hidden"))
         calib = calibration_feeds(graph, onnx_dir, calibration_cases, max(1, max_batch // 2)) if precision == "int8" else None
         plan = out / f"{graph}.plan"
         print(f"building {plan} ({precision}, batch 1..{max_batch}) ...", flush=True)
-        built["engines"][graph] = build_engine(onnx_dir / f"{graph}.onnx", plan, shapes, precision, cache, calib,
+        built["engines"][graph] = build_engine(onnx_dir / spec.onnx_file, plan, shapes, precision, cache, calib,
                                                out / f"{graph}.calib" if precision == "int8" else None)
     shutil.copy(onnx_dir / "model.json", out / "model.json")
     if (onnx_dir / "tokenizer").is_dir():

@@ -10,7 +10,8 @@ docs/operators.md) documents, so a problem shows up in CI instead of on the GPU 
   MaxPool has no Indices output, pooling / ConvTranspose are 2-D or 3-D, TopK's K < 3840;
 * no tensor uses a type TensorRT lacks (strings, complex, uint16/32/64, int16);
 * the opset is in TensorRT's range (9-24 for TensorRT 10.x);
-* only the batch dimension (and the token dimension of text tensors) is dynamic.
+* only the contract's dynamic axes are symbolic (batch, and tokens for text tensors:
+  :attr:`bonescan.contract.GraphSpec.dynamic_axes`).
 
 Each finding names the node (or tensor) and the rule.
 """
@@ -20,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bonescan import contract as C
 
 #: Ops with "Y" in onnx-tensorrt's support matrix for TensorRT 10.x (default ONNX domain).
 SUPPORTED_OPS = frozenset("""
@@ -158,18 +161,23 @@ def check_model(model, allowed_dynamic: dict[str, set[int]] | None = None) -> li
     return findings
 
 
-def dynamic_dims_for(graph_name: str) -> dict[str, set[int]]:
-    """Which dims may be dynamic for the project's graphs: batch everywhere, tokens for text tensors."""
-    text = {"input_ids": {0, 1}, "attention_mask": {0, 1}, "text_features": {0, 1}}
-    return {**text, "image": {0}, "logits": {0}} if graph_name in ("text_encoder", "segmenter") else {}
+def contract_graph(path: Path, model) -> C.GraphSpec | None:
+    """The contract's graph an ONNX file holds: by its file name and, where graphs share one (the
+    U-Net's ``segmenter.onnx`` is ``segmenter_unet``), by its input names. None: not one of ours."""
+    candidates = [g for g in C.GRAPHS.values() if g.onnx_file == path.name]
+    names = tuple(i.name for i in model.graph.input)
+    return next((g for g in candidates if g.input_names == names), candidates[0] if candidates else None)
 
 
 def check_file(path: str | Path) -> list[Finding]:
+    """Lint one ONNX file; its dims may be symbolic only where the contract's graph says so
+    (batch only for a graph the contract does not know)."""
     import onnx
 
     path = Path(path)
     model = onnx.load(str(path))
-    return check_model(model, dynamic_dims_for(path.stem))
+    graph = contract_graph(path, model)
+    return check_model(model, graph.dynamic_dims() if graph else None)
 
 
 def check_export(export_dir: str | Path) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from bonescan import contract as C
 from bonescan.contract import THRESHOLD
 
 #: polygraphy --atol/--rtol with --check-error-stat median, per precision
@@ -66,17 +67,19 @@ class TrtPipeline:
 
         from bonescan.tokenize import ReportTokenizer
 
-        self.seg = TrtRunner(EngineFromBytes(BytesFromPath(str(engine_dir / "segmenter.plan"))))
-        self.text = TrtRunner(EngineFromBytes(BytesFromPath(str(engine_dir / "text_encoder.plan"))))
+        te, seg = C.TEXT_ENCODER_GRAPH, C.SEGMENTER_GRAPH
+        self.seg = TrtRunner(EngineFromBytes(BytesFromPath(str(engine_dir / f"{seg.export_name}.plan"))))
+        self.text = TrtRunner(EngineFromBytes(BytesFromPath(str(engine_dir / f"{te.export_name}.plan"))))
         self.tok = ReportTokenizer(onnx_dir / "tokenizer" / "tokenizer.json")
         self.seg.activate()
         self.text.activate()
 
     def logits(self, images: np.ndarray, reports: list[str]) -> np.ndarray:
         ids, mask = self.tok(reports)
-        feats = self.text.infer({"input_ids": ids, "attention_mask": mask})["text_features"]
-        out = self.seg.infer({"image": images.astype(np.float32), "text_features": np.asarray(feats), "attention_mask": mask})
-        return np.asarray(out["logits"])
+        feats = self.text.infer({C.INPUT_IDS.name: ids, C.ATTENTION_MASK.name: mask})[C.TEXT_FEATURES.name]
+        out = self.seg.infer({C.IMAGE.name: images.astype(np.float32), C.TEXT_FEATURES.name: np.asarray(feats),
+                              C.ATTENTION_MASK.name: mask})
+        return np.asarray(out[C.LOGITS.name])
 
     def close(self) -> None:
         self.seg.deactivate()
@@ -101,7 +104,7 @@ def _cases(data: Path | None, n: int):
     return [(to_model_frame(c.anterior, c.posterior), c.report, c.mask, tuple(c.meta["pixel_spacing_mm"])) for c in cases]
 
 
-def verify_gpu(checkpoint: str | Path, work: str | Path, precisions: list[str], max_batch: int = 8,
+def verify_gpu(checkpoint: str | Path, work: str | Path, precisions: list[str], max_batch: int = C.MAX_BATCH_SIZE,
                data: str | Path | None = None, n: int = 64) -> dict[str, Any]:
     from bonescan.export.onnx_export import export_onnx
     from bonescan.export.trt import export_trt, profile_shapes, require_gpu
@@ -130,11 +133,12 @@ def verify_gpu(checkpoint: str | Path, work: str | Path, precisions: list[str], 
         eng_dir = work / f"trt_{prec}"
         built = export_trt(onnx_dir, eng_dir, prec, max_batch)
         checks = {}
-        for graph in ("text_encoder", "segmenter"):
+        for spec in C.MODEL_GRAPHS[desc["model"]]:
+            graph = spec.export_name
             loader = eng_dir / f"loader_{graph}.py"
             loader.write_text(textwrap.dedent(LOADER_SCRIPT.format(graph=graph, onnx_dir=str(onnx_dir), n=8, batch=2)))
-            shapes = profile_shapes(graph, max_batch, desc.get("text_hidden"))
-            cmd = _polygraphy_cmd(onnx_dir / f"{graph}.onnx", prec, shapes, loader)
+            shapes = profile_shapes(spec, max_batch, desc.get("text_hidden"))
+            cmd = _polygraphy_cmd(onnx_dir / spec.onnx_file, prec, shapes, loader)
             proc = subprocess.run(cmd, capture_output=True, text=True)
             (eng_dir / f"polygraphy_{graph}.log").write_text(proc.stdout + proc.stderr)
             checks[graph] = {"passed": proc.returncode == 0, "command": " ".join(cmd), "log": str(eng_dir / f"polygraphy_{graph}.log")}

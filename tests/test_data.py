@@ -408,3 +408,25 @@ def test_cli_synth_and_preview(tmp_path: Path):
 
     with Image.open(tmp_path / "p.png") as im:
         assert im.size[0] > 500 and im.size[1] > 1000
+
+
+def test_report_files_are_held_to_the_request_limits(tmp_path):
+    """read_report refuses what the server's decode_report refuses, with the same words (and drops a BOM)."""
+    from bonescan.contract import TOKENIZER
+    from bonescan.data.io import read_report
+    from bonescan.tokenize import ReportError, decode_report
+
+    p = tmp_path / "report.txt"
+    limit = TOKENIZER.max_report_chars
+    for raw in ("骨" * (limit + 1)).encode(), b"T7 \xff", "隐私".encode("gbk"):
+        p.write_bytes(raw)
+        with pytest.raises(ReportError) as want:
+            decode_report(raw, field="report")
+        with pytest.raises(CaseError) as got:
+            read_report(p)
+        assert str(got.value) == f"{p}: {want.value}"
+    p.write_bytes(b"\xef\xbb\xbf" + ("骨" * limit).encode())
+    assert read_report(p) == "骨" * limit
+    p.write_bytes(b"a" * (4 * limit + 1))
+    with pytest.raises(CaseError, match="bytes; the limit is"):
+        read_report(p)

@@ -12,10 +12,11 @@ from onnx import TensorProto, helper
 
 from bonescan import contract as C
 from bonescan.errors import BonescanError
-from bonescan.export.onnx_export import OrtPipeline, read_description
+from bonescan.export.onnx_export import read_description
 from bonescan.export.parity import check_parity
 from bonescan.export.trt import TRITON_TENSORRT, check_engine_version, export_trt, profile_shapes, require_gpu
 from bonescan.export.trt_compat import check_export, check_model
+from bonescan.serving.ort_pipeline import OrtPipeline
 
 
 def test_export_writes_graphs_and_description(exports):

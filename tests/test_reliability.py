@@ -17,8 +17,8 @@ from bonescan.client import BoneScanClient, prepare
 from bonescan.data.dataset import BoneScanDataset
 from bonescan.data.io import CaseError
 from bonescan.errors import BonescanError
-from bonescan.export.onnx_export import OrtPipeline
 from bonescan.postprocess import postprocess
+from bonescan.serving.ort_pipeline import OrtPipeline
 from bonescan.serving.server import ADMIN_HEADER, ADMIN_HEADER_GRPC, TritonServer, free_ports
 
 SECRET = SECRET_REPORT

@@ -13,8 +13,8 @@ import tritonclient.grpc as grpcclient
 from bonescan import contract as C
 from bonescan.benchmarks.faults import grpc_inputs
 from bonescan.data.dataset import BoneScanDataset
-from bonescan.export.onnx_export import OrtPipeline
 from bonescan.postprocess import postprocess
+from bonescan.serving.ort_pipeline import OrtPipeline
 from bonescan.serving.repository import parse_config, read_manifest
 
 MARKER = "标记MARKER7781不应出现在日志"  # a report string that must never reach a log
@@ -68,6 +68,21 @@ def test_chunked_runs_equal_one_batched_run(exports, samples):
         chunked = run_in_chunks(sess, [C.LOGITS.name], feeds, rows)[0]
         assert chunked.shape == whole.shape == (3, 1, C.IMAGE_HEIGHT, C.IMAGE_WIDTH)
         np.testing.assert_allclose(chunked, whole, atol=1e-4)
+
+
+def test_the_onnx_runner_checks_its_config_against_the_graph(exports):
+    """The embedded runner reads names and dtypes from its config; a config that is not the graph's fails the load."""
+    from dataclasses import replace
+
+    from bonescan.serving.onnx_runner import config_mismatches, cpu_session
+    from bonescan.serving.pybackend import ConfigTensor
+
+    sess = cpu_session(exports["dualpath"] / C.TEXT_ENCODER_GRAPH.onnx_file)
+    inputs, outputs = ([ConfigTensor(t.name, np.dtype(t.dtype), t.dims) for t in ts] for ts in (C.TEXT_ENCODER_INPUTS, C.TEXT_ENCODER_OUTPUTS))
+    assert config_mismatches(sess, inputs, outputs) == []
+    wrong = [inputs[0], replace(inputs[1], dtype=np.dtype("int64"))]
+    assert config_mismatches(sess, wrong, outputs) == ["input attention_mask is tensor(int32) in the graph, int64 in the config"]
+    assert "config outputs ['logits']" in config_mismatches(sess, inputs, [ConfigTensor("logits", np.dtype("float32"), ())])[0]
 
 
 def test_model_metadata_matches_the_export(client, exports):

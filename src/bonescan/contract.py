@@ -1,9 +1,11 @@
 """The one source of truth for everything two components must agree on.
 
-Image geometry, view layout, tensor names / dtypes / shapes of the two deployable graphs and of
-the Triton ensemble, tokenizer settings, the decision threshold and the Triton model names are
-defined here once. Training, export, the Triton configs (generated), the python-backend models
-(this file is copied next to them by ``bonescan repo build``) and the client all import it.
+Image geometry, view layout, tensor names / dtypes / shapes of the deployable graphs and of the
+Triton ensembles, the ensembles' chains of steps, which axes of the graphs are dynamic (and the ranges TensorRT profiles give them),
+tokenizer settings, the decision threshold and the Triton model names are defined here once.
+Training, export (ONNX names and dynamic axes, TensorRT lint and profiles), the Triton configs
+(generated), the python-backend models (this file is copied next to them by ``bonescan repo
+build``) and the client all import it.
 
 This module must stay importable with numpy alone (it runs inside Triton's python backend and
 in the torch-free client).
@@ -11,7 +13,8 @@ in the torch-free client).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -119,6 +122,20 @@ NUMPY_TO_TRITON = {
     "object": "BYTES",
 }
 
+
+
+def config_dtype_to_numpy(data_type: str) -> str:
+    """A config.pbtxt ``data_type`` ("TYPE_FP32", "TYPE_STRING") -> numpy dtype name (the inverse
+    of :attr:`TensorSpec.config_dtype`); python-backend models read their dtypes with it."""
+    name = data_type.removeprefix("TYPE_")
+    if name == "STRING":
+        return "object"
+    for np_name, triton in NUMPY_TO_TRITON.items():
+        if triton == name:
+            return np_name
+    raise ValueError(f"no numpy dtype for {data_type}")
+
+
 IMAGE_DIMS = (IMAGE_CHANNELS, IMAGE_HEIGHT, IMAGE_WIDTH)
 DYN = -1
 
@@ -155,10 +172,11 @@ PREPROCESS_OUTPUTS = (IMAGE, PIXEL_SPACING, REPORT)
 TOKENIZER_INPUTS = (REPORT,)
 TOKENIZER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK)
 POSTPROCESS_INPUTS = (LOGITS, PIXEL_SPACING)
+POSTPROCESS_OUTPUTS = (ENS_MASK, ENS_PROBABILITY, ENS_LESIONS)
 
 ENSEMBLE_INPUTS = (ENS_IMAGE, ENS_REPORT, ENS_PIXEL_SPACING)
 ENSEMBLE_UNET_INPUTS = (ENS_IMAGE, ENS_PIXEL_SPACING)
-ENSEMBLE_OUTPUTS = (ENS_MASK, ENS_PROBABILITY, ENS_LESIONS)
+ENSEMBLE_OUTPUTS = POSTPROCESS_OUTPUTS
 
 # ----------------------------------------------------------------------------- Triton model names
 PREPROCESS_MODEL = "preprocess"
@@ -169,6 +187,203 @@ TEXT_ENCODER_MODEL = "text_encoder"
 SEGMENTER_MODEL = "segmenter"
 SEGMENTER_UNET_MODEL = "segmenter_unet"
 POSTPROCESS_MODEL = "postprocess"
+
+# ----------------------------------------------------------------------------- dynamic axes
+#: Names of the dynamic axes (the ONNX graphs' symbolic dims). Axis 0 of every tensor is the batch;
+#: axis 1 of the text tensors is the token axis (the tokenizer pads to a fixed length, but the graphs
+#: take any length, so a shorter report could be sent shorter).
+BATCH = "batch"
+TOKENS = "tokens"
+#: Triton's max_batch_size unless ``repo build --max-batch-size`` says otherwise. A TensorRT engine's
+#: batch range must reach the repository's max_batch_size (``repo build`` refuses it otherwise), so
+#: ``export trt`` and ``export verify-gpu`` build for this same number by default.
+MAX_BATCH_SIZE = 8
+#: The shortest token axis a TensorRT optimisation profile accepts; the longest, and the optimum, is
+#: the tokenizer's fixed length (TOKENIZER.max_tokens), the only length Triton ever sends.
+MIN_TOKENS = 8
+
+
+def axis_range(axis: str, max_batch: int = MAX_BATCH_SIZE, tokens: int = TOKENIZER.max_tokens) -> tuple[int, int, int]:
+    """(min, opt, max) of a dynamic axis in a TensorRT optimisation profile.
+
+    Batch: 1 .. ``max_batch`` (the Triton max_batch_size), optimum half of it (what a busy dynamic
+    batcher forms); tokens: MIN_TOKENS .. ``tokens``, optimum ``tokens`` (the fixed length).
+    """
+    if axis == BATCH:
+        return 1, max(1, max_batch // 2), max_batch
+    if axis == TOKENS:
+        return MIN_TOKENS, tokens, tokens
+    raise ValueError(f"unknown axis {axis!r}")
+
+
+# ----------------------------------------------------------------------------- models and graphs
+@dataclass(frozen=True)
+class ModelSpec:
+    """A Triton model's inputs and outputs, in the order its config.pbtxt lists them (python-backend
+    models unpack them in that order)."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+    def tensor(self, name: str) -> TensorSpec:
+        for t in self.inputs + self.outputs:
+            if t.name == name:
+                return t
+        raise KeyError(f"{self.name} has no tensor {name!r}")
+
+
+@dataclass(frozen=True)
+class GraphSpec(ModelSpec):
+    """A deployable graph, declared once the way Optimum's model configs do: its inputs, outputs and,
+    per tensor, the dynamic axes ``{axis: BATCH | TOKENS}``.
+
+    Everything that names a graph tensor or decides which of its dims may vary reads this: the ONNX
+    export (input / output names, ``dynamic_axes``, the check against the contract), the TensorRT
+    lint (only these axes may be symbolic), the TensorRT optimisation profiles (:func:`axis_range`
+    per axis) and the Triton configs. ``export_name`` is the graph's file stem and its key in an
+    export folder's model.json: the U-Net's graph is ``segmenter.onnx`` too, served as
+    ``segmenter_unet``. A dim of -1 that is not a dynamic axis is fixed per model (the text width,
+    ``text_hidden`` in model.json).
+    """
+
+    export_name: str = ""
+    dynamic_axes: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for t in self.inputs + self.outputs:
+            axes = self.dynamic_axes.get(t.name)
+            if axes is None or axes.get(0) != BATCH:
+                raise ValueError(f"{self.name}: {t.name} needs axis 0 = {BATCH!r} in dynamic_axes")
+            for axis, label in axes.items():
+                if label not in (BATCH, TOKENS) or (axis > 0 and (axis > len(t.dims) or t.dims[axis - 1] != DYN)):
+                    raise ValueError(f"{self.name}: {t.name} axis {axis} ({label}) is not a dynamic dim of {t.dims}")
+        unknown = set(self.dynamic_axes) - {t.name for t in self.inputs + self.outputs}
+        if unknown:
+            raise ValueError(f"{self.name}: dynamic_axes name tensors it does not have: {sorted(unknown)}")
+
+    @property
+    def onnx_file(self) -> str:
+        return f"{self.export_name}.onnx"
+
+    def onnx_dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """``dynamic_axes`` for ``torch.onnx.export``."""
+        return {name: dict(axes) for name, axes in self.dynamic_axes.items()}
+
+    def dynamic_dims(self) -> dict[str, set[int]]:
+        """tensor -> the dims that may be symbolic (batch included)."""
+        return {name: set(axes) for name, axes in self.dynamic_axes.items()}
+
+
+_BATCH_AXES = {0: BATCH}
+_TEXT_AXES = {0: BATCH, 1: TOKENS}
+
+TEXT_ENCODER_GRAPH = GraphSpec(
+    TEXT_ENCODER_MODEL, TEXT_ENCODER_INPUTS, TEXT_ENCODER_OUTPUTS, export_name="text_encoder",
+    dynamic_axes={INPUT_IDS.name: _TEXT_AXES, ATTENTION_MASK.name: _TEXT_AXES, TEXT_FEATURES.name: _TEXT_AXES})
+SEGMENTER_GRAPH = GraphSpec(
+    SEGMENTER_MODEL, SEGMENTER_INPUTS, SEGMENTER_OUTPUTS, export_name="segmenter",
+    dynamic_axes={IMAGE.name: _BATCH_AXES, TEXT_FEATURES.name: _TEXT_AXES, ATTENTION_MASK.name: _TEXT_AXES,
+                  LOGITS.name: _BATCH_AXES})
+SEGMENTER_UNET_GRAPH = GraphSpec(
+    SEGMENTER_UNET_MODEL, SEGMENTER_UNET_INPUTS, SEGMENTER_OUTPUTS, export_name="segmenter",
+    dynamic_axes={IMAGE.name: _BATCH_AXES, LOGITS.name: _BATCH_AXES})
+#: graph name (= its Triton model) -> graph
+GRAPHS = {g.name: g for g in (TEXT_ENCODER_GRAPH, SEGMENTER_GRAPH, SEGMENTER_UNET_GRAPH)}
+#: the graphs an export of each model kind (ModelConfig.model) holds, in export order
+MODEL_GRAPHS = {"dualpath": (TEXT_ENCODER_GRAPH, SEGMENTER_GRAPH), "unet": (SEGMENTER_UNET_GRAPH,)}
+
+# ----------------------------------------------------------------------------- ensembles
+PREPROCESS_SPEC = ModelSpec(PREPROCESS_MODEL, PREPROCESS_INPUTS, PREPROCESS_OUTPUTS)
+TOKENIZER_SPEC = ModelSpec(TOKENIZER_MODEL, TOKENIZER_INPUTS, TOKENIZER_OUTPUTS)
+POSTPROCESS_SPEC = ModelSpec(POSTPROCESS_MODEL, POSTPROCESS_INPUTS, POSTPROCESS_OUTPUTS)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of an ensemble: a model, and the ensemble tensor behind each input / output it uses."""
+
+    model: ModelSpec
+    input_map: tuple[tuple[str, str], ...]  # (model input, ensemble tensor)
+    output_map: tuple[tuple[str, str], ...]  # (model output, ensemble tensor)
+
+    def reads(self) -> set[str]:
+        return {v for _, v in self.input_map}
+
+    def writes(self) -> set[str]:
+        return {v for _, v in self.output_map}
+
+
+def step(model: ModelSpec, inputs: tuple[TensorSpec, ...] | None = None, outputs: tuple[TensorSpec, ...] | None = None) -> Step:
+    """A step using ``inputs`` / ``outputs`` of ``model`` (default: all of them) under their own
+    names; only an optional input may be left out."""
+    inputs = model.inputs if inputs is None else inputs
+    outputs = model.outputs if outputs is None else outputs
+    for t in inputs + outputs:
+        model.tensor(t.name)
+    left_out = [t.name for t in model.inputs if not t.optional and t.name not in {i.name for i in inputs}]
+    if left_out:
+        raise ValueError(f"a {model.name} step must feed {left_out}")
+    return Step(model, tuple((t.name, t.name) for t in inputs), tuple((t.name, t.name) for t in outputs))
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """An ensemble, declared as a chain of steps; ``bonescan repo build`` generates its config.pbtxt.
+
+    Checked when the contract is imported: the first step reads every ensemble input and no later
+    step reads one (the first step checks them all); every later step reads an output of the step
+    before it, so at most one step of a request is in flight and a refused request has no step left
+    running (Triton 2.51 deadlocked its gRPC frontend when a parallel step finished after the
+    ensemble had already failed); each step's inputs exist, with its dtypes, when it runs; every
+    ensemble output is produced.
+    """
+
+    name: str
+    doc: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    steps: tuple[Step, ...]
+
+    def __post_init__(self) -> None:
+        dtypes = {t.name: t.dtype for t in self.inputs}
+        if not self.steps or self.steps[0].reads() != set(dtypes):
+            raise ValueError(f"{self.name}: the first step must read every ensemble input, and only those")
+        for i, s in enumerate(self.steps):
+            if i > 0 and s.reads() & {t.name for t in self.inputs}:
+                raise ValueError(f"{self.name}: {s.model.name} reads an ensemble input the first step has not checked")
+            if i > 0 and not s.reads() & self.steps[i - 1].writes():
+                raise ValueError(f"{self.name}: {s.model.name} can start before {self.steps[i - 1].model.name} ends")
+            for key, tensor in s.input_map:
+                if dtypes.get(tensor) != s.model.tensor(key).dtype:
+                    raise ValueError(f"{self.name}: {s.model.name} input {key} needs {tensor} as "
+                                     f"{s.model.tensor(key).dtype}, the chain has {dtypes.get(tensor)}")
+            dtypes.update({tensor: s.model.tensor(key).dtype for key, tensor in s.output_map})
+        for t in self.outputs:
+            if dtypes.get(t.name) != t.dtype:
+                raise ValueError(f"{self.name}: no step produces output {t.name} as {t.dtype}")
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(s.model.name for s in self.steps)
+
+
+ENSEMBLE_CHAIN = EnsembleSpec(
+    ENSEMBLE_MODEL, "the ensemble clinical software calls", ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS,
+    (step(PREPROCESS_SPEC), step(TOKENIZER_SPEC), step(TEXT_ENCODER_GRAPH), step(SEGMENTER_GRAPH), step(POSTPROCESS_SPEC)))
+ENSEMBLE_UNET_CHAIN = EnsembleSpec(
+    ENSEMBLE_UNET_MODEL, "the image-only baseline", ENSEMBLE_UNET_INPUTS, ENSEMBLE_OUTPUTS,
+    (step(PREPROCESS_SPEC, ENSEMBLE_UNET_INPUTS, (IMAGE, PIXEL_SPACING)), step(SEGMENTER_UNET_GRAPH), step(POSTPROCESS_SPEC)))
+#: ensemble name -> chain; the dual-path one first (``repo build`` builds the U-Net one with --baseline)
+ENSEMBLES = {e.name: e for e in (ENSEMBLE_CHAIN, ENSEMBLE_UNET_CHAIN)}
 
 # ----------------------------------------------------------------------------- postprocess
 #: A pixel is lesion when sigmoid(logit) >= THRESHOLD.
@@ -181,18 +396,8 @@ def spec_table() -> dict:
     """Every tensor of the deployment as plain data (written into the export description)."""
     return {
         "contract_version": CONTRACT_VERSION,
-        "text_encoder": {
-            "inputs": [t.to_dict() for t in TEXT_ENCODER_INPUTS],
-            "outputs": [t.to_dict() for t in TEXT_ENCODER_OUTPUTS],
-        },
-        "segmenter": {
-            "inputs": [t.to_dict() for t in SEGMENTER_INPUTS],
-            "outputs": [t.to_dict() for t in SEGMENTER_OUTPUTS],
-        },
-        "segmenter_unet": {
-            "inputs": [t.to_dict() for t in SEGMENTER_UNET_INPUTS],
-            "outputs": [t.to_dict() for t in SEGMENTER_OUTPUTS],
-        },
+        **{g.name: {"inputs": [t.to_dict() for t in g.inputs], "outputs": [t.to_dict() for t in g.outputs]}
+           for g in GRAPHS.values()},
         "ensemble": {
             "inputs": [t.to_dict() for t in ENSEMBLE_INPUTS],
             "outputs": [t.to_dict() for t in ENSEMBLE_OUTPUTS],

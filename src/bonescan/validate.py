@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bonescan.contract import ENS_IMAGE, IMAGE_DIMS, MAX_COUNT
+from bonescan.contract import ENS_IMAGE, ENS_PIXEL_SPACING, ENS_REPORT, IMAGE_DIMS, MAX_COUNT
+from bonescan.tokenize import ReportError, decode_report
 
 MIN_SPACING_MM = 0.1
 MAX_SPACING_MM = 20.0
@@ -33,10 +34,20 @@ def image_problem(image: np.ndarray, field: str = ENS_IMAGE.name) -> str | None:
     return None
 
 
-def spacing_problem(spacing: np.ndarray, field: str = "PIXEL_SPACING") -> str | None:
+def spacing_problem(spacing: np.ndarray, field: str = ENS_PIXEL_SPACING.name) -> str | None:
     s = np.asarray(spacing, dtype=np.float64).reshape(-1)
     if s.shape != (2,):
         return f"{field} must hold 2 values (row, column mm), got {s.size}"
     if not np.isfinite(s).all() or (s < MIN_SPACING_MM).any() or (s > MAX_SPACING_MM).any():
         return f"{field} must be between {MIN_SPACING_MM} and {MAX_SPACING_MM} mm"
+    return None
+
+
+def reports_problem(reports: np.ndarray, field: str = ENS_REPORT.name) -> str | None:
+    """A request's reports (BYTES, any shape): each valid UTF-8 and within the size limit."""
+    try:
+        for raw in np.asarray(reports, dtype=np.object_).reshape(-1):
+            decode_report(raw, field)
+    except ReportError as e:
+        return str(e)
     return None

@@ -9,9 +9,11 @@ bonescan/tokenize.py, the same ones the client runs before sending.
 Why the report is checked here and not in the tokenizer: the ensemble is one chain, so a refused
 request has no other step in flight (Triton 2.51 deadlocked its gRPC frontend when a parallel step
 finished after the ensemble had already failed; see contract.py).
+
+Tensor names, dtypes and which input is optional come from the model's config (generated from
+contract.PREPROCESS_INPUTS / PREPROCESS_OUTPUTS, in that order).
 """
 
-import json
 import os
 import sys
 
@@ -20,46 +22,42 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the bonescan r
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-from bonescan.serving.pybackend import concat_padded, gather, respond  # noqa: E402
-from bonescan.tokenize import ReportError, decode_report  # noqa: E402
-from bonescan.validate import image_problem, spacing_problem  # noqa: E402
-
-
-def _check(feed):
-    for img in feed["IMAGE"]:
-        problem = image_problem(img)
-        if problem:
-            return problem
-    for s in feed["PIXEL_SPACING"]:
-        problem = spacing_problem(s)
-        if problem:
-            return problem
-    if feed.get("REPORT") is not None:
-        try:
-            for raw in feed["REPORT"].reshape(-1):
-                decode_report(raw)
-        except ReportError as e:
-            return str(e)
-    return None
+from bonescan.serving.pybackend import concat_padded, config_tensors, gather, respond  # noqa: E402
+from bonescan.validate import image_problem, reports_problem, spacing_problem  # noqa: E402
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        inputs = json.loads(args["model_config"])["input"]  # generated from contract.PREPROCESS_INPUTS
-        self.names = [i["name"] for i in inputs]
-        self.optional = [i["name"] for i in inputs if i.get("optional")]
+        inputs, outputs = config_tensors(args["model_config"])
+        self.image_in, self.spacing_in, self.report_in = inputs
+        self.image_out, self.spacing_out, self.report_out = outputs
+        self.names = [t.name for t in inputs]
+        self.optional = [t.name for t in inputs if t.optional]
+
+    def _check(self, feed):
+        for img in feed[self.image_in.name]:
+            problem = image_problem(img, self.image_in.name)
+            if problem:
+                return problem
+        for s in feed[self.spacing_in.name]:
+            problem = spacing_problem(s, self.spacing_in.name)
+            if problem:
+                return problem
+        if feed.get(self.report_in.name) is not None:
+            return reports_problem(feed[self.report_in.name], self.report_in.name)
+        return None
 
     def execute(self, requests):
-        arrays, good, sizes, errors = gather(pb_utils, requests, self.names, _check, optional=self.optional)
+        arrays, good, sizes, errors = gather(pb_utils, requests, self.names, self._check, optional=self.optional)
         outputs = {}
         if good:
             # requests from the U-Net ensemble carry no report: their rows get b"" (that ensemble
             # does not ask for the output, but one batch may hold requests from both ensembles)
-            reports = [r if r is not None else np.full((n, 1), b"", dtype=np.object_)
-                       for r, n in zip(arrays["REPORT"], sizes)]
+            reports = [r if r is not None else np.full((n, 1), b"", dtype=self.report_out.dtype)
+                       for r, n in zip(arrays[self.report_in.name], sizes)]
             outputs = {
-                "image": concat_padded(arrays["IMAGE"]),
-                "pixel_spacing": concat_padded(arrays["PIXEL_SPACING"]).astype(np.float32),
-                "report": np.concatenate(reports, axis=0).astype(np.object_),
+                self.image_out.name: concat_padded(arrays[self.image_in.name]).astype(self.image_out.dtype, copy=False),
+                self.spacing_out.name: concat_padded(arrays[self.spacing_in.name]).astype(self.spacing_out.dtype),
+                self.report_out.name: np.concatenate(reports, axis=0).astype(self.report_out.dtype),
             }
         return respond(pb_utils, len(requests), good, sizes, errors, outputs)

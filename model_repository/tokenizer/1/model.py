@@ -5,6 +5,9 @@ in initialize(); execute() tokenizes every queued report in one batch call. Trun
 padding come from bonescan/contract.py (TOKENIZER). An empty report is allowed (the model was
 trained with report dropout). preprocess has refused undecodable or oversized text; should such
 text arrive anyway, it fails that request only, and the error names the problem, never the text.
+
+Tensor names and dtypes come from the model's config (generated from contract.TOKENIZER_INPUTS /
+TOKENIZER_OUTPUTS, in that order).
 """
 
 import os
@@ -14,33 +17,29 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the bonescan r
 
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-from bonescan.serving.pybackend import respond  # noqa: E402
-from bonescan.tokenize import ReportError, ReportTokenizer, decode_report  # noqa: E402
+from bonescan.serving.pybackend import config_tensors, gather, respond  # noqa: E402
+from bonescan.tokenize import ReportTokenizer, decode_report  # noqa: E402
+from bonescan.validate import reports_problem  # noqa: E402
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        inputs, outputs = config_tensors(args["model_config"])
+        (self.report,) = inputs
+        self.ids, self.mask = outputs
         here = os.path.join(args["model_repository"], args["model_version"])
         self.tokenizer = ReportTokenizer(os.path.join(here, "tokenizer.json"))
         pb_utils.Logger.log_info(f"tokenizer: {self.tokenizer.vocab_size} word pieces, {self.tokenizer.max_tokens} tokens")
 
+    def _check(self, feed):
+        return reports_problem(feed[self.report.name])
+
     def execute(self, requests):
-        texts, good, sizes, errors = [], [], [], {}
-        for i, r in enumerate(requests):
-            t = pb_utils.get_input_tensor_by_name(r, "report")
-            if t is None:
-                errors[i] = "input report is missing"
-                continue
-            try:
-                decoded = [decode_report(x) for x in t.as_numpy().reshape(-1)]
-            except ReportError as e:
-                errors[i] = str(e)
-                continue
-            texts.extend(decoded)
-            good.append(i)
-            sizes.append(len(decoded))
+        arrays, good, sizes, errors = gather(pb_utils, requests, [self.report.name], self._check)
         outputs = {}
-        if texts:
+        if good:
+            # decoded a second time (the check above threw the text away): a few microseconds per report
+            texts = [decode_report(raw) for arr in arrays[self.report.name] for raw in arr.reshape(-1)]
             ids, mask = self.tokenizer(texts)
-            outputs = {"input_ids": ids, "attention_mask": mask}
+            outputs = {self.ids.name: ids.astype(self.ids.dtype, copy=False), self.mask.name: mask.astype(self.mask.dtype, copy=False)}
         return respond(pb_utils, len(requests), good, sizes, errors, outputs)

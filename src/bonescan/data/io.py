@@ -17,6 +17,7 @@ Every failure is a :class:`CaseError` naming the file and the problem, never the
 
 from __future__ import annotations
 
+import codecs
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from PIL import Image
 
 from bonescan.contract import DEFAULT_PIXEL_SPACING_MM, IMAGE_HEIGHT, IMAGE_WIDTH, MAX_COUNT, TOKENIZER
 from bonescan.errors import BonescanError
+from bonescan.tokenize import ReportError, decode_report
 
 NM_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
 
@@ -111,22 +113,24 @@ def write_mask(path: str | Path, mask: np.ndarray) -> None:
 
 
 def read_report(path: str | Path | None) -> str:
-    """UTF-8 report text; a missing file is an empty report. Never echoes the content."""
+    """UTF-8 report text (a leading BOM is dropped); a missing file is an empty report. Never echoes
+    the content. The limits are :func:`bonescan.tokenize.decode_report`'s, the check Triton runs."""
     if path is None:
         return ""
     path = Path(path)
     if not path.exists():
         return ""
-    raw = path.read_bytes()
-    if len(raw) > TOKENIZER.max_report_chars * 4:
-        raise CaseError(path, f"report is {len(raw)} bytes; the limit is {TOKENIZER.max_report_chars} characters")
+    # Checked by its size before it is read: UTF-8 needs at most 4 bytes per character, so a larger
+    # file cannot hold a report within the limit, and a stray huge file (an image or an archive
+    # named report.txt) is refused without being read into memory. The character limit itself is
+    # decode_report's.
+    size = path.stat().st_size
+    if size > TOKENIZER.max_report_chars * 4:
+        raise CaseError(path, f"report is {size} bytes; the limit is {TOKENIZER.max_report_chars} characters")
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise CaseError(path, f"report is not valid UTF-8 (bad byte at offset {e.start})") from None
-    if len(text) > TOKENIZER.max_report_chars:
-        raise CaseError(path, f"report has {len(text)} characters; the limit is {TOKENIZER.max_report_chars}")
-    return text
+        return decode_report(path.read_bytes().removeprefix(codecs.BOM_UTF8), field="report")
+    except ReportError as e:
+        raise CaseError(path, str(e)) from None
 
 
 # ----------------------------------------------------------------------------- DICOM

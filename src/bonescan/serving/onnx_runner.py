@@ -1,13 +1,19 @@
 """A Triton python-backend model that runs one ONNX graph with onnxruntime on the CPU.
 
 It serves ``text_encoder``, ``segmenter`` and ``segmenter_unet`` in the *embedded* flavor (the
-pip-installed Triton has the python backend only). Input / output names come from the model's
-config.pbtxt; ``parameters { key: "intra_op_threads" }`` sets onnxruntime's threads and
-``run_batch`` how many rows one ``session.run`` takes (0: the whole batch). The session is opened
+pip-installed Triton has the python backend only). Input / output names and dtypes come from the
+model's config.pbtxt, and must be the graph's (checked when the model loads: a repository built
+from another export fails to load instead of failing requests); ``parameters { key:
+"intra_op_threads" }`` sets onnxruntime's threads and ``run_batch`` how many rows one
+``session.run`` takes (0: the whole batch). The session is opened
 once in initialize(); execute() gathers all queued requests into one batch and runs it in chunks of
-``run_batch`` rows. On a CPU a bigger run does not pay: the paper-size segmenter takes 2.10 s per scan
-alone, 2.33 s in a batch of 2 and 2.48 s in a batch of 4 (its activations leave the caches), and
-memory grows with the batch; so the embedded flavor runs one scan at a time by default.
+``run_batch`` rows. On a CPU a bigger run does not pay: the paper-size segmenter took longer per
+scan in a batch of 2 or 4 than alone (its activations leave the caches), and memory grows with the
+batch; so the embedded flavor runs one scan at a time by default. ``bonescan bench latency``
+measures it (the README lists the figures).
+
+:func:`cpu_session` is the one onnxruntime session setup of the project: the served models and the
+in-process pipeline (:mod:`bonescan.serving.ort_pipeline`) both open their sessions with it.
 """
 
 from __future__ import annotations
@@ -43,20 +49,42 @@ def run_in_chunks(session, outputs: list[str], feeds: dict, rows: int) -> list:
     return [np.concatenate([p[j] for p in parts]) for j in range(len(outputs))]
 
 
+#: onnxruntime's tensor types -> numpy dtype names (the ones a config can declare)
+ORT_TO_NUMPY = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int32)": "int32",
+                "tensor(int64)": "int64", "tensor(uint8)": "uint8", "tensor(bool)": "bool", "tensor(string)": "object"}
+
+
+def config_mismatches(session, inputs: list, outputs: list) -> list[str]:
+    """Where the graph's inputs / outputs differ from the config's (names in order, dtypes)."""
+    problems = []
+    for kind, graph, config in (("input", session.get_inputs(), inputs), ("output", session.get_outputs(), outputs)):
+        if [g.name for g in graph] != [c.name for c in config]:
+            problems.append(f"graph {kind}s {[g.name for g in graph]}, config {kind}s {[c.name for c in config]}")
+            continue
+        for g, c in zip(graph, config):
+            if ORT_TO_NUMPY.get(g.type) != c.dtype.name:
+                problems.append(f"{kind} {g.name} is {g.type} in the graph, {c.dtype.name} in the config")
+    return problems
+
+
 class OnnxRunnerModel:
     def initialize(self, args: dict) -> None:
         import onnxruntime as ort
         import triton_python_backend_utils as pb_utils
 
+        from bonescan.serving.pybackend import config_tensors
+
         self.pb = pb_utils
         cfg = json.loads(args["model_config"])
         self.name = cfg["name"]
-        self.inputs = [i["name"] for i in cfg["input"]]
-        self.outputs = [o["name"] for o in cfg["output"]]
+        self.inputs, self.outputs = config_tensors(cfg)
         params = {k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()}
         threads = int(params.get("intra_op_threads", "2") or 2)
         path = Path(args["model_repository"]) / args["model_version"] / params.get("onnx_file", "model.onnx")
         self.session = cpu_session(path, threads, spinning=params.get("allow_spinning", "0") == "1")
+        problems = config_mismatches(self.session, self.inputs, self.outputs)
+        if problems:  # a repository built from another export than the one beside it: refuse to load
+            raise ValueError(f"{self.name}: {path.name} does not match config.pbtxt: " + "; ".join(problems))
         self.run_batch = int(params.get("run_batch", "0") or 0)
         pb_utils.Logger.log_info(f"{self.name}: onnxruntime {ort.__version__}, {threads} threads, "
                                  f"run batch {self.run_batch or 'whole'}, {path.name}")
@@ -64,15 +92,15 @@ class OnnxRunnerModel:
     def execute(self, requests: list) -> list:
         from bonescan.serving.pybackend import concat_padded, fail_all, gather, respond
 
-        arrays, good, sizes, errors = gather(self.pb, requests, self.inputs)
+        arrays, good, sizes, errors = gather(self.pb, requests, [t.name for t in self.inputs])
         outputs = {}
         if good:
-            feeds = {n: concat_padded(arrays[n]) for n in self.inputs}
+            feeds = {t.name: concat_padded(arrays[t.name]).astype(t.dtype, copy=False) for t in self.inputs}
             try:
-                result = run_in_chunks(self.session, self.outputs, feeds, self.run_batch)
+                result = run_in_chunks(self.session, [t.name for t in self.outputs], feeds, self.run_batch)
             except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
                 return fail_all(self.pb, len(requests), f"{self.name} failed: {type(e).__name__}")
-            outputs = dict(zip(self.outputs, result))
+            outputs = {t.name: r.astype(t.dtype, copy=False) for t, r in zip(self.outputs, result)}
         return respond(self.pb, len(requests), good, sizes, errors, outputs)
 
     def finalize(self) -> None:

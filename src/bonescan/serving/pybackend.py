@@ -1,14 +1,44 @@
-"""Helpers for Triton python-backend models: batch many requests into one array, split the result
-back, answer bad requests with an error of their own (the others in the batch still succeed).
+"""Helpers for Triton python-backend models: read the model's tensors from its config, batch many
+requests into one array, split the result back, answer bad requests with an error of their own
+(the others in the batch still succeed).
 
 Runs inside Triton's python backend (``triton_python_backend_utils`` is importable there only).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+
+from bonescan.contract import config_dtype_to_numpy
+
+
+@dataclass(frozen=True)
+class ConfigTensor:
+    """One input or output of a model as its config.pbtxt declares it."""
+
+    name: str
+    dtype: np.dtype
+    dims: tuple[int, ...]
+    optional: bool = False
+
+
+def config_tensors(model_config: str | dict) -> tuple[list[ConfigTensor], list[ConfigTensor]]:
+    """``args["model_config"]`` -> (inputs, outputs) with their names, numpy dtypes and dims.
+
+    They come in config order, which is the order of the contract's declaration the config was
+    generated from (``bonescan repo build``), so a model may unpack them by position.
+    """
+    cfg = json.loads(model_config) if isinstance(model_config, str) else model_config
+
+    def one(t: dict) -> ConfigTensor:
+        return ConfigTensor(t["name"], np.dtype(config_dtype_to_numpy(t["data_type"])),
+                            tuple(int(d) for d in t.get("dims", [])), bool(t.get("optional", False)))
+
+    return [one(t) for t in cfg.get("input", [])], [one(t) for t in cfg.get("output", [])]
 
 
 def error_response(pb_utils, message: str):

@@ -9,7 +9,10 @@ Flavors of the two network graphs (the python steps are the same in all three):
   GPU; each engine's TensorRT version is checked against the container's.
 
 Every tensor block of every config.pbtxt is generated from :mod:`bonescan.contract` (and the text
-width from the export's model.json), so configs, graphs, python models and client agree.
+width from the export's model.json), so configs, graphs, python models and client agree. The two
+ensembles are generated whole from the contract's chains (``contract.ENSEMBLES``): which models a
+repository holds, and how their tensors connect, is declared there; the other models' templates
+(``config.pbtxt.in``) hold only their runtime settings.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ REPO_MANIFEST = "bonescan_repo.json"
 RUNTIME_MODULES = ("__init__.py", "contract.py", "errors.py", "tokenize.py", "postprocess.py", "validate.py",
                    "serving/__init__.py", "serving/pybackend.py", "serving/onnx_runner.py")
 
+#: files a python model needs beside model.py: model -> {name there: path in the export folder}
+PYTHON_MODEL_FILES = {C.TOKENIZER_MODEL: {"tokenizer.json": "tokenizer/tokenizer.json"}}
+
 FLAVOR_NOTES = {
     "embedded": "python backend running model.onnx with onnxruntime on the CPU (pip-installed Triton)",
     "onnxruntime": "onnxruntime_onnx backend (NGC Triton container)",
@@ -42,11 +48,11 @@ FLAVOR_NOTES = {
 @dataclass
 class RepoOptions:
     flavor: str = "embedded"
-    max_batch_size: int = 8
+    max_batch_size: int = C.MAX_BATCH_SIZE  # TensorRT engines must be built for at least this batch
     instances: int = 1  # instances of text_encoder / segmenter
     python_instances: int = 1  # instances of preprocess / tokenizer / postprocess
     #: text_encoder / segmenter: wait this long to grow a batch. Default: 2000 on a GPU, where a batch
-    #: pays off; 0 for the embedded CPU flavor, where a batch saves ~7 % and the wait costs every request
+    #: pays off; 0 for the embedded CPU flavor, where a batch saves little and the wait costs every request
     #: (requests that queue while an instance is busy are still batched)
     queue_delay_us: int | None = None
     #: python steps: per-request work, a batch saves nothing, so no waiting
@@ -93,7 +99,8 @@ def _copy_runtime(dest: Path) -> None:
         shutil.copy(src_root / rel, target)
 
 
-def _python_model(out: Path, model: str, opts: RepoOptions, inputs, outputs, extra_files: dict[str, Path] | None = None) -> None:
+def _python_model(out: Path, spec: C.ModelSpec, opts: RepoOptions, extra_files: dict[str, Path] | None = None) -> None:
+    model = spec.name
     d = out / model
     (d / "1").mkdir(parents=True, exist_ok=True)
     shutil.copy(templates() / model / "1" / "model.py", d / "1" / "model.py")
@@ -102,17 +109,18 @@ def _python_model(out: Path, model: str, opts: RepoOptions, inputs, outputs, ext
         shutil.copy(src, d / "1" / name)
     cfg = _render(model, {
         "max_batch_size": opts.max_batch_size,
-        "inputs": tensor_block("input", inputs),
-        "outputs": tensor_block("output", outputs),
+        "inputs": tensor_block("input", spec.inputs),
+        "outputs": tensor_block("output", spec.outputs),
         "python_queue_delay_us": opts.python_queue_delay_us,
         "python_instances": opts.python_instances,
     })
     (d / "config.pbtxt").write_text(cfg, encoding="utf-8")
 
 
-def _network_model(out: Path, model: str, graph: str, opts: RepoOptions, src_dir: Path, inputs, outputs,
+def _network_model(out: Path, graph: C.GraphSpec, opts: RepoOptions, src_dir: Path,
                    overrides: dict[str, tuple[int, ...]]) -> dict[str, Any]:
-    """text_encoder / segmenter / segmenter_unet in the chosen flavor."""
+    """text_encoder / segmenter / segmenter_unet in the chosen flavor (the graph's name is its model's)."""
+    model, inputs, outputs = graph.name, graph.inputs, graph.outputs
     d = out / model
     (d / "1").mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = {}
@@ -120,7 +128,7 @@ def _network_model(out: Path, model: str, graph: str, opts: RepoOptions, src_dir
     optimization = ""
     if opts.flavor == "embedded":
         runtime = 'backend: "python"'
-        shutil.copy(src_dir / f"{graph}.onnx", d / "1" / "model.onnx")
+        shutil.copy(src_dir / graph.onnx_file, d / "1" / "model.onnx")
         shutil.copy(templates() / model / "1" / "model.py", d / "1" / "model.py")
         _copy_runtime(d / "1")
         kind = "KIND_CPU"
@@ -128,12 +136,12 @@ def _network_model(out: Path, model: str, graph: str, opts: RepoOptions, src_dir
                   f'{{ key: "run_batch" value: {{ string_value: "{opts.run_batch}" }} }} ]')
     elif opts.flavor == "onnxruntime":
         runtime = 'platform: "onnxruntime_onnx"'
-        shutil.copy(src_dir / f"{graph}.onnx", d / "1" / "model.onnx")
+        shutil.copy(src_dir / graph.onnx_file, d / "1" / "model.onnx")
         kind = "KIND_GPU" if opts.device == "gpu" else "KIND_CPU"
     else:
         from bonescan.export.trt import check_engine_version
 
-        plan = src_dir / f"{graph}.plan"
+        plan = src_dir / f"{graph.export_name}.plan"
         if not plan.is_file():
             raise BonescanError(f"{plan}: missing; build engines with `bonescan export trt` first")
         info = check_engine_version(plan)
@@ -163,21 +171,56 @@ def _network_model(out: Path, model: str, graph: str, opts: RepoOptions, src_dir
     return info
 
 
-def _ensemble(out: Path, model: str, opts: RepoOptions, inputs, desc: dict[str, Any]) -> None:
-    d = out / model
+def ensemble_config(chain: C.EnsembleSpec, max_batch_size: int, parameters: dict[str, str] | None = None) -> str:
+    """An ensemble's config.pbtxt, generated from its chain in the contract (no template)."""
+    lines = [
+        f"# {chain.name}: {chain.doc}. {', '.join(t.name for t in chain.inputs)} -> {', '.join(t.name for t in chain.outputs)}.",
+        f"#   {' -> '.join(chain.models)}",
+        f"#   one chain: {chain.models[0]} checks every input first, so a refused request never has another step in flight.",
+        "# Generated from bonescan.contract.ENSEMBLES by `bonescan repo build`.",
+        f'name: "{chain.name}"',
+        'platform: "ensemble"',
+        f"max_batch_size: {max_batch_size}",
+        tensor_block("input", chain.inputs),
+        tensor_block("output", chain.outputs),
+        "ensemble_scheduling {",
+        "  step [",
+    ]
+    steps = []
+    for s in chain.steps:
+        rows = ["    {", f'      model_name: "{s.model.name}"', "      model_version: -1"]
+        rows += [f'      input_map {{ key: "{k}" value: "{v}" }}' for k, v in s.input_map]
+        rows += [f'      output_map {{ key: "{k}" value: "{v}" }}' for k, v in s.output_map]
+        steps.append("\n".join(rows + ["    }"]))
+    lines += [",\n".join(steps), "  ]", "}"]
+    lines += [f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in (parameters or {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+def _ensemble(out: Path, chain: C.EnsembleSpec, opts: RepoOptions, desc: dict[str, Any]) -> None:
+    d = out / chain.name
     (d / "1").mkdir(parents=True, exist_ok=True)  # ensembles need an (empty) version folder
-    cfg = _render(model, {
-        "max_batch_size": opts.max_batch_size,
-        "inputs": tensor_block("input", inputs),
-        "outputs": tensor_block("output", C.ENSEMBLE_OUTPUTS),
-    })
     params = {
         "bonescan_contract_version": str(C.CONTRACT_VERSION),
         "bonescan_model_sha256": desc["checkpoint"]["sha256"][:16],
         "bonescan_flavor": opts.flavor,
     }
-    cfg += "".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n' for k, v in params.items())
-    (d / "config.pbtxt").write_text(cfg, encoding="utf-8")
+    (d / "config.pbtxt").write_text(ensemble_config(chain, opts.max_batch_size, params), encoding="utf-8")
+
+
+def _chain(out: Path, chain: C.EnsembleSpec, opts: RepoOptions, src: Path, desc: dict[str, Any],
+           overrides: dict[str, tuple[int, ...]], models: list[str], engines: dict[str, Any]) -> None:
+    """Every model of a chain not built yet (graphs from ``src``), then the ensemble itself."""
+    for s in chain.steps:
+        if s.model.name in models:
+            continue
+        if isinstance(s.model, C.GraphSpec):
+            engines[s.model.name] = _network_model(out, s.model, opts, src, overrides)
+        else:
+            _python_model(out, s.model, opts, {n: src / f for n, f in PYTHON_MODEL_FILES.get(s.model.name, {}).items()})
+        models.append(s.model.name)
+    _ensemble(out, chain, opts, desc)
+    models.append(chain.name)
 
 
 def build_repository(src: str | Path, out: str | Path, opts: RepoOptions, baseline: str | Path | None = None) -> dict[str, Any]:
@@ -212,28 +255,16 @@ def _build(src: Path, out: Path, opts: RepoOptions, desc: dict[str, Any], baseli
     from bonescan.export.onnx_export import read_description
 
     hidden = int(desc["text_hidden"])
-    overrides = {"text_features": (C.DYN, hidden)}
+    overrides = {C.TEXT_FEATURES.name: (C.DYN, hidden)}  # the text width is fixed per model
     engines: dict[str, Any] = {}
-
-    _python_model(out, C.PREPROCESS_MODEL, opts, C.PREPROCESS_INPUTS, C.PREPROCESS_OUTPUTS)
-    _python_model(out, C.TOKENIZER_MODEL, opts, C.TOKENIZER_INPUTS, C.TOKENIZER_OUTPUTS,
-                  {"tokenizer.json": src / "tokenizer" / "tokenizer.json"})
-    engines[C.TEXT_ENCODER_MODEL] = _network_model(out, C.TEXT_ENCODER_MODEL, "text_encoder", opts, src,
-                                                   C.TEXT_ENCODER_INPUTS, C.TEXT_ENCODER_OUTPUTS, overrides)
-    engines[C.SEGMENTER_MODEL] = _network_model(out, C.SEGMENTER_MODEL, "segmenter", opts, src,
-                                                C.SEGMENTER_INPUTS, C.SEGMENTER_OUTPUTS, overrides)
-    _python_model(out, C.POSTPROCESS_MODEL, opts, C.POSTPROCESS_INPUTS, C.ENSEMBLE_OUTPUTS)
-    _ensemble(out, C.ENSEMBLE_MODEL, opts, C.ENSEMBLE_INPUTS, desc)
-    models = [C.PREPROCESS_MODEL, C.TOKENIZER_MODEL, C.TEXT_ENCODER_MODEL, C.SEGMENTER_MODEL, C.POSTPROCESS_MODEL, C.ENSEMBLE_MODEL]
+    models: list[str] = []
+    _chain(out, C.ENSEMBLE_CHAIN, opts, src, desc, overrides, models, engines)
     base_desc = None
     if baseline is not None:
         base_desc = read_description(baseline)
         if base_desc["model"] != "unet":
             raise BonescanError(f"{baseline}: holds a {base_desc['model']} export; --baseline takes the U-Net")
-        engines[C.SEGMENTER_UNET_MODEL] = _network_model(out, C.SEGMENTER_UNET_MODEL, "segmenter", opts, Path(baseline),
-                                                         C.SEGMENTER_UNET_INPUTS, C.SEGMENTER_OUTPUTS, {})
-        _ensemble(out, C.ENSEMBLE_UNET_MODEL, opts, C.ENSEMBLE_UNET_INPUTS, base_desc)
-        models += [C.SEGMENTER_UNET_MODEL, C.ENSEMBLE_UNET_MODEL]
+        _chain(out, C.ENSEMBLE_UNET_CHAIN, opts, Path(baseline), base_desc, overrides, models, engines)
     manifest = {
         "format": "bonescan-repository/1",
         "flavor": opts.flavor,

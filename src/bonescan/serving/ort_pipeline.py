@@ -1,0 +1,41 @@
+"""The exported graphs run in-process with onnxruntime, the way Triton's embedded flavor runs them.
+
+Parity checks (``export check``), INT8 calibration, the benchmarks and the tests compare against
+this pipeline: tokenize -> text_encoder -> segmenter, with the same onnxruntime session settings
+as the served models (:func:`bonescan.serving.onnx_runner.cpu_session`) and the tensor names of
+the contract's graph declarations.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from bonescan import contract as C
+from bonescan.serving.onnx_runner import cpu_session
+
+
+class OrtPipeline:
+    """In-process onnxruntime running an export folder's graphs (dual-path or U-Net)."""
+
+    def __init__(self, export_dir: str | Path, threads: int = 2):
+        from bonescan.export.onnx_export import read_description
+        from bonescan.tokenize import ReportTokenizer
+
+        self.dir = Path(export_dir)
+        self.desc = read_description(self.dir)
+        self.text_guided = C.TEXT_ENCODER_GRAPH.export_name in self.desc["graphs"]
+        seg = C.SEGMENTER_GRAPH if self.text_guided else C.SEGMENTER_UNET_GRAPH
+        self.seg = cpu_session(self.dir / seg.onnx_file, threads)
+        self.text = cpu_session(self.dir / C.TEXT_ENCODER_GRAPH.onnx_file, threads) if self.text_guided else None
+        self.tokenizer = ReportTokenizer(self.dir / "tokenizer" / "tokenizer.json") if self.text_guided else None
+
+    def logits(self, images: np.ndarray, reports: list[str] | None = None) -> np.ndarray:
+        images = np.ascontiguousarray(images, dtype=np.dtype(C.IMAGE.dtype))
+        if not self.text_guided:
+            return self.seg.run([C.LOGITS.name], {C.IMAGE.name: images})[0]
+        assert self.tokenizer is not None and self.text is not None
+        ids, mask = self.tokenizer(reports if reports is not None else [""] * len(images))
+        feats = self.text.run([C.TEXT_FEATURES.name], {C.INPUT_IDS.name: ids, C.ATTENTION_MASK.name: mask})[0]
+        return self.seg.run([C.LOGITS.name], {C.IMAGE.name: images, C.TEXT_FEATURES.name: feats, C.ATTENTION_MASK.name: mask})[0]
