@@ -316,10 +316,12 @@ def _benign_location(f: Finding, d: Dice, hs: HouseStyle) -> str:
 
 @dataclass
 class Report:
+    """A written report and, per metastasis, the words of it that name the lesion."""
+
     text: str
     mentions: dict[int, str]  # lesion index -> substring naming it
-    style: str  # itemized / vague / negative
-    house_style: str = "classic"
+    style: str  # itemized / vague / negative (how the metastases are described)
+    house_style: str = "classic"  # whose wording (styles.STYLES)
 
 
 @dataclass

@@ -167,7 +167,8 @@ class HouseStyle:
 
 CLASSIC = HouseStyle(
     name="classic",
-    description="the original generator: 检查所见/诊断意见, mCi method line, mixed T7 / 第7胸椎 / 胸7椎体 naming",
+    description="the generator's original wording: 检查所见/诊断意见, mCi method line, mixed T7 / 第7胸椎 / 胸7椎体 "
+                "naming, no history, advice or typing slips",
     headers=("检查所见：", "诊断意见："),
     header_break=False,
     method_header="",
