@@ -149,7 +149,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, simplify_graphs: bool =
         graphs[te.export_name] = _export_graph(net.text_encoder, (ids_t, mask_t), out, te, simplify_graphs)
         with torch.no_grad():
             feats = net.text_encoder(ids_t, mask_t)
-        graphs[seg.export_name] = _export_graph(net.segmenter, (image, feats, mask_t), out, seg, simplify_graphs)
+        # the segmenter graph bundles the fallback U-Net and the report's maps (model.network.DeployedSegmenter)
+        graphs[seg.export_name] = _export_graph(net.deployed_segmenter(), (image, feats, mask_t), out, seg, simplify_graphs)
         write_tokenizer_files(ckpt.tokenizer_files, out / "tokenizer")
     else:
         seg = C.SEGMENTER_UNET_GRAPH
@@ -159,6 +160,11 @@ def export_onnx(checkpoint: str | Path, out: str | Path, simplify_graphs: bool =
         "model": ckpt.cfg.model,
         "config": ckpt.cfg.to_dict(),
         "text_hidden": net.text_encoder.hidden if net.text_encoder is not None else None,
+        # the fixed dims of the report's maps (text_map), and the fail-safe's calibrated thresholds
+        "text_map_hw": [C.IMAGE_HEIGHT // net.segmenter.row_multiple, C.IMAGE_WIDTH // net.segmenter.row_multiple]
+        if net.text_encoder is not None else None,
+        "failsafe": ckpt.metadata.get("failsafe"),
+        "fallback": ckpt.metadata.get("fallback"),
         "graphs": graphs,
         "contract": C.spec_table(),
         "checkpoint": {

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2  # 2: the dual-path segmenter carries the fail-safe (text_map, fallback_logits), LESIONS says who answered
 
 # ----------------------------------------------------------------------------- image geometry
 #: Whole-body views are 1024 x 256 (H x W) count images, as most gamma cameras write them.
@@ -75,7 +75,10 @@ def normalize_counts_np(image: np.ndarray) -> np.ndarray:
 class TokenizerSettings:
     """How a report becomes input_ids / attention_mask (Chinese BERT / MacBERT conventions)."""
 
-    max_tokens: int = 256  # [CLS] + up to 254 pieces + [SEP]; longer reports are truncated
+    #: [CLS] + up to 382 characters + [SEP]; longer reports are truncated. 384, not BERT's usual 256:
+    #: reports with a method line, a history and many numbered impressions reach 300 characters,
+    #: and what a cut drops is the end of the impression, where benign findings are dismissed
+    max_tokens: int = 384
     lowercase: bool = True  # hfl/chinese-macbert-base is uncased
     pad_to_max: bool = True  # fixed length: Triton's dynamic batcher needs equal shapes
     pad_token_id: int = 0  # [PAD] is id 0 in the Chinese BERT vocabulary
@@ -147,11 +150,20 @@ TEXT_FEATURES = TensorSpec("text_features", "float32", (DYN, DYN), "[tokens, hid
 IMAGE = TensorSpec("image", "float32", IMAGE_DIMS, "raw counts, model frame (see to_model_frame)")
 LOGITS = TensorSpec("logits", "float32", (1, IMAGE_HEIGHT, IMAGE_WIDTH), "lesion logit per pixel")
 
+# the dual-path segmenter graph also gives the fail-safe its inputs (see bonescan.failsafe): the
+# report's coarse maps and the answer of the image-only U-Net bundled into the same graph
+TEXT_MAP = TensorSpec("text_map", "float32", (2, DYN, DYN),
+                      "the report's coarse maps (allow, mention logits), [2, H / s, W / s] with s the coarsest stride")
+FALLBACK_LOGITS = TensorSpec("fallback_logits", "float32", (1, IMAGE_HEIGHT, IMAGE_WIDTH), "the bundled U-Net's logits")
+# tokenizer -> postprocess: how much of the report the model can read
+TEXT_STATS = TensorSpec("text_stats", "int32", (2,), "report tokens, of them unknown to the text encoder")
+
 TEXT_ENCODER_INPUTS = (INPUT_IDS, ATTENTION_MASK)
 TEXT_ENCODER_OUTPUTS = (TEXT_FEATURES,)
 SEGMENTER_INPUTS = (IMAGE, TEXT_FEATURES, ATTENTION_MASK)
 SEGMENTER_UNET_INPUTS = (IMAGE,)
-SEGMENTER_OUTPUTS = (LOGITS,)
+SEGMENTER_OUTPUTS = (LOGITS, TEXT_MAP, FALLBACK_LOGITS)
+SEGMENTER_UNET_OUTPUTS = (LOGITS,)
 
 # The ensemble as clients see it.
 ENS_IMAGE = TensorSpec("IMAGE", "float32", IMAGE_DIMS, "raw counts, model frame (see to_model_frame)")
@@ -170,8 +182,11 @@ REPORT = TensorSpec("report", "object", (1,), "checked report (valid UTF-8, with
 PREPROCESS_INPUTS = (ENS_IMAGE, ENS_PIXEL_SPACING, replace(ENS_REPORT, doc="absent in the U-Net ensemble", optional=True))
 PREPROCESS_OUTPUTS = (IMAGE, PIXEL_SPACING, REPORT)
 TOKENIZER_INPUTS = (REPORT,)
-TOKENIZER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK)
-POSTPROCESS_INPUTS = (LOGITS, PIXEL_SPACING)
+TOKENIZER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK, TEXT_STATS)
+_FAILSAFE_INPUT = "absent in the U-Net ensemble: then the logits are the answer"
+POSTPROCESS_INPUTS = (LOGITS, PIXEL_SPACING, replace(TEXT_MAP, doc=_FAILSAFE_INPUT, optional=True),
+                      replace(FALLBACK_LOGITS, doc=_FAILSAFE_INPUT, optional=True),
+                      replace(TEXT_STATS, doc=_FAILSAFE_INPUT, optional=True))
 POSTPROCESS_OUTPUTS = (ENS_MASK, ENS_PROBABILITY, ENS_LESIONS)
 
 ENSEMBLE_INPUTS = (ENS_IMAGE, ENS_REPORT, ENS_PIXEL_SPACING)
@@ -292,9 +307,9 @@ TEXT_ENCODER_GRAPH = GraphSpec(
 SEGMENTER_GRAPH = GraphSpec(
     SEGMENTER_MODEL, SEGMENTER_INPUTS, SEGMENTER_OUTPUTS, export_name="segmenter",
     dynamic_axes={IMAGE.name: _BATCH_AXES, TEXT_FEATURES.name: _TEXT_AXES, ATTENTION_MASK.name: _TEXT_AXES,
-                  LOGITS.name: _BATCH_AXES})
+                  LOGITS.name: _BATCH_AXES, TEXT_MAP.name: _BATCH_AXES, FALLBACK_LOGITS.name: _BATCH_AXES})
 SEGMENTER_UNET_GRAPH = GraphSpec(
-    SEGMENTER_UNET_MODEL, SEGMENTER_UNET_INPUTS, SEGMENTER_OUTPUTS, export_name="segmenter",
+    SEGMENTER_UNET_MODEL, SEGMENTER_UNET_INPUTS, SEGMENTER_UNET_OUTPUTS, export_name="segmenter",
     dynamic_axes={IMAGE.name: _BATCH_AXES, LOGITS.name: _BATCH_AXES})
 #: graph name (= its Triton model) -> graph
 GRAPHS = {g.name: g for g in (TEXT_ENCODER_GRAPH, SEGMENTER_GRAPH, SEGMENTER_UNET_GRAPH)}
@@ -381,7 +396,8 @@ ENSEMBLE_CHAIN = EnsembleSpec(
     (step(PREPROCESS_SPEC), step(TOKENIZER_SPEC), step(TEXT_ENCODER_GRAPH), step(SEGMENTER_GRAPH), step(POSTPROCESS_SPEC)))
 ENSEMBLE_UNET_CHAIN = EnsembleSpec(
     ENSEMBLE_UNET_MODEL, "the image-only baseline", ENSEMBLE_UNET_INPUTS, ENSEMBLE_OUTPUTS,
-    (step(PREPROCESS_SPEC, ENSEMBLE_UNET_INPUTS, (IMAGE, PIXEL_SPACING)), step(SEGMENTER_UNET_GRAPH), step(POSTPROCESS_SPEC)))
+    (step(PREPROCESS_SPEC, ENSEMBLE_UNET_INPUTS, (IMAGE, PIXEL_SPACING)), step(SEGMENTER_UNET_GRAPH),
+     step(POSTPROCESS_SPEC, (LOGITS, PIXEL_SPACING))))
 #: ensemble name -> chain; the dual-path one first (``repo build`` builds the U-Net one with --baseline)
 ENSEMBLES = {e.name: e for e in (ENSEMBLE_CHAIN, ENSEMBLE_UNET_CHAIN)}
 

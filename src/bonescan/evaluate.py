@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from bonescan.contract import THRESHOLD
-from bonescan.data.arrays import load_split, manifest_hash
+from bonescan.data.arrays import SplitArrays, load_split, manifest_hash
 from bonescan.metrics import scan_metrics, summarize
 from bonescan.postprocess import postprocess
 

@@ -53,11 +53,21 @@ class FailSafeSettings:
         return asdict(self)
 
     @staticmethod
-    def from_dict(d: dict[str, Any] | None) -> FailSafeSettings:
+    def from_dict(d: dict[str, Any] | None, prefix: str = "") -> FailSafeSettings:
+        """From a dict of values, or of strings (a Triton config's parameters, keys ``prefix + field``)."""
+        default = FailSafeSettings()
         if not d:
-            return FailSafeSettings()
-        known = FailSafeSettings.__dataclass_fields__
-        return FailSafeSettings(**{k: (type(getattr(FailSafeSettings(), k))(v)) for k, v in d.items() if k in known})
+            return default
+        values: dict[str, Any] = {}
+        for name in default.to_dict():
+            if prefix + name not in d:
+                continue
+            v = d[prefix + name]
+            if isinstance(getattr(default, name), bool):
+                values[name] = v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes")
+            else:
+                values[name] = float(v)
+        return FailSafeSettings(**values)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -63,9 +63,11 @@ def lesions_of(mask: np.ndarray, prob: np.ndarray, spacing: tuple[float, float])
     return keep, lesions
 
 
-def postprocess(logits: np.ndarray, spacing: np.ndarray, threshold: float = THRESHOLD) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def postprocess(logits: np.ndarray, spacing: np.ndarray, threshold: float = THRESHOLD,
+                extra: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """logits float32 [B, 1, H, W], spacing float32 [B, 2] ->
-    (mask uint8 [B, 1, H, W], probability float32 [B, 1, H, W], B lesion-list JSON strings)."""
+    (mask uint8 [B, 1, H, W], probability float32 [B, 1, H, W], B lesion-list JSON strings);
+    ``extra`` keys are added to every JSON."""
     logits = np.asarray(logits, dtype=np.float32)
     if logits.ndim != 4 or logits.shape[1] != 1:
         raise ValueError(f"logits must be [B, 1, H, W], got {list(logits.shape)}")
@@ -77,7 +79,7 @@ def postprocess(logits: np.ndarray, spacing: np.ndarray, threshold: float = THRE
         keep, lesions = lesions_of(prob[b, 0] >= threshold, prob[b, 0], (float(spacing[b, 0]), float(spacing[b, 1])))
         masks[b, 0] = keep
         out_json.append(json.dumps({"lesions": lesions, "count": len(lesions), "threshold": threshold,
-                                    "pixel_spacing_mm": [round(float(v), 4) for v in spacing[b]]}))
+                                    "pixel_spacing_mm": [round(float(v), 4) for v in spacing[b]], **(extra or {})}))
     return masks, prob, out_json
 
 

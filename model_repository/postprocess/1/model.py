@@ -2,12 +2,19 @@
 
 Threshold, connected components (8-connectivity, specks below MIN_LESION_PIXELS dropped) and the
 lesion list (area in pixels and mm², bounding box, centroid, mean / max probability, side) are
-bonescan/postprocess.py, the same function the offline evaluation uses.
+bonescan/postprocess.py, the same functions the offline evaluation uses.
+
+In the dual-path ensemble the segmenter also sends the report's maps and the bundled U-Net's
+logits, and the tokenizer how much of the report the model can read: the fail-safe
+(bonescan/failsafe.py, thresholds from this model's config parameters, calibrated with the
+checkpoint) then decides per scan which answer is given, and LESIONS says which and why. In the
+U-Net ensemble those inputs are absent and the logits are the answer.
 
 Tensor names and dtypes come from the model's config (generated from contract.POSTPROCESS_INPUTS /
 POSTPROCESS_OUTPUTS, in that order).
 """
 
+import json
 import os
 import sys
 
@@ -16,24 +23,54 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the bonescan r
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-from bonescan.postprocess import postprocess  # noqa: E402
+from bonescan.failsafe import FailSafeSettings  # noqa: E402
+from bonescan.postprocess import postprocess, postprocess_failsafe  # noqa: E402
 from bonescan.serving.pybackend import concat_padded, config_tensors, gather, respond  # noqa: E402
+
+IMAGE_ONLY = {"answered_by": "unet", "reason": "image-only ensemble"}
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        inputs, outputs = config_tensors(args["model_config"])
-        self.logits, self.spacing = inputs
+        cfg = json.loads(args["model_config"])
+        inputs, outputs = config_tensors(cfg)
+        self.logits, self.spacing, self.text_map, self.fallback, self.stats = inputs
         self.mask, self.probability, self.lesions = outputs
+        params = {k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()}
+        self.settings = FailSafeSettings.from_dict(params, prefix="failsafe_")
+        pb_utils.Logger.log_info(f"postprocess: fail-safe {self.settings.to_dict()}")
+
+    def _answer(self, arrays, idx):
+        """Rows of one group of requests: with the fail-safe's inputs, or without (the U-Net ensemble)."""
+        cat = lambda name: concat_padded([arrays[name][i] for i in idx])  # noqa: E731
+        if arrays[self.text_map.name][idx[0]] is None:
+            masks, prob, lesions = postprocess(cat(self.logits.name), cat(self.spacing.name), extra=IMAGE_ONLY)
+        else:
+            masks, prob, lesions, _ = postprocess_failsafe(cat(self.logits.name), cat(self.fallback.name), cat(self.text_map.name),
+                                                           cat(self.stats.name), cat(self.spacing.name), self.settings)
+        return masks, prob, lesions
 
     def execute(self, requests):
-        arrays, good, sizes, errors = gather(pb_utils, requests, [self.logits.name, self.spacing.name])
+        names = [t.name for t in (self.logits, self.spacing, self.text_map, self.fallback, self.stats)]
+        optional = [t.name for t in (self.text_map, self.fallback, self.stats)]
+        arrays, good, sizes, errors = gather(pb_utils, requests, names, optional=optional)
         outputs = {}
         if good:
-            masks, prob, lesions = postprocess(concat_padded(arrays[self.logits.name]), concat_padded(arrays[self.spacing.name]))
+            # one dynamic batch may hold requests of both ensembles: answer each kind in one call, keep the order
+            with_text = [k for k in range(len(good)) if arrays[self.text_map.name][k] is not None]
+            without = [k for k in range(len(good)) if arrays[self.text_map.name][k] is None]
+            parts = {}
+            for idx in (with_text, without):
+                if idx:
+                    masks, prob, lesions = self._answer(arrays, idx)
+                    start = 0
+                    for k in idx:
+                        parts[k] = (masks[start : start + sizes[k]], prob[start : start + sizes[k]], lesions[start : start + sizes[k]])
+                        start += sizes[k]
+            order = range(len(good))
             outputs = {
-                self.mask.name: masks.astype(self.mask.dtype, copy=False),
-                self.probability.name: prob.astype(self.probability.dtype, copy=False),
-                self.lesions.name: np.array([[s.encode("utf-8")] for s in lesions], dtype=self.lesions.dtype),
+                self.mask.name: np.concatenate([parts[k][0] for k in order]).astype(self.mask.dtype, copy=False),
+                self.probability.name: np.concatenate([parts[k][1] for k in order]).astype(self.probability.dtype, copy=False),
+                self.lesions.name: np.array([[s.encode("utf-8")] for k in order for s in parts[k][2]], dtype=self.lesions.dtype),
             }
         return respond(pb_utils, len(requests), good, sizes, errors, outputs)

@@ -1,6 +1,8 @@
-"""tokenizer: report (UTF-8 bytes, already checked by preprocess) -> input_ids, attention_mask (INT32, fixed length).
+"""tokenizer: report (UTF-8 bytes, already checked by preprocess) -> input_ids, attention_mask (INT32, fixed
+length) and text_stats (the report's tokens, of them unknown to the text encoder: one of the fail-safe's signals).
 
-The WordPiece tokenizer (tokenizer.json, MacBERT's or the one trained with the model) is loaded once
+The tokenizer (tokenizer.json: this project's character vocabulary or MacBERT's, with
+trained_tokens.json beside it when the text encoder was trained here) is loaded once
 in initialize(); execute() tokenizes every queued report in one batch call. Truncation length and
 padding come from bonescan/contract.py (TOKENIZER). An empty report is allowed (the model was
 trained with report dropout). preprocess has refused undecodable or oversized text; should such
@@ -26,10 +28,11 @@ class TritonPythonModel:
     def initialize(self, args):
         inputs, outputs = config_tensors(args["model_config"])
         (self.report,) = inputs
-        self.ids, self.mask = outputs
+        self.ids, self.mask, self.stats = outputs
         here = os.path.join(args["model_repository"], args["model_version"])
         self.tokenizer = ReportTokenizer(os.path.join(here, "tokenizer.json"))
-        pb_utils.Logger.log_info(f"tokenizer: {self.tokenizer.vocab_size} word pieces, {self.tokenizer.max_tokens} tokens")
+        pb_utils.Logger.log_info(f"tokenizer: {self.tokenizer.vocab_size} tokens in its vocabulary, {int(self.tokenizer.known.sum())} "
+                                 f"known to the text encoder, {self.tokenizer.max_tokens} per report")
 
     def _check(self, feed):
         return reports_problem(feed[self.report.name])
@@ -41,5 +44,6 @@ class TritonPythonModel:
             # decoded a second time (the check above threw the text away): a few microseconds per report
             texts = [decode_report(raw) for arr in arrays[self.report.name] for raw in arr.reshape(-1)]
             ids, mask = self.tokenizer(texts)
-            outputs = {self.ids.name: ids.astype(self.ids.dtype, copy=False), self.mask.name: mask.astype(self.mask.dtype, copy=False)}
+            outputs = {self.ids.name: ids.astype(self.ids.dtype, copy=False), self.mask.name: mask.astype(self.mask.dtype, copy=False),
+                       self.stats.name: self.tokenizer.text_stats(ids, mask).astype(self.stats.dtype, copy=False)}
         return respond(pb_utils, len(requests), good, sizes, errors, outputs)

@@ -81,7 +81,7 @@ class TrainConfig:
 
 
 PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
-    "demo": (ModelConfig(), TrainConfig()),
+    "demo": (ModelConfig(), TrainConfig(pretrain_text_steps=400)),
     "paper": (
         ModelConfig(
             width=64,
@@ -97,7 +97,7 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
     "tiny": (
         ModelConfig(width=4, depth=3, stem_stride=2, fusion_stages=2, fusion_heads=2,
                     text=TextConfig(hidden=32, layers=1, heads=2, intermediate=64)),
-        TrainConfig(steps=20, batch_size=2, lr=3e-3, warmup_steps=2, crop_rows=256),
+        TrainConfig(steps=20, batch_size=2, lr=3e-3, warmup_steps=2, crop_rows=256, pretrain_text_steps=4, pretrain_text_batch=4),
     ),
 }
 

@@ -31,11 +31,34 @@ class OrtPipeline:
         self.text = cpu_session(self.dir / C.TEXT_ENCODER_GRAPH.onnx_file, threads) if self.text_guided else None
         self.tokenizer = ReportTokenizer(self.dir / "tokenizer" / "tokenizer.json") if self.text_guided else None
 
-    def logits(self, images: np.ndarray, reports: list[str] | None = None) -> np.ndarray:
+    def outputs(self, images: np.ndarray, reports: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Every output of the segmenter graph by name (the dual-path one also gives the fail-safe's
+        inputs: text_map, fallback_logits) and the tokenizer's text_stats."""
         images = np.ascontiguousarray(images, dtype=np.dtype(C.IMAGE.dtype))
         if not self.text_guided:
-            return self.seg.run([C.LOGITS.name], {C.IMAGE.name: images})[0]
+            return {C.LOGITS.name: self.seg.run([C.LOGITS.name], {C.IMAGE.name: images})[0]}
         assert self.tokenizer is not None and self.text is not None
         ids, mask = self.tokenizer(reports if reports is not None else [""] * len(images))
         feats = self.text.run([C.TEXT_FEATURES.name], {C.INPUT_IDS.name: ids, C.ATTENTION_MASK.name: mask})[0]
-        return self.seg.run([C.LOGITS.name], {C.IMAGE.name: images, C.TEXT_FEATURES.name: feats, C.ATTENTION_MASK.name: mask})[0]
+        names = [t.name for t in C.SEGMENTER_OUTPUTS]
+        out = self.seg.run(names, {C.IMAGE.name: images, C.TEXT_FEATURES.name: feats, C.ATTENTION_MASK.name: mask})
+        return {**dict(zip(names, out)), C.TEXT_STATS.name: self.tokenizer.text_stats(ids, mask)}
+
+    def logits(self, images: np.ndarray, reports: list[str] | None = None) -> np.ndarray:
+        """The model's own logits (for the dual-path model: before the fail-safe's choice)."""
+        return self.outputs(images, reports)[C.LOGITS.name]
+
+    def answer(self, images: np.ndarray, spacing: np.ndarray, reports: list[str] | None = None, settings=None):
+        """What the served ensemble answers: postprocess (with the fail-safe for the dual-path model)
+        -> (mask uint8 [B, 1, H, W], probability, lesion JSON strings)."""
+        from bonescan.failsafe import FailSafeSettings
+        from bonescan.postprocess import postprocess, postprocess_failsafe
+
+        out = self.outputs(images, reports)
+        if not self.text_guided:
+            return postprocess(out[C.LOGITS.name], spacing, extra={"answered_by": "unet", "reason": "image-only ensemble"})
+        if settings is None:
+            settings = FailSafeSettings.from_dict((self.desc.get("failsafe") or {}).get("settings"))
+        masks, prob, lesions, _ = postprocess_failsafe(out[C.LOGITS.name], out[C.FALLBACK_LOGITS.name], out[C.TEXT_MAP.name],
+                                                       out[C.TEXT_STATS.name], spacing, settings)
+        return masks, prob, lesions

@@ -32,11 +32,14 @@ from bonescan.errors import BonescanError
 FLAVORS = ("embedded", "onnxruntime", "tensorrt")
 REPO_MANIFEST = "bonescan_repo.json"
 #: modules copied next to every python model: the runtime half of the package (numpy, scipy, tokenizers, onnxruntime)
-RUNTIME_MODULES = ("__init__.py", "contract.py", "errors.py", "tokenize.py", "postprocess.py", "validate.py",
+RUNTIME_MODULES = ("__init__.py", "contract.py", "errors.py", "tokenize.py", "postprocess.py", "failsafe.py", "validate.py",
                    "serving/__init__.py", "serving/pybackend.py", "serving/onnx_runner.py")
 
 #: files a python model needs beside model.py: model -> {name there: path in the export folder}
-PYTHON_MODEL_FILES = {C.TOKENIZER_MODEL: {"tokenizer.json": "tokenizer/tokenizer.json"}}
+#: (files that an export may lack, such as trained_tokens.json of a pretrained MacBERT's tokenizer, are skipped)
+PYTHON_MODEL_FILES = {C.TOKENIZER_MODEL: {"tokenizer.json": "tokenizer/tokenizer.json",
+                                          "trained_tokens.json": "tokenizer/trained_tokens.json"}}
+OPTIONAL_MODEL_FILES = {"trained_tokens.json"}
 
 FLAVOR_NOTES = {
     "embedded": "python backend running model.onnx with onnxruntime on the CPU (pip-installed Triton)",
@@ -99,20 +102,32 @@ def _copy_runtime(dest: Path) -> None:
         shutil.copy(src_root / rel, target)
 
 
-def _python_model(out: Path, spec: C.ModelSpec, opts: RepoOptions, extra_files: dict[str, Path] | None = None) -> None:
+def parameters_block(params: dict[str, Any]) -> str:
+    """A config's ``parameters`` (string values), empty when there are none."""
+    if not params:
+        return ""
+    rows = [f'{{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()]
+    return "parameters [ " + ", ".join(rows) + " ]"
+
+
+def _python_model(out: Path, spec: C.ModelSpec, opts: RepoOptions, extra_files: dict[str, Path] | None = None,
+                  overrides: dict[str, tuple[int, ...]] | None = None, params: dict[str, Any] | None = None) -> None:
     model = spec.name
     d = out / model
     (d / "1").mkdir(parents=True, exist_ok=True)
     shutil.copy(templates() / model / "1" / "model.py", d / "1" / "model.py")
     _copy_runtime(d / "1")
     for name, src in (extra_files or {}).items():
+        if name in OPTIONAL_MODEL_FILES and not src.is_file():
+            continue
         shutil.copy(src, d / "1" / name)
     cfg = _render(model, {
         "max_batch_size": opts.max_batch_size,
-        "inputs": tensor_block("input", spec.inputs),
-        "outputs": tensor_block("output", spec.outputs),
+        "inputs": tensor_block("input", spec.inputs, overrides),
+        "outputs": tensor_block("output", spec.outputs, overrides),
         "python_queue_delay_us": opts.python_queue_delay_us,
         "python_instances": opts.python_instances,
+        "parameters": parameters_block(params or {}),
     })
     (d / "config.pbtxt").write_text(cfg, encoding="utf-8")
 
@@ -208,6 +223,14 @@ def _ensemble(out: Path, chain: C.EnsembleSpec, opts: RepoOptions, desc: dict[st
     (d / "config.pbtxt").write_text(ensemble_config(chain, opts.max_batch_size, params), encoding="utf-8")
 
 
+def failsafe_parameters(desc: dict[str, Any]) -> dict[str, str]:
+    """The fail-safe's calibrated thresholds (model.json's ``failsafe.settings``) as postprocess parameters."""
+    from bonescan.failsafe import FailSafeSettings
+
+    settings = FailSafeSettings.from_dict((desc.get("failsafe") or {}).get("settings"))
+    return {f"failsafe_{k}": str(v).lower() if isinstance(v, bool) else str(v) for k, v in settings.to_dict().items()}
+
+
 def _chain(out: Path, chain: C.EnsembleSpec, opts: RepoOptions, src: Path, desc: dict[str, Any],
            overrides: dict[str, tuple[int, ...]], models: list[str], engines: dict[str, Any]) -> None:
     """Every model of a chain not built yet (graphs from ``src``), then the ensemble itself."""
@@ -217,7 +240,9 @@ def _chain(out: Path, chain: C.EnsembleSpec, opts: RepoOptions, src: Path, desc:
         if isinstance(s.model, C.GraphSpec):
             engines[s.model.name] = _network_model(out, s.model, opts, src, overrides)
         else:
-            _python_model(out, s.model, opts, {n: src / f for n, f in PYTHON_MODEL_FILES.get(s.model.name, {}).items()})
+            params = failsafe_parameters(desc) if s.model.name == C.POSTPROCESS_MODEL else None
+            _python_model(out, s.model, opts, {n: src / f for n, f in PYTHON_MODEL_FILES.get(s.model.name, {}).items()},
+                          overrides, params)
         models.append(s.model.name)
     _ensemble(out, chain, opts, desc)
     models.append(chain.name)
@@ -255,7 +280,8 @@ def _build(src: Path, out: Path, opts: RepoOptions, desc: dict[str, Any], baseli
     from bonescan.export.onnx_export import read_description
 
     hidden = int(desc["text_hidden"])
-    overrides = {C.TEXT_FEATURES.name: (C.DYN, hidden)}  # the text width is fixed per model
+    # the text width and the report maps' grid are fixed per model
+    overrides = {C.TEXT_FEATURES.name: (C.DYN, hidden), C.TEXT_MAP.name: (2, *desc["text_map_hw"])}
     engines: dict[str, Any] = {}
     models: list[str] = []
     _chain(out, C.ENSEMBLE_CHAIN, opts, src, desc, overrides, models, engines)
