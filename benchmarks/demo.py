@@ -1,9 +1,12 @@
 """``make demo``: the whole pipeline on the embedded synthetic data set, one step line each.
 
-synthesise -> train the U-Net -> train the dual-path model (same config and steps)
--> export both to ONNX (+ TensorRT lint, parity) -> build the embedded model repository -> start
-Triton -> segment the held-out scans over gRPC with both ensembles -> one table (DSC through
-Triton, parity with PyTorch, latency) -> demo_out/report.md with overlays and plots -> stop Triton.
+synthesise -> train the U-Net -> pretrain the report encoder (masked language model) and train the
+dual-path model from the U-Net, which it carries as its fail-safe's image-only answer -> export
+both to ONNX (+ TensorRT lint, parity) -> build the embedded model repository -> start Triton ->
+segment the held-out scans over gRPC with both ensembles, and the 36 scans whose reports were
+written by hand -> one table (DSC through Triton, which path answered, parity with PyTorch,
+latency) -> demo_out/report.md with overlays and plots -> stop Triton. Every stage's time is
+printed at the end.
 
 Steps whose outputs already exist are reused, so a second run is quick. The demo lives with the
 benchmarks because it is the end of the data flow (data -> model -> export -> repository ->
@@ -20,15 +23,25 @@ from typing import Any
 import numpy as np
 
 STEPS = 9
+STAGE_SECONDS: dict[str, float] = {}  # stage -> seconds, printed at the end
+_current: list[str] = [""]
 
 
 def step(k: int, msg: str) -> float:
     print(f"\n==> [{k}/{STEPS}] {msg}", flush=True)
+    _current[0] = f"[{k}/{STEPS}] {msg.split(' (')[0]}"
     return time.perf_counter()
 
 
 def done(t: float, extra: str = "") -> None:
-    print(f"    done in {time.perf_counter() - t:.1f} s {extra}", flush=True)
+    seconds = time.perf_counter() - t
+    STAGE_SECONDS[_current[0]] = STAGE_SECONDS.get(_current[0], 0.0) + seconds
+    print(f"    done in {seconds:.1f} s {extra}", flush=True)
+
+
+def stage_table(total_s: float) -> str:
+    rows = ["| stage | minutes |", "|---|---|"] + [f"| {k} | {v / 60:.1f} |" for k, v in STAGE_SECONDS.items()]
+    return "\n".join(rows + [f"| **total** | **{total_s / 60:.1f}** |"])
 
 
 def _segment_all(url: str, model: str, samples: list, concurrency: int = 4) -> list:
@@ -41,7 +54,7 @@ def _segment_all(url: str, model: str, samples: list, concurrency: int = 4) -> l
 
     from tqdm import tqdm
 
-    with BoneScanClient(url, model=model, timeout_s=600) as c:
+    with BoneScanClient(url, model=model, timeout_s=600, want_probability=False) as c:
         def one(i: int):
             out[i] = c.segment_prepared([reqs[i]])[0]
 
@@ -82,11 +95,13 @@ def run_demo(out: Path, n: int = 1000, seed: int = 0, workers: int = 2, unet_ste
     else:
         print("    already there; reusing")
     done(t)
-    t = step(3, f"training the dual-path model (image + report, demo config, {dual_steps} steps)")
+    t = step(3, f"pretraining the report encoder and training the dual-path model (image + report, demo config, {dual_steps} "
+                "steps, from the U-Net, which it carries as its fail-safe answer)")
     if not ck["dualpath"].exists():
         m, tc = preset("demo", "dualpath")
         tc.steps = dual_steps
-        train(data, ck["dualpath"], m, tc, seed=seed, command="make demo", config_name="demo")
+        train(data, ck["dualpath"], m, tc, seed=seed, command="make demo", config_name="demo", init_from=ck["unet"],
+              fallback=ck["unet"])
     else:
         print("    already there; reusing")
     done(t)
@@ -114,8 +129,11 @@ def run_demo(out: Path, n: int = 1000, seed: int = 0, workers: int = 2, unet_ste
     build_repository(exports["dualpath"], repo, RepoOptions(max_batch_size=8), baseline=exports["unet"])
     done(t, str(repo))
 
+    from bonescan.benchmarks.handwritten import handwritten_samples
+
     test = BoneScanDataset(data, "test")
     samples = test.load_all(progress=True, desc="    loading test split")
+    hand = handwritten_samples()
     t = step(6, "starting tritonserver (CPU, python backend + onnxruntime)")
     g, h, mport = free_ports(3)
     server = TritonServer(repo, g, h, mport, log_file=out / "tritonserver.log")
@@ -124,8 +142,9 @@ def run_demo(out: Path, n: int = 1000, seed: int = 0, workers: int = 2, unet_ste
     results: dict[str, Any] = {}
     lat: dict[str, Any] = {}
     try:
-        t = step(7, f"segmenting {len(samples)} held-out scans over gRPC with both ensembles")
+        t = step(7, f"segmenting {len(samples)} held-out scans over gRPC with both ensembles, and {len(hand)} with hand-written reports")
         served = {"dualpath": _segment_all(server.grpc_url, "bonescan", samples), "unet": _segment_all(server.grpc_url, "bonescan_unet", samples)}
+        served_hand = {"dualpath": _segment_all(server.grpc_url, "bonescan", hand), "unet": _segment_all(server.grpc_url, "bonescan_unet", hand)}
         done(t)
         from bonescan.benchmarks.latency import harness
 
@@ -138,45 +157,75 @@ def run_demo(out: Path, n: int = 1000, seed: int = 0, workers: int = 2, unet_ste
     finally:
         server.stop()
 
-    from bonescan.model.checkpoint import Predictor
-    from bonescan.postprocess import postprocess
-
     t = step(9, "PyTorch on the same scans (parity), report")
     for k in ck:
-        pred = Predictor(ck[k])
-        per_t, per_s, agree, ms = [], [], [], []
-        for s, r in zip(samples, served[k]):
-            t0 = time.perf_counter()
-            m_t = postprocess(pred.logits(s.image[None], [s.report]), np.array([s.pixel_spacing], np.float32))[0][0, 0]
-            ms.append((time.perf_counter() - t0) * 1000)
-            per_t.append(scan_metrics(m_t, s.mask))
-            per_s.append(scan_metrics(r.mask, s.mask))
-            agree.append(scan_metrics(r.mask, m_t)["dsc"])
-        results[k] = {"triton": summarize(per_s), "pytorch": summarize(per_t), "mask_agreement": float(np.mean(agree)),
-                      "identical": int(sum(a == 1.0 for a in agree)), "pytorch_ms_p50": float(np.median(ms))}
+        results[k] = pytorch_parity(ck[k], samples, served[k])
+        results[k]["handwritten"] = summarize([scan_metrics(r.mask, s.mask) for s, r in zip(hand, served_hand[k])])
+        results[k]["handwritten"]["answered_by_unet"] = sum(r.answered_by == "unet" for r in served_hand[k])
     from bonescan.benchmarks.demo_report import write_demo_report
 
-    table = demo_table(results, lat, parity, len(samples))
+    table = demo_table(results, lat, parity, len(samples), len(hand))
     print(table)
     report = write_demo_report(out, samples, served, results, lat, table)
     done(t, str(report))
     (out / "demo.json").write_text(json.dumps({"results": results, "latency": lat, "parity": {k: {kk: v[kk] for kk in ("max_abs_logit_diff", "mean_mask_dsc")} for k, v in parity.items()}}, indent=1, default=str) + "\n")
-    print(f"\nmake demo finished in {(time.perf_counter() - t_total) / 60:.1f} min; open {report}")
+    total = time.perf_counter() - t_total
+    print("\n" + stage_table(total))
+    print(f"\nmake demo finished in {total / 60:.1f} min; open {report}")
     return 0
 
 
-def demo_table(results: dict, lat: dict, parity: dict, n: int) -> str:
-    lines = [f"\n| model (through Triton, {n} held-out scans) | DSC (mean +- sd) | IoU | lesion sensitivity | FP / scan | "
-             "DSC PyTorch | delta DSC Triton-PyTorch | identical masks | ONNX max logit diff | p50 ms c=1 | p50 ms c=4 | scans/s c=4 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for k, label in (("unet", "U-Net (image only)"), ("dualpath", "dual-path (image + report)")):
+def pytorch_parity(checkpoint: Path, samples: list, served: list) -> dict[str, Any]:
+    """The same scans through PyTorch (with the same fail-safe for the dual-path model): the answers
+    Triton gave must be the ones the checkpoint gives."""
+    from bonescan.failsafe import FailSafeSettings
+    from bonescan.metrics import scan_metrics, summarize
+    from bonescan.model.checkpoint import Predictor
+    from bonescan.postprocess import postprocess, postprocess_failsafe
+
+    pred = Predictor(checkpoint)
+    settings = FailSafeSettings.from_dict((pred.ckpt.metadata.get("failsafe") or {}).get("settings"))
+    per_t, per_s, agree, ms, same_path = [], [], [], [], []
+    for s, r in zip(samples, served):
+        sp = np.array([s.pixel_spacing], np.float32)
+        t0 = time.perf_counter()
+        out = pred.outputs(s.image[None], [s.report])
+        if "text_map" in out:
+            masks, _, _, dec = postprocess_failsafe(out["logits"], out["fallback_logits"], out["text_map"], out["text_stats"], sp, settings)
+            same_path.append(dec[0]["answered_by"] == r.answered_by)
+        else:
+            masks = postprocess(out["logits"], sp)[0]
+        ms.append((time.perf_counter() - t0) * 1000)
+        m_t = masks[0, 0]
+        per_t.append(scan_metrics(m_t, s.mask))
+        per_s.append(scan_metrics(r.mask, s.mask))
+        agree.append(scan_metrics(r.mask, m_t)["dsc"])
+    return {"triton": summarize(per_s), "pytorch": summarize(per_t), "mask_agreement": float(np.mean(agree)),
+            "identical": int(sum(a == 1.0 for a in agree)), "pytorch_ms_p50": float(np.median(ms)),
+            "answered_by_unet": sum(r.answered_by == "unet" for r in served) if same_path else None,
+            "same_path_as_pytorch": int(sum(same_path)) if same_path else None}
+
+
+def demo_table(results: dict, lat: dict, parity: dict, n: int, n_hand: int) -> str:
+    lines = [f"\n| model (through Triton, {n} held-out scans) | DSC (mean +- sd) | DSC scans with metastases | lesion sensitivity | "
+             "FP / scan | answered by the U-Net | DSC PyTorch | delta DSC Triton-PyTorch | identical masks | ONNX max diff | "
+             "p50 ms c=1 | p50 ms c=4 | scans/s c=4 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for k, label in (("unet", "U-Net (image only)"), ("dualpath", "dual-path (image + report, fail-safe on)")):
         r = results[k]
         s = r["triton"]
+        fb = "-" if r.get("answered_by_unet") is None else f"{r['answered_by_unet']}/{n}"
         lines.append(
-            f"| {label} | {s['dsc']['mean']:.4f} +- {s['dsc']['sd']:.3f} | {s['iou']['mean']:.4f} | {s['lesion_sensitivity'] or 0:.3f} | "
-            f"{s['fp_per_scan']:.2f} | {r['pytorch']['dsc']['mean']:.4f} | {s['dsc']['mean'] - r['pytorch']['dsc']['mean']:+.5f} | "
-            f"{r['identical']}/{n} | {parity[k]['max_abs_logit_diff']:.1e} | {lat[k][1]['p50_ms']:.0f} | {lat[k][4]['p50_ms']:.0f} | "
-            f"{lat[k][4]['throughput_per_s']:.1f} |")
+            f"| {label} | {s['dsc']['mean']:.4f} +- {s['dsc']['sd']:.3f} | {s['dsc_positive_scans']['mean']:.4f} | "
+            f"{s['lesion_sensitivity'] or 0:.3f} | {s['fp_per_scan']:.2f} | {fb} | {r['pytorch']['dsc']['mean']:.4f} | "
+            f"{s['dsc']['mean'] - r['pytorch']['dsc']['mean']:+.5f} | {r['identical']}/{n} | {parity[k]['max_abs_logit_diff']:.1e} | "
+            f"{lat[k][1]['p50_ms']:.0f} | {lat[k][4]['p50_ms']:.0f} | {lat[k][4]['throughput_per_s']:.1f} |")
     gain = results["dualpath"]["triton"]["dsc"]["mean"] - results["unet"]["triton"]["dsc"]["mean"]
     lines.append(f"\nDSC gain of the report (dual-path - U-Net): {gain:+.4f}")
+    lines += ["", f"| {n_hand} other scans, reports written by hand (benchmarks/handwritten_reports) | DSC | DSC scans with metastases | "
+              "lesion sensitivity | FP / scan | answered by the U-Net |", "|---|---|---|---|---|---|"]
+    for k, label in (("unet", "U-Net (image only)"), ("dualpath", "dual-path, fail-safe on")):
+        h = results[k]["handwritten"]
+        lines.append(f"| {label} | {h['dsc']['mean']:.4f} | {h['dsc_positive_scans']['mean']:.4f} | {h['lesion_sensitivity'] or 0:.3f} | "
+                     f"{h['fp_per_scan']:.2f} | {h['answered_by_unet'] if k == 'dualpath' else '-'}/{n_hand} |")
     return "\n".join(lines)

@@ -36,18 +36,6 @@ MODE_LABELS = {"in-style": "in-style reports", "left-out": "left-out style", "no
                "shuffled": "shuffled (another scan's)", "handwritten": "hand-written (36 other scans)"}
 
 
-def restyled(arrays, styles: list[str], seed: int) -> list[str]:
-    """Each scan's report re-written from its ground truth in a style drawn from ``styles``."""
-    from bonescan.data.report import report_from_meta
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for meta, rep in zip(arrays.metas, arrays.reports):
-        style = str(rng.choice(styles))
-        out.append(report_from_meta(meta, style, int(rng.integers(2**31))).text if meta and meta.get("generator") else rep)
-    return out
-
-
 def _row(res: dict[str, Any], answer: str) -> dict[str, Any]:
     s = res["answers"][answer]
     return {"dsc": s["dsc"]["mean"], "dsc_positive": s["dsc_positive_scans"]["mean"],
@@ -58,8 +46,9 @@ def _row(res: dict[str, Any], answer: str) -> dict[str, Any]:
 
 def run_text_gain(data: Path, out: Path, seeds: list[int], config: str = "demo", leave_out: str = "auto",
                   pretrain_steps: int | None = None, tag: str = "", handwritten: Path | None = None) -> dict[str, Any]:
+    from bonescan.benchmarks.handwritten import handwritten_samples
     from bonescan.data.arrays import SplitArrays, load_split
-    from bonescan.data.handwritten import handwritten_samples
+    from bonescan.data.rewrite import rewrite_split
     from bonescan.data.styles import STYLES
     from bonescan.evaluate import evaluate_arrays
     from bonescan.model.checkpoint import load_checkpoint
@@ -88,10 +77,10 @@ def run_text_gain(data: Path, out: Path, seeds: list[int], config: str = "demo",
             train(data, ck, m, t, seed=seed, command=f"bonescan bench text-gain (seed {seed}, left out {lo})",
                   config_name=config, init_from=unet_ck, fallback=unet_ck, styles=train_styles)
         c = load_checkpoint(ck)
-        in_style = restyled(test, train_styles, 1000 + seed)
+        in_style = rewrite_split(test.metas, test.reports, train_styles, 1000 + seed)
         runs = {
             "in-style": (test, in_style, "true"),
-            "left-out": (test, restyled(test, [lo], 2000 + seed), "true") if lo else None,
+            "left-out": (test, rewrite_split(test.metas, test.reports, [lo], 2000 + seed), "true") if lo else None,
             "none": (test, in_style, "empty"),
             "shuffled": (test, in_style, "shuffled"),
             "handwritten": (hand, hand.reports, "true"),
@@ -166,7 +155,7 @@ def table(result: dict[str, Any]) -> str:
             keys = [f"s{s}/{mode}/{answer}" for s in seeds if f"s{s}/{mode}/{answer}" in rows]
             if not keys:
                 continue
-            get = lambda f: [rows[k][f] for k in keys if rows[k][f] is not None]  # noqa: E731
+            get = lambda f, keys=keys: [rows[k][f] for k in keys if rows[k][f] is not None]  # noqa: E731
             label = {"unet": "U-Net (image only)", "dualpath": "dual-path, fail-safe off", "failsafe": "dual-path, fail-safe on"}[answer]
             fb = get("unet_answers")
             lines.append(f"| {MODE_LABELS[mode] if answer != 'unet' else 'any'} | {label} | " +

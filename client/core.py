@@ -98,6 +98,7 @@ def _results(res, reqs: Sequence[Request], model: str, t_request: float, want_pr
             mask=masks[i, 0], probability=probs[i, 0] if probs is not None else None, lesions=les["lesions"],
             model=model, source=r.source, pixel_spacing=r.pixel_spacing,
             timings_ms={"request": round(t_request * 1000, 1)}, anterior=r.image[0],
+            answered_by=les.get("answered_by"), reason=les.get("reason"), signals=les.get("signals"),
         ))
     return out
 

@@ -23,14 +23,21 @@ class SegmentationResult:
     pixel_spacing: tuple[float, float]
     timings_ms: dict[str, float] = field(default_factory=dict)
     anterior: np.ndarray | None = None  # for the overlay
+    #: which path answered ("dualpath" or "unet", the image-only answer) and why (bonescan.failsafe)
+    answered_by: str | None = None
+    reason: str | None = None
+    signals: dict[str, Any] | None = None
 
     @property
     def lesion_area_mm2(self) -> float:
         return float(sum(les["area_mm2"] for les in self.lesions))
 
     def summary(self) -> str:
+        who = ""
+        if self.answered_by == "unet" and self.model != "bonescan_unet":
+            who = f"; image-only answer ({self.reason})"
         return (f"{Path(self.source).name or self.source}: {len(self.lesions)} lesion(s), "
-                f"{self.lesion_area_mm2:.0f} mm², {self.timings_ms.get('request', 0):.0f} ms")
+                f"{self.lesion_area_mm2:.0f} mm², {self.timings_ms.get('request', 0):.0f} ms{who}")
 
     def overlay(self) -> Image.Image:
         """Anterior view in the readers' inverted grey, window on bone, lesion outlines in red, numbers."""
@@ -69,6 +76,7 @@ class SegmentationResult:
         np.save(paths["mask_npy"], self.mask.astype(np.uint8))
         paths["lesions"].write_text(json.dumps({
             "source": self.source, "model": self.model, "pixel_spacing_mm": list(self.pixel_spacing),
+            "answered_by": self.answered_by, "reason": self.reason, "signals": self.signals,
             "lesions": self.lesions, "timings_ms": self.timings_ms,
         }, indent=1) + "\n")
         if self.anterior is not None:

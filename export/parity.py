@@ -1,7 +1,9 @@
 """``bonescan export check``: do the exported graphs compute what the checkpoint computes?
 
 On held-out cases it runs PyTorch (the checkpoint) and onnxruntime (the export) on the same
-inputs and reports the largest |logit difference| and the DSC between the two binary masks;
+inputs and reports the largest difference over every float output of the segmenter graph (for the
+dual-path model: logits, the report's maps and the bundled U-Net's logits) and the DSC between the
+two answers (for the dual-path model: after the fail-safe's choice, which must pick the same path);
 it also runs the graphs at every batch size 1..max and checks each sample's result equals the
 batch-1 result. Targets (FP32): max |logit diff| <= 1e-3, mean mask DSC >= 0.999.
 """
@@ -15,8 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from bonescan import contract as C
 from bonescan.contract import THRESHOLD
+from bonescan.failsafe import FailSafeSettings
 from bonescan.metrics import dsc as mask_dsc
+from bonescan.postprocess import postprocess_failsafe
 
 MAX_LOGIT_DIFF = 1e-3
 MIN_MASK_DSC = 0.999
@@ -43,16 +48,29 @@ def check_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Pat
             break
     thr = float(np.log(THRESHOLD / (1 - THRESHOLD)))
     per_case = []
+    settings = FailSafeSettings.from_dict((desc.get("failsafe") or {}).get("settings"))
     for s in tqdm(samples, desc="parity", unit="case", disable=not progress, leave=False):
         img = s.image[None]
-        lt = torch_model.logits(img, [s.report])
-        lo = ort_model.logits(img, [s.report])
-        per_case.append({
+        ot = torch_model.outputs(img, [s.report])
+        oo = ort_model.outputs(img, [s.report])
+        lt, lo = ot[C.LOGITS.name], oo[C.LOGITS.name]
+        row = {
             "case_id": s.case_id,
-            "max_abs_logit_diff": float(np.abs(lt - lo).max()),
+            # every float output of the segmenter graph (the dual-path one also has the report's maps and the U-Net's logits)
+            "max_abs_logit_diff": max(float(np.abs(ot[k] - oo[k]).max()) for k in ot if ot[k].dtype.kind == "f"),
             "mask_dsc": mask_dsc(lt[0, 0] >= thr, lo[0, 0] >= thr),
             "pixels_differing": int(((lt >= thr) != (lo >= thr)).sum()),
-        })
+        }
+        if C.TEXT_STATS.name in ot:
+            # the answer the ensemble gives: the fail-safe's choice on each side must agree
+            sp = np.array([s.pixel_spacing], np.float32)
+            args = (C.LOGITS.name, C.FALLBACK_LOGITS.name, C.TEXT_MAP.name, C.TEXT_STATS.name)
+            mt = postprocess_failsafe(*(ot[k] for k in args), sp, settings)
+            mo = postprocess_failsafe(*(oo[k] for k in args), sp, settings)
+            row["text_stats_equal"] = bool(np.array_equal(ot[C.TEXT_STATS.name], oo[C.TEXT_STATS.name]))
+            row["answer_dsc"] = mask_dsc(mt[0][0, 0], mo[0][0, 0])
+            row["same_path"] = mt[3][0]["answered_by"] == mo[3][0]["answered_by"]
+        per_case.append(row)
     # dynamic batch: every batch size gives each sample its batch-1 answer
     imgs = np.stack([s.image for s in samples[:max_batch]])
     reps = [s.report for s in samples[:max_batch]]
@@ -62,7 +80,8 @@ def check_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Pat
         out = ort_model.logits(imgs[:b], reps[:b])
         batch_diffs[str(b)] = float(np.abs(out - single[:b]).max())
     max_diff = max(c["max_abs_logit_diff"] for c in per_case)
-    mean_dsc = float(np.mean([c["mask_dsc"] for c in per_case]))
+    mean_dsc = float(np.mean([c.get("answer_dsc", c["mask_dsc"]) for c in per_case]))
+    same_path = all(c.get("same_path", True) and c.get("text_stats_equal", True) for c in per_case)
     res = {
         "export": str(export_dir),
         "checkpoint": str(checkpoint),
@@ -76,7 +95,9 @@ def check_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Pat
         "min_mask_dsc": float(min(c["mask_dsc"] for c in per_case)),
         "batch_consistency_max_diff": batch_diffs,
         "targets": {"max_abs_logit_diff": MAX_LOGIT_DIFF, "mean_mask_dsc": MIN_MASK_DSC},
-        "ok": bool(max_diff <= MAX_LOGIT_DIFF and mean_dsc >= MIN_MASK_DSC and max(batch_diffs.values()) <= MAX_LOGIT_DIFF),
+        "failsafe_same_path_everywhere": same_path,
+        "ok": bool(max_diff <= MAX_LOGIT_DIFF and mean_dsc >= MIN_MASK_DSC and same_path
+                   and max(batch_diffs.values()) <= MAX_LOGIT_DIFF),
         "per_case": per_case,
         "seconds": round(time.perf_counter() - t0, 1),
     }

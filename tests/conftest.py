@@ -25,18 +25,21 @@ def dataset(work: Path) -> Path:
     return root
 
 
-def _train(dataset: Path, out: Path, model: str) -> Path:
+def _train(dataset: Path, out: Path, model: str, fallback: Path | None = None) -> Path:
     from bonescan.model.config import preset
     from bonescan.train import train
 
     mcfg, tcfg = preset("tiny", model)
     tcfg.steps = 12
-    return train(dataset, out, mcfg, tcfg, seed=0, progress=False, command="tests", config_name="tiny")
+    return train(dataset, out, mcfg, tcfg, seed=0, progress=False, command="tests", config_name="tiny",
+                 init_from=fallback, fallback=fallback)
 
 
 @pytest.fixture(scope="session")
 def checkpoints(dataset: Path, work: Path) -> dict[str, Path]:
-    return {m: _train(dataset, work / f"{m}.pt", m) for m in ("dualpath", "unet")}
+    """The U-Net, then the dual-path model carrying it as its fail-safe's answer (as make demo trains them)."""
+    unet = _train(dataset, work / "unet.pt", "unet")
+    return {"dualpath": _train(dataset, work / "dualpath.pt", "dualpath", fallback=unet), "unet": unet}
 
 
 @pytest.fixture(scope="session")

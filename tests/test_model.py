@@ -16,7 +16,13 @@ from bonescan.model.checkpoint import Checkpoint, load_checkpoint, read_tokenize
 from bonescan.model.config import preset
 from bonescan.model.network import BoneScanNet
 from bonescan.model.unet import normalize_counts
-from bonescan.tokenize import ReportError, ReportTokenizer, decode_report, train_wordpiece
+from bonescan.tokenize import (
+    ReportError,
+    ReportTokenizer,
+    build_tokenizer,
+    character_vocabulary,
+    decode_report,
+)
 
 torch.set_num_threads(2)
 
@@ -29,7 +35,7 @@ def cases():
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory, cases):
     d = tmp_path_factory.mktemp("tok")
-    train_wordpiece([c.report for c in cases] * 3, d, vocab_size=400)
+    build_tokenizer(d)
     return d
 
 
@@ -44,7 +50,10 @@ def _batch(cases, tokenizer):
     return img, torch.from_numpy(ids), torch.from_numpy(am)
 
 
-def _tiny(model="dualpath", fusion=None, vocab=400, seed=0):
+VOCAB = len(character_vocabulary())
+
+
+def _tiny(model="dualpath", fusion=None, vocab=VOCAB, seed=0):
     torch.manual_seed(seed)
     mcfg, _ = preset("tiny", model, fusion)
     return BoneScanNet(mcfg, vocab_size=vocab).eval()
@@ -128,7 +137,7 @@ def test_overfits_one_batch(cases, tokenizer):
     torch.manual_seed(0)
     mcfg, _ = preset("tiny", "dualpath")
     mcfg.width = 8
-    net = BoneScanNet(mcfg, vocab_size=400)
+    net = BoneScanNet(mcfg, vocab_size=VOCAB)
     pos = [c for c in cases if c.mask.any()][:2]
     img, ids, am = _batch(pos, tokenizer)
     mask = torch.from_numpy(np.stack([c.mask for c in pos]).astype(np.float32))[:, None]

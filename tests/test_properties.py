@@ -12,7 +12,7 @@ from hypothesis.extra.numpy import arrays
 
 from bonescan import contract as C
 from bonescan.postprocess import postprocess
-from bonescan.tokenize import ReportError, ReportTokenizer, decode_report, train_wordpiece
+from bonescan.tokenize import ReportError, ReportTokenizer, build_tokenizer, decode_report
 from bonescan.validate import image_problem, spacing_problem
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -20,10 +20,8 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    from bonescan.data.synth import synth_case
-
     d = tmp_path_factory.mktemp("tok")
-    train_wordpiece([synth_case(3, i).report for i in range(20)], d, vocab_size=500)
+    build_tokenizer(d)
     return ReportTokenizer(d / "tokenizer.json")
 
 

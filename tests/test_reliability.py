@@ -17,7 +17,6 @@ from bonescan.client import BoneScanClient, prepare
 from bonescan.data.dataset import BoneScanDataset
 from bonescan.data.io import CaseError
 from bonescan.errors import BonescanError
-from bonescan.postprocess import postprocess
 from bonescan.serving.ort_pipeline import OrtPipeline
 from bonescan.serving.server import ADMIN_HEADER, ADMIN_HEADER_GRPC, TritonServer, free_ports
 
@@ -36,8 +35,8 @@ def expected(exports, sample):
     pipe = OrtPipeline(exports["dualpath"])
     sp = np.array([sample.pixel_spacing], np.float32)
     return {
-        "true": postprocess(pipe.logits(sample.image[None], [sample.report]), sp)[0],
-        "empty": postprocess(pipe.logits(sample.image[None], [""]), sp)[0],
+        "true": pipe.answer(sample.image[None], sp, [sample.report])[0],
+        "empty": pipe.answer(sample.image[None], sp, [""])[0],
     }
 
 

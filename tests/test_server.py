@@ -13,7 +13,6 @@ import tritonclient.grpc as grpcclient
 from bonescan import contract as C
 from bonescan.benchmarks.faults import grpc_inputs
 from bonescan.data.dataset import BoneScanDataset
-from bonescan.postprocess import postprocess
 from bonescan.serving.ort_pipeline import OrtPipeline
 from bonescan.serving.repository import parse_config, read_manifest
 
@@ -105,11 +104,25 @@ def test_ensemble_equals_in_process_onnxruntime(client, exports, samples):
     for s in samples[:3]:
         sp = np.array([s.pixel_spacing], np.float32)
         res = client.infer("bonescan", _inputs(s.image[None], [s.report], sp), outputs=_outputs(), client_timeout=120)
-        want_mask, want_prob, want_les = postprocess(pipe.logits(s.image[None], [s.report]), sp)
+        want_mask, want_prob, want_les = pipe.answer(s.image[None], sp, [s.report])
         assert np.array_equal(res.as_numpy("MASK"), want_mask)
         assert np.abs(res.as_numpy("PROBABILITY") - want_prob).max() < 1e-5
-        got = json.loads(res.as_numpy("LESIONS")[0, 0])
-        assert got["count"] == json.loads(want_les[0])["count"] and got["pixel_spacing_mm"] == [round(float(v), 4) for v in sp[0]]
+        got, want = json.loads(res.as_numpy("LESIONS")[0, 0]), json.loads(want_les[0])
+        assert got["count"] == want["count"] and got["pixel_spacing_mm"] == [round(float(v), 4) for v in sp[0]]
+        # the fail-safe's choice and its reasons travel with the answer
+        assert got["answered_by"] == want["answered_by"] in ("dualpath", "unet") and got["signals"] == want["signals"]
+
+
+def test_failsafe_answers_a_missing_report_with_the_unet(client, exports, samples):
+    """No report: the dual-path ensemble gives the bundled U-Net's answer, which is bonescan_unet's."""
+    s = samples[0]
+    sp = np.array([s.pixel_spacing], np.float32)
+    dual = client.infer("bonescan", _inputs(s.image[None], [""], sp), outputs=_outputs(), client_timeout=120)
+    unet = client.infer("bonescan_unet", _inputs(s.image[None], None, sp), outputs=_outputs(), client_timeout=120)
+    info = json.loads(dual.as_numpy("LESIONS")[0, 0])
+    assert info["answered_by"] == "unet" and "no report" in info["reason"]
+    assert np.array_equal(dual.as_numpy("MASK"), unet.as_numpy("MASK"))
+    assert json.loads(unet.as_numpy("LESIONS")[0, 0])["answered_by"] == "unet"
 
 
 def test_unet_ensemble(client, exports, samples):
@@ -117,7 +130,7 @@ def test_unet_ensemble(client, exports, samples):
     s = samples[0]
     sp = np.array([s.pixel_spacing], np.float32)
     res = client.infer("bonescan_unet", _inputs(s.image[None], None, sp), outputs=_outputs(), client_timeout=120)
-    assert np.array_equal(res.as_numpy("MASK"), postprocess(pipe.logits(s.image[None]), sp)[0])
+    assert np.array_equal(res.as_numpy("MASK"), pipe.answer(s.image[None], sp)[0])
 
 
 def test_concurrent_requests_are_batched_and_answered(client, server, exports, samples):
@@ -134,7 +147,7 @@ def test_concurrent_requests_are_batched_and_answered(client, server, exports, s
     with ThreadPoolExecutor(n) as ex:
         masks = list(ex.map(one, cases))
     for s, m in zip(cases, masks):
-        assert np.array_equal(m, postprocess(pipe.logits(s.image[None], [s.report]), np.array([s.pixel_spacing], np.float32))[0])
+        assert np.array_equal(m, pipe.answer(s.image[None], np.array([s.pixel_spacing], np.float32), [s.report])[0])
     after = client.get_inference_statistics("segmenter").model_stats[0]
     inferences = after.inference_count - before.inference_count
     executions = after.execution_count - before.execution_count

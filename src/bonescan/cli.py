@@ -200,6 +200,8 @@ def train_configs(a: argparse.Namespace):
 
     mcfg, tcfg = preset(a.config, a.model, a.fusion)
     changes: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+    if getattr(a, "text_encoder", None) is not None:
+        changes["train"]["pretrain_text_steps"] = 0  # a pretrained MacBERT is not pretrained again unless asked
     for config, field, _ in TRAIN_OVERRIDES.values():
         if getattr(a, field) is not None:
             changes[config][field] = getattr(a, field)
@@ -213,6 +215,22 @@ def _train(a: argparse.Namespace) -> int:
     train(a.data, a.out, mcfg, tcfg, seed=a.seed, text_encoder_dir=a.text_encoder, progress=not a.quiet,
           command="bonescan " + " ".join(sys.argv[1:]), config_name=a.config, init_from=a.init_from,
           fallback=a.fallback, styles=a.styles)
+    return 0
+
+
+def _calibrate(a: argparse.Namespace) -> int:
+    from bonescan.evaluate import recalibrate
+
+    recalibrate(a.checkpoint, a.data, a.split, a.out, progress=not a.quiet)
+    print(f"wrote the fail-safe's calibration into {a.out or a.checkpoint}")
+    return 0
+
+
+def _text_encoder_init(a: argparse.Namespace) -> int:
+    from bonescan.model.pretrained import SHAPES, write_pretrained_like
+
+    out = write_pretrained_like(a.out, a.shape, a.seed)
+    print(f"wrote {out}: a BERT of {a.shape}'s shape {SHAPES[a.shape]} with random weights, for --text-encoder")
     return 0
 
 
@@ -245,6 +263,20 @@ def model_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--styles", nargs="+", metavar="STYLE",
                    help="house styles the synthetic cases' reports are re-written in (default: all; see bonescan.data.styles)")
     QUIET.add(s)
+    s = _command(sub, "calibrate", _calibrate,
+                 "calibrate a dual-path checkpoint's fail-safe again on a split, e.g. a hospital's own validation cases and reports")
+    CHECKPOINT.add(s)
+    DATA.add(s)
+    SPLIT.add(s, default="val", help="split whose true reports and another study's reports set the thresholds")
+    s.add_argument("--out", type=Path, help="write a copy with the new calibration here (default: update the checkpoint in place)")
+    QUIET.add(s)
+    te = _group(sub, "text-encoder", "a local stand-in for a pretrained MacBERT folder (no download)")
+    s = _command(te, "init", _text_encoder_init,
+                 "write a BERT folder with MacBERT's shape and files and random weights (tests and cost measurements)")
+    OUT.add(s, help="folder to write (config.json, model.safetensors, vocab.txt, tokenizer.json)")
+    s.add_argument("--shape", choices=["macbert-base", "mini"], default="macbert-base",
+                   help="macbert-base: 12 x 768, vocabulary 21128; mini: the same files at a test's size")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     s = _command(sub, "eval", _eval, "evaluate a checkpoint on a split (true, shuffled or empty reports)")
     CHECKPOINT.add(s)
     DATA.add(s)

@@ -15,6 +15,7 @@ import numpy as np
 
 from bonescan.contract import THRESHOLD
 from bonescan.data.arrays import SplitArrays, load_split, manifest_hash
+from bonescan.data.rewrite import rewrite_split
 from bonescan.metrics import scan_metrics, summarize
 from bonescan.postprocess import postprocess
 
@@ -99,7 +100,9 @@ def evaluate_arrays(ckpt, arrays, reports: str = "true", seed: int = 0, batch: i
 
 
 def _collect(pred, arrays, texts: list[str], threshold: float, batch: int = 4) -> list[dict[str, Any]]:
-    """One pass: per scan the cleaned dual-path and U-Net masks and the fail-safe's inputs."""
+    """One pass: per scan the cleaned dual-path and U-Net masks and the fail-safe's other inputs."""
+    from bonescan.postprocess import sigmoid
+
     rows = []
     for i in range(0, len(arrays), batch):
         imgs = arrays.images[i : i + batch].astype(np.float32)
@@ -107,29 +110,36 @@ def _collect(pred, arrays, texts: list[str], threshold: float, batch: int = 4) -
         sp = np.array(arrays.spacings[i : i + batch], np.float32)
         md = postprocess(out["logits"], sp, threshold)[0]
         mu = postprocess(out["fallback_logits"], sp, threshold)[0]
+        pu = sigmoid(out["fallback_logits"]).astype(np.float16)
         for k in range(len(imgs)):
-            rows.append({"dual": md[k, 0], "unet": mu[k, 0], "text_map": out["text_map"][k], "stats": out["text_stats"][k],
-                         "gt": arrays.masks[i + k]})
+            rows.append({"dual": md[k, 0], "unet": mu[k, 0], "prob": pu[k, 0], "text_map": out["text_map"][k],
+                         "stats": out["text_stats"][k], "gt": arrays.masks[i + k]})
     return rows
 
 
-def _mean_dsc(rows: list[dict[str, Any]], settings) -> float:
+def _scores(rows: list[dict[str, Any]], settings) -> dict[str, float]:
+    """Mean DSC over all scans and over the scans with metastases, with the fail-safe's answers."""
     from bonescan.failsafe import decide
     from bonescan.metrics import dsc
 
-    return float(np.mean([dsc(decide(r["dual"], r["unet"], r["text_map"], r["stats"], settings)[0], r["gt"]) for r in rows]))
+    d = [dsc(decide(r["dual"], r["unet"], r["prob"].astype(np.float32), r["text_map"], r["stats"], settings)[0], r["gt"])
+         for r in rows]
+    pos = [x for x, r in zip(d, rows) if r["gt"].any()]
+    return {"all": float(np.mean(d)), "positive": float(np.mean(pos)) if pos else float("nan")}
 
 
 def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int = 0, progress: bool = True,
                        threshold: float = THRESHOLD) -> dict[str, Any]:
     """Thresholds of the fail-safe from the validation split (bonescan.failsafe).
 
-    * max_unexplained_share: the value that maximises the mean DSC over the split with its true
-      reports and with another study's reports (a fixed derangement) alike; ties go to the larger
-      value (fewer fall-backs);
+    * max_unexplained and min_confidence: of a small grid, the pair with the best mean DSC over the
+      split given its true reports and given another study's reports (a fixed derangement), among
+      the pairs that keep both safe: with true reports the scans with metastases score at least the
+      U-Net's DSC there, and with another study's reports the split scores at least the U-Net's
+      (each within 0.005). Ties go to fewer fall-backs.
     * max_unknown_share: the largest share of characters unknown to the model (replaced on purpose
       in the true reports) at which the dual-path answer still scores at least the U-Net's.
-    texts: the true reports to use (e.g. re-written in the training house styles); default the split's.
+    texts: the true reports (e.g. re-written in the training house styles); default the split's own.
     """
     from dataclasses import replace
 
@@ -142,37 +152,65 @@ def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int =
     base = FailSafeSettings()
     true_rows = _collect(pred, arrays, true, threshold)
     shuf_rows = _collect(pred, arrays, select_reports(true, "shuffled", seed), threshold)
-    grid = [round(x, 2) for x in np.arange(0.1, 1.01, 0.05)]
-    scores = {g: (_mean_dsc(true_rows, replace(base, max_unexplained_share=g)) +
-                  _mean_dsc(shuf_rows, replace(base, max_unexplained_share=g))) / 2 for g in grid}
-    best = max(scores.values())
-    unexplained = max(g for g, v in scores.items() if v >= best - 1e-9)
+    unet_all = float(np.mean([dsc(r["unet"], r["gt"]) for r in true_rows]))
+    pos_rows = [r for r in true_rows if r["gt"].any()]
+    unet_pos = float(np.mean([dsc(r["unet"], r["gt"]) for r in pos_rows])) if pos_rows else float("nan")
+    grid = []
+    for conf in (0.5, 0.6, 0.7, 0.8, 0.9, 0.95):
+        for k in (0, 1, 2, 3, 5, 1000):
+            st = replace(base, max_unexplained=float(k), min_confidence=conf)
+            t, sh = _scores(true_rows, st), _scores(shuf_rows, st)
+            safe = t["positive"] >= unet_pos - 0.005 and sh["all"] >= unet_all - 0.005
+            grid.append({"max_unexplained": k, "min_confidence": conf, "true": round(t["all"], 4),
+                         "true_positive": round(t["positive"], 4), "shuffled": round(sh["all"], 4), "safe": safe,
+                         "objective": round((t["all"] + sh["all"]) / 2, 5)})
+    pool = [g for g in grid if g["safe"]] or grid
+    best = max(pool, key=lambda g: (g["objective"], g["max_unexplained"], -g["min_confidence"]))
     # unknown characters: replace a share of each report's characters by ones the model never trained on
     tok = pred.tokenizer
     unknown_chars = [t for t, i in tok.tok.get_vocab().items() if len(t) == 1 and "\u4e00" <= t <= "\u9fff" and not tok.known[i]]
     rng = np.random.default_rng(seed)
-    unet_dsc = float(np.mean([dsc(r["unet"], r["gt"]) for r in true_rows]))
     curve = {}
     max_unknown = 0.0
-    for share in (0.05, 0.1, 0.15, 0.2, 0.3, 0.4):
-        noisy = ["".join(str(rng.choice(unknown_chars)) if ("\u4e00" <= c <= "\u9fff" and rng.random() < share) else c for c in t)
-                 for t in true]
-        rows = _collect(pred, arrays, noisy, threshold)
-        d = _mean_dsc(rows, replace(base, enabled=False))
-        curve[str(share)] = round(d, 4)
-        if d >= unet_dsc:
+    if unknown_chars:
+        for share in (0.05, 0.1, 0.15, 0.2, 0.3, 0.4):
+            noisy = ["".join(str(rng.choice(unknown_chars)) if ("\u4e00" <= c <= "\u9fff" and rng.random() < share) else c
+                             for c in t) for t in true]
+            d = _scores(_collect(pred, arrays, noisy, threshold), replace(base, enabled=False))["all"]
+            curve[str(share)] = round(d, 4)
+            if d < unet_all:
+                break
             max_unknown = share
-        else:
-            break
-    settings = replace(base, max_unexplained_share=unexplained, max_unknown_share=max(max_unknown, 0.05))
-    res = {"settings": settings.to_dict(), "val_scans": len(arrays),
-           "mean_dsc_true_and_shuffled_by_max_unexplained": {str(g): round(v, 4) for g, v in scores.items()},
-           "unet_dsc": round(unet_dsc, 4), "dualpath_dsc_by_unknown_share": curve,
-           "dsc_true": round(_mean_dsc(true_rows, settings), 4), "dsc_shuffled": round(_mean_dsc(shuf_rows, settings), 4)}
+    settings = replace(base, max_unexplained=float(best["max_unexplained"]), min_confidence=best["min_confidence"],
+                       max_unknown_share=max(max_unknown, 0.05))
+    res = {"settings": settings.to_dict(), "val_scans": len(arrays), "unet_dsc": round(unet_all, 4),
+           "unet_dsc_positive": round(unet_pos, 4), "grid": grid, "dualpath_dsc_by_unknown_share": curve,
+           "dsc_true": best["true"], "dsc_true_positive": best["true_positive"], "dsc_shuffled": best["shuffled"]}
     if progress:
-        print(f"fail-safe calibrated on {len(arrays)} validation scans: max unexplained share {unexplained}, "
-              f"max unknown share {settings.max_unknown_share}; DSC true {res['dsc_true']:.4f}, shuffled {res['dsc_shuffled']:.4f}, "
-              f"U-Net {unet_dsc:.4f}")
+        print(f"fail-safe calibrated on {len(arrays)} validation scans: falls back above {best['max_unexplained']} "
+              f"unexplained lesion(s) of confidence >= {best['min_confidence']}, or above {100 * settings.max_unknown_share:.0f} % "
+              f"unknown characters; DSC true {best['true']:.4f} (with metastases {best['true_positive']:.4f}), "
+              f"another study's {best['shuffled']:.4f}; U-Net {unet_all:.4f} ({unet_pos:.4f})")
+    return res
+
+
+def recalibrate(checkpoint: str | Path, data: str | Path, split: str = "val", out: str | Path | None = None,
+                progress: bool = True) -> dict[str, Any]:
+    """Calibrate a dual-path checkpoint's fail-safe again on a split (e.g. a hospital's own validation
+    cases and reports) and write it into the checkpoint (or a copy at ``out``); returns the calibration."""
+    from bonescan.errors import BonescanError
+    from bonescan.model.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt.net.fallback is None:
+        raise BonescanError(f"{checkpoint}: a {ckpt.cfg.model} model has no fail-safe to calibrate")
+    arrays = load_split(data, split, progress)
+    seed = int(ckpt.metadata.get("seed") or 0)
+    texts = rewrite_split(arrays.metas, arrays.reports, ckpt.metadata.get("report_styles"), seed)
+    res = calibrate_failsafe(ckpt, arrays, texts, seed=seed, progress=progress)
+    res["data"], res["split"] = str(data), split
+    metadata = {**ckpt.metadata, "failsafe": json.loads(json.dumps(res))}
+    save_checkpoint(out or checkpoint, ckpt.net, ckpt.tokenizer_files, metadata)
     return res
 
 
@@ -184,7 +222,7 @@ def report_texts(arrays: SplitArrays, reports_dir: str | Path | None = None, sty
     from bonescan.errors import BonescanError
 
     if reports_dir is not None:
-        from bonescan.data.handwritten import load_reports
+        from bonescan.data.io import load_reports
 
         given = load_reports(reports_dir)
         keep = [i for i, cid in enumerate(arrays.ids) if cid in given]
@@ -193,14 +231,14 @@ def report_texts(arrays: SplitArrays, reports_dir: str | Path | None = None, sty
         arrays = arrays.select(keep)
         return arrays, [given[cid] for cid in arrays.ids]
     if style is not None:
-        from bonescan.data.report import report_from_meta
+        from bonescan.data.rewrite import rewritable
         from bonescan.data.styles import STYLES
 
         if style not in STYLES:
             raise BonescanError(f"--style must be one of {sorted(STYLES)}")
-        if not all(m and m.get("generator") for m in arrays.metas):
+        if not all(rewritable(m) for m in arrays.metas):
             raise BonescanError("--style re-writes reports from the ground truth (meta.json) of synthetic cases; these cases have none")
-        return arrays, [report_from_meta(m, style, seed + k).text for k, m in enumerate(arrays.metas)]
+        return arrays, rewrite_split(arrays.metas, arrays.reports, [style], seed)
     return arrays, list(arrays.reports)
 
 

@@ -9,10 +9,13 @@ two measured signals decide, per scan, which one is given:
 * ``unknown share``: the share of the report's tokens the text encoder never saw in training
   ([UNK], or characters absent from every training text). A report written in other words than
   any the model learned is not read; it is not guessed at either.
-* ``unexplained share``: the share of the U-Net's lesions at places the report does not mention at
-  all (the report's ``mention`` map, trained on every finding a report describes: metastases,
-  benign findings, artefacts). A report that describes the study in front of it accounts for the
-  hot spots the image shows; another patient's report, or one the model misread, does not.
+* ``unexplained lesions``: lesions the image-only U-Net finds with confidence, that the dual-path
+  answer drops, at places the report does not mention at all (the report's ``mention`` map,
+  trained on every finding a report describes: metastases, benign findings, artefacts). A report
+  that explains a hot spot away names it (a degenerative knee, a healed fracture); one that drops
+  confident hot spots it never mentions is not describing this study: another patient's report,
+  or one the model misread. Hot spots the U-Net finds with low confidence are not counted: most of
+  them are its own false positives, which the report rightly does not mention.
 
 No report (or an empty one) gives the U-Net's answer too. When the report is trusted, the answer
 is the dual-path mask plus any U-Net lesion at a place the report names as a metastasis (its
@@ -40,8 +43,10 @@ class FailSafeSettings:
     enabled: bool = True
     #: more than this share of the report's tokens unknown to the model: the report is not read
     max_unknown_share: float = 0.15
-    #: more than this share of the U-Net's lesions unmentioned by the report: it does not fit the image
-    max_unexplained_share: float = 0.5
+    #: more than this many unexplained lesions (see the module docstring): the report does not fit the image
+    max_unexplained: float = 1.0
+    #: a U-Net lesion counts as confident when its highest probability reaches this
+    min_confidence: float = 0.8
     #: a lesion counts as mentioned where sigmoid(mention) reaches this at one of its pixels
     mention_threshold: float = 0.5
     #: the report allows a metastasis where sigmoid(allow) reaches this
@@ -80,40 +85,53 @@ def upsample(cells: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.repeat(np.repeat(cells, shape[0] // h, axis=0), shape[1] // w, axis=1)
 
 
-def signals(fallback_mask: np.ndarray, text_map: np.ndarray, text_stats: np.ndarray,
-            s: FailSafeSettings) -> dict[str, Any]:
+def signals(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarray, text_map: np.ndarray,
+            text_stats: np.ndarray, s: FailSafeSettings) -> dict[str, Any]:
     """The measured signals of one scan.
 
-    fallback_mask: [H, W] the U-Net's cleaned binary mask; text_map: [2, h, w] allow / mention
-    logits; text_stats: [2] (report tokens, of them unknown to the model).
+    mask, fallback_mask: [H, W] the dual-path and the U-Net answers, cleaned binary masks;
+    fallback_prob: [H, W] the U-Net's probabilities; text_map: [2, h, w] allow / mention logits;
+    text_stats: [2] (report tokens, of them unknown to the model).
     """
-    from scipy.ndimage import label
+    from scipy.ndimage import label, maximum
 
     from bonescan.postprocess import EIGHT
 
     tokens, unknown = int(text_stats[0]), int(text_stats[1])
     mention = upsample(_sigmoid(np.asarray(text_map[1], np.float32)), fallback_mask.shape) >= s.mention_threshold
     lab, n = label(fallback_mask, structure=EIGHT)
-    explained = len(np.unique(lab[mention & (lab > 0)])) if n else 0
+    unexplained = dropped = 0
+    if n:
+        ids = np.arange(1, n + 1)
+        kept = np.zeros(n + 1, bool)
+        kept[np.unique(lab[(lab > 0) & (np.asarray(mask) > 0)])] = True
+        named = np.zeros(n + 1, bool)
+        named[np.unique(lab[(lab > 0) & mention])] = True
+        conf = np.asarray(maximum(fallback_prob, lab, ids)) >= s.min_confidence
+        drop = ~kept[1:]
+        dropped = int(drop.sum())
+        unexplained = int((drop & conf & ~named[1:]).sum())
     return {
         "report_tokens": tokens,
         "unknown_share": round(unknown / tokens, 4) if tokens else None,
         "unet_lesions": int(n),
-        "unexplained_lesions": int(n - explained),
-        "unexplained_share": round((n - explained) / n, 4) if n else 0.0,
+        "dropped_lesions": dropped,
+        "unexplained_lesions": unexplained,
     }
 
 
-def decide(mask: np.ndarray, fallback_mask: np.ndarray, text_map: np.ndarray, text_stats: np.ndarray,
-           s: FailSafeSettings) -> tuple[np.ndarray, dict[str, Any]]:
-    """One scan: (dual-path mask, U-Net mask, report maps, report token stats) -> (mask to give, why).
+def decide(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarray, text_map: np.ndarray,
+           text_stats: np.ndarray, s: FailSafeSettings) -> tuple[np.ndarray, dict[str, Any]]:
+    """One scan: (dual-path mask, U-Net mask and probabilities, report maps, report token stats)
+    -> (mask to give, why).
 
     Masks are [H, W] binary, cleaned by postprocess. The returned dict says which path answered
     (``answered_by``), the reason in words, and the signals with the thresholds they were held to.
     """
-    sig = signals(fallback_mask, text_map, text_stats, s)
+    sig = signals(mask, fallback_mask, fallback_prob, text_map, text_stats, s)
     info: dict[str, Any] = {"signals": sig, "thresholds": {"max_unknown_share": s.max_unknown_share,
-                                                           "max_unexplained_share": s.max_unexplained_share}}
+                                                           "max_unexplained": s.max_unexplained,
+                                                           "min_confidence": s.min_confidence}}
     reason = None
     if not s.enabled:
         reason = None
@@ -122,13 +140,13 @@ def decide(mask: np.ndarray, fallback_mask: np.ndarray, text_map: np.ndarray, te
     elif sig["unknown_share"] > s.max_unknown_share:
         reason = (f"report not read: {100 * sig['unknown_share']:.0f} % of its characters are unknown to the model "
                   f"(limit {100 * s.max_unknown_share:.0f} %)")
-    elif sig["unexplained_share"] > s.max_unexplained_share:
-        reason = (f"report does not fit the image: it mentions no finding at {sig['unexplained_lesions']} of the "
-                  f"{sig['unet_lesions']} hot spots the image-only model finds (limit {100 * s.max_unexplained_share:.0f} %)")
+    elif sig["unexplained_lesions"] > s.max_unexplained:
+        reason = (f"report does not fit the image: the report-guided answer would drop {sig['unexplained_lesions']} "
+                  f"confident hot spot(s) at places the report does not mention (limit {s.max_unexplained:g})")
     if reason is not None:
         info.update(answered_by=UNET, reason=reason)
         return fallback_mask.astype(np.uint8), info
-    out = mask.astype(bool)
+    out = np.asarray(mask).astype(bool)
     added = 0
     if s.enabled and s.add_named_lesions and fallback_mask.any():
         from scipy.ndimage import label
@@ -136,8 +154,8 @@ def decide(mask: np.ndarray, fallback_mask: np.ndarray, text_map: np.ndarray, te
         from bonescan.postprocess import EIGHT
 
         p = _sigmoid(np.asarray(text_map, np.float32))
-        named = upsample((p[0] >= s.allow_threshold) & (p[1] >= s.mention_threshold), mask.shape)
-        lab, n = label(fallback_mask, structure=EIGHT)
+        named = upsample((p[0] >= s.allow_threshold) & (p[1] >= s.mention_threshold), out.shape)
+        lab, _ = label(fallback_mask, structure=EIGHT)
         for k in np.unique(lab[named & (lab > 0)]):
             comp = lab == k
             if not (comp & out).any():

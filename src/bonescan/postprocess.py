@@ -106,7 +106,7 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
         sp = (float(spacing[b, 0]), float(spacing[b, 1]))
         keep_d, _ = lesions_of(prob_d[b, 0] >= threshold, prob_d[b, 0], sp)
         keep_u, _ = lesions_of(prob_u[b, 0] >= threshold, prob_u[b, 0], sp)
-        final, info = decide(keep_d, keep_u, text_map[b], text_stats[b], settings)
+        final, info = decide(keep_d, keep_u, prob_u[b, 0], text_map[b], text_stats[b], settings)
         prob = prob_u[b, 0] if info["answered_by"] == UNET else np.where(keep_d | ~final.astype(bool), prob_d[b, 0],
                                                                           np.maximum(prob_d[b, 0], prob_u[b, 0]))
         keep, lesions = lesions_of(final.astype(bool), prob, sp)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from bonescan.data.arrays import SplitArrays, load_split, manifest_hash
+from bonescan.data.rewrite import rewrite_split, training_report
 from bonescan.errors import BonescanError
 from bonescan.evaluate import calibrate_failsafe, evaluate_arrays
 from bonescan.model.checkpoint import Checkpoint, read_tokenizer_files, save_checkpoint, write_tokenizer_files
@@ -200,23 +201,6 @@ def build_optimizer(net: BoneScanNet, tcfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, weight_decay=tcfg.weight_decay)
 
 
-def training_report(meta: dict[str, Any] | None, report: str, rng: np.random.Generator, styles: list[str] | None,
-                    strength: float) -> str:
-    """The report a case is trained with this time: re-written from its ground truth in a house
-    style drawn from ``styles`` when it is a synthetic case with a report (a hospital's case keeps
-    its own), then augmented (data.augment) with ``strength`` (0: as written)."""
-    text = report
-    if styles and meta and meta.get("generator") and report:
-        from bonescan.data.report import report_from_meta
-
-        text = report_from_meta(meta, str(rng.choice(styles)), int(rng.integers(2**31))).text
-    if strength > 0 and text:
-        from bonescan.data.augment import augment_report
-
-        text = augment_report(text, rng, strength)
-    return text
-
-
 class ReportSource:
     """The reports of a training batch, tokenized: each case's report re-written in a random house
     style and augmented every time it is drawn (:func:`training_report`), replaced by the empty
@@ -370,7 +354,7 @@ def pretrain_text_encoder(net: BoneScanNet, tokenizer: ReportTokenizer, tcfg: Tr
                           seed: int, progress: bool) -> tuple[dict[str, Any] | None, set[int]]:
     """Masked-language-model pretraining of the text encoder on a fresh corpus of generated reports
     in ``styles`` every step (model.text_pretrain); returns its record and the token ids it saw."""
-    if net.text_encoder is None or tcfg.pretrain_text_steps <= 0:
+    if net.text_encoder is None or tcfg.pretrain_text_steps <= 0 or tcfg.steps <= 0:
         return None, set()
     from bonescan.data.corpus import report_corpus
     from bonescan.model.text_pretrain import pretrain_text
@@ -405,12 +389,6 @@ def finish_text_encoder(net: BoneScanNet, tokenizer: ReportTokenizer, tok_files:
     tok_files[TRAINED_TOKENS_FILE] = json.dumps({"ids": np.nonzero(known)[0].tolist(),
                                                  "note": "token ids the text encoder was trained on; others read as [UNK]"})
     return int(known.sum())
-
-
-def validation_reports(val_set: SplitArrays, styles: list[str] | None, seed: int) -> list[str]:
-    """The validation split's reports as training saw reports: re-written in the training styles."""
-    return [training_report(m, r, np.random.default_rng([seed, k]), styles, 0.0)
-            for k, (m, r) in enumerate(zip(val_set.metas, val_set.reports))]
 
 
 def checkpoint_metadata(*, command: str | None, config_name: str, mcfg: ModelConfig, tcfg: TrainConfig, seed: int,
@@ -507,7 +485,8 @@ def train(
         val = evaluate_arrays(ckpt, val_set, progress=progress) if trained else {}
         failsafe = None
         if trained and net.fallback is not None and fallback_info is not None:
-            failsafe = calibrate_failsafe(ckpt, val_set, validation_reports(val_set, styles, seed), seed=seed, progress=progress)
+            failsafe = calibrate_failsafe(ckpt, val_set, rewrite_split(val_set.metas, val_set.reports, styles, seed), seed=seed,
+                                          progress=progress)
         metadata = checkpoint_metadata(command=command, config_name=config_name, mcfg=mcfg, tcfg=tcfg, seed=seed, data=data,
                                        train_set=train_set, val_set=val_set, result=result, text_encoder_dir=text_encoder_dir,
                                        tok_files=tok_files, init_info=init_info, validation=val, t_start=t_start,

@@ -133,6 +133,18 @@ def read_report(path: str | Path | None) -> str:
         raise CaseError(path, str(e)) from None
 
 
+def load_reports(folder: str | Path) -> dict[str, str]:
+    """case_id -> report text for every ``<case_id>.txt`` in a folder (reports written elsewhere,
+    e.g. by a hospital, or benchmarks/handwritten_reports)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CaseError(folder, "reports folder does not exist")
+    out = {p.stem: read_report(p) for p in sorted(folder.glob("*.txt"))}
+    if not out:
+        raise CaseError(folder, "no <case_id>.txt report in the folder")
+    return out
+
+
 # ----------------------------------------------------------------------------- DICOM
 
 

@@ -2,9 +2,9 @@
 
 36 reports were written by hand from the ground truth (meta.json) of cases 0-59 of the synthetic
 data set with seed 2027, in six personal house styles, without the generator's templates in
-view. The scans are regenerated here (the generator is a pure function of seed and index) and
-checked against the lesion lists the writer saw, so a change of the generator cannot silently
-pair these reports with other images.
+view (see the folder's README). The scans are regenerated here (the generator is a pure function
+of seed and index) and checked against the lesion lists the writer saw, so a change of the
+generator cannot silently pair these reports with other images.
 """
 
 from __future__ import annotations
@@ -14,34 +14,17 @@ from pathlib import Path
 
 from bonescan.errors import BonescanError
 
-
-def default_dir() -> Path:
-    """benchmarks/handwritten_reports of this checkout or installation."""
-    from importlib import resources
-
-    return Path(str(resources.files("bonescan.benchmarks"))) / "handwritten_reports"
-
-
-def load_reports(folder: str | Path) -> dict[str, str]:
-    """case_id -> report text for every ``<case_id>.txt`` in a folder (a hospital's or these)."""
-    from bonescan.data.io import read_report
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise BonescanError(f"{folder}: reports folder does not exist")
-    out = {p.stem: read_report(p) for p in sorted(folder.glob("*.txt"))}
-    if not out:
-        raise BonescanError(f"{folder}: no <case_id>.txt report in it")
-    return out
+FOLDER = Path(__file__).resolve().parent / "handwritten_reports"
 
 
 def handwritten_samples(folder: str | Path | None = None) -> list:
     """The cases of the hand-written set as data-set samples, each with its hand-written report."""
     from bonescan.contract import to_model_frame
     from bonescan.data.dataset import Sample
+    from bonescan.data.io import load_reports
     from bonescan.data.synth import synth_case
 
-    folder = Path(folder) if folder else default_dir()
+    folder = Path(folder) if folder else FOLDER
     index = json.loads((folder / "cases.json").read_text(encoding="utf-8"))
     reports = load_reports(folder)
     samples = []

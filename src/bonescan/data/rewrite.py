@@ -1,0 +1,44 @@
+"""Reports re-written from a case's ground truth: how training, calibration and evaluation see reports.
+
+A synthetic case carries its findings in meta.json, so its report can be written again in any house
+style (``data.report.report_from_meta``). Training re-writes each case's report in a random style of
+the run's styles every time the case is drawn, then augments it (``data.augment``): the model never
+learns one wording. Calibration and evaluation re-write a split's reports once, deterministically,
+in the styles they are about (the training styles, or the one left out). A hospital's case has no
+ground truth to re-write from and keeps its own report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def rewritable(meta: dict[str, Any] | None) -> bool:
+    """Whether a case's report can be re-written (a synthetic case: meta.json from the generator)."""
+    return bool(meta and meta.get("generator"))
+
+
+def training_report(meta: dict[str, Any] | None, report: str, rng: np.random.Generator, styles: Sequence[str] | None,
+                    strength: float) -> str:
+    """The report a case is trained with this time: re-written in a house style drawn from ``styles``
+    when the case has a report and ground truth, then augmented with ``strength`` (0: as written)."""
+    text = report
+    if styles and rewritable(meta) and report:
+        from bonescan.data.report import report_from_meta
+
+        text = report_from_meta(meta, str(rng.choice(list(styles))), int(rng.integers(2**31))).text  # type: ignore[arg-type]
+    if strength > 0 and text:
+        from bonescan.data.augment import augment_report
+
+        text = augment_report(text, rng, strength)
+    return text
+
+
+def rewrite_split(metas: Sequence[dict[str, Any] | None], reports: Sequence[str], styles: Sequence[str] | None,
+                  seed: int) -> list[str]:
+    """Each case's report re-written once in a style drawn from ``styles`` (deterministic in seed;
+    cases without ground truth, and empty reports, stay as they are)."""
+    return [training_report(m, r, np.random.default_rng([seed, k]), styles, 0.0) for k, (m, r) in enumerate(zip(metas, reports))]

@@ -1,0 +1,234 @@
+"""The report path: a tokenizer that reads any Chinese report, the report's maps, the fail-safe, MLM
+pretraining, the hand-written held-out reports, evaluation with reports written elsewhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bonescan import contract as C
+from bonescan.failsafe import DUALPATH, UNET, FailSafeSettings, decide
+from bonescan.tokenize import TRAINED_TOKENS_FILE, ReportTokenizer, build_tokenizer
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory) -> Path:
+    return build_tokenizer(tmp_path_factory.mktemp("chartok"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tok_dir) -> ReportTokenizer:
+    return ReportTokenizer(tok_dir / "tokenizer.json")
+
+
+def test_no_chinese_character_becomes_unk(tokenizer, tok_dir):
+    from tokenizers import Tokenizer
+
+    unk = tokenizer.unk_id
+    every = "".join(chr(cp) for cp in range(0x4E00, 0xA000))
+    raw = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))  # no truncation, no padding
+    ids = raw.encode(every, add_special_tokens=False).ids
+    assert len(ids) == 0xA000 - 0x4E00 and unk not in ids
+    # full-width letters, digits and punctuation, circled numbers read as their plain forms
+    assert raw.encode("Ｔ７，①", add_special_tokens=False).tokens == ["t", "7", ",", "1"]
+    # what is not Chinese text may still be unknown: an emoji
+    assert raw.encode("😀", add_special_tokens=False).ids == [unk]
+
+
+def test_handwritten_reports_have_no_unknown_character(tokenizer):
+    from bonescan.benchmarks.handwritten import FOLDER
+    from bonescan.data.io import load_reports
+
+    reports = load_reports(FOLDER)
+    assert len(reports) == 36
+    ids, mask = tokenizer(list(reports.values()))
+    assert int((ids == tokenizer.unk_id).sum()) == 0
+    assert int(tokenizer.text_stats(ids, mask)[:, 0].min()) > 40
+
+
+def test_text_stats_count_what_the_model_never_trained_on(tok_dir, tmp_path):
+    import shutil
+
+    d = tmp_path / "tok"
+    shutil.copytree(tok_dir, d)
+    full = ReportTokenizer(d / "tokenizer.json")
+    known = full.tok.encode("胸椎浓聚", add_special_tokens=False).ids
+    (d / TRAINED_TOKENS_FILE).write_text(json.dumps({"ids": known}))
+    tok = ReportTokenizer(d / "tokenizer.json")
+    ids, mask = tok(["胸椎浓聚", "胸椎浓聚龘龘", ""])
+    assert tok.text_stats(ids, mask).tolist() == [[4, 0], [6, 2], [0, 0]]
+    # without the file (a pretrained MacBERT's tokenizer) every character is known
+    ids, mask = full(["胸椎浓聚龘龘"])
+    assert full.text_stats(ids, mask).tolist() == [[6, 0]]
+
+
+def _blob(mask: np.ndarray, y: int, x: int, r: int = 3) -> None:
+    mask[max(y - r, 0) : y + r, max(x - r, 0) : x + r] = 1
+
+
+def _maps(allow: list[tuple[int, int]], mention: list[tuple[int, int]], hw=(32, 8)) -> np.ndarray:
+    """logits [2, h, w]: -10 everywhere, +10 at the given cells."""
+    m = np.full((2, *hw), -10.0, np.float32)
+    for y, x in allow:
+        m[0, y, x] = 10.0
+    for y, x in mention:
+        m[1, y, x] = 10.0
+    return m
+
+
+def test_failsafe_decides_with_its_signals():
+    s = FailSafeSettings(max_unknown_share=0.15, max_unexplained=0, min_confidence=0.8)
+    shape = (C.IMAGE_HEIGHT, C.IMAGE_WIDTH)
+    unet = np.zeros(shape, np.uint8)
+    _blob(unet, 100, 40)  # cell (3, 1)
+    _blob(unet, 500, 200)  # cell (15, 6)
+    prob = unet * 0.95  # both confident
+    dual = np.zeros(shape, np.uint8)
+    _blob(dual, 100, 40)
+    stats = np.array([80, 0])
+    # the report names the first place a metastasis and mentions the second (a benign finding): trusted
+    out, info = decide(dual, unet, prob, _maps([(3, 1)], [(3, 1), (15, 6)]), stats, s)
+    assert info["answered_by"] == DUALPATH and np.array_equal(out, dual)
+    assert info["signals"]["dropped_lesions"] == 1 and info["signals"]["unexplained_lesions"] == 0
+    # a U-Net lesion where the report names a metastasis, missed by the dual-path model, is added
+    out, info = decide(np.zeros(shape, np.uint8), unet, prob, _maps([(3, 1)], [(3, 1), (15, 6)]), stats, s)
+    assert info["answered_by"] == DUALPATH and info["unet_lesions_added"] == 1 and out[100, 40] == 1 and out[500, 200] == 0
+    # no report
+    out, info = decide(dual, unet, prob, _maps([], []), np.array([0, 0]), s)
+    assert info["answered_by"] == UNET and "no report" in info["reason"] and np.array_equal(out, unet)
+    # a report in characters the model does not know
+    out, info = decide(dual, unet, prob, _maps([(3, 1)], [(3, 1), (15, 6)]), np.array([80, 20]), s)
+    assert info["answered_by"] == UNET and "not read" in info["reason"] and info["signals"]["unknown_share"] == 0.25
+    # a report that mentions neither hot spot (another patient's): the dropped confident one is unexplained
+    out, info = decide(dual, unet, prob, _maps([(20, 2)], [(20, 2)]), stats, s)
+    assert info["answered_by"] == UNET and "does not fit" in info["reason"] and info["signals"]["unexplained_lesions"] == 1
+    # ... unless the dropped hot spot is one the U-Net itself is unsure of (most of those are its false positives)
+    weak = prob.copy()
+    weak[480:520, 180:220] = 0.6
+    out, info = decide(dual, unet, weak, _maps([(20, 2)], [(20, 2)]), stats, s)
+    assert info["answered_by"] == DUALPATH and info["signals"]["unexplained_lesions"] == 0
+    # the fail-safe off: always the dual-path answer
+    out, info = decide(dual, unet, prob, _maps([], []), np.array([0, 0]), FailSafeSettings(enabled=False))
+    assert info["answered_by"] == DUALPATH and np.array_equal(out, dual)
+
+
+def test_failsafe_settings_read_from_config_parameters():
+    s = FailSafeSettings(enabled=False, max_unknown_share=0.2, max_unexplained=2.0, min_confidence=0.7, add_named_lesions=False)
+    params = {f"failsafe_{k}": str(v).lower() if isinstance(v, bool) else str(v) for k, v in s.to_dict().items()}
+    assert FailSafeSettings.from_dict(params, prefix="failsafe_") == s
+
+
+def test_mlm_pretraining_lowers_the_loss(tokenizer):
+    from bonescan.model.config import TextConfig
+    from bonescan.model.network import TextEncoder
+    from bonescan.model.text_pretrain import pretrain_text
+
+    torch.manual_seed(0)
+    enc = TextEncoder(TextConfig(hidden=32, layers=1, heads=2, intermediate=64, dropout=0.0), tokenizer.vocab_size)
+    texts = ["检查所见：胸7椎体见放射性浓聚。诊断意见：考虑骨转移。", "全身骨骼显影清晰，未见明显异常放射性浓聚。诊断意见：未见骨转移征象。"]
+    info = pretrain_text(enc, tokenizer, lambda n, rng: [texts[int(i)] for i in rng.integers(0, 2, n)], steps=60,
+                         batch_size=8, lr=3e-3, progress=False, log_every=20)
+    assert info["loss_curve"][-1] < 0.7 * info["loss_curve"][0], info["loss_curve"]
+    ids, mask = tokenizer([texts[0]])
+    assert set(ids[mask > 0].tolist()) <= set(info["token_ids_seen"])
+
+
+def test_handwritten_cases_are_the_ones_the_reports_describe():
+    from bonescan.benchmarks.handwritten import handwritten_samples
+
+    samples = handwritten_samples()
+    assert len(samples) == 36 and sum(s.mask.any() for s in samples) == 26
+    for s in samples:
+        assert s.report and s.meta["case_id"] == s.case_id
+
+
+def test_trained_checkpoint_carries_its_fallback_and_calibrated_failsafe(checkpoints, exports, repo):
+    from bonescan.model.checkpoint import load_checkpoint
+    from bonescan.serving.repository import parse_config
+
+    ck = load_checkpoint(checkpoints["dualpath"])
+    fs = ck.metadata["failsafe"]
+    assert ck.metadata["fallback"]["checkpoint"] == str(checkpoints["unet"])
+    assert fs["settings"]["max_unexplained"] >= 0 and fs["val_scans"] > 0 and len(fs["grid"]) > 10
+    assert ck.metadata["text_pretraining"]["steps"] > 0 and TRAINED_TOKENS_FILE in ck.tokenizer_files
+    # the bundled U-Net is the U-Net checkpoint itself
+    unet = load_checkpoint(checkpoints["unet"])
+    for k, v in unet.net.segmenter.state_dict().items():
+        assert torch.equal(ck.net.fallback.state_dict()[k], v), k
+    desc = json.loads((exports["dualpath"] / "model.json").read_text())
+    assert desc["failsafe"]["settings"] == fs["settings"]
+    cfg = parse_config(repo / C.POSTPROCESS_MODEL / "config.pbtxt")
+    assert float(cfg.parameters["failsafe_max_unexplained"].string_value) == fs["settings"]["max_unexplained"]
+    assert (repo / C.TOKENIZER_MODEL / "1" / TRAINED_TOKENS_FILE).is_file()
+
+
+def test_eval_with_reports_written_elsewhere_and_restyled(checkpoints, dataset, tmp_path):
+    from bonescan.data.arrays import load_split
+    from bonescan.evaluate import evaluate, report_texts
+
+    arrays = load_split(dataset, "test", progress=False)
+    d = tmp_path / "reports"
+    d.mkdir()
+    for cid in arrays.ids[:2]:
+        (d / f"{cid}.txt").write_text("检查所见：全身骨骼未见异常。", encoding="utf-8")
+    sub, texts = report_texts(load_split(dataset, None, progress=False), reports_dir=d)
+    assert sub.ids == arrays.ids[:2] and texts == ["检查所见：全身骨骼未见异常。"] * 2
+    _, restyled = report_texts(arrays, style="impression")
+    assert all("所见" in t and "印象" in t for t in restyled)
+    res = evaluate(checkpoints["dualpath"], dataset, None, reports_dir=d, progress=False, json_out=tmp_path / "e.json")
+    assert res["summary"]["scans"] == 2 and set(res["answers"]) == {"dualpath", "failsafe", "unet"}
+    assert len(res["failsafe"]["decisions"]) == 2
+
+
+def test_served_failsafe_refuses_to_read_unknown_wording(server, exports, dataset):
+    """A report in characters the model never trained on is not read: the U-Net answers, and says why."""
+    import tritonclient.grpc as grpcclient
+
+    from bonescan.benchmarks.faults import grpc_inputs
+    from bonescan.data.dataset import BoneScanDataset
+
+    s = BoneScanDataset(dataset, "test")[0]
+    sp = np.array([s.pixel_spacing], np.float32)
+    odd = "龘靐齉爩麤" * 12  # known to the tokenizer, never in a training report
+    c = grpcclient.InferenceServerClient(server.grpc_url)
+    outs = [grpcclient.InferRequestedOutput(n) for n in ("MASK", "LESIONS")]
+    dual = c.infer("bonescan", grpc_inputs(s.image[None], [odd], sp), outputs=outs, client_timeout=120)
+    unet = c.infer("bonescan_unet", grpc_inputs(s.image[None], None, sp), outputs=outs, client_timeout=120)
+    info = json.loads(dual.as_numpy("LESIONS")[0, 0])
+    assert info["answered_by"] == "unet" and "not read" in info["reason"], info
+    assert info["signals"]["unknown_share"] == 1.0 and "龘" not in json.dumps(info, ensure_ascii=False)
+    assert np.array_equal(dual.as_numpy("MASK"), unet.as_numpy("MASK"))
+
+
+def test_a_pretrained_macbert_folder_trains_exports_and_builds(tmp_path, dataset, checkpoints, exports):
+    """--text-encoder DIR with a folder of MacBERT's layout (mini size here; `bonescan text-encoder init
+    --shape macbert-base` writes the full 12 x 768, vocabulary 21128 one for the cost measurement)."""
+    from bonescan.export.onnx_export import export_onnx
+    from bonescan.model.config import preset
+    from bonescan.model.pretrained import SHAPES, write_pretrained_like
+    from bonescan.serving.ort_pipeline import OrtPipeline
+    from bonescan.serving.repository import RepoOptions, build_repository
+    from bonescan.train import train
+
+    d = write_pretrained_like(tmp_path / "macbert", "mini")
+    assert {p.name for p in d.iterdir()} >= {"config.json", "model.safetensors", "vocab.txt", "tokenizer.json"}
+    mcfg, tcfg = preset("tiny", "dualpath")
+    tcfg.steps, tcfg.pretrain_text_steps = 2, 0
+    ck = train(dataset, tmp_path / "m.pt", mcfg, tcfg, text_encoder_dir=d, progress=False, fallback=checkpoints["unet"])
+    desc = export_onnx(ck, tmp_path / "export")
+    assert desc["text_hidden"] == SHAPES["mini"]["hidden_size"]
+    assert not (tmp_path / "export" / "tokenizer" / TRAINED_TOKENS_FILE).exists()  # MacBERT knows its whole vocabulary
+    pipe = OrtPipeline(tmp_path / "export")
+    assert pipe.tokenizer.vocab_size == SHAPES["mini"]["vocab_size"] and pipe.tokenizer.unk_id == 100
+    ids, mask = pipe.tokenizer(["胸7椎体见放射性浓聚😀"])
+    assert pipe.tokenizer.text_stats(ids, mask)[0, 1] == 1  # the emoji is MacBERT's [UNK]
+    masks, _, lesions = pipe.answer(np.zeros((1, *C.IMAGE_DIMS), np.float32) + 5, np.array([[2.0, 2.0]], np.float32), ["胸7椎体"])
+    assert masks.shape == (1, 1, C.IMAGE_HEIGHT, C.IMAGE_WIDTH) and json.loads(lesions[0])["answered_by"] in ("dualpath", "unet")
+    m = build_repository(tmp_path / "export", tmp_path / "repo", RepoOptions(), baseline=exports["unet"])
+    assert m["text_hidden"] == SHAPES["mini"]["hidden_size"]
