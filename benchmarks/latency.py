@@ -87,6 +87,10 @@ def model_flops(predictor, image: np.ndarray, report: str) -> dict[str, float]:
             with FlopCounterMode(display=False) as fc:
                 net.segmenter(x, feats, mask)
             out["segmenter"] = float(fc.get_total_flops())
+            if net.fallback is not None:  # the bundled U-Net runs in the same deployed graph (the fail-safe's answer)
+                with FlopCounterMode(display=False) as fc:
+                    net.fallback(x)
+                out["fallback_unet"] = float(fc.get_total_flops())
         else:
             with FlopCounterMode(display=False) as fc:
                 net.segmenter(x)
@@ -337,8 +341,9 @@ def bench_latency(checkpoint: Path, data: Path, out: Path, config_name: str | No
     import torch
 
     from bonescan.export.onnx_export import export_onnx
+    from bonescan.failsafe import FailSafeSettings
     from bonescan.model.checkpoint import Predictor
-    from bonescan.postprocess import postprocess
+    from bonescan.postprocess import postprocess, postprocess_failsafe
     from bonescan.serving.ort_pipeline import OrtPipeline
     from bonescan.serving.repository import RepoOptions, build_repository
     from bonescan.serving.server import TritonServer, free_ports
@@ -368,13 +373,21 @@ def bench_latency(checkpoint: Path, data: Path, out: Path, config_name: str | No
             export_onnx(checkpoint, export)
     ort_pipe = OrtPipeline(export, threads=threads)
 
+    settings = FailSafeSettings.from_dict((pred.ckpt.metadata.get("failsafe") or {}).get("settings"))
+
     def run_torch(case):
+        """The whole served pipeline in PyTorch: text encoder, the deployed segmenter graph (dual-path
+        + bundled U-Net), postprocess with the fail-safe's choice."""
         img, rep, sp = case
-        postprocess(pred.logits(img[None], [rep]), np.array([sp], np.float32))
+        o = pred.outputs(img[None], [rep])
+        if "text_map" in o:
+            postprocess_failsafe(o["logits"], o["fallback_logits"], o["text_map"], o["text_stats"], np.array([sp], np.float32), settings)
+        else:
+            postprocess(o["logits"], np.array([sp], np.float32))
 
     def run_ort(case):
         img, rep, sp = case
-        postprocess(ort_pipe.logits(img[None], [rep]), np.array([sp], np.float32))
+        ort_pipe.answer(img[None], np.array([sp], np.float32), [rep])
 
     def run_ort_graphs(case):
         img, rep, _ = case
