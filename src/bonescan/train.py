@@ -198,7 +198,7 @@ def build_optimizer(net: BoneScanNet, tcfg: TrainConfig) -> torch.optim.AdamW:
         groups.append({"params": text_params, "lr": tcfg.text_lr})
     if gains:
         groups.append({"params": gains, "lr": tcfg.lr * 10, "weight_decay": 0.0})
-    return torch.optim.AdamW(groups, weight_decay=tcfg.weight_decay)
+    return torch.optim.AdamW(groups, weight_decay=tcfg.weight_decay, fused=True)
 
 
 class ReportSource:
@@ -218,6 +218,8 @@ class ReportSource:
         texts = ["" if d else training_report(self.arrays.metas[i], self.arrays.reports[i], self.rng, self.styles,
                                               self.tcfg.text_augment) for i, d in zip(idx, drop)]
         ids, am = self.tokenizer(texts)
+        length = max(int(am.sum(1).max()), 2)  # padding changes nothing (it is masked) but costs attention
+        ids, am = ids[:, :length], am[:, :length]
         self.seen.update(np.unique(ids[am > 0]).tolist())
         ids = unk_noise(ids, am, self.tokenizer, self.tcfg.unk_noise, self.rng)
         return torch.from_numpy(ids), torch.from_numpy(am), self.tokenizer.text_stats(ids, am)[:, 0] == 0

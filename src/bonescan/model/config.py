@@ -19,6 +19,9 @@ class TextConfig:
     vocab_size: int = 0  # 0 = the tokenizer's vocabulary size
     max_positions: int = TOKENIZER.max_tokens
     dropout: float = 0.1
+    #: dropout on the attention probabilities (BERT's 0.1): off by default, it is most of a small
+    #: encoder's training time on a CPU and short trainings gain nothing from it
+    attention_dropout: float = 0.0
 
 
 @dataclass

@@ -32,7 +32,7 @@ def bert_config(cfg: TextConfig, vocab_size: int):
         intermediate_size=cfg.intermediate,
         max_position_embeddings=max(cfg.max_positions, 8),
         hidden_dropout_prob=cfg.dropout,
-        attention_probs_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.attention_dropout,
         type_vocab_size=2,
         pad_token_id=0,
     )
