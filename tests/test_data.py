@@ -220,3 +220,68 @@ def test_cli_synth_and_preview(tmp_path: Path):
 
     with Image.open(tmp_path / "p.png") as im:
         assert im.size[0] > 500 and im.size[1] > 1000
+
+
+def test_pixel_spacing_is_decided_in_one_place(small_set: Path, tmp_path: Path):
+    """The case folder's meta.json, the DICOM's PixelSpacing, the caller's value, or "default"."""
+    from bonescan.data.io import decide_spacing
+
+    case = small_set / "cases" / "case_00000"
+    meta = tuple(json.loads((case / "meta.json").read_text())["pixel_spacing_mm"])
+    s = read_scan(case)
+    assert (s.pixel_spacing, s.spacing_source) == (meta, "meta.json") and meta != (2.4, 2.4)
+    assert BoneScanDataset(small_set)[0].pixel_spacing == meta
+    write_dicom_scan(tmp_path / "scan.dcm", s.anterior, s.posterior, (2.25, 2.05))
+    d = read_scan(tmp_path / "scan.dcm")
+    assert (d.pixel_spacing, d.spacing_source) == ((2.25, 2.05), "dicom")
+    np.save(tmp_path / "scan.npy", np.stack([s.anterior, s.posterior]))
+    n = read_scan(tmp_path / "scan.npy")
+    assert n.spacing_source == "default" and not n.spacing_known
+    assert read_scan(tmp_path / "scan.npy", (2.0, 2.1)).spacing_source == "command line"
+    assert read_scan(case, (2.0, 2.1)).pixel_spacing == (2.0, 2.1)
+    assert decide_spacing(n, meta={"pixel_spacing_mm": [2.2, 2.3]}).spacing_source == "meta.json"
+    (tmp_path / "c").mkdir()
+    np.save(tmp_path / "c" / "scan.npy", np.stack([s.anterior, s.posterior]))
+    (tmp_path / "c" / "meta.json").write_text('{"pixel_spacing_mm": [0, "x"]}')
+    with pytest.raises(CaseError, match=r"meta\.json: pixel_spacing_mm must be two numbers"):
+        read_scan(tmp_path / "c")
+
+
+def test_to_dicom_writes_the_case_spacing(small_set: Path, tmp_path: Path, capsys):
+    import pydicom
+
+    from bonescan.cli import main
+
+    case = small_set / "cases" / "case_00001"
+    meta = json.loads((case / "meta.json").read_text())["pixel_spacing_mm"]
+    assert main(["data", "to-dicom", str(case), "--out", str(tmp_path / "a.dcm")]) == 0
+    assert [float(v) for v in pydicom.dcmread(tmp_path / "a.dcm").PixelSpacing] == pytest.approx(meta)
+    assert "from meta.json" in capsys.readouterr().out
+    s = read_scan(case)
+    np.save(tmp_path / "scan.npy", np.stack([s.anterior, s.posterior]))
+    assert main(["data", "to-dicom", str(tmp_path / "scan.npy"), "--out", str(tmp_path / "b.dcm")]) == 0
+    assert "PixelSpacing empty" in capsys.readouterr().out
+    assert not pydicom.dcmread(tmp_path / "b.dcm").PixelSpacing  # not a default written as if measured
+    assert read_scan(tmp_path / "b.dcm").spacing_source == "default"
+    assert main(["data", "to-dicom", str(tmp_path / "scan.npy"), "--out", str(tmp_path / "c.dcm"), "--pixel-spacing", "2.1", "2.2"]) == 0
+    assert [float(v) for v in pydicom.dcmread(tmp_path / "c.dcm").PixelSpacing] == [2.1, 2.2]
+
+
+def test_data_check_names_each_problem_once_and_warns_on_8_bit_views(small_set: Path, tmp_path: Path):
+    import shutil
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    root = tmp_path / "d"
+    shutil.copytree(small_set, root)
+    (root / "cases" / "case_00001" / "mask.png").unlink()
+    ant = read_scan(root / "cases" / "case_00002").anterior
+    Image.fromarray(np.clip(ant, 0, 255).astype(np.uint8)).save(root / "cases" / "case_00002" / "anterior.png")
+    bonescan = Path(sys.executable).parent / "bonescan"
+    done = subprocess.run([str(bonescan), "data", "check", "--data", str(root)], capture_output=True, text=True)
+    text = done.stdout + done.stderr
+    assert done.returncode == 1 and "7 of 8 cases readable" in done.stdout
+    assert text.count("mask.png: mask file is missing") == 1
+    assert text.count("8-bit PNG") == 1 and "case_00002/anterior.png: 8-bit PNG; views must be 16-bit counts" in done.stdout

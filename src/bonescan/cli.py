@@ -50,11 +50,15 @@ SPLIT = Option("--split", choices=SPLITS, default="test", help="split of the dat
 OUT = Option("--out", type=Path, required=True, help="output folder")
 EXPORT = Option("--export", type=Path, required=True, help="ONNX export folder (`bonescan export onnx`)")
 QUIET = Option("--quiet", action="store_true", help="no progress bars")
+PIXEL_SPACING = Option("--pixel-spacing", type=float, nargs=2, metavar=("ROW", "COL"),
+                       help="pixel spacing in mm, for every scan given, over what the files say (default: the DICOM's "
+                            "PixelSpacing, else the case folder's meta.json pixel_spacing_mm, else unknown: areas in "
+                            "pixels only)")
 
 
-def _command(sub: argparse._SubParsersAction, name: str, func, help: str) -> argparse.ArgumentParser:
+def _command(sub: argparse._SubParsersAction, name: str, func, help: str, **kwargs: Any) -> argparse.ArgumentParser:
     """A subcommand whose help shows every option's default; ``func(args) -> exit code`` runs it."""
-    p = sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+    p = sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter, **kwargs)
     p.set_defaults(func=func)
     return p
 
@@ -107,7 +111,11 @@ def _data_check(a: argparse.Namespace) -> int:
     from bonescan.data.dataset import BoneScanDataset
 
     ds = BoneScanDataset(a.data, split=a.split, require_mask=not a.no_mask)
-    ok = sum(1 for _ in ds.samples(progress=True, desc="checking"))
+    samples = ds.samples(progress=True, desc="checking", log_skipped=False)  # each problem is printed once, below
+    warnings = [f"WARNING {s.case_id}: {note}" for s in samples for note in s.notes]
+    ok = len(ds) - len(ds.errors)
+    for w in warnings:
+        print(w)
     for e in ds.errors:
         print(f"ERROR {e}")
     print(f"{ok} of {len(ds)} cases readable")
@@ -117,9 +125,14 @@ def _data_check(a: argparse.Namespace) -> int:
 def _data_to_dicom(a: argparse.Namespace) -> int:
     from bonescan.data.io import read_scan, write_dicom_scan
 
-    scan = read_scan(a.case)
-    write_dicom_scan(a.out, scan.anterior, scan.posterior, scan.pixel_spacing)
-    print(f"wrote {a.out}")
+    scan = read_scan(a.case, a.pixel_spacing)
+    if scan.spacing_known:
+        write_dicom_scan(a.out, scan.anterior, scan.posterior, scan.pixel_spacing)
+        row, col = scan.pixel_spacing
+        print(f"wrote {a.out} (PixelSpacing {row:g} x {col:g} mm, from {scan.spacing_source})")
+    else:
+        write_dicom_scan(a.out, scan.anterior, scan.posterior, None)
+        print(f"wrote {a.out} with PixelSpacing empty: {a.case} carries no pixel spacing (give --pixel-spacing ROW COL)")
     return 0
 
 
@@ -152,6 +165,8 @@ def data_commands(sub: argparse._SubParsersAction) -> None:
     s = _command(dsub, "to-dicom", _data_to_dicom, "write a case's views as one two-frame NM DICOM file")
     s.add_argument("case", type=Path, help="case folder, DICOM or NPY")
     OUT.add(s, help="DICOM file to write")
+    PIXEL_SPACING.add(s, help="pixel spacing in mm to write (default: the case's own: its DICOM's PixelSpacing, else "
+                              "its folder's meta.json pixel_spacing_mm, else left empty)")
 
 
 # ----------------------------------------------------------------------------- train / eval
