@@ -87,17 +87,22 @@ def _outputs(module, want_probability: bool) -> list:
     return [module.InferRequestedOutput(n) for n in names]
 
 
-def _results(res, reqs: Sequence[Request], model: str, t_request: float, want_probability: bool) -> list[SegmentationResult]:
+def _results(res, reqs: Sequence[Request], model: str, t_request: float, want_probability: bool,
+             text_guided: bool) -> list[SegmentationResult]:
     masks = res.as_numpy(C.ENS_MASK.name)
     lesions = res.as_numpy(C.ENS_LESIONS.name)
     probs = res.as_numpy(C.ENS_PROBABILITY.name) if want_probability else None
     out = []
     for i, r in enumerate(reqs):
-        les = json.loads(lesions[i, 0])
+        les = json.loads(lesions[i, 0])["lesions"]
+        if r.pixel_spacing_source == "default":  # the server computed mm² from a spacing nobody measured
+            les = [{**lesion, "area_mm2": None} for lesion in les]
         out.append(SegmentationResult(
-            mask=masks[i, 0], probability=probs[i, 0] if probs is not None else None, lesions=les["lesions"],
+            mask=masks[i, 0], probability=probs[i, 0] if probs is not None else None, lesions=les,
             model=model, source=r.source, pixel_spacing=r.pixel_spacing,
             timings_ms={"request": round(t_request * 1000, 1)}, anterior=r.image[0],
+            pixel_spacing_source=r.pixel_spacing_source,
+            report=("given" if r.report else "no report") if text_guided else "image only", notes=list(r.notes),
         ))
     return out
 
@@ -196,7 +201,7 @@ class BoneScanClient(_Common):
                          self.opts.model, _build_inputs(g, reqs, self.text_guided), model_version=self.opts.model_version,
                          outputs=_outputs(g, self.opts.want_probability), client_timeout=self.opts.timeout_s,
                          headers=self.opts.headers or None)
-        return _results(res, reqs, self.opts.model, time.perf_counter() - t0, self.opts.want_probability)
+        return _results(res, reqs, self.opts.model, time.perf_counter() - t0, self.opts.want_probability, self.text_guided)
 
     def segment(self, scan: ScanLike, report: str | Path | None = None, pixel_spacing: tuple[float, float] | None = None) -> SegmentationResult:
         """One scan (DICOM / PNG pair / NPY / case folder / array) and its report (text or file)."""
@@ -209,9 +214,20 @@ class BoneScanClient(_Common):
         return r
 
     def segment_many(self, items: Iterable[tuple[ScanLike, str | Path | None]], concurrency: int = 4,
-                     progress: bool = False) -> list[SegmentationResult | BonescanError]:
-        """(scan, report) pairs with at most ``concurrency`` requests in flight; a failure is returned
-        in its place (a BonescanError naming the input and the reason) and the others go on."""
+                     progress: bool = False, pixel_spacing: tuple[float, float] | None = None
+                     ) -> list[SegmentationResult | BonescanError]:
+        """Many scans with at most ``concurrency`` requests in flight.
+
+        Args:
+            items: (scan, report) pairs; a scan is anything :meth:`segment` takes (an
+                (anterior, posterior) pair of view files is one scan: ``((ant, post), report)``),
+                a report is text, a Path, or None (a case folder's report.txt, else no report).
+            pixel_spacing: (row, column) mm for every scan, overriding what the files say.
+
+        Returns:
+            One entry per item, in order: the result, or the BonescanError (naming the input and the
+            reason) that stopped that scan; the others go on.
+        """
         from concurrent.futures import ThreadPoolExecutor
 
         from tqdm import tqdm
@@ -220,7 +236,7 @@ class BoneScanClient(_Common):
 
         def one(item: tuple[ScanLike, str | Path | None]) -> SegmentationResult | BonescanError:
             try:
-                return self.segment(item[0], item[1])
+                return self.segment(item[0], item[1], pixel_spacing)
             except BonescanError as e:
                 return e
 
@@ -276,7 +292,7 @@ class AsyncBoneScanClient(_Common):
         res = await self._call(self.client.infer, reqs[0].source, self.opts.model, _build_inputs(g, reqs, self.text_guided),
                                model_version=self.opts.model_version, outputs=_outputs(g, self.opts.want_probability),
                                client_timeout=self.opts.timeout_s, headers=self.opts.headers or None)
-        return _results(res, reqs, self.opts.model, time.perf_counter() - t0, self.opts.want_probability)
+        return _results(res, reqs, self.opts.model, time.perf_counter() - t0, self.opts.want_probability, self.text_guided)
 
     async def segment(self, scan: ScanLike, report: str | Path | None = None,
                       pixel_spacing: tuple[float, float] | None = None) -> SegmentationResult:
@@ -286,14 +302,15 @@ class AsyncBoneScanClient(_Common):
         r.timings_ms["total"] = round((time.perf_counter() - t0) * 1000, 1)
         return r
 
-    async def segment_many(self, items: Iterable[tuple[ScanLike, str | Path | None]], concurrency: int = 4
-                           ) -> list[SegmentationResult | BonescanError]:
+    async def segment_many(self, items: Iterable[tuple[ScanLike, str | Path | None]], concurrency: int = 4,
+                           pixel_spacing: tuple[float, float] | None = None) -> list[SegmentationResult | BonescanError]:
+        """As :meth:`BoneScanClient.segment_many`: (scan, report) pairs in, one result or error each, in order."""
         sem = asyncio.Semaphore(max(1, concurrency))
 
         async def one(scan, report):
             async with sem:
                 try:
-                    return await self.segment(scan, report)
+                    return await self.segment(scan, report, pixel_spacing)
                 except BonescanError as e:
                     return e
 

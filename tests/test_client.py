@@ -179,6 +179,95 @@ def test_cli_folder(server, dataset, tmp_path, capsys):
     assert len(list((tmp_path / "out").glob("*_lesions.json"))) == n
 
 
+def test_cli_lists_skipped_folders_and_says_where_results_are_only_when_written(server, case_dir, tmp_path, capsys):
+    """A case folder without a scan is listed with the reason; a run that wrote nothing says so."""
+    import shutil
+
+    from bonescan.cli import main
+
+    folder = tmp_path / "cases"
+    shutil.copytree(case_dir, folder / "good")
+    (folder / "no_scan").mkdir()
+    (folder / "no_scan" / "report.txt").write_text("x", encoding="utf-8")
+    code = main(["infer", str(folder), "--server", server.grpc_url, "--out", str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert code == 1 and "skipped no_scan: no scan found (expected scan.dcm" in err
+    assert "1 of 1 scans segmented (1 folder(s) without a scan skipped); results in" in out
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "scan.dcm").write_bytes(b"not dicom")
+    code = main(["infer", str(bad), "--server", server.grpc_url, "--out", str(tmp_path / "out_bad")])
+    out = capsys.readouterr().out
+    assert code == 1 and "FAILED" in out and "0 of 1 scans segmented; nothing written" in out and "results in" not in out
+    assert not (tmp_path / "out_bad").exists()
+
+
+def _lesions_json(out: Path, stem: str) -> dict:
+    import json
+
+    return json.loads((out / f"{stem}_lesions.json").read_text())
+
+
+def test_pixel_spacing_comes_from_the_input_and_says_where_from(server, case_dir, tmp_path, capsys):
+    """meta.json of a case folder, DICOM PixelSpacing, --pixel-spacing; with none, no mm² is claimed."""
+    import json
+
+    from bonescan.cli import main
+
+    meta_spacing = tuple(json.loads((case_dir / "meta.json").read_text())["pixel_spacing_mm"])
+    assert meta_spacing != (2.4, 2.4)  # the default, which a folder's own spacing used to lose to
+    scan = read_scan(case_dir)
+    np.save(tmp_path / "scan.npy", np.stack([scan.anterior, scan.posterior]))
+    write_dicom_scan(tmp_path / "scan.dcm", scan.anterior, scan.posterior, (2.3, 2.1))
+    out = tmp_path / "out"
+    url = ["--server", server.grpc_url, "--out", str(out)]
+    assert main(["infer", str(case_dir), *url]) == 0
+    folder = _lesions_json(out, case_dir.name)
+    assert tuple(folder["pixel_spacing_mm"]) == meta_spacing and folder["pixel_spacing_source"] == "meta.json"
+    assert main(["infer", str(tmp_path / "scan.dcm"), *url]) == 0
+    dcm = _lesions_json(out, "scan")
+    assert dcm["pixel_spacing_mm"] == pytest.approx([2.3, 2.1]) and dcm["pixel_spacing_source"] == "dicom"
+    assert main(["infer", str(tmp_path / "scan.dcm"), "--pixel-spacing", "2.0", "2.2", *url]) == 0
+    given = _lesions_json(out, "scan")
+    assert given["pixel_spacing_mm"] == [2.0, 2.2] and given["pixel_spacing_source"] == "command line"
+    capsys.readouterr()
+    assert main(["infer", str(tmp_path / "scan.npy"), *url]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    npy = _lesions_json(out, "scan")
+    assert npy["pixel_spacing_source"] == "default" and "areas in mm² are not given" in npy["pixel_spacing_note"]
+    assert "pixel spacing unknown" in line and "mm²" not in line.split("(")[0]
+    assert all(les["area_mm2"] is None for les in npy["lesions"])
+    # the library: the same decision, and no area in mm² without a spacing
+    with BoneScanClient(server.grpc_url) as c:
+        r = c.segment(tmp_path / "scan.npy", report="")
+        assert r.pixel_spacing_source == "default" and r.lesion_area_mm2 is None
+        r = c.segment(case_dir)
+        assert r.pixel_spacing == meta_spacing and r.pixel_spacing_source == "meta.json" and r.lesion_area_mm2 is not None
+
+
+def test_a_scan_without_report_says_no_report(server, case_dir, tmp_path, capsys):
+    from bonescan.cli import main
+
+    scan = read_scan(case_dir)
+    np.save(tmp_path / "scan.npy", np.stack([scan.anterior, scan.posterior]))
+    out = tmp_path / "out"
+    assert main(["infer", str(tmp_path / "scan.npy"), "--pixel-spacing", "2", "2", "--server", server.grpc_url, "--out", str(out)]) == 0
+    assert ", no report," in capsys.readouterr().out
+    assert _lesions_json(out, "scan")["report"] == "no report"
+    assert main(["infer", str(case_dir), "--server", server.grpc_url, "--out", str(out)]) == 0
+    assert "no report" not in capsys.readouterr().out and _lesions_json(out, case_dir.name)["report"] == "given"
+    assert main(["infer", str(case_dir), "--model", "bonescan_unet", "--server", server.grpc_url, "--out", str(out)]) == 0
+    assert _lesions_json(out, case_dir.name)["report"] == "image only"
+
+
+def test_one_report_for_many_scans_is_refused(dataset, case_dir, capsys):
+    from bonescan.cli import main
+
+    code = main(["infer", str(dataset / "cases"), "--report", str(case_dir / "report.txt"), "--server", "localhost:1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--report gives one report for one scan" in err and "every patient would get the same report" in err
+
+
 def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
 

@@ -383,46 +383,64 @@ def serving_commands(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------- client
 
 
+def _infer_items(a: argparse.Namespace) -> tuple[list[tuple[Any, Path | None]], int]:
+    """`bonescan infer`'s input -> ((scan, report) items, number of case folders skipped: each is
+    listed on stderr with the reason)."""
+    from bonescan.client.inputs import find_cases
+    from bonescan.errors import BonescanError
+
+    if a.views:
+        return [((a.views[0], a.views[1]), a.report)], 0
+    if not a.input:
+        raise BonescanError("give a scan, a folder of cases, or --views ANTERIOR POSTERIOR")
+    src = Path(a.input)
+    if not src.exists():
+        raise BonescanError(f"{src}: file or folder does not exist")
+    scans, skipped = find_cases(src) if src.is_dir() else ([src], [])
+    for folder, why in skipped:
+        print(f"skipped {folder.name}: {why}", file=sys.stderr)
+    if not scans:
+        raise BonescanError(f"{src}: no scans found")
+    if a.report is not None and len(scans) > 1:
+        raise BonescanError(f"--report gives one report for one scan, but {src} holds {len(scans)} scans: every patient "
+                            "would get the same report. Put each case's report in its folder as report.txt (read "
+                            "automatically), or segment the scans one at a time")
+    return [(p, a.report) for p in scans], len(skipped)
+
+
 def _infer(a: argparse.Namespace) -> int:
     """Client command line: one scan or a folder of cases -> masks, overlays, lesion lists."""
     from tqdm import tqdm
 
     from bonescan.client import BoneScanClient
-    from bonescan.client.inputs import find_cases
     from bonescan.errors import BonescanError
 
     headers = dict(h.split("=", 1) for h in (a.header or []))
     opts = {"model": a.model, "timeout_s": a.timeout, "retries": a.retries, "headers": headers,
             "ssl": bool(a.root_cert), "root_certificates": a.root_cert, "private_key": a.client_key,
             "certificate_chain": a.client_cert, "expected_model_sha256": a.expect_model}
-    if not a.input and not a.views:
-        print("give a scan, a folder of cases, or --views ANTERIOR POSTERIOR", file=sys.stderr)
-        return 2
-    if a.views:
-        items = [((a.views[0], a.views[1]), a.report)]
-    else:
-        src = Path(a.input)
-        items = [(p, a.report) for p in find_cases(src)] if src.is_dir() else [(src, a.report)]
-        if not items:
-            print(f"{src}: no scans found", file=sys.stderr)
-            return 2
+    items, skipped = _infer_items(a)
     out = Path(a.out)
     failures = 0
     with BoneScanClient(a.server, **opts) as client:
         bar = tqdm(total=len(items), desc="segmenting", unit="scan", disable=len(items) < 2)
-        results = client.segment_many(items, concurrency=a.concurrency)
+        results = client.segment_many(items, concurrency=a.concurrency, pixel_spacing=a.pixel_spacing)
         for (scan, _), res in zip(items, results):
             name = Path(scan[0]).parent.name if isinstance(scan, tuple) else Path(scan).stem
             if isinstance(res, BonescanError):
                 failures += 1
                 bar.write(f"FAILED {res}")
             else:
+                for note in res.notes:
+                    bar.write(f"WARNING {name}: {note}")
                 res.save(out, name)
                 bar.write(res.summary().replace(Path(res.source).name or res.source, name, 1))
             bar.update()
         bar.close()
-    print(f"{len(items) - failures} of {len(items)} scans segmented; results in {out}")
-    return 0 if failures == 0 else 1
+    done = len(items) - failures
+    print(f"{done} of {len(items)} scans segmented" + (f" ({skipped} folder(s) without a scan skipped)" if skipped else "")
+          + (f"; results in {out}" if done else "; nothing written"))
+    return 0 if failures == 0 and not skipped else 1
 
 
 def infer_command(sub: argparse._SubParsersAction) -> None:
@@ -430,7 +448,10 @@ def infer_command(sub: argparse._SubParsersAction) -> None:
     s = _command(sub, "infer", _infer, "segment scans with a running server (gRPC client)")
     s.add_argument("input", nargs="?", help="DICOM / NPY file, case folder, or a folder of cases (default: none, give --views)")
     s.add_argument("--views", nargs=2, metavar=("ANTERIOR", "POSTERIOR"), help="two view files, 16-bit PNG or DICOM (default: none)")
-    s.add_argument("--report", type=Path, help="UTF-8 report file (default: the case folder's report.txt)")
+    s.add_argument("--report", type=Path,
+                   help="UTF-8 report file of the one scan given; refused with a folder of several scans, whose "
+                        "reports are each case folder's report.txt (default: the case folder's report.txt, else no report)")
+    PIXEL_SPACING.add(s)
     s.add_argument("--server", default="localhost:8001", help="gRPC address")
     s.add_argument("--model", choices=[C.ENSEMBLE_MODEL, C.ENSEMBLE_UNET_MODEL], default=C.ENSEMBLE_MODEL,
                    help=f"{C.ENSEMBLE_MODEL} (with report) or {C.ENSEMBLE_UNET_MODEL} (image only)")
