@@ -268,6 +268,46 @@ def test_one_report_for_many_scans_is_refused(dataset, case_dir, capsys):
     assert code == 2 and "--report gives one report for one scan" in err and "every patient would get the same report" in err
 
 
+def test_a_model_that_is_not_an_ensemble_is_named(server):
+    with pytest.raises(ClientError) as e:
+        BoneScanClient(server.grpc_url, model="segmenter")
+    msg = str(e.value)
+    assert "'segmenter' is not an ensemble of this project" in msg and "bonescan (image + report)" in msg
+    assert "bonescan_unet" in msg and "upgrade" not in msg
+
+
+def test_the_http_port_is_recognised(server):
+    with pytest.raises(ClientError) as e:
+        BoneScanClient(f"localhost:{server.http_port}", retries=0)
+    assert "answers HTTP/1, not gRPC" in str(e.value) and "8001" in str(e.value)
+    (port,) = free_ports(1)
+    with pytest.raises(ClientError) as e:
+        BoneScanClient(f"localhost:{port}", retries=0)
+    assert f"nothing listens on port {port}" in str(e.value)
+
+
+def test_requests_during_shutdown_say_so():
+    """What Triton 2.51 answers to requests in flight while it stops (seen with Ctrl-C on `bonescan serve`)."""
+    from tritonclient.utils import InferenceServerException
+
+    c = BoneScanClient("localhost:1", check_on_connect=False, retries=2, backoff_s=0.01)
+    gone = InferenceServerException("Request for unknown model: 'bonescan' has no available versions", "StatusCode.NOT_FOUND")
+    assert "the server is shutting down, or model 'bonescan' is unloading" in str(c._explain(gone, "case_1"))
+    answers = iter([InferenceServerException("in ensemble 'bonescan', Server is stopping, scheduler for model has stopped "
+                                             "accepting new inference requests", "StatusCode.UNAVAILABLE"),
+                    InferenceServerException("failed to connect to all addresses; Connection refused", "StatusCode.UNAVAILABLE"),
+                    InferenceServerException("failed to connect to all addresses; Connection refused", "StatusCode.UNAVAILABLE")])
+
+    def infer():
+        raise next(answers)
+
+    with pytest.raises(ClientError, match="the server is shutting down"):
+        c._call(infer, "case_1")
+    unknown = InferenceServerException("Request for unknown model: 'bonescn' is not found", "StatusCode.NOT_FOUND")
+    assert "this project's ensembles are bonescan" in str(c._explain(unknown, "case_1"))
+    c.close()
+
+
 def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
 
