@@ -160,3 +160,18 @@ def test_check_names_an_export_made_from_another_checkpoint(checkpoints, exports
     assert res["same_checkpoint"] is False and res["ok"] is False
     res = check_parity(checkpoints["dualpath"], exports["dualpath"], dataset, split="test", n=1, max_batch=1, progress=False)
     assert res["same_checkpoint"] is True and "another checkpoint" not in capsys.readouterr().out
+
+
+def test_eval_shuffled_needs_two_scans_and_takes_the_first_n(checkpoints, dataset, tmp_path, capsys):
+    import json
+
+    from bonescan.cli import main
+
+    ck = str(checkpoints["dualpath"])
+    assert main(["eval", "--checkpoint", ck, "--data", str(dataset), "--n", "1", "--reports", "shuffled", "--quiet"]) == 2
+    assert "--reports shuffled needs two scans or more" in capsys.readouterr().err
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", ck, "--data", str(dataset), "--n", "2", "--reports", "shuffled", "--quiet",
+                 "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["summary"]["scans"] == 2 and len(res["per_scan"]) == 2

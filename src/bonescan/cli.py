@@ -217,8 +217,15 @@ def _train(a: argparse.Namespace) -> int:
 def _eval(a: argparse.Namespace) -> int:
     from bonescan.evaluate import evaluate
 
-    evaluate(a.checkpoint, a.data, a.split, a.reports, a.json, seed=a.seed, progress=not a.quiet)
+    evaluate(a.checkpoint, a.data, a.split, a.reports, a.json, seed=a.seed, progress=not a.quiet, n=a.n)
     return 0
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def model_commands(sub: argparse._SubParsersAction) -> None:
@@ -240,7 +247,9 @@ def model_commands(sub: argparse._SubParsersAction) -> None:
     CHECKPOINT.add(s)
     DATA.add(s)
     SPLIT.add(s)
-    s.add_argument("--reports", choices=["true", "shuffled", "empty"], default="true", help="which report each scan gets")
+    s.add_argument("--reports", choices=["true", "shuffled", "empty"], default="true",
+                   help="which report each scan gets (shuffled: another scan's, so it needs two scans or more)")
+    s.add_argument("--n", type=positive_int, help="evaluate the first N cases of the split (default: all)")
     s.add_argument("--json", type=Path, help="write per-scan and summary metrics here (default: not written)")
     s.add_argument("--seed", type=int, default=0, help="seed of the report shuffle")
     QUIET.add(s)
