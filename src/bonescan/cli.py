@@ -355,9 +355,10 @@ def _repo_build(a: argparse.Namespace) -> int:
 
 
 def _serve(a: argparse.Namespace) -> int:
-    from bonescan.serving.server import serve
+    from bonescan.serving.server import serve, tls_args
 
-    return serve(a.repo, a.grpc_port, a.http_port, a.metrics_port, a.log_file, a.admin_key_file, a.bind)
+    return serve(a.repo, a.grpc_port, a.http_port, a.metrics_port, a.log_file, a.admin_key_file, a.bind,
+                 a.log_verbose, tls_args(a.tls_cert, a.tls_key, a.tls_root), a.triton_args)
 
 
 def serving_commands(sub: argparse._SubParsersAction) -> None:
@@ -379,14 +380,29 @@ def serving_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--run-batch", type=int, default=1,
                    help="embedded: scans per onnxruntime run within a dynamic batch (0: all; see README)")
     s.add_argument("--device", choices=["gpu", "cpu"], default="gpu", help="instance kind for onnxruntime flavor")
-    s = _command(sub, "serve", _serve, "run tritonserver on a repository until Ctrl-C / SIGTERM")
+    s = _command(sub, "serve", _serve, "run tritonserver on a repository until Ctrl-C / SIGTERM",
+                 usage="bonescan serve --repo REPO [options] [-- TRITONSERVER_FLAG=VALUE ...]")
     s.add_argument("--repo", required=True, type=Path, help="a built repository (`bonescan repo build`)")
     s.add_argument("--grpc-port", type=int, default=8001, help="gRPC port")
     s.add_argument("--http-port", type=int, default=8000, help="HTTP port")
     s.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port")
-    s.add_argument("--log-file", type=Path, help="server log (default: inherit the terminal)")
-    s.add_argument("--admin-key-file", type=Path, help="file with the key that opens the admin endpoints (default: closed)")
+    s.add_argument("--log-file", type=Path, help="server log (default: the terminal)")
+    s.add_argument("--log-verbose", type=int, default=0, metavar="N",
+                   help="tritonserver's verbose logging level (1: request bookkeeping; never report text or pixel values)")
+    s.add_argument("--admin-key-file", type=Path,
+                   help="file with the key (at least 16 printable ASCII characters, no spaces) that opens the "
+                        "model-repository, shared-memory, trace and logging endpoints; it is never put on a command line "
+                        "(default: a random key nobody knows, i.e. those endpoints closed)")
     s.add_argument("--bind", default="0.0.0.0", help="address to listen on (0.0.0.0: all; 127.0.0.1 for local clients only)")
+    s.add_argument("--tls-cert", type=Path, help="PEM server certificate: gRPC over TLS, with --tls-key (default: plain gRPC; "
+                                                 "Triton's HTTP port has no TLS: keep it local or behind a proxy)")
+    s.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert (default: none)")
+    s.add_argument("--tls-root", type=Path, help="PEM CA certificate of the clients: mutual TLS, every client must present a "
+                                                 "certificate it signed (default: none, any client may connect)")
+    s.add_argument("triton_args", nargs="*", metavar="-- TRITONSERVER_FLAG",
+                   help="further tritonserver flags after `--`, as --flag=value (e.g. -- --grpc-keepalive-time=10000); "
+                        "flags that would undo the restrictions (model control, restricted protocols / APIs, repository, "
+                        "ports, TLS and log flags of this command) are refused (default: none)")
 
 
 # ----------------------------------------------------------------------------- client
@@ -652,7 +668,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    a = parser.parse_args(argv)
+    a, unknown = parser.parse_known_args(argv)
+    if unknown:
+        hint = ("; tritonserver's own flags go after `--` (bonescan serve --repo REPO -- --flag=value), TLS is "
+                "--tls-cert / --tls-key / --tls-root" if a.command == "serve" else "")
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
