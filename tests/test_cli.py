@@ -18,19 +18,31 @@ def commands(p: argparse.ArgumentParser, path: tuple[str, ...] = ()):
 
 
 def test_every_command_has_help_with_defaults():
+    """What `bonescan <command> --help` prints: every option has a help text; one with a default
+    shows that default as it would be typed; one without says in words what happens unset."""
     seen = 0
     for path, p in commands(build_parser()):
-        text = p.format_help()
+        text = " ".join(p.format_help().split())
         seen += 1
+        formatter = p._get_formatter()
         for action in p._actions:
             if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
                 continue
             where = f"bonescan {' '.join(path)} {'/'.join(action.option_strings) or action.dest}"
             assert action.help, f"{where} has no help"
-            if not action.required and action.option_strings:
-                assert "default" in p._get_formatter()._get_help_string(action), f"{where}: help does not show the default"
+            shown = " ".join(formatter._expand_help(action).split())
+            squeezed = "".join(shown.split())  # --help wraps lines, also after a hyphen
+            assert squeezed in "".join(text.split())  # what the checks below read is what --help prints
+            if action.required:
+                continue
+            default = action.default
+            if default is not None:
+                typed = " ".join(map(str, default)) if isinstance(default, list | tuple) else str(default)
+                assert f"default: {typed}" in shown or typed in shown, f"{where}: help does not show its default {typed!r}: {shown}"
+            else:
+                assert "default" in shown and "default: None" not in shown, f"{where}: help does not say what unset means: {shown}"
             if "--model" in action.option_strings:
-                assert action.choices, f"{where} does not list its choices"
+                assert action.choices and "{" + ",".join(action.choices) + "}" in text, f"{where} does not list its choices"
         assert "usage: bonescan" in text
     assert seen >= 25
 

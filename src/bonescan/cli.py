@@ -28,6 +28,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         text = action.help or ""
         if action.required or "default" in text:
             return text
+        if isinstance(action.default, (list, tuple)):  # as it would be typed: --seeds 0 1 2
+            return f"{text} (default: {' '.join(map(str, action.default))})"
         return super()._get_help_string(action) or text
 
 
