@@ -285,3 +285,31 @@ def test_data_check_names_each_problem_once_and_warns_on_8_bit_views(small_set: 
     assert done.returncode == 1 and "7 of 8 cases readable" in done.stdout
     assert text.count("mask.png: mask file is missing") == 1
     assert text.count("8-bit PNG") == 1 and "case_00002/anterior.png: 8-bit PNG; views must be 16-bit counts" in done.stdout
+
+
+def test_preview_layout_leaves_no_overlap_and_fills_its_panels(small_set: Path):
+    """The legend has its own band above the first row's titles; every view fills its panel."""
+    from bonescan import viz
+    from bonescan.data.preview import _draw
+
+    viz.use_agg()
+    import matplotlib.pyplot as plt
+
+    samples = BoneScanDataset(small_set).load_all()[:3]
+    for show_report in (True, False):
+        fig = _draw(samples, show_report, viz, plt)
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        legend = fig.legends[0].get_window_extent(r)
+        views = [ax for ax in fig.axes if ax.images]
+        assert len(views) == 3 * len(samples)
+        texts = [t.get_window_extent(r) for ax in views for t in (ax.title, ax.xaxis.label) if t.get_text()]
+        assert not any(legend.overlaps(t) for t in texts)
+        assert not any(a.overlaps(b) for i, a in enumerate(texts) for b in texts[i + 1:])
+        for ax in views:  # the image is as large as its axes: no blank inside a panel
+            box, img = ax.get_window_extent(r), ax.images[0].get_window_extent(r)
+            assert abs(box.width - img.width) < 2 and abs(box.height - img.height) < 2
+        w, h = fig.get_size_inches()
+        drawn = sum(ax.get_window_extent(r).width * ax.get_window_extent(r).height for ax in fig.axes)
+        assert drawn / (w * h * fig.dpi ** 2) > 0.75  # panels cover most of the picture
+        plt.close(fig)
