@@ -15,6 +15,7 @@ import numpy as np
 
 from bonescan.contract import THRESHOLD
 from bonescan.data.arrays import SplitArrays, load_split, manifest_hash
+from bonescan.errors import BonescanError
 from bonescan.metrics import scan_metrics, summarize
 from bonescan.postprocess import postprocess
 
@@ -24,7 +25,7 @@ REPORT_MODES = ("true", "shuffled", "empty")
 def derangement(n: int, seed: int) -> np.ndarray:
     """A permutation with no fixed point (n >= 2): scan i gets the report of scan perm[i]."""
     if n < 2:
-        return np.arange(n)
+        raise BonescanError(f"shuffled reports need two scans or more (every scan gets another scan's report); got {n}")
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
     perm = np.empty(n, dtype=int)
@@ -65,11 +66,15 @@ def evaluate_arrays(ckpt, arrays: SplitArrays, reports: str = "true", seed: int 
 
 
 def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", reports: str = "true",
-             json_out: str | Path | None = None, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+             json_out: str | Path | None = None, seed: int = 0, progress: bool = True, n: int | None = None) -> dict[str, Any]:
+    """``n``: only the first n cases of the split (None: all)."""
     from bonescan.model.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
-    arrays = load_split(data, split, progress)
+    arrays = load_split(data, split, progress, n=n)
+    if reports == "shuffled" and len(arrays) < 2:
+        raise BonescanError(f"--reports shuffled needs two scans or more (every scan gets another scan's report); "
+                            f"split {split!r} of {data} gives {len(arrays)}")
     res = evaluate_arrays(ckpt, arrays, reports, seed, progress=progress)
     res.update({
         "checkpoint": str(checkpoint),
