@@ -57,6 +57,44 @@ class ClientOptions:
     check_on_connect: bool = True
 
 
+#: the project's ensembles: the only models this client can talk to
+ENSEMBLES = {C.ENSEMBLE_MODEL: "image + report", C.ENSEMBLE_UNET_MODEL: "image only"}
+#: what Triton answers while it shuts down or unloads a model (requests in flight during Ctrl-C)
+STOPPING = ("has no available versions", "Server is stopping")
+
+
+def _ensembles() -> str:
+    return ", ".join(f"{name} ({what})" for name, what in ENSEMBLES.items())
+
+
+def _what_listens(url: str, ssl: bool = False, timeout: float = 1.0) -> str:
+    """Why a gRPC client may not reach ``url``: nothing listens there, an HTTP/1 server does (Triton's
+    HTTP or metrics port), or a server that hangs up on plaintext does (TLS). Asks with one plain
+    HTTP/1 request: an HTTP server answers it, a gRPC server sends HTTP/2 frames, a TLS one hangs up."""
+    import socket
+
+    host, _, port = url.rpartition(":")
+    host = host.strip("[]") or "localhost"
+    default = "is tritonserver running, and is this its gRPC port? (8001 by default; 8000 is HTTP, 8002 metrics)"
+    if not port.isdigit() or "/" in host or "," in host:
+        return default
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            sock.sendall(b"GET /v2/health/live HTTP/1.0\r\nHost: bonescan\r\n\r\n")
+            reply = sock.recv(16)
+    except ConnectionRefusedError:
+        return f"nothing listens on port {port}: is tritonserver running? (its gRPC port is 8001 by default; 8000 is HTTP)"
+    except OSError:
+        return default
+    if reply.startswith(b"HTTP/"):
+        return (f"port {port} answers HTTP/1, not gRPC: it is an HTTP port (Triton's HTTP is 8000 and its metrics 8002 "
+                "by default); give the gRPC port (8001 by default)")
+    if not reply and not ssl:
+        return (f"the server on port {port} hung up on plaintext gRPC: if it uses TLS, give its CA certificate "
+                "(--root-cert, or ssl=True and root_certificates=...)")
+    return default
+
+
 def _status(e: Exception) -> str:
     s = getattr(e, "status", None)
     return str(s() if callable(s) else s or "")
@@ -87,18 +125,23 @@ def _outputs(module, want_probability: bool) -> list:
     return [module.InferRequestedOutput(n) for n in names]
 
 
-def _results(res, reqs: Sequence[Request], model: str, t_request: float, want_probability: bool) -> list[SegmentationResult]:
+def _results(res, reqs: Sequence[Request], model: str, t_request: float, want_probability: bool,
+             text_guided: bool) -> list[SegmentationResult]:
     masks = res.as_numpy(C.ENS_MASK.name)
     lesions = res.as_numpy(C.ENS_LESIONS.name)
     probs = res.as_numpy(C.ENS_PROBABILITY.name) if want_probability else None
     out = []
     for i, r in enumerate(reqs):
-        les = json.loads(lesions[i, 0])
+        les = json.loads(lesions[i, 0])["lesions"]
+        if r.pixel_spacing_source == "default":  # the server computed mm² from a spacing nobody measured
+            les = [{**lesion, "area_mm2": None} for lesion in les]
         out.append(SegmentationResult(
-            mask=masks[i, 0], probability=probs[i, 0] if probs is not None else None, lesions=les["lesions"],
+            mask=masks[i, 0], probability=probs[i, 0] if probs is not None else None, lesions=les,
             model=model, source=r.source, pixel_spacing=r.pixel_spacing,
             timings_ms={"request": round(t_request * 1000, 1)}, anterior=r.image[0],
             answered_by=les.get("answered_by"), reason=les.get("reason"), signals=les.get("signals"),
+            pixel_spacing_source=r.pixel_spacing_source,
+            report=("given" if r.report else "no report") if text_guided else "image only", notes=list(r.notes),
         ))
     return out
 
@@ -123,7 +166,8 @@ class _Common:
             ("is_server_live", "liveness check", (), f"{o.url}: server is not live"),
             ("is_server_ready", "readiness check", (), f"{o.url}: server is live but not ready (models still loading or failed)"),
             ("is_model_ready", "model check", (o.model, o.model_version),
-             f"{o.url}: model {o.model!r} is not ready (not in the repository, or failed to load)"),
+             f"{o.url}: model {o.model!r} is not ready (not in the repository, or failed to load); "
+             f"this project's ensembles are {_ensembles()}"),
         ]
 
     def _checked(self, cfg) -> dict[str, Any]:
@@ -134,6 +178,10 @@ class _Common:
     def _check_config(self, cfg) -> None:
         params = {k: v.string_value for k, v in cfg.parameters.items()}
         got = params.get("bonescan_contract_version")
+        if got is None:
+            raise ClientError(f"{self.opts.url}: model {self.opts.model!r} is not an ensemble of this project (its config "
+                              f"has no bonescan_contract_version; steps such as segmenter take other inputs); "
+                              f"this project's ensembles are {_ensembles()}")
         if got != str(C.CONTRACT_VERSION):
             raise ClientError(f"{self.opts.url}: model {self.opts.model} speaks contract version {got}, this client {C.CONTRACT_VERSION}; "
                               "upgrade the client or the server so they match")
@@ -142,14 +190,31 @@ class _Common:
             raise ClientError(f"{self.opts.url}: model {self.opts.model} serves checkpoint {params.get('bonescan_model_sha256')}, "
                               f"expected {want[:16]}")
 
-    def _explain(self, e: Exception, what: str) -> ClientError:
+    def _explain(self, e: Exception, what: str, stopping: bool = False) -> ClientError:
+        """The error the user sees for a failed call; ``stopping``: an earlier attempt was told the
+        server is shutting down (later ones then find it gone)."""
+        o = self.opts
         status = _status(e)
         msg = _message(e)
+        if any(m in msg for m in STOPPING) or (stopping and "UNAVAILABLE" in status):
+            return ClientError(f"{o.url}: the server is shutting down, or model {o.model!r} is unloading ({what}); "
+                               "try again when it is back")
         if "UNAVAILABLE" in status:
-            return ClientError(f"{self.opts.url}: server unavailable after {self.opts.retries + 1} attempt(s) ({what}); is tritonserver running?")
+            return ClientError(f"{o.url}: server unavailable after {o.retries + 1} attempt(s) ({what}); {_what_listens(o.url, o.ssl)}")
         if "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in msg:
-            return ClientError(f"{self.opts.url}: no answer within {self.opts.timeout_s:.0f} s ({what})")
+            return ClientError(f"{o.url}: no answer within {o.timeout_s:.0f} s ({what})")
+        if "CANCELLED" in status:
+            return ClientError(f"{o.url}: the request was cancelled ({what}); the server may be shutting down")
+        if "Request for unknown model" in msg:
+            return ClientError(f"{o.url}: {msg} ({what}); this project's ensembles are {_ensembles()}")
         return ClientError(f"{what}: server refused the request: {msg}")
+
+    def _retry(self, e: Exception, attempt: int, what: str, delay: float) -> bool:
+        """Whether to try again after ``e`` (only UNAVAILABLE, while attempts are left); logs the retry."""
+        if _status(e) in RETRYABLE and attempt < self.opts.retries:
+            log.info("%s: %s unavailable, retry %d in %.1f s", what, self.opts.url, attempt + 1, delay)
+            return True
+        return False
 
 
 class BoneScanClient(_Common):
@@ -167,16 +232,17 @@ class BoneScanClient(_Common):
     # -- connection
     def _call(self, fn, what: str, *args, **kwargs):
         delay = self.opts.backoff_s
+        stopping = False
         for attempt in range(self.opts.retries + 1):
             try:
                 return fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - tritonclient raises InferenceServerException
-                if _status(e) in RETRYABLE and attempt < self.opts.retries:
-                    log.info("%s: %s unavailable, retry %d in %.1f s", what, self.opts.url, attempt + 1, delay)
+                stopping = stopping or any(m in _message(e) for m in STOPPING)
+                if self._retry(e, attempt, what, delay):
                     time.sleep(delay)
                     delay *= 2
                     continue
-                raise self._explain(e, what) from None
+                raise self._explain(e, what, stopping) from None
         raise AssertionError("unreachable")
 
     def check(self) -> dict[str, Any]:
@@ -197,7 +263,7 @@ class BoneScanClient(_Common):
                          self.opts.model, _build_inputs(g, reqs, self.text_guided), model_version=self.opts.model_version,
                          outputs=_outputs(g, self.opts.want_probability), client_timeout=self.opts.timeout_s,
                          headers=self.opts.headers or None)
-        return _results(res, reqs, self.opts.model, time.perf_counter() - t0, self.opts.want_probability)
+        return _results(res, reqs, self.opts.model, time.perf_counter() - t0, self.opts.want_probability, self.text_guided)
 
     def segment(self, scan: ScanLike, report: str | Path | None = None, pixel_spacing: tuple[float, float] | None = None) -> SegmentationResult:
         """One scan (DICOM / PNG pair / NPY / case folder / array) and its report (text or file)."""
@@ -210,9 +276,20 @@ class BoneScanClient(_Common):
         return r
 
     def segment_many(self, items: Iterable[tuple[ScanLike, str | Path | None]], concurrency: int = 4,
-                     progress: bool = False) -> list[SegmentationResult | BonescanError]:
-        """(scan, report) pairs with at most ``concurrency`` requests in flight; a failure is returned
-        in its place (a BonescanError naming the input and the reason) and the others go on."""
+                     progress: bool = False, pixel_spacing: tuple[float, float] | None = None
+                     ) -> list[SegmentationResult | BonescanError]:
+        """Many scans with at most ``concurrency`` requests in flight.
+
+        Args:
+            items: (scan, report) pairs; a scan is anything :meth:`segment` takes (an
+                (anterior, posterior) pair of view files is one scan: ``((ant, post), report)``),
+                a report is text, a Path, or None (a case folder's report.txt, else no report).
+            pixel_spacing: (row, column) mm for every scan, overriding what the files say.
+
+        Returns:
+            One entry per item, in order: the result, or the BonescanError (naming the input and the
+            reason) that stopped that scan; the others go on.
+        """
         from concurrent.futures import ThreadPoolExecutor
 
         from tqdm import tqdm
@@ -221,7 +298,7 @@ class BoneScanClient(_Common):
 
         def one(item: tuple[ScanLike, str | Path | None]) -> SegmentationResult | BonescanError:
             try:
-                return self.segment(item[0], item[1])
+                return self.segment(item[0], item[1], pixel_spacing)
             except BonescanError as e:
                 return e
 
@@ -250,16 +327,17 @@ class AsyncBoneScanClient(_Common):
 
     async def _call(self, fn, what: str, *args, **kwargs):
         delay = self.opts.backoff_s
+        stopping = False
         for attempt in range(self.opts.retries + 1):
             try:
                 return await fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001
-                if _status(e) in RETRYABLE and attempt < self.opts.retries:
-                    log.info("%s: %s unavailable, retry %d in %.1f s", what, self.opts.url, attempt + 1, delay)
+                stopping = stopping or any(m in _message(e) for m in STOPPING)
+                if self._retry(e, attempt, what, delay):
                     await asyncio.sleep(delay)
                     delay *= 2
                     continue
-                raise self._explain(e, what) from None
+                raise self._explain(e, what, stopping) from None
         raise AssertionError("unreachable")
 
     async def check(self) -> dict[str, Any]:
@@ -277,7 +355,7 @@ class AsyncBoneScanClient(_Common):
         res = await self._call(self.client.infer, reqs[0].source, self.opts.model, _build_inputs(g, reqs, self.text_guided),
                                model_version=self.opts.model_version, outputs=_outputs(g, self.opts.want_probability),
                                client_timeout=self.opts.timeout_s, headers=self.opts.headers or None)
-        return _results(res, reqs, self.opts.model, time.perf_counter() - t0, self.opts.want_probability)
+        return _results(res, reqs, self.opts.model, time.perf_counter() - t0, self.opts.want_probability, self.text_guided)
 
     async def segment(self, scan: ScanLike, report: str | Path | None = None,
                       pixel_spacing: tuple[float, float] | None = None) -> SegmentationResult:
@@ -287,14 +365,15 @@ class AsyncBoneScanClient(_Common):
         r.timings_ms["total"] = round((time.perf_counter() - t0) * 1000, 1)
         return r
 
-    async def segment_many(self, items: Iterable[tuple[ScanLike, str | Path | None]], concurrency: int = 4
-                           ) -> list[SegmentationResult | BonescanError]:
+    async def segment_many(self, items: Iterable[tuple[ScanLike, str | Path | None]], concurrency: int = 4,
+                           pixel_spacing: tuple[float, float] | None = None) -> list[SegmentationResult | BonescanError]:
+        """As :meth:`BoneScanClient.segment_many`: (scan, report) pairs in, one result or error each, in order."""
         sem = asyncio.Semaphore(max(1, concurrency))
 
         async def one(scan, report):
             async with sem:
                 try:
-                    return await self.segment(scan, report)
+                    return await self.segment(scan, report, pixel_spacing)
                 except BonescanError as e:
                     return e
 

@@ -7,13 +7,13 @@ re-implemented here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from bonescan.contract import DEFAULT_PIXEL_SPACING_MM, ENS_REPORT, to_model_frame
-from bonescan.data.io import CaseError, Scan, find_scan_files, read_report, read_scan
+from bonescan.contract import ENS_REPORT, to_model_frame
+from bonescan.data.io import NO_SCAN, CaseError, Scan, decide_spacing, find_scan_files, read_report, read_scan
 from bonescan.tokenize import ReportError, decode_report
 from bonescan.validate import image_problem, spacing_problem
 
@@ -28,31 +28,30 @@ class Request:
     report: str
     pixel_spacing: tuple[float, float]
     source: str
+    pixel_spacing_source: str = "command line"  # see bonescan.data.io.SPACING_SOURCES
+    notes: list[str] = field(default_factory=list)  # warnings about the input files
 
 
 def load_scan(scan: ScanLike, pixel_spacing: tuple[float, float] | None = None) -> Scan:
     """A Scan from a Scan, a path (DICOM, NPY, case folder), an (anterior, posterior) pair of paths,
     or an array [2, H, W] holding the anterior and posterior views as acquired."""
-    if isinstance(scan, Scan):
-        s = scan
-    elif isinstance(scan, np.ndarray):
+    if isinstance(scan, Scan):  # its spacing_source says what its builder knew
+        return decide_spacing(scan, pixel_spacing) if pixel_spacing is not None else scan
+    if isinstance(scan, np.ndarray):
         if scan.ndim != 3 or scan.shape[0] != 2:
             raise CaseError("<array>", f"expected [2, H, W] (anterior, posterior), got shape {list(scan.shape)}")
         from bonescan.data.io import check_view
 
         s = Scan(check_view(scan[0], "<array>", "anterior view"), check_view(scan[1], "<array>", "posterior view"), source="<array>")
-    elif isinstance(scan, tuple):
+        return decide_spacing(s, pixel_spacing)
+    if isinstance(scan, tuple):
         if len(scan) != 2:
             raise CaseError("<pair>", "give the anterior and the posterior view files")
-        s = read_scan({"anterior": Path(scan[0]), "posterior": Path(scan[1])})
-    else:
-        p = Path(scan)
-        if not p.exists():
-            raise CaseError(p, "file or folder does not exist")
-        s = read_scan(p)
-    if pixel_spacing is not None:
-        s.pixel_spacing = tuple(float(v) for v in pixel_spacing)  # type: ignore[assignment]
-    return s
+        return read_scan({"anterior": Path(scan[0]), "posterior": Path(scan[1])}, pixel_spacing)
+    p = Path(scan)
+    if not p.exists():
+        raise CaseError(p, "file or folder does not exist")
+    return read_scan(p, pixel_spacing)
 
 
 def load_report(report: str | Path | None, case_dir: Path | None = None) -> str:
@@ -77,7 +76,7 @@ def prepare(scan: ScanLike, report: str | Path | None = None, pixel_spacing: tup
     problem = image_problem(image, "scan")
     if problem:
         raise CaseError(s.source or "<scan>", problem)
-    spacing = tuple(float(v) for v in (s.pixel_spacing or DEFAULT_PIXEL_SPACING_MM))
+    spacing = tuple(float(v) for v in s.pixel_spacing)
     problem = spacing_problem(np.array(spacing), "pixel spacing")
     if problem:
         raise CaseError(s.source or "<scan>", problem)
@@ -85,15 +84,24 @@ def prepare(scan: ScanLike, report: str | Path | None = None, pixel_spacing: tup
         decode_report(text.encode("utf-8", "surrogatepass"), ENS_REPORT.name)
     except ReportError as e:
         raise CaseError(s.source or "<scan>", str(e)) from None
-    return Request(image, text, spacing, s.source or str(scan))  # type: ignore[arg-type]
+    return Request(image, text, spacing, s.source or str(scan), s.spacing_source, list(s.notes))  # type: ignore[arg-type]
 
 
-def find_cases(folder: Path) -> list[Path]:
-    """Case folders (or scan files) under a folder, for batch processing."""
+def find_cases(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The scans under a folder, for batch processing: (case folders or scan files, [(folder, why
+    it was skipped)]). A folder that holds a scan itself is one case."""
     folder = Path(folder)
     if find_scan_files(folder):
-        return [folder]
+        return [folder], []
     root = folder / "cases" if (folder / "cases").is_dir() else folder
-    items = [p for p in sorted(root.iterdir()) if p.is_dir() and find_scan_files(p)]
+    items, skipped = [], []
+    for p in sorted(root.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            if find_scan_files(p):
+                items.append(p)
+            else:
+                skipped.append((p, NO_SCAN))
     items += [p for p in sorted(root.iterdir()) if p.is_file() and p.suffix.lower() in (".dcm", ".npy")]
-    return items
+    return items, skipped

@@ -27,17 +27,39 @@ class SegmentationResult:
     answered_by: str | None = None
     reason: str | None = None
     signals: dict[str, Any] | None = None
+    #: where pixel_spacing came from (bonescan.data.io.SPACING_SOURCES); "default": not known, so
+    #: the lesions carry no area in mm² (area_mm2 is None) and only pixels are reported
+    pixel_spacing_source: str = "command line"
+    #: what the model read besides the image: "given" (a report), "no report" (the dual-path model
+    #: was sent an empty one: it segments on the image alone) or "image only" (the U-Net ensemble)
+    report: str = "given"
+    notes: list[str] = field(default_factory=list)  # warnings about the input files
 
     @property
-    def lesion_area_mm2(self) -> float:
+    def spacing_known(self) -> bool:
+        return self.pixel_spacing_source != "default"
+
+    @property
+    def lesion_area_px(self) -> int:
+        return int(sum(les["area_px"] for les in self.lesions))
+
+    @property
+    def lesion_area_mm2(self) -> float | None:
+        """Total lesion area in mm², None when the pixel spacing is not known."""
+        if not self.spacing_known:
+            return None
         return float(sum(les["area_mm2"] for les in self.lesions))
 
     def summary(self) -> str:
-        who = ""
-        if self.answered_by == "unet" and self.model != "bonescan_unet":
-            who = f"; image-only answer ({self.reason})"
-        return (f"{Path(self.source).name or self.source}: {len(self.lesions)} lesion(s), "
-                f"{self.lesion_area_mm2:.0f} mm², {self.timings_ms.get('request', 0):.0f} ms{who}")
+        if self.lesion_area_mm2 is not None:
+            area = f"{self.lesion_area_mm2:.0f} mm²"
+        else:
+            area = f"{self.lesion_area_px} px (pixel spacing unknown: no mm²; give --pixel-spacing ROW COL)"
+        extra = ", no report" if self.report == "no report" else ""
+        if self.answered_by == "unet" and self.model != "bonescan_unet" and self.report != "no report":
+            extra += f", image-only answer ({self.reason})"
+        return (f"{Path(self.source).name or self.source}: {len(self.lesions)} lesion(s), {area}{extra}, "
+                f"{self.timings_ms.get('request', 0):.0f} ms")
 
     def overlay(self) -> Image.Image:
         """Anterior view in the readers' inverted grey, window on bone, lesion outlines in red, numbers."""
@@ -74,11 +96,18 @@ class SegmentationResult:
         }
         Image.fromarray(self.mask.astype(np.uint8) * 255).save(paths["mask_png"])
         np.save(paths["mask_npy"], self.mask.astype(np.uint8))
-        paths["lesions"].write_text(json.dumps({
-            "source": self.source, "model": self.model, "pixel_spacing_mm": list(self.pixel_spacing),
-            "answered_by": self.answered_by, "reason": self.reason, "signals": self.signals,
-            "lesions": self.lesions, "timings_ms": self.timings_ms,
-        }, indent=1) + "\n")
+        body: dict[str, Any] = {
+            "source": self.source, "model": self.model, "report": self.report,
+            "pixel_spacing_mm": list(self.pixel_spacing), "pixel_spacing_source": self.pixel_spacing_source,
+        }
+        if not self.spacing_known:
+            body["pixel_spacing_note"] = ("no pixel spacing in the input: the server was sent the default "
+                                          f"{list(self.pixel_spacing)} mm; areas in mm² are not given")
+        body.update({"lesions": self.lesions, "timings_ms": self.timings_ms})
+        if self.notes:
+            body["notes"] = self.notes
+        body.update({"answered_by": self.answered_by, "reason": self.reason, "signals": self.signals})
+        paths["lesions"].write_text(json.dumps(body, indent=1, ensure_ascii=False) + "\n")
         if self.anterior is not None:
             paths["overlay"] = out / f"{stem}_overlay.png"
             self.overlay().save(paths["overlay"])

@@ -32,12 +32,16 @@ def check_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Pat
     from tqdm import tqdm
 
     from bonescan.data.dataset import BoneScanDataset
-    from bonescan.export.onnx_export import read_description
+    from bonescan.export.onnx_export import read_description, sha256
     from bonescan.model.checkpoint import Predictor
     from bonescan.serving.ort_pipeline import OrtPipeline
 
     t0 = time.perf_counter()
     desc = read_description(export_dir)
+    made_from, given = desc["checkpoint"].get("sha256"), sha256(Path(checkpoint))
+    if made_from != given:  # then the numbers below compare two different models
+        print(f"export made from another checkpoint (sha {str(made_from)[:16]}, {desc['checkpoint'].get('file')}); "
+              f"{checkpoint} has sha {given[:16]}")
     torch_model = Predictor(checkpoint, threads=threads)
     ort_model = OrtPipeline(export_dir, threads=threads)
     ds = BoneScanDataset(data, split, require_mask=False)
@@ -96,7 +100,8 @@ def check_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Pat
         "batch_consistency_max_diff": batch_diffs,
         "targets": {"max_abs_logit_diff": MAX_LOGIT_DIFF, "mean_mask_dsc": MIN_MASK_DSC},
         "failsafe_same_path_everywhere": same_path,
-        "ok": bool(max_diff <= MAX_LOGIT_DIFF and mean_dsc >= MIN_MASK_DSC and same_path
+        "same_checkpoint": made_from == given,
+        "ok": bool(made_from == given and max_diff <= MAX_LOGIT_DIFF and mean_dsc >= MIN_MASK_DSC and same_path
                    and max(batch_diffs.values()) <= MAX_LOGIT_DIFF),
         "per_case": per_case,
         "seconds": round(time.perf_counter() - t0, 1),

@@ -430,3 +430,96 @@ def test_report_files_are_held_to_the_request_limits(tmp_path):
     p.write_bytes(b"a" * (4 * limit + 1))
     with pytest.raises(CaseError, match="bytes; the limit is"):
         read_report(p)
+
+
+def test_pixel_spacing_is_decided_in_one_place(small_set: Path, tmp_path: Path):
+    """The case folder's meta.json, the DICOM's PixelSpacing, the caller's value, or "default"."""
+    from bonescan.data.io import decide_spacing
+
+    case = small_set / "cases" / "case_00000"
+    meta = tuple(json.loads((case / "meta.json").read_text())["pixel_spacing_mm"])
+    s = read_scan(case)
+    assert (s.pixel_spacing, s.spacing_source) == (meta, "meta.json") and meta != (2.4, 2.4)
+    assert BoneScanDataset(small_set)[0].pixel_spacing == meta
+    write_dicom_scan(tmp_path / "scan.dcm", s.anterior, s.posterior, (2.25, 2.05))
+    d = read_scan(tmp_path / "scan.dcm")
+    assert (d.pixel_spacing, d.spacing_source) == ((2.25, 2.05), "dicom")
+    np.save(tmp_path / "scan.npy", np.stack([s.anterior, s.posterior]))
+    n = read_scan(tmp_path / "scan.npy")
+    assert n.spacing_source == "default" and not n.spacing_known
+    assert read_scan(tmp_path / "scan.npy", (2.0, 2.1)).spacing_source == "command line"
+    assert read_scan(case, (2.0, 2.1)).pixel_spacing == (2.0, 2.1)
+    assert decide_spacing(n, meta={"pixel_spacing_mm": [2.2, 2.3]}).spacing_source == "meta.json"
+    (tmp_path / "c").mkdir()
+    np.save(tmp_path / "c" / "scan.npy", np.stack([s.anterior, s.posterior]))
+    (tmp_path / "c" / "meta.json").write_text('{"pixel_spacing_mm": [0, "x"]}')
+    with pytest.raises(CaseError, match=r"meta\.json: pixel_spacing_mm must be two numbers"):
+        read_scan(tmp_path / "c")
+
+
+def test_to_dicom_writes_the_case_spacing(small_set: Path, tmp_path: Path, capsys):
+    import pydicom
+
+    from bonescan.cli import main
+
+    case = small_set / "cases" / "case_00001"
+    meta = json.loads((case / "meta.json").read_text())["pixel_spacing_mm"]
+    assert main(["data", "to-dicom", str(case), "--out", str(tmp_path / "a.dcm")]) == 0
+    assert [float(v) for v in pydicom.dcmread(tmp_path / "a.dcm").PixelSpacing] == pytest.approx(meta)
+    assert "from meta.json" in capsys.readouterr().out
+    s = read_scan(case)
+    np.save(tmp_path / "scan.npy", np.stack([s.anterior, s.posterior]))
+    assert main(["data", "to-dicom", str(tmp_path / "scan.npy"), "--out", str(tmp_path / "b.dcm")]) == 0
+    assert "PixelSpacing empty" in capsys.readouterr().out
+    assert not pydicom.dcmread(tmp_path / "b.dcm").PixelSpacing  # not a default written as if measured
+    assert read_scan(tmp_path / "b.dcm").spacing_source == "default"
+    assert main(["data", "to-dicom", str(tmp_path / "scan.npy"), "--out", str(tmp_path / "c.dcm"), "--pixel-spacing", "2.1", "2.2"]) == 0
+    assert [float(v) for v in pydicom.dcmread(tmp_path / "c.dcm").PixelSpacing] == [2.1, 2.2]
+
+
+def test_data_check_names_each_problem_once_and_warns_on_8_bit_views(small_set: Path, tmp_path: Path):
+    import shutil
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    root = tmp_path / "d"
+    shutil.copytree(small_set, root)
+    (root / "cases" / "case_00001" / "mask.png").unlink()
+    ant = read_scan(root / "cases" / "case_00002").anterior
+    Image.fromarray(np.clip(ant, 0, 255).astype(np.uint8)).save(root / "cases" / "case_00002" / "anterior.png")
+    bonescan = Path(sys.executable).parent / "bonescan"
+    done = subprocess.run([str(bonescan), "data", "check", "--data", str(root)], capture_output=True, text=True)
+    text = done.stdout + done.stderr
+    assert done.returncode == 1 and "7 of 8 cases readable" in done.stdout
+    assert text.count("mask.png: mask file is missing") == 1
+    assert text.count("8-bit PNG") == 1 and "case_00002/anterior.png: 8-bit PNG; views must be 16-bit counts" in done.stdout
+
+
+def test_preview_layout_leaves_no_overlap_and_fills_its_panels(small_set: Path):
+    """The legend has its own band above the first row's titles; every view fills its panel."""
+    from bonescan import viz
+    from bonescan.data.preview import _draw
+
+    viz.use_agg()
+    import matplotlib.pyplot as plt
+
+    samples = BoneScanDataset(small_set).load_all()[:3]
+    for show_report in (True, False):
+        fig = _draw(samples, show_report, viz, plt)
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        legend = fig.legends[0].get_window_extent(r)
+        views = [ax for ax in fig.axes if ax.images]
+        assert len(views) == 3 * len(samples)
+        texts = [t.get_window_extent(r) for ax in views for t in (ax.title, ax.xaxis.label) if t.get_text()]
+        assert not any(legend.overlaps(t) for t in texts)
+        assert not any(a.overlaps(b) for i, a in enumerate(texts) for b in texts[i + 1:])
+        for ax in views:  # the image is as large as its axes: no blank inside a panel
+            box, img = ax.get_window_extent(r), ax.images[0].get_window_extent(r)
+            assert abs(box.width - img.width) < 2 and abs(box.height - img.height) < 2
+        w, h = fig.get_size_inches()
+        drawn = sum(ax.get_window_extent(r).width * ax.get_window_extent(r).height for ax in fig.axes)
+        assert drawn / (w * h * fig.dpi ** 2) > 0.75  # panels cover most of the picture
+        plt.close(fig)

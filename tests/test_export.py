@@ -145,3 +145,34 @@ def test_trt_export_stops_before_work_without_a_gpu(exports, tmp_path: Path):
     with pytest.raises(BonescanError):
         export_trt(exports["dualpath"], out, "fp16", 4)
     assert not out.exists()  # stopped before any work
+
+
+def test_check_names_an_export_made_from_another_checkpoint(checkpoints, exports, dataset, tmp_path, capsys):
+    """Same weights, another file (its metadata differ): the check says so first and fails."""
+    import torch
+
+    body = torch.load(checkpoints["dualpath"], map_location="cpu", weights_only=True)
+    body["metadata"] = {**body["metadata"], "note": "another training run"}
+    other = tmp_path / "other.pt"
+    torch.save(body, other)
+    res = check_parity(other, exports["dualpath"], dataset, split="test", n=2, max_batch=1, progress=False)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("export made from another checkpoint (sha ") and str(other) in first
+    assert res["same_checkpoint"] is False and res["ok"] is False
+    res = check_parity(checkpoints["dualpath"], exports["dualpath"], dataset, split="test", n=1, max_batch=1, progress=False)
+    assert res["same_checkpoint"] is True and "another checkpoint" not in capsys.readouterr().out
+
+
+def test_eval_shuffled_needs_two_scans_and_takes_the_first_n(checkpoints, dataset, tmp_path, capsys):
+    import json
+
+    from bonescan.cli import main
+
+    ck = str(checkpoints["dualpath"])
+    assert main(["eval", "--checkpoint", ck, "--data", str(dataset), "--n", "1", "--reports", "shuffled", "--quiet"]) == 2
+    assert "--reports shuffled needs two scans or more" in capsys.readouterr().err
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", ck, "--data", str(dataset), "--n", "2", "--reports", "shuffled", "--quiet",
+                 "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["summary"]["scans"] == 2 and len(res["per_scan"]) == 2

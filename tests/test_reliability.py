@@ -170,6 +170,26 @@ def test_model_control_and_admin_endpoints_are_closed(server):
     assert h.get_model_repository_index(headers={ADMIN_HEADER: server.admin_key}) is not None
 
 
+def test_the_random_admin_key_appears_nowhere(server):
+    """No key given: the endpoints are closed by a random key that no command line, environment or log shows."""
+    import os
+
+    key = server.admin_key.encode()
+    pids = [server.proc.pid] + [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(p) == server.proc.pid]
+    assert len(pids) >= 7  # tritonserver and a python-backend stub per model instance
+    for pid in pids:
+        assert key not in Path(f"/proc/{pid}/cmdline").read_bytes() and key not in Path(f"/proc/{pid}/environ").read_bytes()
+    assert server.placeholder.encode() in Path(f"/proc/{server.proc.pid}/cmdline").read_bytes()
+    assert key not in Path(server.log_file).read_bytes()
+
+
+def _parent(pid: str) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError):
+        return -1
+
+
 def test_no_report_or_pixel_data_in_any_log(repo, work, sample, caplog):
     """A verbose server and a DEBUG-level client: the report marker and a marker pixel value never appear."""
     grpc_port, http_port, metrics_port = free_ports(3)

@@ -3,8 +3,9 @@
 #   libpython3.11       the Triton python-backend stub links Debian's libpython3.11
 #   libb64-0d           perf_analyzer (Triton's benchmark client) needs libb64.so.0d
 #   fonts-wqy-microhei  a CJK font so pictures can show Chinese report text
+#   gcc                 builds the LD_PRELOAD shim that keeps the admin key off tritonserver's command line
 set -euo pipefail
-PKGS=(libpython3.11 libb64-0d fonts-wqy-microhei)
+PKGS=(libpython3.11 libb64-0d fonts-wqy-microhei gcc)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

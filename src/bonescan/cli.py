@@ -28,6 +28,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         text = action.help or ""
         if action.required or "default" in text:
             return text
+        if isinstance(action.default, (list, tuple)):  # as it would be typed: --seeds 0 1 2
+            return f"{text} (default: {' '.join(map(str, action.default))})"
         return super()._get_help_string(action) or text
 
 
@@ -50,11 +52,15 @@ SPLIT = Option("--split", choices=SPLITS, default="test", help="split of the dat
 OUT = Option("--out", type=Path, required=True, help="output folder")
 EXPORT = Option("--export", type=Path, required=True, help="ONNX export folder (`bonescan export onnx`)")
 QUIET = Option("--quiet", action="store_true", help="no progress bars")
+PIXEL_SPACING = Option("--pixel-spacing", type=float, nargs=2, metavar=("ROW", "COL"),
+                       help="pixel spacing in mm, for every scan given, over what the files say (default: the DICOM's "
+                            "PixelSpacing, else the case folder's meta.json pixel_spacing_mm, else unknown: areas in "
+                            "pixels only)")
 
 
-def _command(sub: argparse._SubParsersAction, name: str, func, help: str) -> argparse.ArgumentParser:
+def _command(sub: argparse._SubParsersAction, name: str, func, help: str, **kwargs: Any) -> argparse.ArgumentParser:
     """A subcommand whose help shows every option's default; ``func(args) -> exit code`` runs it."""
-    p = sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+    p = sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter, **kwargs)
     p.set_defaults(func=func)
     return p
 
@@ -114,7 +120,11 @@ def _data_check(a: argparse.Namespace) -> int:
     from bonescan.data.dataset import BoneScanDataset
 
     ds = BoneScanDataset(a.data, split=a.split, require_mask=not a.no_mask)
-    ok = sum(1 for _ in ds.samples(progress=True, desc="checking"))
+    samples = ds.samples(progress=True, desc="checking", log_skipped=False)  # each problem is printed once, below
+    warnings = [f"WARNING {s.case_id}: {note}" for s in samples for note in s.notes]
+    ok = len(ds) - len(ds.errors)
+    for w in warnings:
+        print(w)
     for e in ds.errors:
         print(f"ERROR {e}")
     print(f"{ok} of {len(ds)} cases readable")
@@ -124,9 +134,14 @@ def _data_check(a: argparse.Namespace) -> int:
 def _data_to_dicom(a: argparse.Namespace) -> int:
     from bonescan.data.io import read_scan, write_dicom_scan
 
-    scan = read_scan(a.case)
-    write_dicom_scan(a.out, scan.anterior, scan.posterior, scan.pixel_spacing)
-    print(f"wrote {a.out}")
+    scan = read_scan(a.case, a.pixel_spacing)
+    if scan.spacing_known:
+        write_dicom_scan(a.out, scan.anterior, scan.posterior, scan.pixel_spacing)
+        row, col = scan.pixel_spacing
+        print(f"wrote {a.out} (PixelSpacing {row:g} x {col:g} mm, from {scan.spacing_source})")
+    else:
+        write_dicom_scan(a.out, scan.anterior, scan.posterior, None)
+        print(f"wrote {a.out} with PixelSpacing empty: {a.case} carries no pixel spacing (give --pixel-spacing ROW COL)")
     return 0
 
 
@@ -161,6 +176,8 @@ def data_commands(sub: argparse._SubParsersAction) -> None:
     s = _command(dsub, "to-dicom", _data_to_dicom, "write a case's views as one two-frame NM DICOM file")
     s.add_argument("case", type=Path, help="case folder, DICOM or NPY")
     OUT.add(s, help="DICOM file to write")
+    PIXEL_SPACING.add(s, help="pixel spacing in mm to write (default: the case's own: its DICOM's PixelSpacing, else "
+                              "its folder's meta.json pixel_spacing_mm, else left empty)")
 
 
 # ----------------------------------------------------------------------------- train / eval
@@ -239,8 +256,15 @@ def _eval(a: argparse.Namespace) -> int:
 
     split = a.split or (None if a.reports_dir else "test")  # a reports folder picks its cases from every split
     evaluate(a.checkpoint, a.data, split, a.reports, a.json, seed=a.seed, progress=not a.quiet, reports_dir=a.reports_dir,
-             style=a.style, answer=a.answer)
+             style=a.style, answer=a.answer, n=a.n)
     return 0
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def model_commands(sub: argparse._SubParsersAction) -> None:
@@ -281,7 +305,9 @@ def model_commands(sub: argparse._SubParsersAction) -> None:
     CHECKPOINT.add(s)
     DATA.add(s)
     SPLIT.add(s, default=None, help="split of the data folder (default: test; with --reports-dir every case)")
-    s.add_argument("--reports", choices=["true", "shuffled", "empty"], default="true", help="which report each scan gets")
+    s.add_argument("--reports", choices=["true", "shuffled", "empty"], default="true",
+                   help="which report each scan gets (shuffled: another scan's, so it needs two scans or more)")
+    s.add_argument("--n", type=positive_int, help="evaluate the first N cases of the split (default: all)")
     s.add_argument("--reports-dir", type=Path,
                    help="evaluate only the cases that have a <case_id>.txt in this folder, with that text as their report "
                         "(reports written elsewhere, e.g. by a hospital; default: the cases' own report.txt)")
@@ -393,9 +419,10 @@ def _repo_build(a: argparse.Namespace) -> int:
 
 
 def _serve(a: argparse.Namespace) -> int:
-    from bonescan.serving.server import serve
+    from bonescan.serving.server import serve, tls_args
 
-    return serve(a.repo, a.grpc_port, a.http_port, a.metrics_port, a.log_file, a.admin_key_file, a.bind)
+    return serve(a.repo, a.grpc_port, a.http_port, a.metrics_port, a.log_file, a.admin_key_file, a.bind,
+                 a.log_verbose, tls_args(a.tls_cert, a.tls_key, a.tls_root), a.triton_args)
 
 
 def serving_commands(sub: argparse._SubParsersAction) -> None:
@@ -417,17 +444,57 @@ def serving_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--run-batch", type=int, default=1,
                    help="embedded: scans per onnxruntime run within a dynamic batch (0: all; see README)")
     s.add_argument("--device", choices=["gpu", "cpu"], default="gpu", help="instance kind for onnxruntime flavor")
-    s = _command(sub, "serve", _serve, "run tritonserver on a repository until Ctrl-C / SIGTERM")
+    s = _command(sub, "serve", _serve, "run tritonserver on a repository until Ctrl-C / SIGTERM",
+                 usage="bonescan serve --repo REPO [options] [-- TRITONSERVER_FLAG=VALUE ...]")
     s.add_argument("--repo", required=True, type=Path, help="a built repository (`bonescan repo build`)")
     s.add_argument("--grpc-port", type=int, default=8001, help="gRPC port")
     s.add_argument("--http-port", type=int, default=8000, help="HTTP port")
     s.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port")
-    s.add_argument("--log-file", type=Path, help="server log (default: inherit the terminal)")
-    s.add_argument("--admin-key-file", type=Path, help="file with the key that opens the admin endpoints (default: closed)")
+    s.add_argument("--log-file", type=Path, help="server log (default: the terminal)")
+    s.add_argument("--log-verbose", type=int, default=0, metavar="N",
+                   help="tritonserver's verbose logging level (1: request bookkeeping; never report text or pixel values)")
+    s.add_argument("--admin-key-file", type=Path,
+                   help="file with the key (at least 16 printable ASCII characters, no spaces) that opens the "
+                        "model-repository, shared-memory, trace and logging endpoints; it is never put on a command line "
+                        "(default: a random key nobody knows, i.e. those endpoints closed)")
     s.add_argument("--bind", default="0.0.0.0", help="address to listen on (0.0.0.0: all; 127.0.0.1 for local clients only)")
+    s.add_argument("--tls-cert", type=Path, help="PEM server certificate: gRPC over TLS, with --tls-key (default: plain gRPC; "
+                                                 "Triton's HTTP port has no TLS: keep it local or behind a proxy)")
+    s.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert (default: none)")
+    s.add_argument("--tls-root", type=Path, help="PEM CA certificate of the clients: mutual TLS, every client must present a "
+                                                 "certificate it signed (default: none, any client may connect)")
+    s.add_argument("triton_args", nargs="*", metavar="-- TRITONSERVER_FLAG",
+                   help="further tritonserver flags after `--`, as --flag=value (e.g. -- --grpc-keepalive-time=10000); "
+                        "flags that would undo the restrictions (model control, restricted protocols / APIs, repository, "
+                        "ports, TLS and log flags of this command) are refused (default: none)")
 
 
 # ----------------------------------------------------------------------------- client
+
+
+def _infer_items(a: argparse.Namespace) -> tuple[list[tuple[Any, Path | None]], int]:
+    """`bonescan infer`'s input -> ((scan, report) items, number of case folders skipped: each is
+    listed on stderr with the reason)."""
+    from bonescan.client.inputs import find_cases
+    from bonescan.errors import BonescanError
+
+    if a.views:
+        return [((a.views[0], a.views[1]), a.report)], 0
+    if not a.input:
+        raise BonescanError("give a scan, a folder of cases, or --views ANTERIOR POSTERIOR")
+    src = Path(a.input)
+    if not src.exists():
+        raise BonescanError(f"{src}: file or folder does not exist")
+    scans, skipped = find_cases(src) if src.is_dir() else ([src], [])
+    for folder, why in skipped:
+        print(f"skipped {folder.name}: {why}", file=sys.stderr)
+    if not scans:
+        raise BonescanError(f"{src}: no scans found")
+    if a.report is not None and len(scans) > 1:
+        raise BonescanError(f"--report gives one report for one scan, but {src} holds {len(scans)} scans: every patient "
+                            "would get the same report. Put each case's report in its folder as report.txt (read "
+                            "automatically), or segment the scans one at a time")
+    return [(p, a.report) for p in scans], len(skipped)
 
 
 def _infer(a: argparse.Namespace) -> int:
@@ -435,41 +502,34 @@ def _infer(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from bonescan.client import BoneScanClient
-    from bonescan.client.inputs import find_cases
     from bonescan.errors import BonescanError
 
     headers = dict(h.split("=", 1) for h in (a.header or []))
     opts = {"model": a.model, "timeout_s": a.timeout, "retries": a.retries, "headers": headers,
             "ssl": bool(a.root_cert), "root_certificates": a.root_cert, "private_key": a.client_key,
             "certificate_chain": a.client_cert, "expected_model_sha256": a.expect_model}
-    if not a.input and not a.views:
-        print("give a scan, a folder of cases, or --views ANTERIOR POSTERIOR", file=sys.stderr)
-        return 2
-    if a.views:
-        items = [((a.views[0], a.views[1]), a.report)]
-    else:
-        src = Path(a.input)
-        items = [(p, a.report) for p in find_cases(src)] if src.is_dir() else [(src, a.report)]
-        if not items:
-            print(f"{src}: no scans found", file=sys.stderr)
-            return 2
+    items, skipped = _infer_items(a)
     out = Path(a.out)
     failures = 0
     with BoneScanClient(a.server, **opts) as client:
         bar = tqdm(total=len(items), desc="segmenting", unit="scan", disable=len(items) < 2)
-        results = client.segment_many(items, concurrency=a.concurrency)
+        results = client.segment_many(items, concurrency=a.concurrency, pixel_spacing=a.pixel_spacing)
         for (scan, _), res in zip(items, results):
             name = Path(scan[0]).parent.name if isinstance(scan, tuple) else Path(scan).stem
             if isinstance(res, BonescanError):
                 failures += 1
                 bar.write(f"FAILED {res}")
             else:
+                for note in res.notes:
+                    bar.write(f"WARNING {name}: {note}")
                 res.save(out, name)
                 bar.write(res.summary().replace(Path(res.source).name or res.source, name, 1))
             bar.update()
         bar.close()
-    print(f"{len(items) - failures} of {len(items)} scans segmented; results in {out}")
-    return 0 if failures == 0 else 1
+    done = len(items) - failures
+    print(f"{done} of {len(items)} scans segmented" + (f" ({skipped} folder(s) without a scan skipped)" if skipped else "")
+          + (f"; results in {out}" if done else "; nothing written"))
+    return 0 if failures == 0 and not skipped else 1
 
 
 def infer_command(sub: argparse._SubParsersAction) -> None:
@@ -477,7 +537,10 @@ def infer_command(sub: argparse._SubParsersAction) -> None:
     s = _command(sub, "infer", _infer, "segment scans with a running server (gRPC client)")
     s.add_argument("input", nargs="?", help="DICOM / NPY file, case folder, or a folder of cases (default: none, give --views)")
     s.add_argument("--views", nargs=2, metavar=("ANTERIOR", "POSTERIOR"), help="two view files, 16-bit PNG or DICOM (default: none)")
-    s.add_argument("--report", type=Path, help="UTF-8 report file (default: the case folder's report.txt)")
+    s.add_argument("--report", type=Path,
+                   help="UTF-8 report file of the one scan given; refused with a folder of several scans, whose "
+                        "reports are each case folder's report.txt (default: the case folder's report.txt, else no report)")
+    PIXEL_SPACING.add(s)
     s.add_argument("--server", default="localhost:8001", help="gRPC address")
     s.add_argument("--model", choices=[C.ENSEMBLE_MODEL, C.ENSEMBLE_UNET_MODEL], default=C.ENSEMBLE_MODEL,
                    help=f"{C.ENSEMBLE_MODEL} (with report) or {C.ENSEMBLE_UNET_MODEL} (image only)")
@@ -671,7 +734,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    a = parser.parse_args(argv)
+    a, unknown = parser.parse_known_args(argv)
+    if unknown:
+        hint = ("; tritonserver's own flags go after `--` (bonescan serve --repo REPO -- --flag=value), TLS is "
+                "--tls-cert / --tls-key / --tls-root" if a.command == "serve" else "")
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

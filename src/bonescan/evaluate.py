@@ -16,6 +16,7 @@ import numpy as np
 from bonescan.contract import THRESHOLD
 from bonescan.data.arrays import SplitArrays, load_split, manifest_hash
 from bonescan.data.rewrite import rewrite_split
+from bonescan.errors import BonescanError
 from bonescan.metrics import scan_metrics, summarize
 from bonescan.postprocess import postprocess
 
@@ -25,7 +26,7 @@ REPORT_MODES = ("true", "shuffled", "empty")
 def derangement(n: int, seed: int) -> np.ndarray:
     """A permutation with no fixed point (n >= 2): scan i gets the report of scan perm[i]."""
     if n < 2:
-        return np.arange(n)
+        raise BonescanError(f"shuffled reports need two scans or more (every scan gets another scan's report); got {n}")
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
     perm = np.empty(n, dtype=int)
@@ -198,7 +199,6 @@ def recalibrate(checkpoint: str | Path, data: str | Path, split: str = "val", ou
                 progress: bool = True) -> dict[str, Any]:
     """Calibrate a dual-path checkpoint's fail-safe again on a split (e.g. a hospital's own validation
     cases and reports) and write it into the checkpoint (or a copy at ``out``); returns the calibration."""
-    from bonescan.errors import BonescanError
     from bonescan.model.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
@@ -219,8 +219,6 @@ def report_texts(arrays: SplitArrays, reports_dir: str | Path | None = None, sty
     """The cases to evaluate and the report each one gets: its own, the one in ``reports_dir``
     (only the cases that have a ``<case_id>.txt`` there), or its ground truth re-written in a house
     ``style`` (synthetic cases)."""
-    from bonescan.errors import BonescanError
-
     if reports_dir is not None:
         from bonescan.data.io import load_reports
 
@@ -244,11 +242,15 @@ def report_texts(arrays: SplitArrays, reports_dir: str | Path | None = None, sty
 
 def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = "test", reports: str = "true",
              json_out: str | Path | None = None, seed: int = 0, progress: bool = True, reports_dir: str | Path | None = None,
-             style: str | None = None, answer: str = "failsafe") -> dict[str, Any]:
+             style: str | None = None, answer: str = "failsafe", n: int | None = None) -> dict[str, Any]:
+    """``n``: only the first n cases of the split (None: all); ``reports_dir`` / ``style``: see report_texts."""
     from bonescan.model.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
-    arrays, texts = report_texts(load_split(data, split, progress), reports_dir, style, seed)
+    arrays, texts = report_texts(load_split(data, split, progress, n=n), reports_dir, style, seed)
+    if reports == "shuffled" and len(arrays) < 2:
+        raise BonescanError(f"--reports shuffled needs two scans or more (every scan gets another scan's report); "
+                            f"split {split!r} of {data} gives {len(arrays)}")
     res = evaluate_arrays(ckpt, arrays, reports, seed, progress=progress, texts=texts, answer=answer)
     res.pop("per_scan_all", None)
     res.update({

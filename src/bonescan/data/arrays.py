@@ -68,7 +68,8 @@ class SplitArrays:
         return sub
 
 
-def load_split(data: str | Path, split: str | None, progress: bool = True, desc: str | None = None) -> SplitArrays:
+def load_split(data: str | Path, split: str | None, progress: bool = True, desc: str | None = None,
+               n: int | None = None) -> SplitArrays:
     """Every readable case of one split of a data folder, in memory (cases without a mask are errors).
 
     Args:
@@ -76,11 +77,15 @@ def load_split(data: str | Path, split: str | None, progress: bool = True, desc:
         split: ``train``, ``val`` or ``test``; None: every case.
         progress: show a progress bar while the cases load.
         desc: the progress bar's label (default ``loading <split>``).
+        n: only the split's first n cases (None: all).
 
     Returns:
         The split's arrays; unreadable cases are skipped and listed in ``.errors``.
     """
-    return SplitArrays(BoneScanDataset(data, split), progress, desc or f"loading {split or 'all cases'}")
+    ds = BoneScanDataset(data, split)
+    if n is not None:
+        ds.refs = ds.refs[:n]
+    return SplitArrays(ds, progress, desc or f"loading {split or 'all cases'}")
 
 
 def manifest_hash(data: str | Path) -> str:

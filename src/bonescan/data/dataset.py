@@ -20,14 +20,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bonescan.contract import to_model_frame
-from bonescan.data.io import CaseError, find_scan_files, read_json, read_mask, read_report, read_scan
+from bonescan.data.io import NO_SCAN, CaseError, find_scan_files, read_json, read_mask, read_report, read_scan
 
 log = logging.getLogger("bonescan.data")
 
@@ -43,6 +43,8 @@ class Sample:
     report: str
     pixel_spacing: tuple[float, float]
     meta: dict[str, Any] | None = None
+    spacing_source: str = "default"  # see bonescan.data.io.SPACING_SOURCES
+    notes: list[str] = field(default_factory=list)  # warnings about the files (e.g. an 8-bit PNG)
 
 
 def findings_mask(mask: np.ndarray | None, meta: dict[str, Any] | None, shape: tuple[int, int]) -> np.ndarray:
@@ -146,10 +148,9 @@ class BoneScanDataset:
             raise CaseError(ref.path, "case folder is missing")
         files = find_scan_files(ref.path)
         if not files:
-            raise CaseError(ref.path, "no scan found (expected scan.dcm, anterior.png + posterior.png, anterior.dcm + posterior.dcm or scan.npy)")
+            raise CaseError(ref.path, NO_SCAN)
         meta = read_json(ref.path / "meta.json") if (ref.path / "meta.json").exists() else None
-        spacing = tuple(meta["pixel_spacing_mm"]) if meta and "pixel_spacing_mm" in meta else None
-        scan = read_scan(files, spacing)  # type: ignore[arg-type]
+        scan = read_scan(files, meta=meta)
         mask = None
         mpath = ref.path / "mask.png"
         if mpath.exists():
@@ -157,13 +158,15 @@ class BoneScanDataset:
         elif self.require_mask:
             raise CaseError(mpath, "mask file is missing")
         report = read_report(ref.path / "report.txt")
-        return Sample(ref.case_id, to_model_frame(scan.anterior, scan.posterior), mask, report, scan.pixel_spacing, meta)
+        return Sample(ref.case_id, to_model_frame(scan.anterior, scan.posterior), mask, report, scan.pixel_spacing, meta,
+                      scan.spacing_source, scan.notes)
 
     def __getitem__(self, i: int) -> Sample:
         return self.load(i)
 
-    def samples(self, progress: bool = False, desc: str = "loading") -> Iterator[Sample]:
-        """Every readable case; unreadable ones are logged (file + problem), kept in .errors, skipped."""
+    def samples(self, progress: bool = False, desc: str = "loading", log_skipped: bool = True) -> Iterator[Sample]:
+        """Every readable case; unreadable ones are kept in .errors, skipped and (``log_skipped``)
+        logged with the file and the problem."""
         it: Any = range(len(self))
         if progress:
             from tqdm import tqdm
@@ -174,7 +177,8 @@ class BoneScanDataset:
                 yield self.load(i)
             except CaseError as e:
                 self.errors.append(e)
-                log.warning("skipping case %s: %s", self.refs[i].case_id, e)
+                if log_skipped:
+                    log.warning("skipping case %s: %s", self.refs[i].case_id, e)
 
     def load_all(self, progress: bool = False, desc: str = "loading") -> list[Sample]:
         return list(self.samples(progress, desc))

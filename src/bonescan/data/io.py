@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import codecs
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,8 @@ from bonescan.errors import BonescanError
 from bonescan.tokenize import ReportError, decode_report
 
 NM_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
+#: the problem of a case folder without a scan file
+NO_SCAN = "no scan found (expected scan.dcm, anterior.png + posterior.png, anterior.dcm + posterior.dcm or scan.npy)"
 
 
 class CaseError(BonescanError):
@@ -41,6 +43,13 @@ class CaseError(BonescanError):
         super().__init__(f"{self.path}: {problem}")
 
 
+#: Where a scan's pixel spacing came from, in the order :func:`decide_spacing` trusts them:
+#: given explicitly ("command line": ``--pixel-spacing``, or the ``pixel_spacing`` argument of the
+#: readers and the client), the DICOM's own PixelSpacing, the case folder's meta.json, or none
+#: known ("default": DEFAULT_PIXEL_SPACING_MM is used, and no area in mm² may be shown as measured).
+SPACING_SOURCES = ("command line", "dicom", "meta.json", "default")
+
+
 @dataclass
 class Scan:
     """Two views as acquired plus where they came from."""
@@ -50,6 +59,11 @@ class Scan:
     pixel_spacing: tuple[float, float] = DEFAULT_PIXEL_SPACING_MM
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    spacing_source: str = "default"  # one of SPACING_SOURCES; a Scan built by hand with a known spacing says so
+
+    @property
+    def spacing_known(self) -> bool:
+        return self.spacing_source != "default"
 
 
 def check_view(arr: np.ndarray, path: str | Path, what: str) -> np.ndarray:
@@ -184,7 +198,7 @@ def _spacing(ds) -> tuple[float, float] | None:
             ps = getattr(item, "PixelSpacing", None)
             if ps is not None:
                 break
-    if ps is None or len(ps) != 2:
+    if not ps or len(ps) != 2:
         return None
     return float(ps[0]), float(ps[1])
 
@@ -215,18 +229,17 @@ def read_dicom_scan(path: str | Path) -> Scan:
     det = list(getattr(ds, "DetectorInformationSequence", []) or [])
     views = [_view_of(det[i], f) if i < len(det) else f for i, f in enumerate(("anterior", "posterior"))]
     if sorted(views) != ["anterior", "posterior"]:
-        notes.append("frame views not labelled; assumed frame 0 = anterior, frame 1 = posterior")
+        notes.append(f"{path}: frame views not labelled; assumed frame 0 = anterior, frame 1 = posterior")
         views = ["anterior", "posterior"]
     frames = dict(zip(views, arr))
     spacing = _spacing(ds)
-    if spacing is None:
-        notes.append("no PixelSpacing; using the default")
     return Scan(
         check_view(frames["anterior"], path, "anterior frame"),
         check_view(frames["posterior"], path, "posterior frame"),
         spacing or DEFAULT_PIXEL_SPACING_MM,
         str(path),
         notes,
+        "dicom" if spacing else "default",
     )
 
 
@@ -248,10 +261,13 @@ def write_dicom_scan(
     path: str | Path,
     anterior: np.ndarray,
     posterior: np.ndarray,
-    pixel_spacing: tuple[float, float] = DEFAULT_PIXEL_SPACING_MM,
+    pixel_spacing: tuple[float, float] | None = DEFAULT_PIXEL_SPACING_MM,
     patient_id: str = "ANON",
 ) -> None:
-    """Write a two-frame NM whole-body DICOM (for tests, demos and converting synthetic data)."""
+    """Write a two-frame NM whole-body DICOM (for tests, demos and converting synthetic data).
+
+    ``pixel_spacing=None`` (not known) leaves PixelSpacing empty (it is type 2 in the NM image
+    module) rather than writing a default as if it had been measured."""
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
@@ -293,7 +309,7 @@ def write_dicom_scan(
     ds.BitsStored = 16
     ds.HighBit = 15
     ds.PixelRepresentation = 0
-    ds.PixelSpacing = [f"{pixel_spacing[0]:.4f}", f"{pixel_spacing[1]:.4f}"]
+    ds.PixelSpacing = [f"{pixel_spacing[0]:.4f}", f"{pixel_spacing[1]:.4f}"] if pixel_spacing is not None else None
     frames = np.stack([np.asarray(anterior, np.uint16), np.asarray(posterior, np.uint16)])
     ds.PixelData = frames.tobytes()
     ds.save_as(path, enforce_file_format=True)
@@ -334,16 +350,27 @@ def find_scan_files(case_dir: Path) -> dict[str, Path]:
     return {}
 
 
-def read_scan(files: dict[str, Path] | str | Path, spacing: tuple[float, float] | None = None) -> Scan:
-    """Read a scan from a case folder, a DICOM file, an NPY file, or {'anterior', 'posterior'} paths."""
+def read_scan(files: dict[str, Path] | str | Path, spacing: tuple[float, float] | None = None,
+              meta: dict | None = None) -> Scan:
+    """Read a scan from a case folder, a DICOM file, an NPY file, or {'anterior', 'posterior'} paths.
+
+    Args:
+        files: what to read; a case folder's meta.json (if any) is read for its pixel spacing.
+        spacing: (row, column) mm given by the caller; overrides what the files say.
+        meta: the case's meta.json, already read (the data set reads it for its ground truth).
+
+    Returns:
+        The Scan, its pixel spacing decided by :func:`decide_spacing`.
+    """
+    case_dir = None
     if isinstance(files, (str, Path)):
         p = Path(files)
         if p.is_dir():
             found = find_scan_files(p)
             if not found:
-                raise CaseError(p, "no scan found (expected scan.dcm, anterior.png + posterior.png, anterior.dcm + posterior.dcm or scan.npy)")
-            return read_scan(found, spacing)
-        if p.suffix.lower() == ".npy":
+                raise CaseError(p, NO_SCAN)
+            files, case_dir = found, p
+        elif p.suffix.lower() == ".npy":
             files = {"npy": p}
         else:
             files = {"dicom": p}
@@ -352,22 +379,64 @@ def read_scan(files: dict[str, Path] | str | Path, spacing: tuple[float, float] 
     elif "npy" in files:
         scan = read_npy_scan(files["npy"])
     else:
-        views = {}
-        found_spacing = None
-        for view in ("anterior", "posterior"):
-            if view not in files:
-                other = next(iter(files.values()))
-                raise CaseError(Path(other).parent / f"{view}.png", f"{view} view file is missing")
-            p = Path(files[view])
-            if p.suffix.lower() in (".dcm", ".dicom"):
-                views[view], sp = read_dicom_view(p, view)
-                found_spacing = found_spacing or sp
-            else:
-                views[view] = check_view(read_png(p, f"{view} view"), p, f"{view} view")
-        scan = Scan(views["anterior"], views["posterior"], found_spacing or DEFAULT_PIXEL_SPACING_MM, str(Path(files["anterior"]).parent))
-    if spacing is not None:
-        scan.pixel_spacing = spacing
-    return scan
+        scan = _read_view_pair(files)
+    return decide_spacing(scan, spacing, case_dir, meta)
+
+
+def _read_view_pair(files: dict[str, Path]) -> Scan:
+    views, notes = {}, []
+    found_spacing = None
+    for view in ("anterior", "posterior"):
+        if view not in files:
+            other = next(iter(files.values()))
+            raise CaseError(Path(other).parent / f"{view}.png", f"{view} view file is missing")
+        p = Path(files[view])
+        if p.suffix.lower() in (".dcm", ".dicom"):
+            views[view], sp = read_dicom_view(p, view)
+            found_spacing = found_spacing or sp
+        else:
+            views[view] = check_view(read_png(p, f"{view} view"), p, f"{view} view")
+            if views[view].dtype == np.uint8:
+                notes.append(f"{p}: 8-bit PNG; views must be 16-bit counts (counts above 255 were lost, "
+                             "or the image was scaled for display)")
+    return Scan(views["anterior"], views["posterior"], found_spacing or DEFAULT_PIXEL_SPACING_MM,
+                str(Path(files["anterior"]).parent), notes, "dicom" if found_spacing else "default")
+
+
+def meta_spacing(meta: dict, path: Path | str = "meta.json") -> tuple[float, float] | None:
+    """meta.json's ``pixel_spacing_mm`` (row, column), None when it has none."""
+    value = meta.get("pixel_spacing_mm")
+    if value is None:
+        return None
+    try:
+        row, col = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise CaseError(path, "pixel_spacing_mm must be two numbers (row, column) in mm") from None
+    if not (0 < row < 100 and 0 < col < 100):
+        raise CaseError(path, "pixel_spacing_mm must be two positive numbers (row, column) in mm, under 100")
+    return row, col
+
+
+def decide_spacing(scan: Scan, given: tuple[float, float] | None = None, case_dir: Path | None = None,
+                   meta: dict | None = None) -> Scan:
+    """The one place that decides a scan's pixel spacing and records where it came from.
+
+    The caller's value wins, then the file's own (DICOM PixelSpacing, already in ``scan``), then
+    the case folder's meta.json (``meta`` or ``case_dir/meta.json``). With none of them the
+    spacing is DEFAULT_PIXEL_SPACING_MM and the source "default": the area of a lesion in mm²
+    is then not known, and nothing may print it as if it had been measured.
+    """
+    if given is not None:
+        return replace(scan, pixel_spacing=(float(given[0]), float(given[1])), spacing_source="command line")
+    if scan.spacing_source != "default":
+        return scan
+    meta_path = Path(case_dir) / "meta.json" if case_dir is not None else Path("meta.json")
+    if meta is None and case_dir is not None and meta_path.is_file():
+        meta = read_json(meta_path)
+    found = meta_spacing(meta, meta_path) if meta else None
+    if found is not None:
+        return replace(scan, pixel_spacing=found, spacing_source="meta.json")
+    return replace(scan, pixel_spacing=DEFAULT_PIXEL_SPACING_MM, spacing_source="default")
 
 
 def read_json(path: Path) -> dict:

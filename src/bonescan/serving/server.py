@@ -9,20 +9,27 @@ several Python versions. To run it on our own repository (as PyTriton does inter
 3. this venv's ``bin`` first on ``PATH``: the stub locates the venv (numpy, onnxruntime,
    tokenizers, scipy) through the ``python3`` it finds there.
 
-Model control is off (``--model-control-mode=none``): no remote load / unload.
+Model control is off (``--model-control-mode=none``): no remote load / unload. The admin endpoints
+need a key that never appears on a command line (``argv_key.c``, an LD_PRELOAD shim built here).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from bonescan.errors import BonescanError
 
@@ -31,6 +38,45 @@ NGC_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51.0, TensorRT 1
 ADMIN_ENDPOINTS = "model-repository,shared-memory,trace,logging"
 ADMIN_HEADER = "bonescan-admin-key"  # the HTTP header; over gRPC Triton expects it with a prefix:
 ADMIN_HEADER_GRPC = "triton-grpc-protocol-" + ADMIN_HEADER
+MIN_ADMIN_KEY_CHARS = 16
+#: environment variables the shim reads in the child (and unsets before tritonserver's main())
+KEY_VAR, PLACEHOLDER_VAR = "BONESCAN_ADMIN_KEY", "BONESCAN_ADMIN_KEY_PLACEHOLDER"
+SHIM_SOURCE = Path(__file__).with_name("argv_key.c")
+
+#: tritonserver flags ``bonescan serve`` does not pass through (after ``--``), and why. tritonserver
+#: reads its flags with getopt_long, which takes any unambiguous abbreviation (``--model-control=``
+#: is ``--model-control-mode=``), so a flag is refused when it is a prefix of one of these.
+REFUSED_FLAGS = {
+    "--model-control-mode": "model control stays off (no remote load / unload)",
+    "--load-model": "model control stays off (no remote load / unload)",
+    "--repository-poll-secs": "model control stays off (no remote load / unload)",
+    "--grpc-restricted-protocol": "the admin endpoints stay restricted; give the key with --admin-key-file",
+    "--http-restricted-api": "the admin endpoints stay restricted; give the key with --admin-key-file",
+    "--model-repository": "the repository is --repo",
+    "--model-store": "the repository is --repo",
+    "--backend-directory": "the backends are those of the copied tritonserver",
+    "--allow-sagemaker": "it opens an endpoint the admin key does not guard",
+    "--allow-vertex-ai": "it opens an endpoint the admin key does not guard",
+    "--allow-http": "bonescan serve checks readiness over HTTP; keep it local with --bind 127.0.0.1",
+    "--grpc-port": "use --grpc-port",
+    "--http-port": "use --http-port",
+    "--metrics-port": "use --metrics-port",
+    "--grpc-address": "use --bind",
+    "--http-address": "use --bind",
+    "--log-verbose": "use --log-verbose",
+    "--log-file": "use --log-file",
+    "--grpc-use-ssl": "use --tls-cert / --tls-key (and --tls-root for mutual TLS)",
+    "--grpc-use-ssl-mutual": "use --tls-root",
+    "--grpc-server-cert": "use --tls-cert",
+    "--grpc-server-key": "use --tls-key",
+    "--grpc-root-cert": "use --tls-root",
+}
+
+#: tritonserver's messages about the GPU it looks for at start: expected on a machine without one
+GPU_NOISE = re.compile(r"CudaDriverHelper has not been initialized|CUDA driver version is insufficient|"
+                       r"failed to allocate pinned system memory")
+GPU_NOISE_NOTE = ("bonescan: tritonserver's CUDA messages (CudaDriverHelper has not been initialized, unable to create "
+                  "stream, no pinned memory) are expected on a machine without an NVIDIA GPU: every model runs on the CPU")
 
 
 def _site_packages() -> Path:
@@ -69,6 +115,84 @@ def triton_dist() -> Path:
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return dest
+
+
+def key_shim() -> Path:
+    """The LD_PRELOAD shim that puts the admin key into tritonserver's argv (``argv_key.c``), built
+    once with the system C compiler into the cache folder of the copied tritonserver."""
+    source = SHIM_SOURCE.read_bytes()
+    dest = triton_dist() / f"bonescan_argv_key-{hashlib.sha256(source).hexdigest()[:12]}.so"
+    if dest.is_file():
+        return dest
+    cc = next((c for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c and shutil.which(c)), None)
+    if cc is None:
+        raise BonescanError("no C compiler found: bonescan serve builds a tiny LD_PRELOAD shim with one so that the admin "
+                            "key (given with --admin-key-file, or the random one that keeps the admin endpoints closed) "
+                            "never appears on tritonserver's command line, where any local user could read it with ps. "
+                            "Install one: apt-get install gcc")
+    tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")
+    done = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(tmp), str(SHIM_SOURCE)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise BonescanError(f"{cc} could not build {SHIM_SOURCE.name}:\n{done.stderr.strip()}")
+    tmp.rename(dest)
+    return dest
+
+
+def read_admin_key(path: Path) -> str:
+    """The key in ``path`` (surrounding whitespace dropped); errors name the file and the problem, never the key."""
+    try:
+        key = Path(path).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise BonescanError(f"{path}: admin key file does not exist") from None
+    except UnicodeDecodeError:
+        raise BonescanError(f"{path}: the admin key must be printable ASCII") from None
+    if len(key) < MIN_ADMIN_KEY_CHARS:
+        raise BonescanError(f"{path}: the admin key must have at least {MIN_ADMIN_KEY_CHARS} characters")
+    if not all(33 <= ord(c) <= 126 for c in key) or set(key) & set(",:="):
+        raise BonescanError(f"{path}: the admin key must be printable ASCII without spaces, ',', ':' or '=' "
+                            "(it is sent as a header value)")
+    return key
+
+
+def check_passthrough(args: list[str]) -> list[str]:
+    """tritonserver flags given after ``--``: each must be ``--flag`` or ``--flag=value`` and must not
+    undo a restriction of ``bonescan serve`` (REFUSED_FLAGS, abbreviations included)."""
+    for arg in args:
+        if not arg.startswith("--") or arg == "--":
+            raise BonescanError(f"tritonserver flag {arg!r}: write tritonserver flags as --flag=value after `--`")
+        name = arg.split("=", 1)[0]
+        refused = [f for f in REFUSED_FLAGS if f.startswith(name)]
+        if refused:
+            raise BonescanError(f"tritonserver flag {name} is not passed through: {REFUSED_FLAGS[refused[0]]}"
+                                + (f" (tritonserver would read it as {refused[0]})" if name != refused[0] else ""))
+    return list(args)
+
+
+def tls_args(cert: Path | None, key: Path | None, root: Path | None = None) -> list[str]:
+    """tritonserver's gRPC TLS flags: server certificate and key; with a root (CA) certificate,
+    mutual TLS (clients must present a certificate it signed)."""
+    if cert is None and key is None and root is None:
+        return []
+    if cert is None or key is None:
+        raise BonescanError("TLS needs both --tls-cert and --tls-key")
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key), ("--tls-root", root)):
+        if path is not None and not Path(path).is_file():
+            raise BonescanError(f"{flag} {path}: file does not exist")
+    args = ["--grpc-use-ssl=true", f"--grpc-server-cert={Path(cert).resolve()}", f"--grpc-server-key={Path(key).resolve()}"]
+    if root is not None:
+        args += [f"--grpc-root-cert={Path(root).resolve()}", "--grpc-use-ssl-mutual=true"]
+    return args
+
+
+def has_gpu() -> bool:
+    return Path("/dev/nvidiactl").exists()
+
+
+def log_file_note(log_file: Path) -> str | None:
+    """With a log file, its CUDA messages stay in it; the terminal gets one line saying they are expected."""
+    if has_gpu() or not Path(log_file).is_file() or not GPU_NOISE.search(Path(log_file).read_text(errors="replace")):
+        return None
+    return GPU_NOISE_NOTE.replace("bonescan: tritonserver's", f"note: {log_file} has tritonserver's")
 
 
 def server_env() -> dict[str, str]:
@@ -121,14 +245,18 @@ class TritonServer:
     admin_key: str | None = None  # None: a random key nobody knows, i.e. admin endpoints closed
     bind: str = "0.0.0.0"
     proc: subprocess.Popen | None = None
+    #: with no log file: where tritonserver's output goes, without the CUDA messages of a machine
+    #: that has no GPU (None: sys.stdout)
+    terminal: TextIO | None = None
+    placeholder: str = field(default_factory=lambda: "BONESCAN-ADMIN-KEY-PLACEHOLDER-" + secrets.token_hex(8))
+    _tail: deque = field(default_factory=lambda: deque(maxlen=25), repr=False)
 
     def command(self) -> list[str]:
-        import secrets
-
+        """tritonserver's argv: the admin key is a placeholder here (the shim replaces it in the child)."""
         dist = triton_dist()
         if self.admin_key is None:
             self.admin_key = secrets.token_urlsafe(24)
-        restricted = f"{ADMIN_ENDPOINTS}:{ADMIN_HEADER}={self.admin_key}"
+        restricted = f"{ADMIN_ENDPOINTS}:{ADMIN_HEADER}={self.placeholder}"
         return [
             str(dist / "bin" / "tritonserver"),
             f"--model-repository={Path(self.repo).resolve()}",
@@ -161,11 +289,55 @@ class TritonServer:
                 raise BonescanError(f"the {name} port {port} is already in use (another tritonserver?); choose another with --{name.lower()}-port")
         if not Path(self.repo).is_dir():
             raise BonescanError(f"{self.repo}: model repository not found")
-        out = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115 - None: the terminal
-        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, env=server_env(),
-                                     start_new_session=True)
+        command = self.command()
+        env = server_env()
+        env["LD_PRELOAD"] = " ".join(p for p in (str(key_shim()), env.get("LD_PRELOAD", "")) if p)
+        env[KEY_VAR], env[PLACEHOLDER_VAR] = str(self.admin_key), self.placeholder
+        out = open(self.log_file, "ab") if self.log_file else subprocess.PIPE  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        if self.log_file is None:
+            threading.Thread(target=self._relay, daemon=True, name="tritonserver-output").start()
         self.wait_ready(timeout)
+        self.check_admin_key()
         return self
+
+    def _relay(self) -> None:
+        """tritonserver's output -> the terminal, without the CUDA messages of a machine with no GPU
+        (one line says why they are missing)."""
+        assert self.proc is not None and self.proc.stdout is not None
+        term = self.terminal or sys.stdout
+        gpu = has_gpu()
+        noted = False
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace")
+            self._tail.append(line.rstrip("\n"))
+            if not gpu and GPU_NOISE.search(line):
+                if not noted:
+                    term.write(GPU_NOISE_NOTE + "\n")
+                    noted = True
+                continue
+            term.write(line)
+            term.flush()
+
+    def check_admin_key(self) -> None:
+        """The admin endpoints open with the key and stay shut to the placeholder on the command line:
+        proof that the shim put the key in. Otherwise the server is stopped (never left open)."""
+        import urllib.error
+        import urllib.request
+
+        def status(key: str) -> int:
+            req = urllib.request.Request(f"http://localhost:{self.http_port}/v2/repository/index", data=b"{}",
+                                         headers={ADMIN_HEADER: key}, method="POST")
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        if status(self.placeholder) == 200 or status(str(self.admin_key)) != 200:
+            self.stop()
+            raise BonescanError("tritonserver did not receive the admin key from the LD_PRELOAD shim; stopped it rather "
+                                "than serve admin endpoints that the placeholder on its command line would open")
 
     def is_ready(self) -> bool:
         """HTTP /v2/health/ready (works whether or not gRPC uses TLS)."""
@@ -192,7 +364,7 @@ class TritonServer:
     def log_tail(self, n: int = 25) -> str:
         if self.log_file and Path(self.log_file).exists():
             return "\n".join(Path(self.log_file).read_text(errors="replace").splitlines()[-n:])
-        return "(no log file)"
+        return "\n".join(list(self._tail)[-n:]) or "(no output)"
 
     def stop(self) -> int | None:
         """SIGINT (Triton unloads models and exits), then SIGKILL after exit_timeout + 10 s."""
@@ -219,28 +391,81 @@ class TritonServer:
         self.stop()
 
 
-def docker_command(repo: Path, grpc_port: int = 8001, http_port: int = 8000, metrics_port: int = 8002) -> str:
-    """The command that serves the same repository (onnxruntime / tensorrt flavor) in the NGC container."""
-    return (
-        f"docker run --rm --gpus all --shm-size=1g -p {http_port}:8000 -p {grpc_port}:8001 -p {metrics_port}:8002 "
-        f"-v {Path(repo).resolve()}:/models {NGC_IMAGE} "
-        "bash -c 'pip install -q -r /models/requirements.txt && "
-        "tritonserver --model-repository=/models --model-control-mode=none'"
-    )
+
+SECRETS = "/run/secrets"  # where the container sees the files it is given
+
+
+def docker_command(manifest: dict, grpc_port: int = 8001, http_port: int = 8000, metrics_port: int = 8002,
+                   admin_key_file: Path | None = None, bind: str = "0.0.0.0", tls: list[str] | None = None) -> str:
+    """How to serve the same models on a GPU in the NGC container, with the restrictions of ``bonescan
+    serve``: a repository of a GPU flavor first (the embedded one runs onnxruntime inside the python
+    backend on the CPU), then ``docker run`` mounting it read-only, model control off, the admin
+    endpoints restricted with a key that the container reads from a mounted file (``admin_key_file``)
+    or makes at random, never written on the host's command line. Lines starting with ``#`` say why.
+    """
+    lines = []
+    repo = "$PWD/REPO_GPU"
+    if manifest.get("flavor") == "embedded":
+        src = (manifest.get("dualpath") or {}).get("export", "EXPORT")
+        base = (manifest.get("baseline") or {}).get("export")
+        lines += ["# 1. a repository of a GPU flavor (onnxruntime here; for TensorRT: engines from `bonescan export trt` "
+                  "inside the container, then --flavor tensorrt --from ENGINES):",
+                  f"bonescan repo build --flavor onnxruntime --from {src}" + (f" --baseline {base}" if base else "")
+                  + " --out REPO_GPU",
+                  "# 2. serve it in the NGC container, with model control off and the admin endpoints restricted:"]
+    else:
+        repo = str(Path(manifest["path"]).resolve()) if manifest.get("path") else repo
+    mounts = [f"-v {repo}:/models:ro"]
+    key_file = f"{SECRETS}/bonescan-admin-key"
+    if admin_key_file is not None:
+        mounts.append(f"-v {Path(admin_key_file).resolve()}:{key_file}:ro")
+        make_key = f"KEY=$(cat {key_file})"
+    else:  # a random key made inside the container: the admin endpoints stay closed
+        make_key = "KEY=$(head -c 48 /dev/urandom | base64 | tr -dc A-Za-z0-9)"
+    triton_tls = []
+    for arg in tls or []:
+        flag, _, value = arg.partition("=")
+        if flag in ("--grpc-server-cert", "--grpc-server-key", "--grpc-root-cert"):
+            inside = f"{SECRETS}/tls/{flag.removeprefix('--grpc-')}.pem"
+            mounts.append(f"-v {value}:{inside}:ro")
+            arg = f"{flag}={inside}"
+        triton_tls.append(arg)
+    publish = "" if bind == "0.0.0.0" else f"{bind}:"
+    restricted = f"{ADMIN_ENDPOINTS}:{ADMIN_HEADER}=$KEY"
+    script = " ".join([
+        f"{make_key} && pip install -q -r /models/requirements.txt && exec tritonserver --model-repository=/models",
+        "--model-control-mode=none", f'--grpc-restricted-protocol="{restricted}"', f'--http-restricted-api="{restricted}"',
+        "--disable-auto-complete-config", "--strict-readiness=true", *triton_tls,
+    ])
+    lines.append(
+        f"docker run --rm --gpus all --shm-size=1g -p {publish}{http_port}:8000 -p {publish}{grpc_port}:8001 "
+        f"-p {publish}{metrics_port}:8002 {' '.join(mounts)} {NGC_IMAGE} bash -c '{script}'")
+    lines.append("# the key stays off the host's command line, but it is on the command line of tritonserver inside the "
+                 "container, which `ps` on the host also shows: on a shared host, build the LD_PRELOAD shim of "
+                 "src/bonescan/serving/argv_key.c in the container and start tritonserver through it as bonescan serve does")
+    return "\n".join(lines)
 
 
 def serve(repo: Path, grpc_port: int, http_port: int, metrics_port: int, log_file: Path | None = None,
-          admin_key_file: Path | None = None, bind: str = "0.0.0.0") -> int:
-    """Foreground server for `bonescan serve`: ready message, then wait for Ctrl-C / SIGTERM."""
+          admin_key_file: Path | None = None, bind: str = "0.0.0.0", log_verbose: int = 0,
+          tls: list[str] | None = None, triton_args: list[str] | None = None) -> int:
+    """Foreground server for `bonescan serve`: ready message, then wait for Ctrl-C / SIGTERM.
+
+    Args:
+        tls: tritonserver's TLS flags (:func:`tls_args`).
+        triton_args: further tritonserver flags, checked by :func:`check_passthrough`.
+    """
     from bonescan.serving.repository import read_manifest
 
+    extra = check_passthrough(triton_args or [])
+    if not Path(repo).exists():
+        raise BonescanError(f"{repo}: folder does not exist (build a repository with `bonescan repo build`)")
+    if not Path(repo).is_dir():
+        raise BonescanError(f"{repo}: not a folder (give the repository folder `bonescan repo build` wrote)")
     manifest = read_manifest(repo)
-    admin_key = None
-    if admin_key_file is not None:
-        admin_key = Path(admin_key_file).read_text().strip()
-        if len(admin_key) < 16:
-            raise BonescanError(f"{admin_key_file}: the admin key must have at least 16 characters")
-    server = TritonServer(Path(repo), grpc_port, http_port, metrics_port, log_file=log_file, admin_key=admin_key, bind=bind)
+    admin_key = read_admin_key(admin_key_file) if admin_key_file is not None else None
+    server = TritonServer(Path(repo), grpc_port, http_port, metrics_port, log_file=log_file, admin_key=admin_key, bind=bind,
+                          log_verbose=log_verbose, extra_args=[*(tls or []), *extra])
     stop = {"now": False}
 
     def _handler(signum, frame):  # noqa: ARG001
@@ -250,13 +475,22 @@ def serve(repo: Path, grpc_port: int, http_port: int, metrics_port: int, log_fil
     signal.signal(signal.SIGINT, _handler)
     print(f"starting tritonserver on {repo} ({manifest['flavor']} flavor) ...", flush=True)
     server.start()
-    print(f"ready: gRPC localhost:{grpc_port}  HTTP localhost:{http_port}  metrics localhost:{metrics_port}/metrics", flush=True)
+    scheme = "gRPC"
+    if tls:
+        scheme += " over TLS" + (" (mutual: clients need a certificate)" if any("mutual" in a for a in tls) else "")
+    print(f"ready: {scheme} localhost:{grpc_port}  HTTP localhost:{http_port}  metrics localhost:{metrics_port}/metrics", flush=True)
     print(f"models: {', '.join(manifest['models'])}", flush=True)
     print(f"model control: off; {ADMIN_ENDPOINTS} endpoints need the header {ADMIN_HEADER_GRPC} (gRPC) / {ADMIN_HEADER} (HTTP) "
-          f"({'from ' + str(admin_key_file) if admin_key_file else 'no key given: closed'})", flush=True)
+          f"({'key from ' + str(admin_key_file) if admin_key_file else 'no key given: closed'}; the key is not on any command line)",
+          flush=True)
     if log_file:
         print(f"server log: {log_file}", flush=True)
-    print("same repository on a GPU (onnxruntime / tensorrt flavor), in the NGC container:\n  " + docker_command(repo, grpc_port, http_port, metrics_port), flush=True)
+        note = log_file_note(log_file)
+        if note:
+            print(note, flush=True)
+    print("the same models on a GPU, in the NGC container:\n  "
+          + docker_command({**manifest, "path": str(repo)}, grpc_port, http_port, metrics_port, admin_key_file, bind,
+                           tls).replace("\n", "\n  "), flush=True)
     print("Ctrl-C or SIGTERM stops it.", flush=True)
     try:
         while not stop["now"]:
