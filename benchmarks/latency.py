@@ -34,20 +34,33 @@ CONCURRENCY = (1, 2, 4, 8, 16)
 
 
 # ----------------------------------------------------------------------------- machine
+#: ISA flags every benchmark result records (/proc/cpuinfo names): what onnxruntime's and torch's
+#: kernels can use differs between the machines this runs on (AMD EPYC with AVX2, Xeon with AMX)
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+
+
+def cpu_info(cpuinfo: str = "/proc/cpuinfo") -> dict[str, Any]:
+    """The CPU's model name (as ``lscpu`` shows it), its cores and which of :data:`ISA_FLAGS` it has."""
+    cpu, flags = "unknown", set()
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and cpu == "unknown":
+                    cpu = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "isa": {f: f in flags for f in ISA_FLAGS},
+            "simd": [f for f in ISA_FLAGS if f in flags]}
+
+
 def machine_info(threads: int) -> dict[str, Any]:
-    cpu = "unknown"
-    flags = ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name") and cpu == "unknown":
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = line
-    simd = [f for f in ("avx512f", "avx512_bf16", "amx_tile", "avx2", "fma") if f" {f}" in flags]
     import onnxruntime
     import torch
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "simd": simd, "threads_per_engine": threads,
+    return {**cpu_info(), "threads_per_engine": threads,
             "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "python": platform.python_version(), "torch": str(torch.__version__), "onnxruntime": onnxruntime.__version__}
 
