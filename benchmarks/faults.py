@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from bonescan import contract as C
-from bonescan.benchmarks.latency import cpu_info
+from bonescan.benchmarks.latency import cpu_info, run_info
+from bonescan.benchmarks.report import write_fault_report
 
 #: a report that must never appear in an error or a log
 SECRET_REPORT = "隐私MARKER5150报告"
@@ -166,12 +167,15 @@ def storm(repo: Path, export: Path, data: Path, rounds: int = 10, concurrency: i
         srv.stop()
     total = sum(counts.values())
     res = {"rounds": rounds, "concurrency": concurrency, "requests": total, **counts, "examples": examples,
-           "seconds": round(time.monotonic() - t0, 1), "with_unet": C.ENSEMBLE_UNET_MODEL in want, "machine": cpu_info()}
+           "seconds": round(time.monotonic() - t0, 1), "with_unet": C.ENSEMBLE_UNET_MODEL in want, "machine": cpu_info(),
+           "run": run_info()}
     res["ok"] = counts["wrong"] == 0 and counts["hung"] == 0 and counts["other_errors"] == 0
     (out / "storm.json").write_text(json.dumps(res, indent=1) + "\n")
-    print(f"storm: {total} requests in {rounds} rounds ({res['seconds']} s): {counts['good_ok']} good answered correctly, "
-          f"{counts['bad_refused']} bad refused with the right error, {counts['wrong']} wrong, {counts['hung']} hung "
-          f"(no answer in {timeout_s:.0f} s), {counts['other_errors']} other errors -> {'OK' if res['ok'] else 'FAILED'}")
+    summary = (f"storm: {total} requests in {rounds} rounds ({res['seconds']} s): {counts['good_ok']} good answered correctly, "
+               f"{counts['bad_refused']} bad refused with the right error, {counts['wrong']} wrong, {counts['hung']} hung "
+               f"(no answer in {timeout_s:.0f} s), {counts['other_errors']} other errors -> {'OK' if res['ok'] else 'FAILED'}")
+    print(summary)
+    write_fault_report("storm", res, out, summary)
     return res
 
 
@@ -254,16 +258,18 @@ def soak(repo: Path, export: Path, data: Path, minutes: float = 10.0, concurrenc
             "memory_mib_after_warmup_first_minute": round(first, 1), "memory_mib_last_minute": round(last, 1),
             "memory_growth": round((last - first) / first, 4) if first else None,
             "memory_peak_mib": round(float(samples.max()), 1) if len(samples) else None,
-            "targets": {"errors": 0, "wrong": 0, "memory_growth_max": 0.05}, "machine": cpu_info(),
+            "targets": {"errors": 0, "wrong": 0, "memory_growth_max": 0.05}, "machine": cpu_info(), "run": run_info(),
         }
         res["ok"] = counts["errors"] == 0 and counts["wrong"] == 0 and (res["memory_growth"] or 0) <= 0.05
     finally:
         srv.stop()
     (out / "soak.json").write_text(json.dumps(res, indent=1) + "\n")
-    print(f"soak: {res['requests']} requests in {minutes} min at concurrency {concurrency}: {counts['ok']} correct, "
-          f"{counts['wrong']} wrong, {counts['errors']} errors; p50 {res['p50_ms']:.0f} ms p99 {res['p99_ms']:.0f} ms; "
-          f"server memory after warm-up {res['memory_mib_after_warmup_first_minute']} -> {res['memory_mib_last_minute']} MiB "
-          f"({100 * (res['memory_growth'] or 0):+.2f} %, target <= +5 %), peak {res['memory_peak_mib']} MiB -> {'OK' if res['ok'] else 'FAILED'}")
+    summary = (f"soak: {res['requests']} requests in {minutes} min at concurrency {concurrency}: {counts['ok']} correct, "
+               f"{counts['wrong']} wrong, {counts['errors']} errors; p50 {res['p50_ms']:.0f} ms p99 {res['p99_ms']:.0f} ms; "
+               f"server memory after warm-up {res['memory_mib_after_warmup_first_minute']} -> {res['memory_mib_last_minute']} MiB "
+               f"({100 * (res['memory_growth'] or 0):+.2f} %, target <= +5 %), peak {res['memory_peak_mib']} MiB -> {'OK' if res['ok'] else 'FAILED'}")
+    print(summary)
+    write_fault_report("soak", res, out, summary)
     return res
 
 
@@ -445,7 +451,7 @@ def kill_restart(repo: Path, export: Path, data: Path, requests: int = 40, concu
             srv.stop()
     res = {"requests": requests, "concurrency": concurrency, "killed_after_ended": kill_after, "restart": restart,
            "timeout_s": timeout_s, "retries": retries, "backoff_s": backoff_s, "deadline_s": deadline_s, "events": events,
-           "server_killed": killed.is_set(), "server_restarted": restarted.is_set(), "machine": cpu_info(),
+           "server_killed": killed.is_set(), "server_restarted": restarted.is_set(), "machine": cpu_info(), "run": run_info(),
            "request_log": str(request_log),
            **account(ids, outcomes, read_request_log(request_log), counter.attempts)}
     # with a restart the client's retries must carry every request over it; without one, every request
@@ -454,15 +460,17 @@ def kill_restart(repo: Path, export: Path, data: Path, requests: int = 40, concu
     res["ok"] = all(res[k] == v for k, v in res["targets"].items()) and killed.is_set() and restarted.is_set() == restart
     (out / "kill_restart.json").write_text(json.dumps(res, indent=1) + "\n")
     when = {what: t for t, what in events}
-    print(f"kill/restart: {requests} requests, {concurrency} in flight; server SIGKILLed after {kill_after} ended at "
-          f"{when.get('SIGKILL', float('nan')):.1f} s, "
-          + (f"restarted at {when.get('restarted', float('nan')):.1f} s" if restart else "never restarted") + ":\n"
-          f"  answered correctly    {res['answered_correctly']}\n"
-          f"  answered wrong        {res['answered_wrong']}\n"
-          f"  errors                {res['errors']} ({res['errors_deadline_exceeded']} after the {timeout_s:.0f} s request deadline)\n"
-          f"  lost                  {res['lost']} (no outcome by the run's {deadline_s:.0f} s deadline; {res['lost_never_sent']} never sent)\n"
-          f"  executed twice        {res['executed_twice']} (ids seen twice in the server's log; {res['executed_on_server']} of "
-          f"{requests} ids seen at all, {res['answered_not_executed']} answered but never seen)\n"
-          f"  retries               {res['retries_total']} in all, at most {res['retries_max']} for one request\n"
-          f"-> {'OK' if res['ok'] else 'FAILED'}")
+    summary = (f"kill/restart: {requests} requests, {concurrency} in flight; server SIGKILLed after {kill_after} ended at "
+               f"{when.get('SIGKILL', float('nan')):.1f} s, "
+               + (f"restarted at {when.get('restarted', float('nan')):.1f} s" if restart else "never restarted") + ":\n"
+               f"  answered correctly    {res['answered_correctly']}\n"
+               f"  answered wrong        {res['answered_wrong']}\n"
+               f"  errors                {res['errors']} ({res['errors_deadline_exceeded']} after the {timeout_s:.0f} s request deadline)\n"
+               f"  lost                  {res['lost']} (no outcome by the run's {deadline_s:.0f} s deadline; {res['lost_never_sent']} never sent)\n"
+               f"  executed twice        {res['executed_twice']} (ids seen twice in the server's log; {res['executed_on_server']} of "
+               f"{requests} ids seen at all, {res['answered_not_executed']} answered but never seen)\n"
+               f"  retries               {res['retries_total']} in all, at most {res['retries_max']} for one request\n"
+               f"-> {'OK' if res['ok'] else 'FAILED'}")
+    print(summary)
+    write_fault_report("kill", res, out, summary)
     return res
