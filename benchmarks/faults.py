@@ -419,7 +419,11 @@ def kill_restart(repo: Path, export: Path, data: Path, requests: int = 40, concu
             if not restart:
                 return
             time.sleep(restart_after_s)
-            srv.start(timeout=300)
+            try:
+                srv.start(timeout=300)
+            except Exception as e:  # noqa: BLE001 - the run goes on against a dead server and says why
+                events.append((round(time.monotonic() - t0, 2), f"restart failed: {str(e).splitlines()[0][:160]}"))
+                return
             events.append((round(time.monotonic() - t0, 2), "restarted"))
             restarted.set()
 
@@ -462,7 +466,8 @@ def kill_restart(repo: Path, export: Path, data: Path, requests: int = 40, concu
     when = {what: t for t, what in events}
     summary = (f"kill/restart: {requests} requests, {concurrency} in flight; server SIGKILLed after {kill_after} ended at "
                f"{when.get('SIGKILL', float('nan')):.1f} s, "
-               + (f"restarted at {when.get('restarted', float('nan')):.1f} s" if restart else "never restarted") + ":\n"
+               + (f"restarted at {when['restarted']:.1f} s" if "restarted" in when
+                  else "never restarted" if not restart else f"NOT restarted ({events[-1][1] if events else 'no kill'})") + ":\n"
                f"  answered correctly    {res['answered_correctly']}\n"
                f"  answered wrong        {res['answered_wrong']}\n"
                f"  errors                {res['errors']} ({res['errors_deadline_exceeded']} after the {timeout_s:.0f} s request deadline)\n"
@@ -472,5 +477,5 @@ def kill_restart(repo: Path, export: Path, data: Path, requests: int = 40, concu
                f"  retries               {res['retries_total']} in all, at most {res['retries_max']} for one request\n"
                f"-> {'OK' if res['ok'] else 'FAILED'}")
     print(summary)
-    write_fault_report("kill", res, out, summary)
+    write_fault_report("kill_restart", res, out, summary)
     return res

@@ -7,9 +7,10 @@ One run, one machine, the same held-out inputs and the same thread counts for ev
 * the Triton ensemble over gRPC at concurrency 1, 2, 4, 8, 16 (our harness: p50 / p90 / p99
   latency, throughput, errors) and Triton's own ``perf_analyzer`` on the same real scans and reports;
 * per-member times from Triton's statistics API; peak memory of the server and its python-backend
-  processes; the FLOPs of one scan and this machine's compute ceiling measured in the same run
-  (:func:`compute_ceiling`: the best of fp32 GEMM and convolution microbenchmarks in torch and
-  onnxruntime, with the same threads), so FLOPs / p50 / ceiling is at most 1.
+  processes; the FLOPs of one scan and this machine's compute ceiling measured in the same run,
+  before and after the served part (:func:`compute_ceiling`: the best of fp32 GEMM and convolution
+  microbenchmarks in torch and onnxruntime, with the same threads), so FLOPs / p50 / ceiling is at
+  most 1; a run where it is not fails (``ceiling_holds``).
 
 Ratios (not absolute times) are what the targets are about, since these machines are noisy.
 """
@@ -213,9 +214,26 @@ def compute_ceiling(threads: int, convs: list[dict[str, Any]], seconds: float = 
                                  "gflops": round(flops / _best_seconds(fn, seconds) / 1e9, 1)})
     finally:
         torch.set_num_threads(old)
+    return _ceiling(rows, threads, seconds)
+
+
+def _ceiling(rows: list[dict[str, Any]], threads: int, seconds: float) -> dict[str, Any]:
     best = max(rows, key=lambda r: r["gflops"])
     return {"gflops": best["gflops"], "best": f"{best['op']} {best['shape']} ({best['engine']})", "threads": threads,
             "seconds_per_microbenchmark": seconds, "microbenchmarks": rows}
+
+
+def best_of(*ceilings: dict[str, Any]) -> dict[str, Any]:
+    """Ceilings measured at several moments of one run -> one, each microbenchmark at its best rate
+    (``passes`` keeps every rate). A machine shared with other jobs is not equally fast all along: a
+    ceiling measured only while it was busiest could fall below the model's rate at a quieter moment."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    for c in ceilings:
+        for r in c["microbenchmarks"]:
+            row = rows.setdefault((r["op"], r["engine"], r["shape"]), {**r, "passes": []})
+            row["passes"].append(r["gflops"])
+            row["gflops"] = max(row["passes"])
+    return _ceiling(list(rows.values()), ceilings[0]["threads"], ceilings[0]["seconds_per_microbenchmark"])
 
 
 def model_flops(predictor, image: np.ndarray, report: str) -> dict[str, float]:
@@ -508,7 +526,8 @@ def bench_latency(checkpoint: Path, data: Path, out: Path, config_name: str | No
     img0, rep0, _ = cases[0]
     res["flops_per_scan"] = model_flops(pred, img0, rep0)
     print("[bench] compute ceiling: fp32 GEMMs and the model's heaviest convolutions, torch and onnxruntime ...", flush=True)
-    res["compute_ceiling"] = compute_ceiling(threads, model_convs(pred, img0, rep0))
+    convs = model_convs(pred, img0, rep0)
+    ceiling_first = compute_ceiling(threads, convs)
 
     if export is None:
         export = out / "export"
@@ -576,6 +595,8 @@ def bench_latency(checkpoint: Path, data: Path, out: Path, config_name: str | No
     finally:
         if server is not None:
             server.stop()
+    print("[bench] compute ceiling again (each microbenchmark keeps its best of the two passes) ...", flush=True)
+    res["compute_ceiling"] = best_of(ceiling_first, compute_ceiling(threads, convs))
 
     res["ratios"] = ratios(res)
     res["targets"] = TARGETS.get(config_name, TARGETS["demo"])
@@ -652,8 +673,9 @@ def latency_table(res: dict[str, Any]) -> str:
                  f"({ceil['best']}, {ceil['threads']} threads); "
                  f"server memory idle {res.get('server_memory_idle_mib', '?')} MiB, peak {res.get('server_memory_peak_mib', '?')} MiB; "
                  f"errors {sum(row['errors'] for row in res['triton'])}")
-    lines += ["", "| compute ceiling: microbenchmark (fp32) | engine | GFLOP/s |", "|---|---|---|"]
-    lines += [f"| {m['op']} {m['shape']} | {m['engine']} | {m['gflops']:.1f} |" for m in ceil["microbenchmarks"]]
+    lines += ["", "| compute ceiling: microbenchmark (fp32) | engine | GFLOP/s, best | each pass |", "|---|---|---|---|"]
+    lines += [f"| {m['op']} {m['shape']} | {m['engine']} | {m['gflops']:.1f} | {' / '.join(f'{g:.1f}' for g in m.get('passes', []))} |"
+              for m in ceil["microbenchmarks"]]
     c1 = next(r for r in res["triton"] if r["concurrency"] == 1)
     lines += ["", "| member (c=1) | queue ms | compute ms | avg batch |", "|---|---|---|---|"]
     for m, row in c1["members"].items():
