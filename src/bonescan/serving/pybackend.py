@@ -120,7 +120,7 @@ REQUEST_LOG_ENV = "BONESCAN_REQUEST_LOG"
 
 class RequestLog:
     """The server-side count of `bonescan bench kill`: the Triton request id of every request a
-    model executes, appended to a file, one line ``<id>\t<pid>`` per request.
+    model executes, appended to a file, one line ``<id> TAB <pid>`` per request.
 
     Triton passes the id a client gives ``infer(request_id=...)`` into every step of an ensemble
     (``request.request_id()``), so the first step sees each attempt that reached the server; an id
