@@ -44,23 +44,29 @@ def stage_table(total_s: float) -> str:
     return "\n".join(rows + [f"| **total** | **{total_s / 60:.1f}** |"])
 
 
-def _segment_all(url: str, model: str, samples: list, concurrency: int = 4) -> list:
+def _segment_all(url: str, model: str, samples: list, concurrency: int = 4) -> tuple[list, list[str]]:
+    """Every sample through the ensemble -> (results, None where the request failed; the errors)."""
     from bonescan.client import BoneScanClient
     from bonescan.client.inputs import Request
+    from bonescan.errors import BonescanError
 
     reqs = [Request(s.image, s.report, tuple(s.pixel_spacing), s.case_id) for s in samples]
     out: list = [None] * len(reqs)
+    errors: list[str] = []
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
 
     with BoneScanClient(url, model=model, timeout_s=600, want_probability=False) as c:
         def one(i: int):
-            out[i] = c.segment_prepared([reqs[i]])[0]
+            try:
+                out[i] = c.segment_prepared([reqs[i]])[0]
+            except BonescanError as e:
+                errors.append(str(e))
 
         with ThreadPoolExecutor(concurrency) as ex:
             list(tqdm(ex.map(one, range(len(reqs))), total=len(reqs), desc=f"    {model} over gRPC", unit="scan", leave=False))
-    return out
+    return out, errors
 
 
 def run_demo(out: Path, n: int = 1000, seed: int = 0, workers: int = 2, unet_steps: int = 400, dual_steps: int = 400) -> int:
@@ -112,13 +118,13 @@ def run_demo(out: Path, n: int = 1000, seed: int = 0, workers: int = 2, unet_ste
 
     t = step(4, "exporting both models to ONNX; TensorRT lint; ONNX-vs-PyTorch parity")
     exports = {k: out / f"export_{k}" for k in ck}
-    parity = {}
+    parity, lint = {}, {}
     for k, p in ck.items():
         if not (exports[k] / "model.json").exists() or (exports[k] / "model.json").stat().st_mtime < p.stat().st_mtime:
             export_onnx(p, exports[k])
-        lint = check_export(exports[k])
+        lint[k] = check_export(exports[k])
         parity[k] = check_parity(p, exports[k], data, n=8, max_batch=4, json_out=out / f"parity_onnx_{k}.json", progress=False)
-        print(f"    {k}: TensorRT lint {'OK' if lint['ok'] else 'FAILED: ' + str(lint['graphs'])}")
+        print(f"    {k}: TensorRT lint {'OK' if lint[k]['ok'] else 'FAILED: ' + str(lint[k]['graphs'])}")
     done(t)
 
     from bonescan.serving.repository import RepoOptions, build_repository
@@ -143,9 +149,14 @@ def run_demo(out: Path, n: int = 1000, seed: int = 0, workers: int = 2, unet_ste
     lat: dict[str, Any] = {}
     try:
         t = step(7, f"segmenting {len(samples)} held-out scans over gRPC with both ensembles, and {len(hand)} with hand-written reports")
-        served = {"dualpath": _segment_all(server.grpc_url, "bonescan", samples), "unet": _segment_all(server.grpc_url, "bonescan_unet", samples)}
-        served_hand = {"dualpath": _segment_all(server.grpc_url, "bonescan", hand), "unet": _segment_all(server.grpc_url, "bonescan_unet", hand)}
+        served, served_hand, request_errors = {}, {}, {}
+        for k, model in (("dualpath", "bonescan"), ("unet", "bonescan_unet")):
+            served[k], request_errors[k] = _segment_all(server.grpc_url, model, samples)
+            served_hand[k], errs = _segment_all(server.grpc_url, model, hand)
+            request_errors[k] += errs
         done(t)
+        if any(request_errors.values()):  # no masks to compare: the checks so far decide
+            return finish(demo_checks(lint, parity, request_errors=request_errors, n=len(samples)))
         from bonescan.benchmarks.latency import harness
 
         t = step(8, "latency over gRPC (concurrency 1 and 4) and in-process PyTorch on the same scans")
@@ -172,7 +183,58 @@ def run_demo(out: Path, n: int = 1000, seed: int = 0, workers: int = 2, unet_ste
     total = time.perf_counter() - t_total
     print("\n" + stage_table(total))
     print(f"\nmake demo finished in {total / 60:.1f} min; open {report}")
-    return 0
+    return finish(demo_checks(lint, parity, results, lat, request_errors, len(samples)))
+
+
+def demo_checks(lint: dict[str, dict], parity: dict[str, dict], results: dict | None = None, lat: dict | None = None,
+                request_errors: dict[str, list[str]] | None = None, n: int | None = None) -> list[str]:
+    """Every check the demo prints -> one line per failed check (none: all passed).
+
+    Args:
+        lint: model -> ``check_export`` result (TensorRT lint).
+        parity: model -> ``check_parity`` result (ONNX vs PyTorch, with its targets).
+        results: model -> the table's results (DSC through Triton and PyTorch, identical masks).
+        lat: model -> concurrency -> latency harness row (its request errors).
+        request_errors: model -> messages of the segmentation requests that failed.
+        n: held-out scans sent per model.
+    """
+    fails = []
+    for k, r in lint.items():
+        if not r["ok"]:
+            fails.append(f"{k}: TensorRT lint: {r['graphs']}")
+    for k, p in parity.items():
+        t = p["targets"]
+        if not p["max_abs_logit_diff"] <= t["max_abs_logit_diff"]:
+            fails.append(f"{k}: ONNX vs PyTorch max |logit diff| {p['max_abs_logit_diff']:.2e} > target {t['max_abs_logit_diff']:.0e}")
+        if not p["mean_mask_dsc"] >= t["mean_mask_dsc"]:
+            fails.append(f"{k}: ONNX vs PyTorch mean mask DSC {p['mean_mask_dsc']:.5f} < target {t['mean_mask_dsc']}")
+        if not p["ok"] and not any(f.startswith(f"{k}: ONNX vs PyTorch") for f in fails):
+            fails.append(f"{k}: ONNX parity check failed (batch consistency: {p.get('batch_consistency_max_diff')})")
+    for k, errs in (request_errors or {}).items():
+        if errs:
+            fails.append(f"{k}: {len(errs)} of {n} segmentation requests failed, e.g. {errs[0]}")
+    for k, r in (results or {}).items():
+        delta = r["triton"]["dsc"]["mean"] - r["pytorch"]["dsc"]["mean"]
+        if delta != 0:
+            fails.append(f"{k}: delta DSC Triton - PyTorch {delta:+.6f} (target 0)")
+        if r["identical"] != n:
+            fails.append(f"{k}: {r['identical']}/{n} masks from Triton identical to PyTorch's (target {n}/{n})")
+    for k, levels in (lat or {}).items():
+        for c, row in levels.items():
+            if row["errors"]:
+                fails.append(f"{k}: {row['errors']} request errors in the latency run at concurrency {c}")
+    return fails
+
+
+def finish(fails: list[str]) -> int:
+    """The demo's exit code: 1 and one ``FAILED: ...`` line per failed check, else 0."""
+    if not fails:
+        print("all checks passed")
+        return 0
+    print("")
+    for line in fails:
+        print(f"FAILED: {line}")
+    return 1
 
 
 def pytorch_parity(checkpoint: Path, samples: list, served: list) -> dict[str, Any]:

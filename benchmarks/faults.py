@@ -5,8 +5,15 @@ checked against the expected mask; zero errors and server memory growth <= 5 % a
 the targets (memory = server + python-backend processes, sampled every second).
 
 ``bonescan bench kill``: requests run through the client library (with its retries) while the
-server is SIGKILLed mid-run and restarted on the same ports. Every request must end exactly once:
-answered correctly, or failed with an error; none lost, none answered twice.
+server is SIGKILLed mid-run and (unless ``restart=False``) restarted on the same ports. Each request
+carries its own id, sent as Triton's request id; the server's first step appends every id it
+executes to a file (``pybackend.RequestLog``), the client side counts the attempts of each request
+and the outcome it got before the run's deadline. Counted: answered correctly, answered wrong,
+errors, lost (no outcome by the deadline: a request stuck forever; the run never waits longer),
+executed twice on the server (a request in flight at the kill, retried after the restart) and
+retries. The targets: nothing lost, nothing wrong, every answered request seen by the server, and
+with a restart no errors (the client's retries carry every request over it). Executed twice is reported, not a failure: a segmentation is read-only, so running it again is
+harmless, and the client retries on purpose.
 
 ``bonescan bench storm``: rounds of every bad request of :func:`bad_requests` (each followed by a
 good one), then concurrent mixes of good dual-path, good U-Net and bad requests landing in the same
@@ -17,15 +24,21 @@ the run that showed Triton 2.51's ensemble deadlock with a parallel text branch 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bonescan import contract as C
+from bonescan.benchmarks.latency import cpu_info, run_info
+from bonescan.benchmarks.report import write_fault_report
 
 #: a report that must never appear in an error or a log
 SECRET_REPORT = "隐私MARKER5150报告"
@@ -154,12 +167,15 @@ def storm(repo: Path, export: Path, data: Path, rounds: int = 10, concurrency: i
         srv.stop()
     total = sum(counts.values())
     res = {"rounds": rounds, "concurrency": concurrency, "requests": total, **counts, "examples": examples,
-           "seconds": round(time.monotonic() - t0, 1), "with_unet": C.ENSEMBLE_UNET_MODEL in want}
+           "seconds": round(time.monotonic() - t0, 1), "with_unet": C.ENSEMBLE_UNET_MODEL in want, "machine": cpu_info(),
+           "run": run_info()}
     res["ok"] = counts["wrong"] == 0 and counts["hung"] == 0 and counts["other_errors"] == 0
     (out / "storm.json").write_text(json.dumps(res, indent=1) + "\n")
-    print(f"storm: {total} requests in {rounds} rounds ({res['seconds']} s): {counts['good_ok']} good answered correctly, "
-          f"{counts['bad_refused']} bad refused with the right error, {counts['wrong']} wrong, {counts['hung']} hung "
-          f"(no answer in {timeout_s:.0f} s), {counts['other_errors']} other errors -> {'OK' if res['ok'] else 'FAILED'}")
+    summary = (f"storm: {total} requests in {rounds} rounds ({res['seconds']} s): {counts['good_ok']} good answered correctly, "
+               f"{counts['bad_refused']} bad refused with the right error, {counts['wrong']} wrong, {counts['hung']} hung "
+               f"(no answer in {timeout_s:.0f} s), {counts['other_errors']} other errors -> {'OK' if res['ok'] else 'FAILED'}")
+    print(summary)
+    write_fault_report("storm", res, out, summary)
     return res
 
 
@@ -242,84 +258,224 @@ def soak(repo: Path, export: Path, data: Path, minutes: float = 10.0, concurrenc
             "memory_mib_after_warmup_first_minute": round(first, 1), "memory_mib_last_minute": round(last, 1),
             "memory_growth": round((last - first) / first, 4) if first else None,
             "memory_peak_mib": round(float(samples.max()), 1) if len(samples) else None,
-            "targets": {"errors": 0, "wrong": 0, "memory_growth_max": 0.05},
+            "targets": {"errors": 0, "wrong": 0, "memory_growth_max": 0.05}, "machine": cpu_info(), "run": run_info(),
         }
         res["ok"] = counts["errors"] == 0 and counts["wrong"] == 0 and (res["memory_growth"] or 0) <= 0.05
     finally:
         srv.stop()
     (out / "soak.json").write_text(json.dumps(res, indent=1) + "\n")
-    print(f"soak: {res['requests']} requests in {minutes} min at concurrency {concurrency}: {counts['ok']} correct, "
-          f"{counts['wrong']} wrong, {counts['errors']} errors; p50 {res['p50_ms']:.0f} ms p99 {res['p99_ms']:.0f} ms; "
-          f"server memory after warm-up {res['memory_mib_after_warmup_first_minute']} -> {res['memory_mib_last_minute']} MiB "
-          f"({100 * (res['memory_growth'] or 0):+.2f} %, target <= +5 %), peak {res['memory_peak_mib']} MiB -> {'OK' if res['ok'] else 'FAILED'}")
+    summary = (f"soak: {res['requests']} requests in {minutes} min at concurrency {concurrency}: {counts['ok']} correct, "
+               f"{counts['wrong']} wrong, {counts['errors']} errors; p50 {res['p50_ms']:.0f} ms p99 {res['p99_ms']:.0f} ms; "
+               f"server memory after warm-up {res['memory_mib_after_warmup_first_minute']} -> {res['memory_mib_last_minute']} MiB "
+               f"({100 * (res['memory_growth'] or 0):+.2f} %, target <= +5 %), peak {res['memory_peak_mib']} MiB -> {'OK' if res['ok'] else 'FAILED'}")
+    print(summary)
+    write_fault_report("soak", res, out, summary)
     return res
 
 
+def run_with_deadline(send: Callable[[int], str], n: int, concurrency: int, deadline_s: float) -> dict[int, str]:
+    """``send(i)`` for i in 0..n-1 on ``concurrency`` daemon threads -> {i: outcome} of the requests
+    that ended before the deadline; a request missing from the answer is lost.
+
+    The watchdog: this returns at the deadline at the latest, whatever the requests do. A request
+    stuck forever keeps only its own daemon thread (the process can still exit), requests not yet
+    started then are not sent, and an outcome that arrives after the deadline is not counted.
+    An exception out of ``send`` is an outcome: ``"error: ..."``.
+    """
+    outcomes: dict[int, str] = {}
+    lock = threading.Lock()
+    todo = iter(range(n))
+    closed = [False]
+
+    def worker() -> None:
+        while True:
+            with lock:
+                i = None if closed[0] else next(todo, None)
+            if i is None:
+                return
+            try:
+                verdict = send(i)
+            except Exception as e:  # noqa: BLE001 - every failure is an outcome
+                verdict = f"error: {type(e).__name__}: {str(e)[:160]}"
+            with lock:
+                if not closed[0]:
+                    outcomes[i] = verdict
+
+    threads = [threading.Thread(target=worker, daemon=True, name=f"request-{k}") for k in range(max(1, concurrency))]
+    deadline = time.monotonic() + deadline_s
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
+    with lock:
+        closed[0] = True
+        return dict(outcomes)
+
+
+def account(ids: list[str], outcomes: dict[int, str], executed: Counter[str], attempts: Counter[str]) -> dict[str, Any]:
+    """The kill run's counters from the client's outcomes (request index -> ``ok`` / ``wrong`` /
+    ``error: ...``; none = lost), the server's log (id -> executions) and the client's attempts (id ->
+    tries). Pure: the tests feed it fakes."""
+    lost = [i for i in range(len(ids)) if i not in outcomes]
+    errors = [v for v in outcomes.values() if v.startswith("error")]
+    answered = [i for i, v in outcomes.items() if v in ("ok", "wrong")]
+    tries = [attempts.get(rid, 0) for rid in ids]
+    return {
+        "answered_correctly": sum(v == "ok" for v in outcomes.values()),
+        "answered_wrong": sum(v == "wrong" for v in outcomes.values()),
+        "errors": len(errors),
+        "errors_deadline_exceeded": sum("Deadline" in v or "no answer within" in v for v in errors),
+        "error_examples": sorted(set(errors))[:3],
+        "lost": len(lost),
+        "lost_never_sent": sum(tries[i] == 0 for i in lost),
+        "lost_ids": [ids[i] for i in lost][:10],
+        "executed_on_server": sum(executed.get(rid, 0) > 0 for rid in ids),
+        "executed_twice": sum(executed.get(rid, 0) > 1 for rid in ids),
+        "executed_twice_ids": [rid for rid in ids if executed.get(rid, 0) > 1][:10],
+        "answered_not_executed": sum(executed.get(ids[i], 0) == 0 for i in answered),
+        "retries_total": sum(max(t - 1, 0) for t in tries),
+        "retries_max": max((max(t - 1, 0) for t in tries), default=0),
+        "attempts_total": sum(tries),
+    }
+
+
+class _AttemptCounter:
+    """Stands in for the client library's tritonclient object (``BoneScanClient.client``): each
+    ``infer`` call is one attempt of its retry loop. It counts the attempts of the request the
+    calling thread sends and gives Triton that request's id (``request_id``), the same on every
+    attempt. Everything else passes through, so the library behaves as it does without it."""
+
+    def __init__(self, inner: Any):
+        self._inner = inner
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.attempts: Counter[str] = Counter()
+
+    def sending(self, request_id: str) -> None:
+        """The calling thread's next ``infer`` calls belong to ``request_id``."""
+        self._local.request_id = request_id
+
+    def infer(self, *args: Any, **kwargs: Any) -> Any:
+        rid = self._local.request_id
+        with self._lock:
+            self.attempts[rid] += 1
+        return self._inner.infer(*args, request_id=rid, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+@contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` for the block (tritonserver and its python stubs inherit it)."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
 def kill_restart(repo: Path, export: Path, data: Path, requests: int = 40, concurrency: int = 4, kill_after: int = 10,
-                 out: Path | None = None, model: str = C.ENSEMBLE_MODEL) -> dict[str, Any]:
-    """SIGKILL the server after ``kill_after`` answered requests, restart it, account for every request."""
+                 out: Path | None = None, model: str = C.ENSEMBLE_MODEL, restart: bool = True, restart_after_s: float = 1.0,
+                 timeout_s: float = 60.0, retries: int = 6, backoff_s: float = 0.5, deadline_s: float = 600.0) -> dict[str, Any]:
+    """SIGKILL the server after ``kill_after`` requests have ended, restart it ``restart_after_s``
+    later (unless ``restart`` is False), and account for every request (see the module docstring).
+
+    ``timeout_s`` is each attempt's gRPC deadline, ``retries`` / ``backoff_s`` the client library's
+    retry settings, ``deadline_s`` the whole run's: a request without an outcome by then is lost.
+    The defaults retry for 0.5 + 1 + ... + 16 s, long enough for a restart of the demo models.
+    """
     from bonescan.client import BoneScanClient
     from bonescan.client.inputs import Request
+    from bonescan.serving.pybackend import REQUEST_LOG_ENV, read_request_log
     from bonescan.serving.server import free_ports
 
     out, cases, expected, _ = _setup(export, data, 6, out)
-    ports = tuple(free_ports(3))
-    srv = _start(repo, ports, out / "tritonserver_kill.log")
-    outcomes: dict[int, list[str]] = {i: [] for i in range(requests)}
-    lock = threading.Lock()
-    answered = [0]
-    killed = threading.Event()
-    restarted = threading.Event()
+    request_log = (out / "kill_request_ids.log").resolve()
+    request_log.unlink(missing_ok=True)
+    run = f"{os.getpid()}-{int(time.time())}"
+    ids = [f"kill-{run}-{i}" for i in range(requests)]
+    ended = [0]
+    ended_lock = threading.Lock()
+    finished = threading.Event()
+    killed, restarted = threading.Event(), threading.Event()
     events: list[tuple[float, str]] = []
     t0 = time.monotonic()
+    with _environment(REQUEST_LOG_ENV, str(request_log)):
+        srv = _start(repo, tuple(free_ports(3)), out / "tritonserver_kill.log")
 
-    def killer() -> None:
-        while answered[0] < kill_after:
-            time.sleep(0.05)
-        srv.kill()
-        events.append((time.monotonic() - t0, "SIGKILL"))
-        killed.set()
-        time.sleep(1.0)
-        srv.start(timeout=300)
-        events.append((time.monotonic() - t0, "restarted"))
-        restarted.set()
+        def killer() -> None:
+            while ended[0] < kill_after and not finished.is_set():
+                time.sleep(0.05)
+            if finished.is_set():
+                return
+            srv.kill()
+            events.append((round(time.monotonic() - t0, 2), "SIGKILL"))
+            killed.set()
+            if not restart:
+                return
+            time.sleep(restart_after_s)
+            try:
+                srv.start(timeout=300)
+            except Exception as e:  # noqa: BLE001 - the run goes on against a dead server and says why
+                events.append((round(time.monotonic() - t0, 2), f"restart failed: {str(e).splitlines()[0][:160]}"))
+                return
+            events.append((round(time.monotonic() - t0, 2), "restarted"))
+            restarted.set()
 
-    # generous retries: the restart takes a few seconds; backoff 0.5, 1, 2, 4, 8, 16 s
-    client = BoneScanClient(srv.grpc_url, model=model, timeout_s=120, retries=6, backoff_s=0.5, want_probability=False)
+        client = BoneScanClient(srv.grpc_url, model=model, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s,
+                                want_probability=False)
+        counter = _AttemptCounter(client.client)
+        client.client = counter
 
-    def one(i: int) -> None:
-        j = i % len(cases)
-        img, rep, sp = cases[j]
+        def send(i: int) -> str:
+            j = i % len(cases)
+            img, rep, sp = cases[j]
+            counter.sending(ids[i])
+            try:
+                r = client.segment_prepared([Request(img, rep, sp, ids[i])])[0]
+                return "ok" if np.array_equal(r.mask, expected[j]) else "wrong"
+            finally:
+                with ended_lock:
+                    ended[0] += 1
+
+        kt = threading.Thread(target=killer, daemon=True)
+        kt.start()
         try:
-            r = client.segment_prepared([Request(img, rep, sp, f"request{i}")])[0]
-            verdict = "answered" if np.array_equal(r.mask, expected[j]) else "answered-wrong"
-        except Exception as e:  # noqa: BLE001
-            verdict = f"error: {str(e)[:120]}"
-        with lock:
-            outcomes[i].append(verdict)
-            answered[0] += 1
-
-    kt = threading.Thread(target=killer, daemon=True)
-    kt.start()
-    try:
-        with ThreadPoolExecutor(concurrency) as ex:
-            list(ex.map(one, range(requests)))
-        kt.join(timeout=600)
-    finally:
-        client.close()
-        srv.stop()
-    lost = [i for i, v in outcomes.items() if len(v) == 0]
-    twice = [i for i, v in outcomes.items() if len(v) > 1]
-    ok = sum(v == ["answered"] for v in outcomes.values())
-    wrong = sum(v == ["answered-wrong"] for v in outcomes.values())
-    errs = [v[0] for v in outcomes.values() if len(v) == 1 and v[0].startswith("error")]
-    res = {"requests": requests, "concurrency": concurrency, "killed_after_answers": kill_after, "events": events,
-           "answered_correctly": ok, "answered_wrong": wrong, "errors": len(errs), "error_examples": errs[:3],
-           "lost": len(lost), "answered_twice": len(twice), "server_killed": killed.is_set(), "server_restarted": restarted.is_set()}
-    res["ok"] = res["lost"] == 0 and res["answered_twice"] == 0 and wrong == 0 and killed.is_set()
+            outcomes = run_with_deadline(send, requests, concurrency, deadline_s)
+            finished.set()
+            kt.join(timeout=330)
+        finally:
+            finished.set()
+            client.close()
+            srv.stop()
+    res = {"requests": requests, "concurrency": concurrency, "killed_after_ended": kill_after, "restart": restart,
+           "timeout_s": timeout_s, "retries": retries, "backoff_s": backoff_s, "deadline_s": deadline_s, "events": events,
+           "server_killed": killed.is_set(), "server_restarted": restarted.is_set(), "machine": cpu_info(), "run": run_info(),
+           "request_log": str(request_log),
+           **account(ids, outcomes, read_request_log(request_log), counter.attempts)}
+    # with a restart the client's retries must carry every request over it; without one, every request
+    # must still end (fail fast), none hang
+    res["targets"] = {"lost": 0, "answered_wrong": 0, "answered_not_executed": 0, **({"errors": 0} if restart else {})}
+    res["ok"] = all(res[k] == v for k, v in res["targets"].items()) and killed.is_set() and restarted.is_set() == restart
     (out / "kill_restart.json").write_text(json.dumps(res, indent=1) + "\n")
-    print(f"kill/restart: {requests} requests, server SIGKILLed after {kill_after} answers at "
-          f"{events[0][0] if events else float('nan'):.1f} s and restarted at {events[1][0] if len(events) > 1 else float('nan'):.1f} s: "
-          f"{ok} answered correctly, {wrong} answered wrong, {len(errs)} errors, {len(lost)} lost, {len(twice)} answered twice "
-          f"-> {'OK' if res['ok'] else 'FAILED'}")
+    when = {what: t for t, what in events}
+    summary = (f"kill/restart: {requests} requests, {concurrency} in flight; server SIGKILLed after {kill_after} ended at "
+               f"{when.get('SIGKILL', float('nan')):.1f} s, "
+               + (f"restarted at {when['restarted']:.1f} s" if "restarted" in when
+                  else "never restarted" if not restart else f"NOT restarted ({events[-1][1] if events else 'no kill'})") + ":\n"
+               f"  answered correctly    {res['answered_correctly']}\n"
+               f"  answered wrong        {res['answered_wrong']}\n"
+               f"  errors                {res['errors']} ({res['errors_deadline_exceeded']} after the {timeout_s:.0f} s request deadline)\n"
+               f"  lost                  {res['lost']} (no outcome by the run's {deadline_s:.0f} s deadline; {res['lost_never_sent']} never sent)\n"
+               f"  executed twice        {res['executed_twice']} (ids seen twice in the server's log; {res['executed_on_server']} of "
+               f"{requests} ids seen at all, {res['answered_not_executed']} answered but never seen)\n"
+               f"  retries               {res['retries_total']} in all, at most {res['retries_max']} for one request\n"
+               f"-> {'OK' if res['ok'] else 'FAILED'}")
+    print(summary)
+    write_fault_report("kill_restart", res, out, summary)
     return res

@@ -7,7 +7,10 @@ One run, one machine, the same held-out inputs and the same thread counts for ev
 * the Triton ensemble over gRPC at concurrency 1, 2, 4, 8, 16 (our harness: p50 / p90 / p99
   latency, throughput, errors) and Triton's own ``perf_analyzer`` on the same real scans and reports;
 * per-member times from Triton's statistics API; peak memory of the server and its python-backend
-  processes; the FLOPs of one scan and the fp32 matmul rate of this machine measured in the same run.
+  processes; the FLOPs of one scan and this machine's compute ceiling measured in the same run,
+  before and after the served part (:func:`compute_ceiling`: the best of fp32 GEMM and convolution
+  microbenchmarks in torch and onnxruntime, with the same threads), so FLOPs / p50 / ceiling is at
+  most 1; a run where it is not fails (``ceiling_holds``).
 
 Ratios (not absolute times) are what the targets are about, since these machines are noisy.
 """
@@ -34,40 +37,203 @@ CONCURRENCY = (1, 2, 4, 8, 16)
 
 
 # ----------------------------------------------------------------------------- machine
+#: ISA flags every benchmark result records (/proc/cpuinfo names): what onnxruntime's and torch's
+#: kernels can use differs between the machines this runs on (AMD EPYC with AVX2, Xeon with AMX)
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+
+
+def cpu_info(cpuinfo: str = "/proc/cpuinfo") -> dict[str, Any]:
+    """The CPU's model name (as ``lscpu`` shows it), its cores and which of :data:`ISA_FLAGS` it has."""
+    cpu, flags = "unknown", set()
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and cpu == "unknown":
+                    cpu = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "isa": {f: f in flags for f in ISA_FLAGS},
+            "simd": [f for f in ISA_FLAGS if f in flags]}
+
+
+def run_info() -> dict[str, str]:
+    """When, by which command and at which commit a benchmark ran (every result records it, so a
+    figure copied from a result can be dated)."""
+    import sys
+
+    argv = list(sys.argv)
+    command = " ".join(["bonescan", *argv[1:]] if argv and Path(argv[0]).name == "bonescan" else argv)
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or "unknown"
+        if commit != "unknown" and subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                                  capture_output=True, text=True, timeout=10).stdout.strip():
+            commit += "+changes"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return {"measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": command, "commit": commit}
+
+
 def machine_info(threads: int) -> dict[str, Any]:
-    cpu = "unknown"
-    flags = ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name") and cpu == "unknown":
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = line
-    simd = [f for f in ("avx512f", "avx512_bf16", "amx_tile", "avx2", "fma") if f" {f}" in flags]
     import onnxruntime
     import torch
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "simd": simd, "threads_per_engine": threads,
+    return {**cpu_info(), "threads_per_engine": threads,
             "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "python": platform.python_version(), "torch": str(torch.__version__), "onnxruntime": onnxruntime.__version__}
 
 
-def matmul_gflops(threads: int, n: int = 2048, seconds: float = 3.0) -> float:
-    """fp32 n x n matmul rate with ``threads`` threads (the compute ceiling to compare against)."""
+#: fp32 GEMM shapes (M, K, N) of the compute ceiling: a big square one, a mid one, a BERT feed-forward
+GEMM_SHAPES = ((2048, 2048, 2048), (1024, 1024, 1024), (256, 768, 3072))
+
+
+def _best_seconds(fn, seconds: float, min_runs: int = 3) -> float:
+    """The fastest of repeated calls (after one warm-up): a rate from it is the best this machine did."""
+    fn()
+    best, runs = float("inf"), 0
+    t_end = time.perf_counter() + seconds
+    while runs < min_runs or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+        runs += 1
+    return best
+
+
+def model_convs(predictor, image: np.ndarray, report: str, top: int = 4) -> list[dict[str, Any]]:
+    """The ``top`` convolution shapes of one scan that take the most FLOPs (forward hooks on every
+    Conv2d of the network): the shapes the compute ceiling measures."""
     import torch
+
+    seen: dict[tuple, dict[str, Any]] = {}
+
+    def hook(mod, inputs, output) -> None:
+        x = inputs[0]
+        key = (mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.groups,
+               tuple(x.shape[2:]))
+        flops = 2 * output.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+        row = seen.setdefault(key, {"cin": mod.in_channels, "cout": mod.out_channels, "kernel": list(mod.kernel_size),
+                                    "stride": list(mod.stride), "padding": list(mod.padding), "dilation": list(mod.dilation),
+                                    "groups": mod.groups, "hw": list(x.shape[2:]), "flops": flops, "count": 0})
+        row["count"] += 1
+
+    handles = [m.register_forward_hook(hook) for m in predictor.net.modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        predictor.logits(image[None], [report] if predictor.text_guided else None)
+    finally:
+        for h in handles:
+            h.remove()
+    return sorted(seen.values(), key=lambda r: r["flops"] * r["count"], reverse=True)[:top]
+
+
+def _ort_session(model, threads: int, work: Path, name: str):
+    """A one-node graph in an onnxruntime session opened like the served ones (cpu_session)."""
+    import onnx
+
+    from bonescan.serving.onnx_runner import cpu_session
+
+    path = work / f"{name}.onnx"
+    onnx.save(model, str(path))
+    return cpu_session(path, threads)
+
+
+def _ort_gemm(m: int, k: int, n: int, threads: int, work: Path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    b = numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, n)).astype(np.float32), "b")
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "gemm",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], initializer=[b])
+    sess = _ort_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), threads, work, f"gemm_{m}_{k}_{n}")
+    a = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
+    return lambda: sess.run(None, {"a": a})
+
+
+def _ort_conv(c: dict[str, Any], threads: int, work: Path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    kh, kw = c["kernel"]
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((c["cout"], c["cin"] // c["groups"], kh, kw))
+                                .astype(np.float32) * 0.05, "w")
+    ph, pw = c["padding"]
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[kh, kw], strides=c["stride"], dilations=c["dilation"],
+                            pads=[ph, pw, ph, pw], group=c["groups"])
+    x_shape = [1, c["cin"], *c["hw"]]
+    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[w])
+    sess = _ort_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), threads, work, f"conv_{_conv_name(c)}")
+    x = np.random.default_rng(1).random(x_shape, dtype=np.float32)
+    return lambda: sess.run(None, {"x": x})
+
+
+def _conv_name(c: dict[str, Any]) -> str:
+    return f"{c['cin']}to{c['cout']}_k{c['kernel'][0]}x{c['kernel'][1]}_s{c['stride'][0]}_{c['hw'][0]}x{c['hw'][1]}"
+
+
+def compute_ceiling(threads: int, convs: list[dict[str, Any]], seconds: float = 1.0, gemms=GEMM_SHAPES) -> dict[str, Any]:
+    """This machine's best fp32 rate with ``threads`` threads: GEMMs of a few shapes and the model's
+    own heaviest convolutions (``model_convs``), each in torch and in onnxruntime (a one-node graph
+    in a session opened like the served ones); each rate from the fastest of repeated runs.
+
+    The ceiling is the best of them. The model runs these same operations (plus cheaper ones) at
+    best at their isolated speed, so FLOPs per scan / p50 / ceiling should not exceed 1; if it does,
+    an operation of the model runs faster than every shape measured here, and the shape that wins
+    belongs in this list.
+    """
+    import tempfile
+
+    import torch
+    import torch.nn.functional as F
 
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(2):
-        a @ b
-    t0, k = time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        k += 1
-    dt = time.perf_counter() - t0
-    torch.set_num_threads(old)
-    return 2 * n**3 * k / dt / 1e9
+    rows: list[dict[str, Any]] = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+            work = Path(tmp)
+            for m, k, n in gemms:
+                flops = 2 * m * k * n
+                a, b = torch.randn(m, k), torch.randn(k, n)
+                for engine, fn in (("torch", lambda a=a, b=b: a @ b), ("onnxruntime", _ort_gemm(m, k, n, threads, work))):
+                    rows.append({"op": "gemm", "engine": engine, "shape": f"{m}x{k} @ {k}x{n}",
+                                 "gflops": round(flops / _best_seconds(fn, seconds) / 1e9, 1)})
+            for c in convs:
+                flops = c["flops"]
+                x = torch.rand(1, c["cin"], *c["hw"])
+                w = torch.randn(c["cout"], c["cin"] // c["groups"], *c["kernel"]) * 0.05
+
+                def conv(x=x, w=w, c=c):
+                    return F.conv2d(x, w, None, c["stride"], c["padding"], c["dilation"], c["groups"])
+
+                for engine, fn in (("torch", conv), ("onnxruntime", _ort_conv(c, threads, work))):
+                    rows.append({"op": "conv", "engine": engine, "shape": _conv_name(c),
+                                 "gflops": round(flops / _best_seconds(fn, seconds) / 1e9, 1)})
+    finally:
+        torch.set_num_threads(old)
+    return _ceiling(rows, threads, seconds)
+
+
+def _ceiling(rows: list[dict[str, Any]], threads: int, seconds: float) -> dict[str, Any]:
+    best = max(rows, key=lambda r: r["gflops"])
+    return {"gflops": best["gflops"], "best": f"{best['op']} {best['shape']} ({best['engine']})", "threads": threads,
+            "seconds_per_microbenchmark": seconds, "microbenchmarks": rows}
+
+
+def best_of(*ceilings: dict[str, Any]) -> dict[str, Any]:
+    """Ceilings measured at several moments of one run -> one, each microbenchmark at its best rate
+    (``passes`` keeps every rate). A machine shared with other jobs is not equally fast all along: a
+    ceiling measured only while it was busiest could fall below the model's rate at a quieter moment."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    for c in ceilings:
+        for r in c["microbenchmarks"]:
+            row = rows.setdefault((r["op"], r["engine"], r["shape"]), {**r, "passes": []})
+            row["passes"].append(r["gflops"])
+            row["gflops"] = max(row["passes"])
+    return _ceiling(list(rows.values()), ceilings[0]["threads"], ceilings[0]["seconds_per_microbenchmark"])
 
 
 def model_flops(predictor, image: np.ndarray, report: str) -> dict[str, float]:
@@ -360,11 +526,13 @@ def bench_latency(checkpoint: Path, data: Path, out: Path, config_name: str | No
     requests_per_level = requests_per_level or (8 if heavy else 48)
     print(f"[bench] {config_name} config, {model}, {len(cases)} held-out scans, {threads} threads per engine", flush=True)
 
-    res: dict[str, Any] = {"config": config_name, "model": model, "checkpoint": str(checkpoint), "machine": machine_info(threads)}
-    print("[bench] fp32 matmul rate ...", flush=True)
-    res["matmul_gflops"] = round(matmul_gflops(threads), 1)
+    res: dict[str, Any] = {"config": config_name, "model": model, "checkpoint": str(checkpoint), "machine": machine_info(threads),
+                           "run": run_info()}
     img0, rep0, _ = cases[0]
     res["flops_per_scan"] = model_flops(pred, img0, rep0)
+    print("[bench] compute ceiling: fp32 GEMMs and the model's heaviest convolutions, torch and onnxruntime ...", flush=True)
+    convs = model_convs(pred, img0, rep0)
+    ceiling_first = compute_ceiling(threads, convs)
 
     if export is None:
         export = out / "export"
@@ -440,6 +608,8 @@ def bench_latency(checkpoint: Path, data: Path, out: Path, config_name: str | No
     finally:
         if server is not None:
             server.stop()
+    print("[bench] compute ceiling again (each microbenchmark keeps its best of the two passes) ...", flush=True)
+    res["compute_ceiling"] = best_of(ceiling_first, compute_ceiling(threads, convs))
 
     res["ratios"] = ratios(res)
     res["targets"] = TARGETS.get(config_name, TARGETS["demo"])
@@ -457,7 +627,7 @@ def ratios(res: dict[str, Any]) -> dict[str, float]:
         "triton_c1_p50_over_onnxruntime_p50": c1["p50_ms"] / res["onnxruntime"]["p50_ms"],
         "triton_c1_p50_over_pytorch_p50": c1["p50_ms"] / res["pytorch"]["p50_ms"],
         "onnxruntime_p50_over_pytorch_p50": res["onnxruntime"]["p50_ms"] / res["pytorch"]["p50_ms"],
-        "compute_efficiency": res["flops_per_scan"]["total"] / (c1["p50_ms"] / 1000) / (res["matmul_gflops"] * 1e9),
+        "compute_efficiency": res["flops_per_scan"]["total"] / (c1["p50_ms"] / 1000) / (res["compute_ceiling"]["gflops"] * 1e9),
     }
     if 8 in by_c:
         out["throughput_c8_over_c1"] = by_c[8]["throughput_per_s"] / c1["throughput_per_s"]
@@ -475,6 +645,8 @@ def verdicts(res: dict[str, Any]) -> dict[str, bool]:
         v["throughput_scaling"] = r["throughput_c8_over_c1"] >= t["throughput_c8_over_c1_min"]
     if "compute_efficiency_min" in t:
         v["compute_efficiency"] = r["compute_efficiency"] >= t["compute_efficiency_min"]
+    # the ceiling must be one: above 1, some operation of the model beat every microbenchmark
+    v["ceiling_holds"] = r["compute_efficiency"] <= 1.0
     return v
 
 
@@ -505,11 +677,18 @@ def latency_table(res: dict[str, Any]) -> str:
     if "throughput_c8_over_c1" in r:
         lines.append(f"| throughput c=8 / c=1 | {r['throughput_c8_over_c1']:.3f} | >= {t['throughput_c8_over_c1_min']} | {ok(v['throughput_scaling'])} |")
     eff_target = t.get("compute_efficiency_min")
-    lines.append(f"| FLOPs per scan / Triton p50 / matmul rate | {r['compute_efficiency']:.3f} | "
+    lines.append(f"| FLOPs per scan / Triton p50 / compute ceiling | {r['compute_efficiency']:.3f} | "
                  f"{'>= ' + str(eff_target) if eff_target else '(paper config only)'} | {ok(v['compute_efficiency']) if 'compute_efficiency' in v else ''} |")
-    lines.append(f"\nFLOPs per scan {res['flops_per_scan']['total'] / 1e9:.1f} G; fp32 matmul {res['matmul_gflops']:.0f} GFLOP/s; "
+    lines.append(f"| the same, against its ceiling | {r['compute_efficiency']:.3f} | <= 1 | "
+                 f"{'holds' if v['ceiling_holds'] else 'BROKEN: an operation of the model beat every microbenchmark'} |")
+    ceil = res["compute_ceiling"]
+    lines.append(f"\nFLOPs per scan {res['flops_per_scan']['total'] / 1e9:.1f} G; compute ceiling {ceil['gflops']:.0f} GFLOP/s "
+                 f"({ceil['best']}, {ceil['threads']} threads); "
                  f"server memory idle {res.get('server_memory_idle_mib', '?')} MiB, peak {res.get('server_memory_peak_mib', '?')} MiB; "
                  f"errors {sum(row['errors'] for row in res['triton'])}")
+    lines += ["", "| compute ceiling: microbenchmark (fp32) | engine | GFLOP/s, best | each pass |", "|---|---|---|---|"]
+    lines += [f"| {m['op']} {m['shape']} | {m['engine']} | {m['gflops']:.1f} | {' / '.join(f'{g:.1f}' for g in m.get('passes', []))} |"
+              for m in ceil["microbenchmarks"]]
     c1 = next(r for r in res["triton"] if r["concurrency"] == 1)
     lines += ["", "| member (c=1) | queue ms | compute ms | avg batch |", "|---|---|---|---|"]
     for m, row in c1["members"].items():

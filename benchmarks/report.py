@@ -1,9 +1,36 @@
-"""Markdown reports with plots for the benchmarks."""
+"""Markdown reports with plots for the benchmarks.
+
+Every report starts with :func:`provenance`: when, by which command, on which CPU and at which
+commit it was measured, so a figure copied from it into the README carries its origin, and
+replacing it after a new run is copying the new file's lines.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+
+def provenance(res: dict[str, Any]) -> str:
+    """'Measured <UTC date> by `<command>` on <CPU> (<ISA flags>, <cores> cores), commit <sha>.' from a
+    result's ``run`` and ``machine`` records (``latency.run_info`` / ``cpu_info``)."""
+    from bonescan.benchmarks.latency import cpu_info
+
+    m = res.get("machine") or cpu_info()
+    r = res.get("run") or {}
+    isa = ", ".join(m.get("simd", [])) or "none of the AVX2 / AVX-512 / AMX flags"
+    return (f"Measured {r.get('measured_at', '(time not recorded)')} by `{r.get('command', '?')}` on {m['cpu']} ({isa}, "
+            f"{m['cores']} cores), commit {r.get('commit', 'unknown')}.")
+
+
+def write_fault_report(name: str, res: dict[str, Any], out: Path, summary: str) -> Path:
+    """``out/<name>.md``: the provenance line, the printed summary and the result's counters."""
+    rows = [(k, v) for k, v in res.items() if isinstance(v, int | float | bool | str) and k != "request_log"]
+    text = [f"# bench {name}", "", provenance(res), "", "```", summary, "```", "",
+            "| counter | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
+    path = out / f"{name}.md"
+    path.write_text("\n".join(text), encoding="utf-8")
+    return path
 
 
 def latency_plots(res: dict[str, Any], out: Path, tag: str = "") -> dict[str, Path]:
@@ -77,7 +104,7 @@ def write_latency_report(res: dict[str, Any], out: Path) -> Path:
 
     plots = latency_plots(res, out)
     m = res["machine"]
-    text = [f"# Latency benchmark: {res['config']} configuration", "",
+    text = [f"# Latency benchmark: {res['config']} configuration", "", provenance(res), "",
             f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['simd'])}), {m['memory_gib']} GiB; "
             f"Python {m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}; {m['threads_per_engine']} threads per engine.",
             latency_table(res), ""]

@@ -19,6 +19,18 @@ from bonescan.export.trt_compat import check_export, check_model
 from bonescan.serving.ort_pipeline import OrtPipeline
 
 
+def _tensorrt_and_gpu() -> bool:
+    """TensorRT imports and nvidia-smi lists a GPU: the engine-building path can run here."""
+    try:
+        require_gpu()
+    except BonescanError:
+        return False
+    return True
+
+
+GPU = _tensorrt_and_gpu()
+
+
 def test_export_writes_graphs_and_description(exports):
     d = read_description(exports["dualpath"])
     te, seg = d["graphs"]["text_encoder"], d["graphs"]["segmenter"]
@@ -31,9 +43,24 @@ def test_export_writes_graphs_and_description(exports):
     for p in exports["dualpath"].glob("*.onnx"):
         m = onnx.load(str(p))
         onnx.checker.check_model(m, full_check=True)
-        assert not any(n.op_type == "Identity" for n in m.graph.node) or len(m.graph.node) > 0
     u = read_description(exports["unet"])
     assert list(u["graphs"]) == ["segmenter"] and [i["name"] for i in u["graphs"]["segmenter"]["inputs"]] == ["image"]
+
+
+def test_exported_graphs_are_simplified(checkpoints, exports, tmp_path):
+    """onnxslim ran: no Identity nodes and no Constant nodes (folded into initializers) are left, and
+    the U-Net's graph has fewer nodes than the same checkpoint exported without simplification."""
+    from bonescan.export.onnx_export import export_onnx
+
+    for m in ("dualpath", "unet"):
+        for p in exports[m].glob("*.onnx"):
+            ops = {n.op_type for n in onnx.load(str(p)).graph.node}
+            assert not ops & {"Identity", "Constant"}, f"{m}/{p.name}: {sorted(ops & {'Identity', 'Constant'})} left"
+    export_onnx(checkpoints["unet"], tmp_path / "raw", simplify_graphs=False)
+    raw = onnx.load(str(tmp_path / "raw" / "segmenter.onnx")).graph.node
+    slim = onnx.load(str(exports["unet"] / "segmenter.onnx")).graph.node
+    assert len(slim) < len(raw), (len(slim), len(raw))
+    assert {n.op_type for n in raw} & {"Identity", "Constant"}  # the check above can fail: an unsimplified export has them
 
 
 @pytest.mark.parametrize("model", ["dualpath", "unet"])
@@ -138,6 +165,7 @@ def test_tensorrt_flavor_refuses_mismatched_engines(exports, tmp_path: Path):
         build_repository(eng, tmp_path / "repo", RepoOptions(flavor="tensorrt", max_batch_size=16))
 
 
+@pytest.mark.skipif(GPU, reason="TensorRT and a GPU are usable here: test_trt_engines_build_and_run_on_a_gpu runs instead")
 def test_trt_export_stops_before_work_without_a_gpu(exports, tmp_path: Path):
     with pytest.raises(BonescanError, match="TensorRT is not usable here|no NVIDIA GPU"):
         require_gpu()
@@ -176,3 +204,24 @@ def test_eval_shuffled_needs_two_scans_and_takes_the_first_n(checkpoints, datase
                  "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["summary"]["scans"] == 2 and len(res["per_scan"]) == 2
+
+
+@pytest.mark.skipif(not GPU, reason="needs TensorRT and an NVIDIA GPU (see README, 'Verifying the TensorRT path on a GPU')")
+def test_trt_engines_build_and_run_on_a_gpu(exports, tmp_path: Path):
+    """The real engine path: build FP32 engines of the U-Net export with a batch profile of 1..2, check
+    their recorded version and profile, load one with TensorRT and compare it with onnxruntime."""
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    out = tmp_path / "engines"
+    built = export_trt(exports["unet"], out, "fp32", 2)
+    plan = out / "segmenter.plan"
+    info = check_engine_version(plan, expected=built["tensorrt_version"])
+    assert plan.stat().st_size > 0 and info["precision"] == "fp32"
+    assert info["profile"][C.IMAGE.name]["max"][0] == 2 and info["profile"][C.IMAGE.name]["min"][0] == 1
+    image = np.random.default_rng(0).poisson(20.0, (2, *C.IMAGE_DIMS)).astype(np.float32)
+    with TrtRunner(EngineFromBytes(BytesFromPath(str(plan)))) as runner:
+        trt_logits = runner.infer(feed_dict={C.IMAGE.name: image})[C.LOGITS.name]
+    ort_logits = OrtPipeline(exports["unet"]).logits(image, None)
+    assert trt_logits.shape == ort_logits.shape
+    assert float(np.abs(np.asarray(trt_logits) - ort_logits).max()) <= 1e-2

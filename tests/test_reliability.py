@@ -255,10 +255,32 @@ def test_soak_short(repo, exports, dataset, work):
 
 
 def test_kill_restart_short(repo, exports, dataset, work):
-    """CI version of `bonescan bench kill`: SIGKILL mid-run, restart, every request ends exactly once."""
+    """CI version of `bonescan bench kill`: SIGKILL mid-run, restart; every request ends, none lost or
+    wrong, and the server's own log holds every answered request."""
     from bonescan.benchmarks.faults import kill_restart
 
-    res = kill_restart(repo, exports["dualpath"], dataset, requests=16, concurrency=4, kill_after=4, out=work / "kill")
+    res = kill_restart(repo, exports["dualpath"], dataset, requests=16, concurrency=4, kill_after=4, out=work / "kill",
+                       deadline_s=300)
     assert res["server_killed"] and res["server_restarted"]
-    assert res["lost"] == 0 and res["answered_twice"] == 0 and res["answered_wrong"] == 0
+    assert res["lost"] == 0 and res["answered_wrong"] == 0 and res["answered_not_executed"] == 0, res
     assert res["answered_correctly"] + res["errors"] == 16
+    # the counters are measured: the server saw the requests, the kill made the client retry
+    assert res["executed_on_server"] >= res["answered_correctly"] >= 4
+    assert res["retries_total"] > 0 and res["machine"]["cpu"]
+    assert res["ok"] == (res["errors"] == 0)
+
+
+def test_kill_without_restart_reports_errors_and_retries(repo, exports, dataset, work):
+    """A server SIGKILLed and never restarted: the requests after the kill fail after the client's
+    retries (counted), none hangs and none is reported answered."""
+    from bonescan.benchmarks.faults import kill_restart
+
+    res = kill_restart(repo, exports["dualpath"], dataset, requests=10, concurrency=2, kill_after=2, out=work / "kill_dead",
+                       restart=False, retries=2, backoff_s=0.1, timeout_s=60, deadline_s=240)
+    assert res["server_killed"] and not res["server_restarted"]
+    assert res["lost"] == 0 and res["answered_correctly"] + res["errors"] == 10
+    assert res["errors"] >= 10 - 2 - 2  # at most the two in flight at the kill were answered after it
+    assert res["answered_correctly"] < 10 and res["executed_on_server"] < 10
+    assert res["retries_max"] == 2 and res["retries_total"] >= 2 * (res["errors"] - 2)
+    assert any("unavailable" in e for e in res["error_examples"]), res["error_examples"]
+    assert res["ok"]  # without a restart, failing fast is the target

@@ -632,7 +632,9 @@ def _bench_soak(a: argparse.Namespace) -> int:
 def _bench_kill(a: argparse.Namespace) -> int:
     from bonescan.benchmarks.faults import kill_restart
 
-    res = kill_restart(_prepare_repo(a), a.export, a.data, a.requests, a.concurrency, a.kill_after, a.out)
+    res = kill_restart(_prepare_repo(a), a.export, a.data, a.requests, a.concurrency, a.kill_after, a.out,
+                       restart=not a.no_restart, restart_after_s=a.restart_after, timeout_s=a.timeout, retries=a.retries,
+                       backoff_s=a.backoff, deadline_s=a.deadline)
     return 0 if res["ok"] else 1
 
 
@@ -693,11 +695,18 @@ def bench_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--minutes", type=float, default=10.0, help="duration")
     s.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     s.add_argument("--warmup", type=float, default=60.0, help="seconds before memory is compared")
-    s = _command(bsub, "kill", _bench_kill, "SIGKILL the server mid-run and restart it: no request lost or answered twice")
+    s = _command(bsub, "kill", _bench_kill,
+                 "SIGKILL the server mid-run and restart it: answered, wrong, errors, lost, executed twice, retries")
     _fault_run_args(s)
     s.add_argument("--requests", type=int, default=40, help="requests in all")
     s.add_argument("--concurrency", type=int, default=4, help="requests in flight")
-    s.add_argument("--kill-after", type=int, default=10, help="answered requests before the SIGKILL")
+    s.add_argument("--kill-after", type=int, default=10, help="ended requests (answered or failed) before the SIGKILL")
+    s.add_argument("--restart-after", type=float, default=1.0, help="seconds between the SIGKILL and the restart")
+    s.add_argument("--no-restart", action="store_true", help="leave the server dead: the remaining requests must fail, not hang")
+    s.add_argument("--timeout", type=float, default=60.0, help="each attempt's deadline, seconds")
+    s.add_argument("--retries", type=int, default=6, help="the client's retries after UNAVAILABLE")
+    s.add_argument("--backoff", type=float, default=0.5, help="the client's first wait before a retry, seconds (doubles)")
+    s.add_argument("--deadline", type=float, default=600.0, help="the whole run's deadline: a request without an outcome by then is lost")
     s = _command(bsub, "storm", _bench_storm, "bad requests between good ones, then concurrent mixes: no hang, no wrong answer")
     _fault_run_args(s)
     s.add_argument("--baseline", type=Path, help="ONNX export of the U-Net: adds U-Net requests to the mixes (default: none)")

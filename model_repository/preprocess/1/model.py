@@ -12,6 +12,10 @@ finished after the ensemble had already failed; see contract.py).
 
 Tensor names, dtypes and which input is optional come from the model's config (generated from
 contract.PREPROCESS_INPUTS / PREPROCESS_OUTPUTS, in that order).
+
+With ``$BONESCAN_REQUEST_LOG`` set (only `bonescan bench kill` sets it), the Triton request id of
+every request is appended to that file before it is checked (pybackend.RequestLog): the server-side
+count of how many times each request was executed.
 """
 
 import os
@@ -22,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the bonescan r
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-from bonescan.serving.pybackend import concat_padded, config_tensors, gather, respond  # noqa: E402
+from bonescan.serving.pybackend import RequestLog, concat_padded, config_tensors, gather, respond  # noqa: E402
 from bonescan.validate import image_problem, reports_problem, spacing_problem  # noqa: E402
 
 
@@ -33,6 +37,7 @@ class TritonPythonModel:
         self.image_out, self.spacing_out, self.report_out = outputs
         self.names = [t.name for t in inputs]
         self.optional = [t.name for t in inputs if t.optional]
+        self.request_log = RequestLog.from_env()
 
     def _check(self, feed):
         for img in feed[self.image_in.name]:
@@ -48,6 +53,8 @@ class TritonPythonModel:
         return None
 
     def execute(self, requests):
+        if self.request_log is not None:
+            self.request_log.record(requests)
         arrays, good, sizes, errors = gather(pb_utils, requests, self.names, self._check, optional=self.optional)
         outputs = {}
         if good:
@@ -61,3 +68,7 @@ class TritonPythonModel:
                 self.report_out.name: np.concatenate(reports, axis=0).astype(self.report_out.dtype),
             }
         return respond(pb_utils, len(requests), good, sizes, errors, outputs)
+
+    def finalize(self):
+        if self.request_log is not None:
+            self.request_log.close()

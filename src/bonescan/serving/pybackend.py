@@ -8,6 +8,8 @@ Runs inside Triton's python backend (``triton_python_backend_utils`` is importab
 from __future__ import annotations
 
 import json
+import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -110,3 +112,55 @@ def respond(pb_utils, n_requests: int, good: list[int], sizes: list[int], errors
 
 def fail_all(pb_utils, n_requests: int, message: str) -> list:
     return [error_response(pb_utils, message) for _ in range(n_requests)]
+
+
+#: environment variable naming the file :class:`RequestLog` appends to (set by `bonescan bench kill`)
+REQUEST_LOG_ENV = "BONESCAN_REQUEST_LOG"
+
+
+class RequestLog:
+    """The server-side count of `bonescan bench kill`: the Triton request id of every request a
+    model executes, appended to a file, one line ``<id> TAB <pid>`` per request.
+
+    Triton passes the id a client gives ``infer(request_id=...)`` into every step of an ensemble
+    (``request.request_id()``), so the first step sees each attempt that reached the server; an id
+    on two lines was executed twice (a retry after the server died with the request in flight). The
+    pid tells which server process ran it. Ids only: never any content of a request.
+
+    Each request is one ``os.write`` on an ``O_APPEND`` descriptor, before the model works on it: the
+    line is in the kernel when the write returns, so a SIGKILL of the server a moment later loses
+    nothing, and several instances may append to one file.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.pid = os.getpid()
+
+    @classmethod
+    def from_env(cls) -> RequestLog | None:
+        """The log named by ``$BONESCAN_REQUEST_LOG``, or None (the default: nothing is recorded)."""
+        path = os.environ.get(REQUEST_LOG_ENV)
+        return cls(path) if path else None
+
+    def record(self, requests: Sequence) -> None:
+        for r in requests:
+            rid = str(r.request_id() or "").replace("\t", " ").replace("\n", " ")
+            if rid:
+                os.write(self.fd, f"{rid}\t{self.pid}\n".encode())
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def read_request_log(path: str | os.PathLike) -> Counter[str]:
+    """A :class:`RequestLog` file -> how many times each request id was executed (a missing file: none)."""
+    counts: Counter[str] = Counter()
+    if not os.path.exists(path):
+        return counts
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            rid = line.rstrip("\n").split("\t", 1)[0]
+            if rid:
+                counts[rid] += 1
+    return counts
