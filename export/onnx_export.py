@@ -161,7 +161,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, simplify_graphs: bool =
         "config": ckpt.cfg.to_dict(),
         "text_hidden": net.text_encoder.hidden if net.text_encoder is not None else None,
         # the fixed dims of the report's maps (text_map), and the fail-safe's calibrated thresholds
-        "text_map_hw": [C.IMAGE_HEIGHT // net.segmenter.row_multiple, C.IMAGE_WIDTH // net.segmenter.row_multiple]
+        "text_map_hw": [C.IMAGE_HEIGHT // net.segmenter.map_stride, C.IMAGE_WIDTH // net.segmenter.map_stride]
         if net.text_encoder is not None else None,
         "failsafe": ckpt.metadata.get("failsafe"),
         "fallback": ckpt.metadata.get("fallback"),

@@ -51,7 +51,7 @@ class FailSafeSettings:
     mention_threshold: float = 0.5
     #: the report allows a metastasis where sigmoid(allow) reaches this
     allow_threshold: float = 0.5
-    #: add U-Net lesions at places the report names as metastases to a trusted dual-path answer
+    #: add confident U-Net lesions at places the report names as metastases to a trusted dual-path answer
     add_named_lesions: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,14 +149,18 @@ def decide(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarra
     out = np.asarray(mask).astype(bool)
     added = 0
     if s.enabled and s.add_named_lesions and fallback_mask.any():
-        from scipy.ndimage import label
+        from scipy.ndimage import label, maximum
 
         from bonescan.postprocess import EIGHT
 
         p = _sigmoid(np.asarray(text_map, np.float32))
         named = upsample((p[0] >= s.allow_threshold) & (p[1] >= s.mention_threshold), out.shape)
-        lab, _ = label(fallback_mask, structure=EIGHT)
+        lab, n = label(fallback_mask, structure=EIGHT)
+        confident = np.zeros(n + 1, bool)
+        confident[1:] = np.asarray(maximum(fallback_prob, lab, np.arange(1, n + 1))) >= s.min_confidence
         for k in np.unique(lab[named & (lab > 0)]):
+            if not confident[k]:
+                continue
             comp = lab == k
             if not (comp & out).any():
                 added += 1

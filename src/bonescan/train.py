@@ -52,28 +52,30 @@ def warm_start(net: BoneScanNet, ckpt_path: str | Path) -> dict[str, Any]:
 
 
 def grounding_loss(g: torch.Tensor, mask: torch.Tensor, findings: torch.Tensor, no_report: torch.Tensor,
-                   pos_weight: float = 5.0, mention_weight: float = 1.0) -> torch.Tensor:
+                   pos_weight: float = 5.0, mention_weight: float = 1.0, mention_pos_weight: float = 2.0) -> torch.Tensor:
     """Loss of the report's maps g [B, 2, h, w] (allow, mention; model.fusion.TextPrior) against
     the lesion mask and the findings mask, both [B, 1, H, W].
 
-    allow: the lesion mask max-pooled to the grid and grown by one cell (the report names a bone,
+    allow: the lesion mask max-pooled to the grid and grown by two cells (the report names a bone,
     the exact place varies with the patient's size and position); with no report, 1 everywhere
-    (nothing is ruled out). mention: every finding the report describes (metastases, benign
-    findings, artefacts; data.dataset.findings_mask), pooled and grown the same way; with no
-    report, 0 everywhere. Positives weigh ``pos_weight``: a veto on a real lesion, or a finding
-    read as unmentioned, costs more than the opposite mistake.
+    (nothing is ruled out); positives weigh ``pos_weight``: a veto on a real lesion costs more than
+    a missed veto. mention: every finding the report describes (metastases, benign findings,
+    artefacts; data.dataset.findings_mask), pooled and grown by one cell only (the fail-safe asks
+    whether the report mentions the place of a hot spot, so this map must stay local); with no
+    report, 0 everywhere.
     """
     import torch.nn.functional as F
 
-    def pooled(m: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(F.adaptive_max_pool2d(m, g.shape[-2:]), 3, stride=1, padding=1)
+    def pooled(m: torch.Tensor, grow: int) -> torch.Tensor:
+        cells = F.adaptive_max_pool2d(m, g.shape[-2:])
+        return F.max_pool2d(cells, 2 * grow + 1, stride=1, padding=grow) if grow else cells
 
-    allow, mention = pooled(mask), pooled(findings)
+    allow, mention = pooled(mask, 2), pooled(findings, 1)
     allow[no_report] = 1.0
     mention[no_report] = 0.0
-    pw = torch.tensor(pos_weight)
-    loss = F.binary_cross_entropy_with_logits(g[:, :1], allow, pos_weight=pw)
-    return loss + mention_weight * F.binary_cross_entropy_with_logits(g[:, 1:2], mention, pos_weight=pw)
+    loss = F.binary_cross_entropy_with_logits(g[:, :1], allow, pos_weight=torch.tensor(pos_weight))
+    return loss + mention_weight * F.binary_cross_entropy_with_logits(g[:, 1:2], mention,
+                                                                       pos_weight=torch.tensor(mention_pos_weight))
 
 
 def augment(images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

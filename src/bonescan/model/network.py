@@ -92,9 +92,17 @@ class Segmenter(nn.Module):
                 c = ch[cfg.depth - j]
                 self.fusions.append(fusion_cls(c, text_dim, cfg.fusion_heads, (h * 2**j, w * 2**j)))
             if cfg.prior:
-                self.prior = TextPrior(text_dim, ch[cfg.depth], cfg.fusion_heads, (h, w))
+                # the report's maps at half the coarsest stride: a cell of 16 px (demo) is about one
+                # vertebra or two ribs high, fine enough to tell which bones a report mentions
+                self.prior = TextPrior(text_dim, ch[cfg.depth], cfg.fusion_heads, (IMAGE_HEIGHT // self.map_stride,
+                                                                                   IMAGE_WIDTH // self.map_stride))
                 # the report's veto enters the logits as prior_scale * log(sigmoid(prior map))
                 self.prior_scale = nn.Parameter(torch.ones(1))
+
+    @property
+    def map_stride(self) -> int:
+        """Pixels per cell of the report's maps (TextPrior): half the coarsest stage's stride."""
+        return max(self.cfg.stem_stride * 2**self.cfg.depth // 2, 1)
 
     @property
     def row_multiple(self) -> int:
@@ -134,11 +142,12 @@ class Segmenter(nn.Module):
         logits = self.head(x, x0)
         grounding: list[torch.Tensor] = []
         if fuse and self.prior is not None:
-            cells = (rows[0] // down, rows[1] // down) if rows is not None else None
+            ms = self.map_stride
+            cells = (rows[0] // ms, rows[1] // ms) if rows is not None else None
             g = self.prior(text_features, attention_mask, cells)  # [B, 2, h, w]: allow, mention
             grounding.append(g)
             # a constant scale factor (not a size) keeps every dim static in the exported graph
-            up_g = F.interpolate(g[:, :1], scale_factor=float(down), mode="bilinear", align_corners=False)
+            up_g = F.interpolate(g[:, :1], scale_factor=float(ms), mode="bilinear", align_corners=False)
             logits = logits + self.prior_scale * F.logsigmoid(up_g)
         return (logits, grounding) if return_grounding else logits
 
@@ -147,8 +156,8 @@ class Segmenter(nn.Module):
         (the --no-prior ablation) a map that allows everything and explains every hot spot."""
         if self.prior is not None:
             return self.prior(text_features, attention_mask)
-        down = self.row_multiple
-        return text_features.new_full((text_features.shape[0], 2, IMAGE_HEIGHT // down, IMAGE_WIDTH // down), 20.0)
+        ms = self.map_stride
+        return text_features.new_full((text_features.shape[0], 2, IMAGE_HEIGHT // ms, IMAGE_WIDTH // ms), 20.0)
 
 
 class DeployedSegmenter(nn.Module):
