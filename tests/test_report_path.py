@@ -232,3 +232,32 @@ def test_a_pretrained_macbert_folder_trains_exports_and_builds(tmp_path, dataset
     assert masks.shape == (1, 1, C.IMAGE_HEIGHT, C.IMAGE_WIDTH) and json.loads(lesions[0])["answered_by"] in ("dualpath", "unet")
     m = build_repository(tmp_path / "export", tmp_path / "repo", RepoOptions(), baseline=exports["unet"])
     assert m["text_hidden"] == SHAPES["mini"]["hidden_size"]
+
+
+def test_calibration_scores_the_answers_it_would_give():
+    """answer_dsc (pixel counts, what calibration scores settings with) equals the DSC of the mask
+    decide() builds, for every path and setting, on random scans."""
+    from bonescan.failsafe import answer_counts, answer_dsc, answer_mask, choose, decide, measure
+    from bonescan.metrics import dsc
+
+    rng = np.random.default_rng(0)
+    shape = (C.IMAGE_HEIGHT, C.IMAGE_WIDTH)
+    for k in range(6):
+        unet, dual, gt = (np.zeros(shape, np.uint8) for _ in range(3))
+        for _ in range(6):
+            y, x = int(rng.integers(20, 1000)), int(rng.integers(10, 240))
+            _blob(unet, y, x, int(rng.integers(2, 6)))
+            if rng.random() < 0.5:
+                _blob(dual, y + 1, x, 3)
+            if rng.random() < 0.6:
+                _blob(gt, y, x + 1, 3)
+        prob = unet * rng.uniform(0.5, 1.0, shape).astype(np.float32)
+        maps = rng.normal(0, 3, (2, 64, 16)).astype(np.float32)
+        stats = np.array([50, int(rng.integers(0, 10))])
+        m = measure(dual, unet, prob, maps, stats)
+        counts = answer_counts(m, gt)
+        for st in (FailSafeSettings(), FailSafeSettings(max_unexplained=0, min_confidence=0.5, mention_threshold=0.9),
+                   FailSafeSettings(add_named_lesions=False), FailSafeSettings(max_unknown_share=0.0), FailSafeSettings(enabled=False)):
+            info = choose(m, st)
+            assert answer_dsc(m, info, gt, counts) == pytest.approx(dsc(answer_mask(m, info), gt)), (k, st)
+            assert np.array_equal(decide(dual, unet, prob, maps, stats, st)[0], answer_mask(m, info))

@@ -79,45 +79,99 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
 
 
-def upsample(cells: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def upsample(cells: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """A coarse [h, w] map to full resolution by repeating each cell (no interpolation: a cell is a place)."""
     h, w = cells.shape
     return np.repeat(np.repeat(cells, shape[0] // h, axis=0), shape[1] // w, axis=1)
 
 
-def signals(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarray, text_map: np.ndarray,
-            text_stats: np.ndarray, s: FailSafeSettings) -> dict[str, Any]:
-    """The measured signals of one scan.
+@dataclass
+class Measured:
+    """What one scan's decision depends on, measured once (thresholds are applied by :func:`choose`).
 
-    mask, fallback_mask: [H, W] the dual-path and the U-Net answers, cleaned binary masks;
-    fallback_prob: [H, W] the U-Net's probabilities; text_map: [2, h, w] allow / mention logits;
-    text_stats: [2] (report tokens, of them unknown to the model).
+    Per U-Net lesion k (an 8-connected component of its cleaned mask): its highest probability,
+    the highest ``mention`` probability over its pixels, the highest ``mention`` probability over
+    its pixels where the report allows a metastasis, and whether the dual-path answer keeps any of
+    it. The masks stay for building the answer.
     """
+
+    mask: np.ndarray  # [H, W] bool, the dual-path answer
+    fallback_mask: np.ndarray  # [H, W] bool, the U-Net's
+    labels: np.ndarray  # [H, W] int, U-Net lesion k = k (0 = none)
+    confidence: np.ndarray  # [n]
+    mention: np.ndarray  # [n]
+    named: np.ndarray  # [n]
+    kept: np.ndarray  # [n] bool
+    tokens: int
+    unknown: int
+
+
+def measure(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarray, text_map: np.ndarray,
+            text_stats: np.ndarray, allow_threshold: float = 0.5) -> Measured:
+    """mask, fallback_mask: [H, W] the dual-path and the U-Net answers, cleaned binary masks;
+    fallback_prob: [H, W] the U-Net's probabilities; text_map: [2, h, w] allow / mention logits;
+    text_stats: [2] (report tokens, of them unknown to the model)."""
     from scipy.ndimage import label, maximum
 
     from bonescan.postprocess import EIGHT
 
-    tokens, unknown = int(text_stats[0]), int(text_stats[1])
-    mention = upsample(_sigmoid(np.asarray(text_map[1], np.float32)), fallback_mask.shape) >= s.mention_threshold
+    mask, fallback_mask = np.asarray(mask).astype(bool), np.asarray(fallback_mask).astype(bool)
+    p = _sigmoid(np.asarray(text_map, np.float32))
+    mention = upsample(p[1], mask.shape)
+    named = np.where(upsample(p[0], mask.shape) >= allow_threshold, mention, 0.0)
     lab, n = label(fallback_mask, structure=EIGHT)
-    unexplained = dropped = 0
-    if n:
-        ids = np.arange(1, n + 1)
-        kept = np.zeros(n + 1, bool)
-        kept[np.unique(lab[(lab > 0) & (np.asarray(mask) > 0)])] = True
-        named = np.zeros(n + 1, bool)
-        named[np.unique(lab[(lab > 0) & mention])] = True
-        conf = np.asarray(maximum(fallback_prob, lab, ids)) >= s.min_confidence
-        drop = ~kept[1:]
-        dropped = int(drop.sum())
-        unexplained = int((drop & conf & ~named[1:]).sum())
-    return {
-        "report_tokens": tokens,
-        "unknown_share": round(unknown / tokens, 4) if tokens else None,
-        "unet_lesions": int(n),
-        "dropped_lesions": dropped,
-        "unexplained_lesions": unexplained,
+    ids = np.arange(1, n + 1)
+    per = (lambda img: np.asarray(maximum(img, lab, ids), dtype=np.float32)) if n else (lambda img: np.zeros(0, np.float32))
+    kept = per(mask.astype(np.float32)) > 0
+    return Measured(mask, fallback_mask, lab, per(np.asarray(fallback_prob, np.float32)), per(mention), per(named), kept,
+                    int(text_stats[0]), int(text_stats[1]))
+
+
+def choose(m: Measured, s: FailSafeSettings) -> dict[str, Any]:
+    """The decision from the measurements: which path answers, why, the signals, and which U-Net
+    lesions a trusted dual-path answer adds (their labels)."""
+    confident = m.confidence >= s.min_confidence
+    unexplained = ~m.kept & confident & (m.mention < s.mention_threshold)
+    sig = {
+        "report_tokens": m.tokens,
+        "unknown_share": round(m.unknown / m.tokens, 4) if m.tokens else None,
+        "unet_lesions": int(len(m.kept)),
+        "dropped_lesions": int((~m.kept).sum()),
+        "unexplained_lesions": int(unexplained.sum()),
     }
+    info: dict[str, Any] = {"signals": sig, "thresholds": {"max_unknown_share": s.max_unknown_share,
+                                                           "max_unexplained": s.max_unexplained,
+                                                           "min_confidence": s.min_confidence}}
+    reason = None
+    if not s.enabled:
+        reason = None
+    elif m.tokens == 0:
+        reason = "no report: the image-only answer"
+    elif sig["unknown_share"] > s.max_unknown_share:
+        reason = (f"report not read: {100 * sig['unknown_share']:.0f} % of its characters are unknown to the model "
+                  f"(limit {100 * s.max_unknown_share:.0f} %)")
+    elif sig["unexplained_lesions"] > s.max_unexplained:
+        reason = (f"report does not fit the image: the report-guided answer would drop {sig['unexplained_lesions']} "
+                  f"confident hot spot(s) at places the report does not mention (limit {s.max_unexplained:g})")
+    if reason is not None:
+        info.update(answered_by=UNET, reason=reason, add=np.zeros(0, np.int64))
+        return info
+    add = np.zeros(0, np.int64)
+    if s.enabled and s.add_named_lesions:
+        add = np.nonzero(confident & (m.named >= s.mention_threshold))[0] + 1
+    info.update(answered_by=DUALPATH, reason="report read and consistent with the image" if s.enabled else "fail-safe off",
+                unet_lesions_added=int((~m.kept[add - 1]).sum()) if len(add) else 0, add=add)
+    return info
+
+
+def answer_mask(m: Measured, info: dict[str, Any]) -> np.ndarray:
+    """The mask the decision gives: the U-Net's, or the dual-path one plus the added U-Net lesions."""
+    if info["answered_by"] == UNET:
+        return m.fallback_mask.astype(np.uint8)
+    out = m.mask.copy()
+    if len(info["add"]):
+        out |= np.isin(m.labels, info["add"])
+    return out.astype(np.uint8)
 
 
 def decide(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarray, text_map: np.ndarray,
@@ -128,43 +182,34 @@ def decide(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarra
     Masks are [H, W] binary, cleaned by postprocess. The returned dict says which path answered
     (``answered_by``), the reason in words, and the signals with the thresholds they were held to.
     """
-    sig = signals(mask, fallback_mask, fallback_prob, text_map, text_stats, s)
-    info: dict[str, Any] = {"signals": sig, "thresholds": {"max_unknown_share": s.max_unknown_share,
-                                                           "max_unexplained": s.max_unexplained,
-                                                           "min_confidence": s.min_confidence}}
-    reason = None
-    if not s.enabled:
-        reason = None
-    elif sig["report_tokens"] == 0:
-        reason = "no report: the image-only answer"
-    elif sig["unknown_share"] > s.max_unknown_share:
-        reason = (f"report not read: {100 * sig['unknown_share']:.0f} % of its characters are unknown to the model "
-                  f"(limit {100 * s.max_unknown_share:.0f} %)")
-    elif sig["unexplained_lesions"] > s.max_unexplained:
-        reason = (f"report does not fit the image: the report-guided answer would drop {sig['unexplained_lesions']} "
-                  f"confident hot spot(s) at places the report does not mention (limit {s.max_unexplained:g})")
-    if reason is not None:
-        info.update(answered_by=UNET, reason=reason)
-        return fallback_mask.astype(np.uint8), info
-    out = np.asarray(mask).astype(bool)
-    added = 0
-    if s.enabled and s.add_named_lesions and fallback_mask.any():
-        from scipy.ndimage import label, maximum
+    m = measure(mask, fallback_mask, fallback_prob, text_map, text_stats, s.allow_threshold)
+    info = choose(m, s)
+    out = answer_mask(m, info)
+    info.pop("add")
+    return out, info
 
-        from bonescan.postprocess import EIGHT
 
-        p = _sigmoid(np.asarray(text_map, np.float32))
-        named = upsample((p[0] >= s.allow_threshold) & (p[1] >= s.mention_threshold), out.shape)
-        lab, n = label(fallback_mask, structure=EIGHT)
-        confident = np.zeros(n + 1, bool)
-        confident[1:] = np.asarray(maximum(fallback_prob, lab, np.arange(1, n + 1))) >= s.min_confidence
-        for k in np.unique(lab[named & (lab > 0)]):
-            if not confident[k]:
-                continue
-            comp = lab == k
-            if not (comp & out).any():
-                added += 1
-            out |= comp
-    info.update(answered_by=DUALPATH, reason="report read and consistent with the image" if s.enabled else "fail-safe off",
-                unet_lesions_added=added)
-    return out.astype(np.uint8), info
+def answer_dsc(m: Measured, info: dict[str, Any], gt: np.ndarray, counts: dict[str, Any] | None = None) -> float:
+    """DSC of the decision's answer against a ground-truth mask, from pixel counts (what calibration
+    scores hundreds of threshold settings with; equal to dsc(answer_mask(m, info), gt))."""
+    if counts is None:
+        counts = answer_counts(m, gt)
+    if info["answered_by"] == UNET:
+        a, inter = counts["unet"], counts["unet_gt"]
+    else:
+        a, inter = counts["dual"], counts["dual_gt"]
+        if len(info["add"]):
+            a += int(counts["extra"][info["add"]].sum())
+            inter += int(counts["extra_gt"][info["add"]].sum())
+    total = a + counts["gt"]
+    return 1.0 if total == 0 else 2.0 * inter / total
+
+
+def answer_counts(m: Measured, gt: np.ndarray) -> dict[str, Any]:
+    """The pixel counts :func:`answer_dsc` needs, per scan (once for all settings)."""
+    g = np.asarray(gt).astype(bool)
+    extra = m.fallback_mask & ~m.mask  # what an added U-Net lesion brings beyond the dual-path answer
+    n = len(m.kept)
+    return {"gt": int(g.sum()), "unet": int(m.fallback_mask.sum()), "unet_gt": int((m.fallback_mask & g).sum()),
+            "dual": int(m.mask.sum()), "dual_gt": int((m.mask & g).sum()),
+            "extra": np.bincount(m.labels[extra], minlength=n + 1), "extra_gt": np.bincount(m.labels[extra & g], minlength=n + 1)}

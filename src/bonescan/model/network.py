@@ -145,9 +145,12 @@ class Segmenter(nn.Module):
             ms = self.map_stride
             cells = (rows[0] // ms, rows[1] // ms) if rows is not None else None
             g = self.prior(text_features, attention_mask, cells)  # [B, 2, h, w]: allow, mention
-            grounding.append(g)
+            # the veto works at the coarsest stride (2 x 2 cells averaged): a report names a bone, and
+            # which pixels of it hold the lesion varies; the mention map keeps the finer cells
+            allow = F.avg_pool2d(g[:, :1], 2)
+            grounding.append(torch.cat([F.interpolate(allow, scale_factor=2.0, mode="nearest"), g[:, 1:2]], dim=1))
             # a constant scale factor (not a size) keeps every dim static in the exported graph
-            up_g = F.interpolate(g[:, :1], scale_factor=float(ms), mode="bilinear", align_corners=False)
+            up_g = F.interpolate(allow, scale_factor=float(2 * ms), mode="bilinear", align_corners=False)
             logits = logits + self.prior_scale * F.logsigmoid(up_g)
         return (logits, grounding) if return_grounding else logits
 
