@@ -404,6 +404,8 @@ ENSEMBLES = {e.name: e for e in (ENSEMBLE_CHAIN, ENSEMBLE_UNET_CHAIN)}
 # ----------------------------------------------------------------------------- postprocess
 #: A pixel is lesion when sigmoid(logit) >= THRESHOLD.
 THRESHOLD = 0.5
+#: A lesion is a connected component of lesion pixels, 8-connected (diagonal neighbours belong to it).
+EIGHT = np.ones((3, 3), dtype=bool)
 #: Connected components (8-connectivity) smaller than this many pixels are dropped.
 MIN_LESION_PIXELS = 3
 

@@ -113,7 +113,7 @@ def measure(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarr
     text_stats: [2] (report tokens, of them unknown to the model)."""
     from scipy.ndimage import label, maximum
 
-    from bonescan.postprocess import EIGHT
+    from bonescan.contract import EIGHT
 
     mask, fallback_mask = np.asarray(mask).astype(bool), np.asarray(fallback_mask).astype(bool)
     p = _sigmoid(np.asarray(text_map, np.float32))

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import label
 
-from bonescan.postprocess import EIGHT
+from bonescan.contract import EIGHT
 
 
 def dsc(a: np.ndarray, b: np.ndarray) -> float:

@@ -13,9 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from bonescan.contract import IMAGE_WIDTH, MIN_LESION_PIXELS, THRESHOLD
-
-EIGHT = np.ones((3, 3), dtype=bool)
+from bonescan.contract import EIGHT, IMAGE_WIDTH, MIN_LESION_PIXELS, THRESHOLD
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
