@@ -69,7 +69,8 @@ def _segment_all(url: str, model: str, samples: list, concurrency: int = 4) -> t
     return out, errors
 
 
-def run_demo(out: Path, n: int = 1000, seed: int = 0, workers: int = 2, unet_steps: int = 400, dual_steps: int = 400) -> int:
+def run_demo(out: Path, n: int = 1000, seed: int = 0, workers: int = 2, unet_steps: int | None = None,
+             dual_steps: int | None = None) -> int:
     from bonescan.data.dataset import BoneScanDataset
     from bonescan.data.generate import generate_dataset
     from bonescan.metrics import scan_metrics, summarize
@@ -93,19 +94,19 @@ def run_demo(out: Path, n: int = 1000, seed: int = 0, workers: int = 2, unet_ste
     from bonescan.train import train
 
     ck = {"unet": out / "unet.pt", "dualpath": out / "dualpath.pt"}
-    t = step(2, f"training the U-Net baseline (demo config, {unet_steps} steps)")
+    m, tc = preset("demo", "unet")
+    tc.steps = unet_steps or tc.steps
+    t = step(2, f"training the U-Net baseline (demo config, {tc.steps} steps)")
     if not ck["unet"].exists():
-        m, tc = preset("demo", "unet")
-        tc.steps = unet_steps
         train(data, ck["unet"], m, tc, seed=seed, command="make demo", config_name="demo")
     else:
         print("    already there; reusing")
     done(t)
-    t = step(3, f"pretraining the report encoder and training the dual-path model (image + report, demo config, {dual_steps} "
-                "steps, from the U-Net, which it carries as its fail-safe answer)")
+    m, tc = preset("demo", "dualpath")
+    tc.steps = dual_steps or tc.steps
+    t = step(3, f"pretraining the report encoder ({tc.pretrain_text_steps} MLM steps) and training the dual-path model "
+                f"(image + report, demo config, {tc.steps} steps, from the U-Net, which it carries as its fail-safe answer)")
     if not ck["dualpath"].exists():
-        m, tc = preset("demo", "dualpath")
-        tc.steps = dual_steps
         train(data, ck["dualpath"], m, tc, seed=seed, command="make demo", config_name="demo", init_from=ck["unet"],
               fallback=ck["unet"])
     else:

@@ -132,14 +132,15 @@ def _results(res, reqs: Sequence[Request], model: str, t_request: float, want_pr
     probs = res.as_numpy(C.ENS_PROBABILITY.name) if want_probability else None
     out = []
     for i, r in enumerate(reqs):
-        les = json.loads(lesions[i, 0])["lesions"]
+        doc = json.loads(lesions[i, 0])
+        les = doc["lesions"]
         if r.pixel_spacing_source == "default":  # the server computed mm² from a spacing nobody measured
             les = [{**lesion, "area_mm2": None} for lesion in les]
         out.append(SegmentationResult(
             mask=masks[i, 0], probability=probs[i, 0] if probs is not None else None, lesions=les,
             model=model, source=r.source, pixel_spacing=r.pixel_spacing,
             timings_ms={"request": round(t_request * 1000, 1)}, anterior=r.image[0],
-            answered_by=les.get("answered_by"), reason=les.get("reason"), signals=les.get("signals"),
+            answered_by=doc.get("answered_by"), reason=doc.get("reason"), signals=doc.get("signals"),
             pixel_spacing_source=r.pixel_spacing_source,
             report=("given" if r.report else "no report") if text_guided else "image only", notes=list(r.notes),
         ))

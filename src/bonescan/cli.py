@@ -571,8 +571,8 @@ def demo_command(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--n", type=int, default=1000, help="synthetic cases")
     s.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
     s.add_argument("--workers", type=int, default=2, help="processes for the synthesis")
-    s.add_argument("--unet-steps", type=int, default=400, help="training steps of the U-Net")
-    s.add_argument("--dual-steps", type=int, default=400, help="training steps of the dual-path model")
+    s.add_argument("--unet-steps", type=int, help="training steps of the U-Net (default: the demo preset's)")
+    s.add_argument("--dual-steps", type=int, help="training steps of the dual-path model (default: the demo preset's)")
 
 
 def _bench_synth(a: argparse.Namespace) -> int:

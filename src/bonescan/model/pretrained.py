@@ -45,7 +45,7 @@ def write_pretrained_like(out: str | Path, shape: str = "macbert-base", seed: in
     s = SHAPES[shape]
     vocab = macbert_vocabulary(s["vocab_size"])
     (out / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
-    tok = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True, tokenize_chinese_chars=True)
+    tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True, tokenize_chinese_chars=True)
     tok.save_pretrained(str(out))
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=s["hidden_size"], num_hidden_layers=s["num_hidden_layers"],
