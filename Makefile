@@ -39,9 +39,9 @@ lint: install
 $(VENV)/typings/.ok: tools/trt_stubs.py $(STAMP)
 	@$(BIN)/python tools/trt_stubs.py $(VENV)/typings && touch $@
 
-# the TensorRT code cannot run here: mypy checks its TensorRT calls against tensorrt-stubs
+# mypy over the whole package; the TensorRT code cannot run here: mypy checks its TensorRT calls against tensorrt-stubs
 typecheck: install $(VENV)/typings/.ok
-	MYPYPATH=$(VENV)/typings $(BIN)/mypy --follow-imports=silent export/trt.py export/trt_compat.py src/bonescan/contract.py
+	MYPYPATH=$(VENV)/typings $(BIN)/mypy --follow-imports=silent src/bonescan client export benchmarks
 
 unit: install
 	$(BIN)/pytest -q $(PYTEST_ARGS)

@@ -67,8 +67,8 @@ def write_demo_report(out: Path, samples: list, served: dict[str, list], results
     ax.scatter(np.array(d_u)[~neg], np.array(d_d)[~neg], s=9, label="scans with metastases")
     ax.scatter(np.array(d_u)[neg], np.array(d_d)[neg], s=9, marker="x", color="tab:red", label="negative scans (counts)")
     for (xu, xd) in {(float(a), float(b)) for a, b in zip(np.array(d_u)[neg], np.array(d_d)[neg])}:
-        k = int(sum(1 for a, b in zip(np.array(d_u)[neg], np.array(d_d)[neg]) if (a, b) == (xu, xd)))
-        ax.annotate(str(k), (xu, xd), textcoords="offset points", xytext=(6, -10 if xd > 0.5 else 4), fontsize=7, color="tab:red")
+        n = int(sum(1 for a, b in zip(np.array(d_u)[neg], np.array(d_d)[neg]) if (a, b) == (xu, xd)))
+        ax.annotate(str(n), (xu, xd), textcoords="offset points", xytext=(6, -10 if xd > 0.5 else 4), fontsize=7, color="tab:red")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
     ax.set_xlabel("U-Net DSC")
     ax.set_ylabel("dual-path DSC")

@@ -188,10 +188,11 @@ def _expected(export: Path, cases: list) -> list[np.ndarray]:
             for img, rep, sp in cases]
 
 
-def _start(repo: Path, ports: tuple[int, int, int], log: Path):
+def _start(repo: Path, ports: tuple[int, ...], log: Path):
     from bonescan.serving.server import TritonServer
 
-    srv = TritonServer(repo, *ports, log_file=log)
+    grpc_port, http_port, metrics_port = ports
+    srv = TritonServer(repo, grpc_port, http_port, metrics_port, log_file=log)
     srv.start(timeout=300)
     return srv
 
@@ -224,7 +225,7 @@ def soak(repo: Path, export: Path, data: Path, minutes: float = 10.0, concurrenc
         sampler = MemorySampler(srv.proc.pid, period=1.0)
         with sampler, BoneScanClient(srv.grpc_url, model=model, timeout_s=120, want_probability=False) as client:
             t_warm = time.monotonic() + warmup_s
-            warm_index = [None]
+            warm_index: list[int | None] = [None]
 
             def worker(k: int) -> None:
                 i = k

@@ -44,7 +44,7 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile",
 
 def cpu_info(cpuinfo: str = "/proc/cpuinfo") -> dict[str, Any]:
     """The CPU's model name (as ``lscpu`` shows it), its cores and which of :data:`ISA_FLAGS` it has."""
-    cpu, flags = "unknown", set()
+    cpu, flags = "unknown", set[str]()
     try:
         with open(cpuinfo) as f:
             for line in f:
@@ -374,7 +374,7 @@ def member_stats(url: str, models: list[str], before: dict | None = None) -> dic
     import tritonclient.grpc as grpcclient
 
     c = grpcclient.InferenceServerClient(url)
-    now = {}
+    now: dict[str, dict[str, Any]] = {}
     for m in models:
         s = c.get_inference_statistics(m, as_json=True)["model_stats"][0]
         inf = s.get("inference_stats", {})

@@ -79,7 +79,7 @@ def bench_parity(checkpoint: Path, export: Path, data: Path, server_url: str, mo
     if trt is not None:
         trt.close()
     base = float(np.mean(engines["pytorch"]["dsc"]))
-    table = {}
+    table: dict[str, dict[str, Any]] = {}
     for e, v in engines.items():
         table[e] = {
             "dsc": float(np.mean(v["dsc"])),

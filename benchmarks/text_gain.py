@@ -116,27 +116,34 @@ def _mean(rows: dict[str, Any], seeds: list[int], mode: str, answer: str, field:
 
 def summarize(rows: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
     m = lambda mode, answer, field="dsc": _mean(rows, seeds, mode, answer, field)  # noqa: E731
-    unet = m("in-style", "unet")
+
+    def v(mode: str, answer: str, field: str = "dsc") -> float:
+        """A mean the summary cannot do without (the mode was run, its scans have metastases)."""
+        x = m(mode, answer, field)
+        assert x is not None, f"no {field} of {mode}/{answer} in the rows"
+        return x
+
+    unet = v("in-style", "unet")
     unet_pos = m("in-style", "unet", "dsc_positive")
-    unet_sens = m("in-style", "unet", "lesion_sensitivity")
-    gain_in = m("in-style", "failsafe") - unet
+    unet_sens = v("in-style", "unet", "lesion_sensitivity")
+    gain_in = v("in-style", "failsafe") - unet
     out: dict[str, Any] = {"unet_dsc": unet, "gain_in_style": gain_in}
     targets: dict[str, bool] = {"in_style_gain_at_least_0.05": gain_in >= 0.05}
     if m("left-out", "failsafe") is not None:
-        gain_lo = m("left-out", "failsafe") - unet
+        gain_lo = v("left-out", "failsafe") - unet
         out["gain_left_out"] = gain_lo
         out["left_out_keeps"] = gain_lo / gain_in if gain_in > 0 else None
         targets["left_out_keeps_two_thirds"] = gain_in > 0 and gain_lo >= 2 / 3 * gain_in
-    no_report_pos = m("none", "failsafe", "dsc_positive")
+    no_report_pos = v("none", "failsafe", "dsc_positive")
     for mode in ("in-style", "left-out", "handwritten"):
         if m(mode, "failsafe") is None:
             continue
-        ref_pos = no_report_pos if mode != "handwritten" else m(mode, "unet", "dsc_positive")
-        ref_sens = unet_sens if mode != "handwritten" else m(mode, "unet", "lesion_sensitivity")
-        targets[f"{mode}_positive_dsc_not_below_no_report"] = m(mode, "failsafe", "dsc_positive") >= ref_pos - 0.01
-        targets[f"{mode}_lesion_sensitivity_within_0.02_of_unet"] = m(mode, "failsafe", "lesion_sensitivity") >= ref_sens - 0.02
-    out["shuffled_failsafe_minus_unet"] = m("shuffled", "failsafe") - unet
-    out["shuffled_dualpath_minus_unet"] = m("shuffled", "dualpath") - unet
+        ref_pos = no_report_pos if mode != "handwritten" else v(mode, "unet", "dsc_positive")
+        ref_sens = unet_sens if mode != "handwritten" else v(mode, "unet", "lesion_sensitivity")
+        targets[f"{mode}_positive_dsc_not_below_no_report"] = v(mode, "failsafe", "dsc_positive") >= ref_pos - 0.01
+        targets[f"{mode}_lesion_sensitivity_within_0.02_of_unet"] = v(mode, "failsafe", "lesion_sensitivity") >= ref_sens - 0.02
+    out["shuffled_failsafe_minus_unet"] = v("shuffled", "failsafe") - unet
+    out["shuffled_dualpath_minus_unet"] = v("shuffled", "dualpath") - unet
     targets["shuffled_with_failsafe_within_0.01_of_unet"] = abs(out["shuffled_failsafe_minus_unet"]) <= 0.01 or out["shuffled_failsafe_minus_unet"] > 0
     targets["shuffled_without_failsafe_below_unet"] = out["shuffled_dualpath_minus_unet"] < 0
     out.update(unet_dsc_positive=unet_pos, unet_lesion_sensitivity=unet_sens, targets_met=targets)

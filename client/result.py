@@ -74,7 +74,7 @@ class SegmentationResult:
         edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1))
         rgb[edge] = (220, 20, 20)
         scale = 2
-        img = Image.fromarray(rgb).resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.NEAREST)
+        img = Image.fromarray(rgb).resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.Resampling.NEAREST)
         draw = ImageDraw.Draw(img)
         for les in self.lesions:
             y0, x0, y1, x1 = les["bbox"]

@@ -69,8 +69,8 @@ def check_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Pat
             # the answer the ensemble gives: the fail-safe's choice on each side must agree
             sp = np.array([s.pixel_spacing], np.float32)
             args = (C.LOGITS.name, C.FALLBACK_LOGITS.name, C.TEXT_MAP.name, C.TEXT_STATS.name)
-            mt = postprocess_failsafe(*(ot[k] for k in args), sp, settings)
-            mo = postprocess_failsafe(*(oo[k] for k in args), sp, settings)
+            mt = postprocess_failsafe(*(ot[k] for k in args), sp, settings)  # type: ignore[call-arg, arg-type]  # four from args
+            mo = postprocess_failsafe(*(oo[k] for k in args), sp, settings)  # type: ignore[call-arg, arg-type]  # four from args
             row["text_stats_equal"] = bool(np.array_equal(ot[C.TEXT_STATS.name], oo[C.TEXT_STATS.name]))
             row["answer_dsc"] = mask_dsc(mt[0][0, 0], mo[0][0, 0])
             row["same_path"] = mt[3][0]["answered_by"] == mo[3][0]["answered_by"]

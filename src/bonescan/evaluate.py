@@ -157,7 +157,7 @@ def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int =
     shuf_rows = _collect(pred, arrays, select_reports(true, "shuffled", seed), threshold)
     unet = _scores(true_rows, FailSafeSettings(max_unknown_share=-1.0))  # every scan answered by the U-Net
     unet_all, unet_pos = unet["all"], unet["positive"]
-    grid = []
+    grid: list[dict[str, Any]] = []
     for mention, conf, k, add in itertools.product((0.3, 0.5, 0.7, 0.9), (0.5, 0.7, 0.9), (0, 1, 2, 3, 1000), (False, True)):
         st = replace(base, max_unexplained=float(k), min_confidence=conf, mention_threshold=mention, add_named_lesions=add)
         t, sh = _scores(true_rows, st), _scores(shuf_rows, st)
@@ -169,6 +169,7 @@ def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int =
     best = max(pool, key=lambda g: (g["objective"], g["max_unexplained"], -g["min_confidence"]))
     # unknown characters: replace a share of each report's characters by ones the model never trained on
     tok = pred.tokenizer
+    assert tok is not None  # the fail-safe belongs to the dual-path model
     unknown_chars = [t for t, i in tok.tok.get_vocab().items() if len(t) == 1 and "\u4e00" <= t <= "\u9fff" and not tok.known[i]]
     rng = np.random.default_rng(seed)
     curve = {}

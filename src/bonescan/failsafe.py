@@ -132,7 +132,7 @@ def choose(m: Measured, s: FailSafeSettings) -> dict[str, Any]:
     lesions a trusted dual-path answer adds (their labels)."""
     confident = m.confidence >= s.min_confidence
     unexplained = ~m.kept & confident & (m.mention < s.mention_threshold)
-    sig = {
+    sig: dict[str, Any] = {
         "report_tokens": m.tokens,
         "unknown_share": round(m.unknown / m.tokens, 4) if m.tokens else None,
         "unet_lesions": int(len(m.kept)),
@@ -189,10 +189,11 @@ def decide(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarra
     return out, info
 
 
-def answer_dsc(m: Measured, info: dict[str, Any], gt: np.ndarray, counts: dict[str, Any] | None = None) -> float:
+def answer_dsc(m: Measured, info: dict[str, Any], gt: np.ndarray | None, counts: dict[str, Any] | None = None) -> float:
     """DSC of the decision's answer against a ground-truth mask, from pixel counts (what calibration
     scores hundreds of threshold settings with; equal to dsc(answer_mask(m, info), gt))."""
     if counts is None:
+        assert gt is not None, "answer_dsc needs gt or its counts"
         counts = answer_counts(m, gt)
     if info["answered_by"] == UNET:
         a, inter = counts["unet"], counts["unet_gt"]

@@ -156,7 +156,7 @@ def build_tokenizer(out_dir: str | Path) -> Path:
     """
     from tokenizers import Regex, Tokenizer, pre_tokenizers, processors
     from tokenizers.models import WordLevel
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizerFast  # type: ignore[attr-defined]  # a lazy alias mypy cannot see
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

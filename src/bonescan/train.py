@@ -135,7 +135,7 @@ def setup_tokenizer(mcfg: ModelConfig, text_encoder_dir: str | Path | None,
     if text_encoder_dir is not None:
         tok_files = read_tokenizer_files(text_encoder_dir)
         if "tokenizer.json" not in tok_files:
-            from transformers import BertTokenizerFast
+            from transformers import BertTokenizerFast  # type: ignore[attr-defined]  # a lazy alias mypy cannot see
 
             BertTokenizerFast.from_pretrained(str(text_encoder_dir), local_files_only=True).save_pretrained(tmp)
             tok_files = read_tokenizer_files(tmp)
@@ -182,7 +182,7 @@ def build_model(mcfg: ModelConfig, tokenizer: ReportTokenizer | None, text_encod
     if init_from is not None:
         init_info = warm_start(net, init_from)
         print(f"initialised {init_info['loaded']} tensors of the image path from {init_from}")
-    return net.to(memory_format=torch.channels_last), init_info, fallback_info
+    return net.to(memory_format=torch.channels_last), init_info, fallback_info  # type: ignore[call-overload]  # torch stubs lack memory_format
 
 
 def build_optimizer(net: BoneScanNet, tcfg: TrainConfig) -> torch.optim.AdamW:
@@ -479,7 +479,7 @@ def train(
         batches = Batches(train_set, reports, tcfg.batch_size, torch.Generator().manual_seed(seed))
         validate = partial(validation_dsc, net, mcfg, tok_files, out, val_set) if len(val_set) else None
         result = fit(net, opt, sched, total, batches, tcfg, validate, progress, f"train {mcfg.model}")
-        net = net.to(memory_format=torch.contiguous_format)
+        net = net.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # torch stubs lack memory_format
         if tokenizer is not None and reports is not None and text_encoder_dir is None:
             finish_text_encoder(net, tokenizer, tok_files, seen | reports.seen)
 

@@ -47,7 +47,7 @@ class Sample:
     notes: list[str] = field(default_factory=list)  # warnings about the files (e.g. an 8-bit PNG)
 
 
-def findings_mask(mask: np.ndarray | None, meta: dict[str, Any] | None, shape: tuple[int, int]) -> np.ndarray:
+def findings_mask(mask: np.ndarray | None, meta: dict[str, Any] | None, shape: tuple[int, ...]) -> np.ndarray:
     """uint8 [H, W]: every place a report describes a finding: the metastases (the mask) and, when
     the case carries its ground truth (meta.json of synthetic data), the boxes of benign findings
     and artefacts. Trains the report's ``mention`` map (model.fusion.TextPrior)."""

@@ -271,10 +271,10 @@ def write_dicom_scan(
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = NM_IMAGE_STORAGE
+    meta.MediaStorageSOPClassUID = UID(NM_IMAGE_STORAGE)
     meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(path), patient_id])
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()

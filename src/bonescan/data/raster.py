@@ -6,6 +6,7 @@ it into a full image with :func:`paste` (projection images add up: overlapping b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,7 +127,7 @@ def ring(
     return outer
 
 
-def union(patches: list[Patch | None]) -> Patch | None:
+def union(patches: Sequence[Patch | None]) -> Patch | None:
     """Pixel-wise max of several patches (the parts of one bone must not double up)."""
     ps = [p for p in patches if p is not None]
     if not ps:

@@ -132,6 +132,7 @@ class Predictor:
             return {"logits": self.net(x).numpy()}
         ids, mask = self.tokenizer(reports if reports is not None else [""] * len(images))
         ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
+        assert self.net.text_encoder is not None  # a tokenizer is made for a text encoder only
         feats = self.net.text_encoder(ids_t, mask_t)
         logits, text_map, fallback = self.net.deployed_segmenter()(x, feats, mask_t)
         return {"logits": logits.numpy(), "text_map": text_map.numpy(), "fallback_logits": fallback.numpy(),

@@ -91,6 +91,8 @@ class CrossAttentionFusion(nn.Module):
         torch.Size([1, 64, 32, 8])
     """
 
+    pos: torch.Tensor  # a buffer
+
     def __init__(self, channels: int, text_dim: int, heads: int, hw: tuple[int, int], scale_init: float = 0.1):
         super().__init__()
         self.heads = check_heads(channels, heads)

@@ -36,7 +36,7 @@ def macbert_vocabulary(size: int) -> list[str]:
 def write_pretrained_like(out: str | Path, shape: str = "macbert-base", seed: int = 0) -> Path:
     """Write a randomly initialised BERT folder of ``shape`` (see SHAPES) into ``out``; returns it."""
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel, BertTokenizerFast  # type: ignore[attr-defined]  # a lazy alias mypy cannot see
 
     if shape not in SHAPES:
         raise ValueError(f"shape must be one of {sorted(SHAPES)}, got {shape!r}")

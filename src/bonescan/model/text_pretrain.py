@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from bonescan.model.network import TextEncoder
 
 MASK_SHARE = 0.15
 
@@ -40,7 +43,8 @@ class MLMHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(embeddings.num_embeddings))
 
     def forward(self, h: torch.Tensor, vocab: torch.Tensor | None = None) -> torch.Tensor:
-        w, b = self.embeddings.weight, self.bias
+        w: torch.Tensor = self.embeddings.weight
+        b: torch.Tensor = self.bias
         if vocab is not None:
             w, b = w[vocab], b[vocab]
         return self.transform(h) @ w.T + b
@@ -62,7 +66,7 @@ def mask_tokens(ids: torch.Tensor, attention: torch.Tensor, special: torch.Tenso
     return out, chosen
 
 
-def pretrain_text(encoder: nn.Module, tokenizer, corpus: Callable[[int, np.random.Generator], Sequence[str]],
+def pretrain_text(encoder: TextEncoder, tokenizer, corpus: Callable[[int, np.random.Generator], Sequence[str]],
                   steps: int, batch_size: int = 32, lr: float = 1e-3, seed: int = 0, progress: bool = True,
                   log_every: int = 50) -> dict[str, Any]:
     """Pretrain ``encoder`` (a model.network.TextEncoder) in place; returns the loss curve.
@@ -73,7 +77,7 @@ def pretrain_text(encoder: nn.Module, tokenizer, corpus: Callable[[int, np.rando
     from tqdm import tqdm
 
     bert = encoder.bert
-    emb = bert.get_input_embeddings()
+    emb = cast(nn.Embedding, bert.get_input_embeddings())
     head = MLMHead(emb, encoder.hidden)
     params = list(encoder.parameters()) + [p for n, p in head.named_parameters() if not n.startswith("embeddings.")]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, fused=True)

@@ -100,6 +100,7 @@ class Head(nn.Module):
             self.out = nn.Conv2d(width, 1, 1)
         # lesions are ~0.2 % of pixels: start at that prior (as RetinaNet does) so BCE does not
         # first push every logit down and drown the Dice gradient
+        assert self.out.bias is not None
         nn.init.constant_(self.out.bias, PRIOR_LOGIT)
 
     def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ def gather(pb_utils, requests: Sequence, names: Sequence[str],
     sizes: list[int] = []
     errors: dict[int, str] = {}
     for i, r in enumerate(requests):
-        feed = {}
+        feed: dict[str, Any] = {}  # an array per name, None for an absent optional input
         for n in names:
             t = pb_utils.get_input_tensor_by_name(r, n)
             if t is None:

@@ -291,7 +291,7 @@ def _build(src: Path, out: Path, opts: RepoOptions, desc: dict[str, Any], baseli
         if base_desc["model"] != "unet":
             raise BonescanError(f"{baseline}: holds a {base_desc['model']} export; --baseline takes the U-Net")
         _chain(out, C.ENSEMBLE_UNET_CHAIN, opts, Path(baseline), base_desc, overrides, models, engines)
-    manifest = {
+    manifest: dict[str, Any] = {
         "format": "bonescan-repository/1",
         "flavor": opts.flavor,
         "options": opts.__dict__,
@@ -299,7 +299,8 @@ def _build(src: Path, out: Path, opts: RepoOptions, desc: dict[str, Any], baseli
         "contract": C.spec_table(),
         "text_hidden": hidden,
         "dualpath": {"export": str(src.resolve()), "checkpoint": desc["checkpoint"]},
-        "baseline": {"export": str(Path(baseline).resolve()), "checkpoint": base_desc["checkpoint"]} if base_desc else None,
+        "baseline": {"export": str(Path(baseline).resolve()), "checkpoint": base_desc["checkpoint"]}
+        if baseline is not None and base_desc else None,
         "engines": {k: v for k, v in engines.items() if v},
         "python_requirements": ["numpy<2", "scipy", "tokenizers"] + (["onnxruntime"] if opts.flavor == "embedded" else []),
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
