@@ -24,11 +24,12 @@ SHAPES = {
 
 def macbert_vocabulary(size: int) -> list[str]:
     """``size`` tokens with MacBERT's special-token ids: [PAD], [unused1..99], [UNK], [CLS], [SEP],
-    [MASK], then characters of the project's vocabulary in code-point order (CJK first are kept)."""
+    [MASK], then characters of the project's vocabulary: ASCII and the CJK Unified Ideographs block
+    first, the rare Extension A characters last (those are the ones that do not fit, as in MacBERT)."""
     from bonescan.tokenize import SPECIAL_TOKENS, character_vocabulary
 
     chars = [t for t in character_vocabulary() if t not in SPECIAL_TOKENS]
-    # keep ASCII, punctuation and the CJK block's start (the frequent characters' ranges); drop from the end
+    chars.sort(key=lambda t: len(t) == 1 and 0x3400 <= ord(t) <= 0x4DBF)  # stable: Extension A to the end
     head = ["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     return head + chars[: size - len(head)]
 
