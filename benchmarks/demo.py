@@ -69,7 +69,7 @@ def _segment_all(url: str, model: str, samples: list, concurrency: int = 4) -> t
     return out, errors
 
 
-def run_demo(out: Path, n: int = 1000, seed: int = 0, workers: int = 2, unet_steps: int | None = None,
+def run_demo(out: Path, n: int = 800, seed: int = 0, workers: int = 2, unet_steps: int | None = None,
              dual_steps: int | None = None) -> int:
     from bonescan.data.dataset import BoneScanDataset
     from bonescan.data.generate import generate_dataset

@@ -26,6 +26,7 @@ of the U-Net's; shuffled reports within 0.01 of the U-Net with the fail-safe, be
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ def _row(res: dict[str, Any], answer: str) -> dict[str, Any]:
 def run_text_gain(data: Path, out: Path, seeds: list[int], config: str = "demo", leave_out: str = "auto",
                   pretrain_steps: int | None = None, tag: str = "", handwritten: Path | None = None) -> dict[str, Any]:
     from bonescan.benchmarks.handwritten import handwritten_samples
+    from bonescan.benchmarks.latency import cpu_info, run_info
     from bonescan.data.arrays import SplitArrays, load_split
     from bonescan.data.rewrite import rewrite_split
     from bonescan.data.styles import STYLES
@@ -56,6 +58,7 @@ def run_text_gain(data: Path, out: Path, seeds: list[int], config: str = "demo",
     from bonescan.train import train
 
     out.mkdir(parents=True, exist_ok=True)
+    run, machine, t0 = run_info(), cpu_info(), time.perf_counter()
     test = load_split(data, "test")
     hand = SplitArrays.from_samples(handwritten_samples(handwritten))
     styles = list(STYLES)
@@ -100,7 +103,8 @@ def run_text_gain(data: Path, out: Path, seeds: list[int], config: str = "demo",
             (out / f"eval_s{seed}_{mode}{tag}.json").write_text(json.dumps(
                 {k: v for k, v in res.items() if k not in ("per_scan_all",)}, indent=1, ensure_ascii=False) + "\n")
     summary = summarize(rows, seeds)
-    result = {"data": str(data), "config": config, "seeds": seeds, "left_out": left, "styles": styles,
+    run["minutes"] = round((time.perf_counter() - t0) / 60, 1)
+    result = {"run": run, "machine": machine, "data": str(data), "config": config, "seeds": seeds, "left_out": left, "styles": styles,
               "test_scans": len(test), "handwritten_scans": len(hand), "rows": rows, "summary": summary}
     (out / f"text_gain{tag}.json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     text = table(result)
@@ -153,7 +157,10 @@ def summarize(rows: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
 def table(result: dict[str, Any]) -> str:
     rows, seeds = result["rows"], result["seeds"]
     lo = ", ".join(f"seed {s}: {v}" for s, v in result["left_out"].items())
+    from bonescan.benchmarks.report import provenance
+
     lines = [f"## Text gain: {result['config']} config, {result['test_scans']} test scans, seeds {seeds} (left out: {lo})", "",
+             provenance(result) + (f" {result['run']['minutes']} min." if "minutes" in result.get("run", {}) else ""), "",
              "| reports | answer | " + " | ".join(f"DSC s{s}" for s in seeds) +
              " | DSC mean | DSC scans with metastases | negatives clean | lesion sens. | FP/scan | U-Net answers |",
              "|---|---|" + "---|" * (len(seeds) + 6)]

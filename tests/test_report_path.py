@@ -236,9 +236,10 @@ def test_a_pretrained_macbert_folder_trains_exports_and_builds(tmp_path, dataset
 
 def test_calibration_scores_the_answers_it_would_give():
     """answer_dsc (pixel counts, what calibration scores settings with) equals the DSC of the mask
-    decide() builds, for every path and setting, on random scans."""
-    from bonescan.failsafe import answer_counts, answer_dsc, answer_mask, choose, decide, measure
-    from bonescan.metrics import dsc
+    decide() builds, and answer_hits the lesions bonescan.metrics finds in it, for every path and
+    setting, on random scans."""
+    from bonescan.failsafe import answer_counts, answer_dsc, answer_hits, answer_mask, choose, decide, measure
+    from bonescan.metrics import dsc, scan_metrics
 
     rng = np.random.default_rng(0)
     shape = (C.IMAGE_HEIGHT, C.IMAGE_WIDTH)
@@ -260,4 +261,5 @@ def test_calibration_scores_the_answers_it_would_give():
                    FailSafeSettings(add_named_lesions=False), FailSafeSettings(max_unknown_share=0.0), FailSafeSettings(enabled=False)):
             info = choose(m, st)
             assert answer_dsc(m, info, gt, counts) == pytest.approx(dsc(answer_mask(m, info), gt)), (k, st)
+            assert answer_hits(info, counts) == scan_metrics(answer_mask(m, info), gt)["detected_lesions"], (k, st)
             assert np.array_equal(decide(dual, unet, prob, maps, stats, st)[0], answer_mask(m, info))

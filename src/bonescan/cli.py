@@ -568,7 +568,7 @@ def demo_command(sub: argparse._SubParsersAction) -> None:
     """``bonescan demo`` (``make demo``)."""
     s = _command(sub, "demo", _demo, "the whole pipeline on the embedded synthetic data (make demo)")
     OUT.add(s, required=False, default=Path("demo_out"), help="folder for data, checkpoints, exports, repository and report")
-    s.add_argument("--n", type=int, default=1000, help="synthetic cases")
+    s.add_argument("--n", type=int, default=800, help="synthetic cases")
     s.add_argument("--seed", type=int, default=0, help="seed of the data and of training")
     s.add_argument("--workers", type=int, default=2, help="processes for the synthesis")
     s.add_argument("--unet-steps", type=int, help="training steps of the U-Net (default: the demo preset's)")

@@ -122,12 +122,17 @@ def _collect(pred, arrays, texts: list[str], threshold: float, batch: int = 4) -
 
 
 def _scores(rows: list[tuple[Any, dict[str, Any], bool]], settings) -> dict[str, float]:
-    """Mean DSC over all scans and over the scans with metastases, with the fail-safe's answers."""
-    from bonescan.failsafe import answer_dsc, choose
+    """Mean DSC over all scans and over the scans with metastases, and lesion sensitivity, with the
+    fail-safe's answers."""
+    from bonescan.failsafe import answer_dsc, answer_hits, choose
 
-    d = [answer_dsc(m, choose(m, settings), None, counts) for m, counts, _ in rows]
+    infos = [choose(m, settings) for m, _, _ in rows]
+    d = [answer_dsc(m, info, None, counts) for info, (m, counts, _) in zip(infos, rows)]
     pos = [x for x, (_, _, positive) in zip(d, rows) if positive]
-    return {"all": float(np.mean(d)), "positive": float(np.mean(pos)) if pos else float("nan")}
+    n_gt = sum(counts["gt_lesions"] for _, counts, _ in rows)
+    hits = sum(answer_hits(info, counts) for info, (_, counts, _) in zip(infos, rows))
+    return {"all": float(np.mean(d)), "positive": float(np.mean(pos)) if pos else float("nan"),
+            "sensitivity": hits / n_gt if n_gt else float("nan")}
 
 
 def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int = 0, progress: bool = True,
@@ -137,9 +142,10 @@ def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int =
     * max_unexplained, min_confidence, mention_threshold, add_named_lesions: of a small grid, the
       setting with the best mean DSC over the split given its true reports and given another
       study's reports (a fixed derangement), among the settings that keep both safe: with true
-      reports the scans with metastases score at least the U-Net's DSC there (within 0.005), with
-      another study's reports those scans score within 0.01 of it and the split at least the
-      U-Net's (within 0.005). Ties go to fewer fall-backs.
+      reports the scans with metastases score at least the U-Net's DSC there (within 0.005) and
+      lesion sensitivity stays within 0.015 of the U-Net's, with another study's reports those
+      scans score within 0.01 of it and the split at least the U-Net's (within 0.005). Ties go to
+      fewer fall-backs; when no setting is safe, the one that misses the constraints by least.
     * max_unknown_share: the largest share of characters unknown to the model (replaced on purpose
       in the true reports) at which the dual-path answer still scores at least the U-Net's.
     texts: the true reports (e.g. re-written in the training house styles); default the split's own.
@@ -156,17 +162,20 @@ def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int =
     true_rows = _collect(pred, arrays, true, threshold)
     shuf_rows = _collect(pred, arrays, select_reports(true, "shuffled", seed), threshold)
     unet = _scores(true_rows, FailSafeSettings(max_unknown_share=-1.0))  # every scan answered by the U-Net
-    unet_all, unet_pos = unet["all"], unet["positive"]
+    unet_all, unet_pos, unet_sens = unet["all"], unet["positive"], unet["sensitivity"]
     grid: list[dict[str, Any]] = []
     for mention, conf, k, add in itertools.product((0.3, 0.5, 0.7, 0.9), (0.5, 0.7, 0.9), (0, 1, 2, 3, 1000), (False, True)):
         st = replace(base, max_unexplained=float(k), min_confidence=conf, mention_threshold=mention, add_named_lesions=add)
         t, sh = _scores(true_rows, st), _scores(shuf_rows, st)
-        safe = t["positive"] >= unet_pos - 0.005 and sh["positive"] >= unet_pos - 0.01 and sh["all"] >= unet_all - 0.005
+        # how far each safety constraint is missed (0 = met)
+        miss = (max(0.0, unet_pos - 0.005 - t["positive"]) + max(0.0, unet_sens - 0.015 - t["sensitivity"])
+                + max(0.0, unet_pos - 0.01 - sh["positive"]) + max(0.0, unet_all - 0.005 - sh["all"]))
         grid.append({"max_unexplained": k, "min_confidence": conf, "mention_threshold": mention, "add_named_lesions": add,
-                     "true": round(t["all"], 4), "true_positive": round(t["positive"], 4), "shuffled": round(sh["all"], 4),
-                     "shuffled_positive": round(sh["positive"], 4), "safe": safe, "objective": round((t["all"] + sh["all"]) / 2, 5)})
-    pool = [g for g in grid if g["safe"]] or grid
-    best = max(pool, key=lambda g: (g["objective"], g["max_unexplained"], -g["min_confidence"]))
+                     "true": round(t["all"], 4), "true_positive": round(t["positive"], 4),
+                     "true_sensitivity": round(t["sensitivity"], 4), "shuffled": round(sh["all"], 4),
+                     "shuffled_positive": round(sh["positive"], 4), "safe": miss == 0, "miss": round(miss, 5),
+                     "objective": round((t["all"] + sh["all"]) / 2, 5)})
+    best = max(grid, key=lambda g: (-g["miss"], g["objective"], g["max_unexplained"], -g["min_confidence"]))
     # unknown characters: replace a share of each report's characters by ones the model never trained on
     tok = pred.tokenizer
     assert tok is not None  # the fail-safe belongs to the dual-path model
@@ -174,7 +183,7 @@ def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int =
     rng = np.random.default_rng(seed)
     curve = {}
     max_unknown = 0.0
-    sub = arrays.subset(min(len(arrays), 50))  # enough to see where reading breaks down
+    sub = arrays.subset(min(len(arrays), 25))  # enough to see where reading breaks down
     if unknown_chars:
         for share in (0.1, 0.2, 0.3, 0.4):
             noisy = ["".join(str(rng.choice(unknown_chars)) if ("\u4e00" <= c <= "\u9fff" and rng.random() < share) else c
@@ -188,13 +197,17 @@ def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int =
                        mention_threshold=best["mention_threshold"], add_named_lesions=best["add_named_lesions"],
                        max_unknown_share=max(max_unknown, 0.05))
     res = {"settings": settings.to_dict(), "val_scans": len(arrays), "unet_dsc": round(unet_all, 4),
-           "unet_dsc_positive": round(unet_pos, 4), "grid": grid, "dualpath_dsc_by_unknown_share": curve,
-           "dsc_true": best["true"], "dsc_true_positive": best["true_positive"], "dsc_shuffled": best["shuffled"]}
+           "unet_dsc_positive": round(unet_pos, 4), "unet_lesion_sensitivity": round(unet_sens, 4), "safe": best["safe"],
+           "grid": grid, "dualpath_dsc_by_unknown_share": curve,
+           "dsc_true": best["true"], "dsc_true_positive": best["true_positive"], "dsc_shuffled": best["shuffled"],
+           "lesion_sensitivity_true": best["true_sensitivity"]}
     if progress:
         print(f"fail-safe calibrated on {len(arrays)} validation scans: falls back above {best['max_unexplained']} "
               f"unexplained lesion(s) of confidence >= {best['min_confidence']}, or above {100 * settings.max_unknown_share:.0f} % "
-              f"unknown characters; DSC true {best['true']:.4f} (with metastases {best['true_positive']:.4f}), "
-              f"another study's {best['shuffled']:.4f}; U-Net {unet_all:.4f} ({unet_pos:.4f})")
+              f"unknown characters{', adds confident U-Net lesions the report names' if best['add_named_lesions'] else ''}; "
+              f"DSC true {best['true']:.4f} (with metastases {best['true_positive']:.4f}, lesion sensitivity "
+              f"{best['true_sensitivity']:.3f}), another study's {best['shuffled']:.4f}; U-Net {unet_all:.4f} ({unet_pos:.4f}, "
+              f"{unet_sens:.3f}){'' if best['safe'] else '; NO setting met every safety constraint: the closest is used'}")
     return res
 
 

@@ -207,10 +207,35 @@ def answer_dsc(m: Measured, info: dict[str, Any], gt: np.ndarray | None, counts:
 
 
 def answer_counts(m: Measured, gt: np.ndarray) -> dict[str, Any]:
-    """The pixel counts :func:`answer_dsc` needs, per scan (once for all settings)."""
+    """The pixel and lesion counts :func:`answer_dsc` and :func:`answer_hits` need, per scan (once
+    for all settings). A ground-truth lesion (8-connected component) is detected when the answer
+    covers one of its pixels, as in bonescan.metrics."""
+    from scipy.ndimage import label
+
+    from bonescan.contract import EIGHT
+
     g = np.asarray(gt).astype(bool)
     extra = m.fallback_mask & ~m.mask  # what an added U-Net lesion brings beyond the dual-path answer
     n = len(m.kept)
+    gl, n_gt = label(g, structure=EIGHT)
+    # hits[k, j]: U-Net lesion k (0 = the dual-path answer) covers a pixel of ground-truth lesion j
+    hits = np.zeros((n + 1, n_gt + 1), dtype=bool)
+    if n_gt:
+        hits[0, np.unique(gl[m.mask & (gl > 0)])] = True
+        both = (m.labels > 0) & (gl > 0)
+        hits[m.labels[both], gl[both]] = True
     return {"gt": int(g.sum()), "unet": int(m.fallback_mask.sum()), "unet_gt": int((m.fallback_mask & g).sum()),
             "dual": int(m.mask.sum()), "dual_gt": int((m.mask & g).sum()),
-            "extra": np.bincount(m.labels[extra], minlength=n + 1), "extra_gt": np.bincount(m.labels[extra & g], minlength=n + 1)}
+            "extra": np.bincount(m.labels[extra], minlength=n + 1), "extra_gt": np.bincount(m.labels[extra & g], minlength=n + 1),
+            "gt_lesions": int(n_gt), "hits": hits[:, 1:]}
+
+
+def answer_hits(info: dict[str, Any], counts: dict[str, Any]) -> int:
+    """Ground-truth lesions the decision's answer detects (from :func:`answer_counts`)."""
+    hits = counts["hits"]
+    if not counts["gt_lesions"]:
+        return 0
+    if info["answered_by"] == UNET:
+        return int(hits[1:].any(axis=0).sum())
+    found = hits[0] | (hits[info["add"]].any(axis=0) if len(info["add"]) else False)
+    return int(np.sum(found))
