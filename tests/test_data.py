@@ -407,7 +407,7 @@ def test_cli_synth_and_preview(tmp_path: Path):
     from PIL import Image
 
     with Image.open(tmp_path / "p.png") as im:
-        assert im.size[0] > 500 and im.size[1] > 1000
+        assert im.size[0] > 400 and im.size[1] > 1000  # three views wide, the report under them
 
 
 def test_report_files_are_held_to_the_request_limits(tmp_path):
@@ -497,8 +497,20 @@ def test_data_check_names_each_problem_once_and_warns_on_8_bit_views(small_set: 
     assert text.count("8-bit PNG") == 1 and "case_00002/anterior.png: 8-bit PNG; views must be 16-bit counts" in done.stdout
 
 
-def test_preview_layout_leaves_no_overlap_and_fills_its_panels(small_set: Path):
-    """The legend has its own band above the first row's titles; every view fills its panel."""
+def blank_share(fig, block_in: float = 0.25) -> float:
+    """Share of the picture's blocks (``block_in`` inches square) with not one inked pixel: what a
+    reader sees as empty, whatever the axes claim to hold (a text column counts only where it has text)."""
+    fig.canvas.draw()
+    ink = (np.asarray(fig.canvas.buffer_rgba())[..., :3] < 245).any(axis=-1)
+    b = max(round(block_in * fig.dpi), 1)
+    h, w = ink.shape[0] // b * b, ink.shape[1] // b * b
+    return 1.0 - float(ink[:h, :w].reshape(h // b, b, w // b, b).any(axis=(1, 3)).mean())
+
+
+def test_preview_layout_leaves_no_overlap_and_little_blank(small_set: Path):
+    """The legend has its own band above the first row's titles; every view fills its panel; the
+    report sits under its case's views; no text leaves the picture; and at most a fifth of the picture
+    is blank, counted on the pixels (the report column beside the views left a third blank)."""
     from bonescan import viz
     from bonescan.data.preview import _draw
 
@@ -506,20 +518,56 @@ def test_preview_layout_leaves_no_overlap_and_fills_its_panels(small_set: Path):
     import matplotlib.pyplot as plt
 
     samples = BoneScanDataset(small_set).load_all()[:3]
+    assert all(s.report for s in samples)
     for show_report in (True, False):
         fig = _draw(samples, show_report, viz, plt)
-        fig.canvas.draw()
+        assert blank_share(fig) < 0.2
         r = fig.canvas.get_renderer()
         legend = fig.legends[0].get_window_extent(r)
         views = [ax for ax in fig.axes if ax.images]
         assert len(views) == 3 * len(samples)
         texts = [t.get_window_extent(r) for ax in views for t in (ax.title, ax.xaxis.label) if t.get_text()]
-        assert not any(legend.overlaps(t) for t in texts)
-        assert not any(a.overlaps(b) for i, a in enumerate(texts) for b in texts[i + 1:])
+        reports = [ax for ax in fig.axes if not ax.images]
+        assert len(reports) == (len(samples) if show_report else 0)
+        lines = [t.get_window_extent(r) for ax in reports for t in ax.texts]
+        assert not any(legend.overlaps(t) for t in texts + lines)
+        assert not any(a.overlaps(b) for i, a in enumerate(texts) for b in texts[i + 1:] + lines)
+        page = fig.bbox
+        for t in [legend, *texts, *lines]:  # nothing cut off at the picture's edges
+            assert page.x0 - 1 <= t.x0 and t.x1 <= page.x1 + 1 and page.y0 - 1 <= t.y0 and t.y1 <= page.y1 + 1
         for ax in views:  # the image is as large as its axes: no blank inside a panel
             box, img = ax.get_window_extent(r), ax.images[0].get_window_extent(r)
             assert abs(box.width - img.width) < 2 and abs(box.height - img.height) < 2
-        w, h = fig.get_size_inches()
-        drawn = sum(ax.get_window_extent(r).width * ax.get_window_extent(r).height for ax in fig.axes)
-        assert drawn / (w * h * fig.dpi ** 2) > 0.75  # panels cover most of the picture
+        for ax, view in zip(reports, views[::3]):  # each report under its own case's views
+            assert ax.get_window_extent(r).y1 < view.get_window_extent(r).y0
         plt.close(fig)
+
+
+def test_report_wrap_fills_the_width_keeps_latin_runs_and_hangs_punctuation():
+    """The preview's report lines are measured, not counted: each fits the width, the next word would
+    not have fit, ``99mTc-MDP`` stays whole, no line starts with closing punctuation, nothing is lost."""
+    import re
+
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    from bonescan import viz
+
+    font, pt, width = viz.cjk_font(), 7.5, 200.0
+    text = "【检查方法】静脉注射99mTc-MDP 20mCi后3小时行全身骨显像，" * 4 + "\n1.全身多发骨转移。\n\n2.双膝退变。"
+    lines = viz.wrap_to_width(text, width, pt, font)
+    assert "".join(lines).replace(" ", "") == text.replace("\n", "").replace(" ", "")
+    assert lines[-3:] == ["1.全身多发骨转移。", "", "2.双膝退变。"]  # paragraphs kept
+    prop, ttp = FontProperties(family=font, size=pt), TextToPath()
+
+    def w(s: str) -> float:
+        return ttp.get_text_width_height_descent(s, prop, ismath=False)[0]
+
+    body = lines[:-3]
+    assert len(body) > 3
+    for line, nxt in zip(body, body[1:]):
+        assert w(line) <= width + 1
+        assert nxt[0] not in viz.NO_LINE_START
+        word = re.match(r"[A-Za-z0-9.\-+/%^~:]+|.", nxt).group()
+        assert w(line) + w(word) > width - pt - 1  # the line is full: the next word did not fit
+    assert sum(line.count("99mTc-MDP") for line in lines) == 4 and sum(line.count("20mCi") for line in lines) == 4

@@ -74,6 +74,67 @@ def text_panel(ax, text: str, width: int = 22, fontsize: float = 7.0) -> None:
     ax.text(0, 1, "\n".join(lines), va="top", ha="left", fontsize=fontsize, fontfamily=font, wrap=False)
 
 
+#: characters that do not start a line (Chinese typesetting): they hang at the end of the line before
+NO_LINE_START = "，。、；：？！）》」』】〕,.;:?!)]}%"
+
+
+def wrap_to_width(text: str, width_pt: float, fontsize: float, family: str | None = None) -> list[str]:
+    """Lines of ``text`` that fill ``width_pt`` points when drawn at ``fontsize`` in ``family``.
+
+    Widths are measured glyph by glyph, so Chinese (1 em) and Latin (about half) both fill the width
+    instead of a character count that leaves mixed lines short. Runs of Latin letters and digits
+    (``99mTc-MDP``) are not split unless longer than a line; closing punctuation never starts a line.
+    The width must leave one em for that hanging punctuation. Paragraphs (lines of ``text``) are kept.
+    """
+    import re
+
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    prop, measure = FontProperties(family=family, size=fontsize), TextToPath()
+    widths: dict[str, float] = {}
+
+    def w(s: str) -> float:
+        for ch in s:
+            if ch not in widths:
+                widths[ch] = measure.get_text_width_height_descent(ch, prop, ismath=False)[0]
+        return sum(widths[ch] for ch in s)
+
+    limit = max(width_pt - fontsize, fontsize)
+    lines: list[str] = []
+    for para in text.strip().splitlines():
+        line, used = "", 0.0
+        for tok in re.findall(r"[A-Za-z0-9.\-+/%^~:]+|\s+|.", para.strip()):
+            tw = w(tok)
+            if used + tw <= limit or (line and len(tok) == 1 and tok in NO_LINE_START):
+                line, used = line + tok, used + tw
+            elif tok.isspace():  # a break at a space: the space goes
+                lines.append(line.rstrip())
+                line, used = "", 0.0
+            elif tw > limit:  # a run longer than a line: break it where it has to
+                for ch in tok:
+                    if line and used + w(ch) > limit:
+                        lines.append(line.rstrip())
+                        line, used = "", 0.0
+                    line, used = line + ch, used + w(ch)
+            else:
+                if line:
+                    lines.append(line.rstrip())
+                line, used = tok, tw
+        lines.append(line.rstrip())
+    return lines
+
+
+def text_lines(ax, lines: list[str], fontsize: float, family: str | None) -> None:
+    """One text per line, ``len(lines)`` equal steps from the top of ``ax`` (axes off), so the text
+    block is exactly as tall as the axes the caller sized for it."""
+    ax.axis("off")
+    n = max(len(lines), 1)
+    for i, line in enumerate(lines):
+        ax.text(0, 1 - i / n, line, va="top", ha="left", fontsize=fontsize, fontfamily=family,
+                transform=ax.transAxes)
+
+
 def body_rows(*views: np.ndarray, margin: int = 10) -> tuple[int, int]:
     """Rows that hold the patient (for cropping empty space above and below)."""
     prof = np.max([np.asarray(v, np.float32).sum(axis=1) for v in views], axis=0)

@@ -11,7 +11,7 @@ from bonescan.errors import BonescanError
 
 def preview(data: str | Path, out: str | Path, n: int = 6, ids: list[str] | None = None, split: str | None = None,
             show_report: bool = True) -> Path:
-    """Per case: anterior, posterior (as acquired), anterior + mask (red) + benign mimics (blue), report."""
+    """Per case: anterior, posterior (as acquired), anterior + mask (red) + benign mimics (blue); the report under them."""
     from bonescan import viz
 
     viz.use_agg()
@@ -37,15 +37,19 @@ def preview(data: str | Path, out: str | Path, n: int = 6, ids: list[str] | None
 
 #: inches per image pixel: a 256-pixel-wide view is 1.3 inches wide, every row at the same scale
 SCALE_IN = 1.3 / 256
-REPORT_IN = 2.7  # width of the report column
-REPORT_PT = 7.5  # its font size; Chinese characters are about 1 em wide
-GAP_IN, LEGEND_IN, TITLE_IN, LABEL_IN = 0.06, 0.35, 0.4, 0.32  # gaps, the legend band, above and below each row
+REPORT_PT = 7.5  # the report's font size; Chinese characters are 1 em wide
+LINE_IN = REPORT_PT * 1.3 / 72  # the report's line pitch
+LABEL_PT = 6  # the label under the mask view: metastases, benign mimics
+GAP_IN, LEGEND_IN, TITLE_IN = 0.06, 0.35, 0.4  # gaps, the legend band, the titles above each row
+LABEL_PAD_IN, LABEL_LINE_IN = 0.12, LABEL_PT * 1.2 / 72  # the band below each row: padding and a line per label line
 
 
 def _draw(samples, show_report: bool, viz, plt):
     """Panels placed in inches: one row per case, as tall as the case's body rows, so that every view
     is drawn at the same scale and fills its panel exactly; the legend in its own band on top, each
-    row's titles above it and its label below it, so nothing overlaps and nothing is left blank."""
+    row's titles above it and its label below it, so nothing overlaps. The report goes under its
+    case's views, wrapped to their width and exactly as tall as its lines: no column beside the
+    views that the text would fill only at the top."""
     from matplotlib.lines import Line2D
 
     crops = []
@@ -53,16 +57,24 @@ def _draw(samples, show_report: bool, viz, plt):
         ant, post = from_model_frame(s.image)
         crops.append((ant, post, *viz.body_rows(ant, post)))
     view_w = ant.shape[1] * SCALE_IN
-    width = GAP_IN + 3 * (view_w + GAP_IN) + (REPORT_IN + GAP_IN if show_report else 0)
+    width = GAP_IN + 3 * (view_w + GAP_IN)
+    text_w = width - 2 * GAP_IN
+    font = viz.cjk_font()
+    no_font = "(report not drawn: no CJK font; apt install fonts-wqy-microhei)"
+    reports = [viz.wrap_to_width((s.report or "(no report)") if font else no_font, text_w * 72, REPORT_PT, font)
+               if show_report else [] for s in samples]
+    labels = [_label(s, text_w * 72, viz) for s in samples]
     row_h = [(y1 - y0) * SCALE_IN for *_, y0, y1 in crops]
-    height = LEGEND_IN + sum(TITLE_IN + h + LABEL_IN for h in row_h)
+    label_h = [LABEL_PAD_IN + max(len(lines), 2) * LABEL_LINE_IN for lines in labels]
+    text_h = [len(lines) * LINE_IN + (GAP_IN if lines else 0) for lines in reports]
+    height = LEGEND_IN + sum(TITLE_IN + h + b + t for h, b, t in zip(row_h, label_h, text_h))
     fig = plt.figure(figsize=(width, height))
 
     def axes(x: float, top: float, w: float, h: float):  # inches from the left and from the top
         return fig.add_axes((x / width, 1 - (top + h) / height, w / width, h / height))
 
     top = LEGEND_IN
-    for s, (ant, post, y0, y1), h in zip(samples, crops, row_h):
+    for s, (ant, post, y0, y1), h, label, label_in, lines in zip(samples, crops, row_h, labels, label_h, reports):
         top += TITLE_IN
         row = [axes(GAP_IN + c * (view_w + GAP_IN), top, view_w, h) for c in range(3)]
         viz.show_view(row[0], ant[y0:y1], f"{s.case_id}\nanterior")
@@ -73,16 +85,24 @@ def _draw(samples, show_report: bool, viz, plt):
         for b in (s.meta or {}).get("benign", []):
             for f in b["foci"]:
                 row[2].plot(f["center"][1], f["center"][0] - y0, "+", color="tab:blue", ms=7, mew=1.2)
-        if s.meta:
-            sub = f"{len(s.meta['lesions'])} metastases"
-            if s.meta.get("benign"):
-                sub += "\nbenign: " + ", ".join(sorted({b["type"].replace("_", " ") for b in s.meta["benign"]}))
-            row[2].set_xlabel(sub, fontsize=6)
-        if show_report:
-            text = axes(GAP_IN + 3 * (view_w + GAP_IN), top, REPORT_IN, h)
-            viz.text_panel(text, s.report or "(no report)", width=int(REPORT_IN * 72 / REPORT_PT) - 2, fontsize=REPORT_PT)
-        top += h + LABEL_IN
+        if label:  # right-aligned under the mask view: a long list of mimics reaches left, not out of the picture
+            row[2].set_xlabel("\n".join(label), fontsize=LABEL_PT, loc="right")
+        top += h + label_in
+        if lines:
+            viz.text_lines(axes(GAP_IN, top, text_w, len(lines) * LINE_IN), lines, REPORT_PT, font)
+            top += len(lines) * LINE_IN + GAP_IN
     fig.legend(handles=[Line2D([], [], color="red", lw=1.2, label="metastasis mask (outline)"),
                         Line2D([], [], color="tab:blue", marker="+", ls="", ms=7, mew=1.2, label="benign mimic (not in the mask)")],
                loc="upper center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)
     return fig
+
+
+def _label(s, width_pt: float, viz) -> list[str]:
+    """Lines under the mask view: the number of metastases, then the benign mimics wrapped to ``width_pt``."""
+    if not s.meta:
+        return []
+    lines = [f"{len(s.meta['lesions'])} metastases"]
+    if s.meta.get("benign"):
+        kinds = ", ".join(sorted({b["type"].replace("_", " ") for b in s.meta["benign"]}))
+        lines += viz.wrap_to_width("benign: " + kinds, width_pt, LABEL_PT)
+    return lines
