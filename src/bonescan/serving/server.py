@@ -75,8 +75,11 @@ REFUSED_FLAGS = {
 #: tritonserver's messages about the GPU it looks for at start: expected on a machine without one
 GPU_NOISE = re.compile(r"CudaDriverHelper has not been initialized|CUDA driver version is insufficient|"
                        r"failed to allocate pinned system memory")
-GPU_NOISE_NOTE = ("bonescan: tritonserver's CUDA messages (CudaDriverHelper has not been initialized, unable to create "
-                  "stream, no pinned memory) are expected on a machine without an NVIDIA GPU: every model runs on the CPU")
+GPU_NOISE_WHAT = ("tritonserver's CUDA messages (CudaDriverHelper has not been initialized, unable to create stream, "
+                  "no pinned memory)")
+GPU_NOISE_WHY = "expected on a machine without an NVIDIA GPU: every model runs on the CPU"
+#: the terminal's one line in place of those messages
+GPU_NOISE_NOTE = f"bonescan: {GPU_NOISE_WHAT} are {GPU_NOISE_WHY}"
 
 
 def _site_packages() -> Path:
@@ -192,7 +195,7 @@ def log_file_note(log_file: Path) -> str | None:
     """With a log file, its CUDA messages stay in it; the terminal gets one line saying they are expected."""
     if has_gpu() or not Path(log_file).is_file() or not GPU_NOISE.search(Path(log_file).read_text(errors="replace")):
         return None
-    return GPU_NOISE_NOTE.replace("bonescan: tritonserver's", f"note: {log_file} has tritonserver's")
+    return f"note: {log_file} holds {GPU_NOISE_WHAT}; they are {GPU_NOISE_WHY}"
 
 
 def server_env() -> dict[str, str]:
