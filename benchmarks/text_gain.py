@@ -162,30 +162,28 @@ def table(result: dict[str, Any]) -> str:
     lines = [f"## Text gain: {result['config']} config, {result['test_scans']} test scans, seeds {seeds} (left out: {lo})", "",
              provenance(result) + (f" {result['run']['minutes']} min." if "minutes" in result.get("run", {}) else ""), "",
              "| reports | answer | " + " | ".join(f"DSC s{s}" for s in seeds) +
-             " | DSC mean | DSC scans with metastases | negatives clean | lesion sens. | FP/scan | U-Net answers |",
+             " | DSC mean | DSC scans with metastases | negatives clean | lesion sens. | FP/scan | answered by the U-Net (mean) |",
              "|---|---|" + "---|" * (len(seeds) + 6)]
+    labels = {"unet": "U-Net (image only)", "dualpath": "dual-path, fail-safe off", "failsafe": "dual-path, fail-safe on"}
     for mode in MODES:
-        for answer in (("unet",) if mode == "in-style" else ()) + ("dualpath", "failsafe"):
+        # the U-Net row once for the synthetic test scans (its answer does not depend on the reports)
+        # and once for the hand-written reports' own scans
+        answers = (("unet",) if mode in ("in-style", "handwritten") else ()) + ("dualpath", "failsafe")
+        for answer in answers:
             keys = [f"s{s}/{mode}/{answer}" for s in seeds if f"s{s}/{mode}/{answer}" in rows]
             if not keys:
                 continue
-            get = lambda f, keys=keys: [rows[k][f] for k in keys if rows[k][f] is not None]  # noqa: E731
-            label = {"unet": "U-Net (image only)", "dualpath": "dual-path, fail-safe off", "failsafe": "dual-path, fail-safe on"}[answer]
-            fb = get("unet_answers")
-            lines.append(f"| {MODE_LABELS[mode] if answer != 'unet' else 'any'} | {label} | " +
-                         " | ".join(f"{rows[k]['dsc']:.4f}" for k in keys) +
-                         f" | **{np.mean(get('dsc')):.4f}** | {np.mean(get('dsc_positive')):.4f} | {np.mean(get('negatives_clean')):.2f} | "
-                         f"{np.mean(get('lesion_sensitivity')):.3f} | {np.mean(get('fp_per_scan')):.2f} | "
-                         f"{np.mean(fb):.1f} |" if fb else " - |")
-        if mode == "handwritten":
-            keys = [f"s{s}/{mode}/unet" for s in seeds if f"s{s}/{mode}/unet" in rows]
-            if keys:
-                lines.append(f"| {MODE_LABELS[mode]} | U-Net (image only) | " + " | ".join(f"{rows[k]['dsc']:.4f}" for k in keys) +
-                             f" | **{np.mean([rows[k]['dsc'] for k in keys]):.4f}** | "
-                             f"{np.mean([rows[k]['dsc_positive'] for k in keys]):.4f} | "
-                             f"{np.mean([rows[k]['negatives_clean'] for k in keys]):.2f} | "
-                             f"{np.mean([rows[k]['lesion_sensitivity'] for k in keys]):.3f} | "
-                             f"{np.mean([rows[k]['fp_per_scan'] for k in keys]):.2f} | - |")
+
+            def mean(field: str, keys: list[str] = keys) -> float:
+                return float(np.mean([rows[k][field] for k in keys if rows[k][field] is not None]))
+
+            fb = [rows[k]["unet_answers"] for k in keys if rows[k]["unet_answers"] is not None]
+            reports = "any (synthetic test scans)" if answer == "unet" and mode == "in-style" else MODE_LABELS[mode]
+            lines.append(f"| {reports} | {labels[answer]} | " + " | ".join(f"{rows[k]['dsc']:.4f}" for k in keys) +
+                         f" | **{mean('dsc'):.4f}** | {mean('dsc_positive'):.4f} | {mean('negatives_clean'):.2f} | "
+                         f"{mean('lesion_sensitivity'):.3f} | {mean('fp_per_scan'):.2f} | "
+                         + (f"{np.mean(fb):.0f} of {result['handwritten_scans'] if mode == 'handwritten' else result['test_scans']} |"
+                            if fb else "- |"))
     s = result["summary"]
     lines += ["", "| target (mean over seeds; fail-safe on unless said) | met |", "|---|---|"]
     lines += [f"| {k} | {'yes' if v else 'NO'} |" for k, v in s["targets_met"].items()]
