@@ -143,6 +143,7 @@ def _results(res, reqs: Sequence[Request], model: str, t_request: float, want_pr
             answered_by=doc.get("answered_by"), reason=doc.get("reason"), signals=doc.get("signals"),
             pixel_spacing_source=r.pixel_spacing_source,
             report=("given" if r.report else "no report") if text_guided else "image only", notes=list(r.notes),
+            study=dict(r.study),
         ))
     return out
 

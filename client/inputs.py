@@ -14,6 +14,8 @@ import numpy as np
 
 from bonescan.contract import ENS_REPORT, to_model_frame
 from bonescan.data.io import NO_SCAN, CaseError, Scan, decide_spacing, find_scan_files, read_report, read_scan
+from bonescan.errors import BonescanError
+from bonescan.study import check_report_study
 from bonescan.tokenize import ReportError, decode_report
 from bonescan.validate import image_problem, spacing_problem
 
@@ -30,6 +32,9 @@ class Request:
     source: str
     pixel_spacing_source: str = "command line"  # see bonescan.data.io.SPACING_SOURCES
     notes: list[str] = field(default_factory=list)  # warnings about the input files
+    #: the study the scan belongs to ({"accession_number", "study_instance_uid"}, the known ones);
+    #: written to the result's _lesions.json so the answer stays linked to its study
+    study: dict[str, str] = field(default_factory=dict)
 
 
 def load_scan(scan: ScanLike, pixel_spacing: tuple[float, float] | None = None) -> Scan:
@@ -68,7 +73,8 @@ def load_report(report: str | Path | None, case_dir: Path | None = None) -> str:
 def prepare(scan: ScanLike, report: str | Path | None = None, pixel_spacing: tuple[float, float] | None = None) -> Request:
     """Read and check everything for one request (image, pixel spacing, report: the checks the
     server's preprocess step runs); errors name the input, the field and the problem, never the
-    report's text."""
+    report's text. A report that names another study (accession number or StudyInstanceUID) than
+    the scan's is refused here, before anything is sent (bonescan.study)."""
     s = load_scan(scan, pixel_spacing)
     case_dir = Path(scan) if isinstance(scan, (str, Path)) and Path(scan).is_dir() else None
     text = load_report(report, case_dir)
@@ -84,7 +90,12 @@ def prepare(scan: ScanLike, report: str | Path | None = None, pixel_spacing: tup
         decode_report(text.encode("utf-8", "surrogatepass"), ENS_REPORT.name)
     except ReportError as e:
         raise CaseError(s.source or "<scan>", str(e)) from None
-    return Request(image, text, spacing, s.source or str(scan), s.spacing_source, list(s.notes))  # type: ignore[arg-type]
+    try:
+        check_report_study(text, s.study)
+    except BonescanError as e:
+        raise CaseError(s.source or "<scan>", str(e)) from None
+    return Request(image, text, spacing, s.source or str(scan), s.spacing_source, list(s.notes),  # type: ignore[arg-type]
+                   dict(s.study))
 
 
 def find_cases(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:

@@ -34,6 +34,8 @@ class SegmentationResult:
     #: was sent an empty one: it segments on the image alone) or "image only" (the U-Net ensemble)
     report: str = "given"
     notes: list[str] = field(default_factory=list)  # warnings about the input files
+    #: the scan's study identifiers ({"accession_number", "study_instance_uid"}, the known ones)
+    study: dict[str, str] = field(default_factory=dict)
 
     @property
     def spacing_known(self) -> bool:
@@ -100,6 +102,9 @@ class SegmentationResult:
             "source": self.source, "model": self.model, "report": self.report,
             "pixel_spacing_mm": list(self.pixel_spacing), "pixel_spacing_source": self.pixel_spacing_source,
         }
+        study = {k: self.study[k] for k in ("accession_number", "study_instance_uid") if self.study.get(k)}
+        if study:
+            body["study"] = study
         if not self.spacing_known:
             body["pixel_spacing_note"] = ("no pixel spacing in the input: the server was sent the default "
                                           f"{list(self.pixel_spacing)} mm; areas in mm² are not given")

@@ -27,6 +27,7 @@ from PIL import Image
 
 from bonescan.contract import DEFAULT_PIXEL_SPACING_MM, IMAGE_HEIGHT, IMAGE_WIDTH, MAX_COUNT, TOKENIZER
 from bonescan.errors import BonescanError
+from bonescan.study import study_ids
 from bonescan.tokenize import ReportError, decode_report
 
 NM_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
@@ -60,6 +61,9 @@ class Scan:
     source: str = ""
     notes: list[str] = field(default_factory=list)
     spacing_source: str = "default"  # one of SPACING_SOURCES; a Scan built by hand with a known spacing says so
+    #: the study it belongs to: {"accession_number", "study_instance_uid"}, only those known (from the
+    #: DICOM, else the case folder's meta.json); empty when the input names none (bonescan.study)
+    study: dict[str, str] = field(default_factory=dict)
 
     @property
     def spacing_known(self) -> bool:
@@ -240,7 +244,13 @@ def read_dicom_scan(path: str | Path) -> Scan:
         str(path),
         notes,
         "dicom" if spacing else "default",
+        _dicom_study(ds),
     )
+
+
+def _dicom_study(ds) -> dict[str, str]:
+    """The DICOM's AccessionNumber and StudyInstanceUID, the ones it has."""
+    return study_ids(getattr(ds, "AccessionNumber", None), getattr(ds, "StudyInstanceUID", None))
 
 
 def read_dicom_view(path: str | Path, expect: str) -> tuple[np.ndarray, tuple[float, float] | None]:
@@ -263,11 +273,14 @@ def write_dicom_scan(
     posterior: np.ndarray,
     pixel_spacing: tuple[float, float] | None = DEFAULT_PIXEL_SPACING_MM,
     patient_id: str = "ANON",
+    accession_number: str | None = None,
+    study_instance_uid: str | None = None,
 ) -> None:
     """Write a two-frame NM whole-body DICOM (for tests, demos and converting synthetic data).
 
     ``pixel_spacing=None`` (not known) leaves PixelSpacing empty (it is type 2 in the NM image
-    module) rather than writing a default as if it had been measured."""
+    module) rather than writing a default as if it had been measured. ``study_instance_uid`` None:
+    one derived from the path; ``accession_number`` None: AccessionNumber left empty (type 2)."""
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
@@ -281,7 +294,8 @@ def write_dicom_scan(
     ds.file_meta = meta
     ds.SOPClassUID = NM_IMAGE_STORAGE
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid(entropy_srcs=[str(path), "study"])
+    ds.StudyInstanceUID = study_instance_uid or generate_uid(entropy_srcs=[str(path), "study"])
+    ds.AccessionNumber = accession_number or ""
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=[str(path), "series"])
     ds.Modality = "NM"
     ds.PatientID = patient_id
@@ -355,7 +369,8 @@ def read_scan(files: dict[str, Path] | str | Path, spacing: tuple[float, float] 
     """Read a scan from a case folder, a DICOM file, an NPY file, or {'anterior', 'posterior'} paths.
 
     Args:
-        files: what to read; a case folder's meta.json (if any) is read for its pixel spacing.
+        files: what to read; a case folder's meta.json (if any) is read for its pixel spacing and
+            its study identifiers ("accession_number", "study_instance_uid") the scan files lack.
         spacing: (row, column) mm given by the caller; overrides what the files say.
         meta: the case's meta.json, already read (the data set reads it for its ground truth).
 
@@ -380,7 +395,35 @@ def read_scan(files: dict[str, Path] | str | Path, spacing: tuple[float, float] 
         scan = read_npy_scan(files["npy"])
     else:
         scan = _read_view_pair(files)
-    return decide_spacing(scan, spacing, case_dir, meta)
+    if "dicom" not in files:  # a DICOM pair's own identifiers
+        scan = replace(scan, study=_pair_study(files))
+    scan = decide_spacing(scan, spacing, case_dir, meta)
+    return _meta_study(scan, case_dir, meta)
+
+
+def _pair_study(files: dict[str, Path]) -> dict[str, str]:
+    """The identifiers of a view pair's DICOM files (the anterior's first); {} for PNG / NPY."""
+    found: dict[str, str] = {}
+    for p in files.values():
+        if Path(p).suffix.lower() in (".dcm", ".dicom"):
+            import pydicom
+
+            try:
+                ds = pydicom.dcmread(p, stop_before_pixels=True)
+            except Exception:  # already read once by the view reader; nothing more to learn here
+                continue
+            found = {**_dicom_study(ds), **found}
+    return found
+
+
+def _meta_study(scan: Scan, case_dir: Path | None, meta: dict | None) -> Scan:
+    """Fill the study identifiers the scan files lack from the case folder's meta.json."""
+    if meta is None and case_dir is not None and (Path(case_dir) / "meta.json").is_file():
+        meta = read_json(Path(case_dir) / "meta.json")
+    if not meta:
+        return scan
+    found = study_ids(meta.get("accession_number"), meta.get("study_instance_uid"))
+    return replace(scan, study={**found, **scan.study}) if found else scan
 
 
 def _read_view_pair(files: dict[str, Path]) -> Scan:

@@ -1,0 +1,115 @@
+"""Issue 13: the study a report names is the scan's (accession number / StudyInstanceUID); light,
+no torch, no server."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from bonescan.data.io import read_scan, write_dicom_scan, write_png16
+from bonescan.errors import BonescanError
+from bonescan.study import check_report_study, report_study_ids
+
+UID = "1.2.826.0.1.3680043.8.498.12345678901234567890"
+OTHER_UID = "1.2.826.0.1.3680043.8.498.99999999999999999999"
+FINDINGS = "全身骨显像：右侧第5前肋见放射性浓聚灶。"
+
+
+def _views() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    ant = rng.integers(0, 400, (1024, 256)).astype(np.uint16)
+    return ant, ant[:, ::-1].copy()
+
+
+@pytest.mark.parametrize("report, accession, uid", [
+    (f"检查号：A2024-0012 {FINDINGS}", "A2024-0012", None),
+    (f"检查编号: 778899\n{FINDINGS}", "778899", None),
+    (f"影像号 NM.20240501.7 {FINDINGS}", "NM.20240501.7", None),
+    (f"登记号：１２３４５６。{FINDINGS}", "123456", None),  # full-width digits and colon
+    (f"Accession No.: ACC-42\n{FINDINGS}", "ACC-42", None),
+    (f"Accession Number 00042 {FINDINGS}", "00042", None),
+    (f"accession: x9 {FINDINGS}", "x9", None),
+    (f"ACC: 555 StudyInstanceUID: {UID}\n{FINDINGS}", "555", UID),
+    (f"Study UID：{UID}。{FINDINGS}", None, UID),
+    (f"检查UID {UID} {FINDINGS}", None, UID),
+    (FINDINGS, None, None),
+    ("", None, None),
+    ("Accurate uptake; accession pending. 检查号：待定", None, None),  # no value with a digit
+])
+def test_report_study_ids(report: str, accession: str | None, uid: str | None) -> None:
+    assert report_study_ids(report) == {"accession": accession, "study_uid": uid}
+
+
+def test_mismatch_refused_naming_the_field_only() -> None:
+    report = f"检查号：A2024-0012 {FINDINGS}"
+    with pytest.raises(BonescanError) as e:
+        check_report_study(report, {"accession_number": "B7"})
+    msg = str(e.value)
+    assert "accession number" in msg and "another study" in msg
+    assert "A2024-0012" not in msg and "B7" not in msg and FINDINGS[:6] not in msg
+
+    with pytest.raises(BonescanError) as e:
+        check_report_study(f"StudyInstanceUID: {UID} {FINDINGS}", {"study_instance_uid": OTHER_UID})
+    msg = str(e.value)
+    assert "StudyInstanceUID" in msg and UID not in msg and OTHER_UID not in msg
+
+
+def test_report_contradicting_itself_is_refused() -> None:
+    with pytest.raises(BonescanError):
+        check_report_study("检查号: 111 … 检查号: 222", {"accession_number": "111"})
+
+
+def test_match_and_nothing_to_compare_accepted() -> None:
+    check_report_study(f"检查号：A2024-0012 {FINDINGS}", {"accession_number": " a2024-0012 "})  # case, spaces
+    check_report_study(f"Study UID: {UID}", {"study_instance_uid": UID, "accession_number": "X1"})
+    check_report_study(f"检查号：A2024-0012 {FINDINGS}", {})  # the scan has none
+    check_report_study(f"检查号：A2024-0012 {FINDINGS}", {"study_instance_uid": UID})  # nothing in common
+    check_report_study(FINDINGS, {"accession_number": "B7", "study_instance_uid": UID})  # report names none
+    check_report_study("", {"accession_number": "B7"})
+
+
+def test_dicom_round_trip(tmp_path) -> None:
+    ant, post = _views()
+    write_dicom_scan(tmp_path / "scan.dcm", ant, post, accession_number="A2024-0012", study_instance_uid=UID)
+    scan = read_scan(tmp_path / "scan.dcm")
+    assert scan.study == {"accession_number": "A2024-0012", "study_instance_uid": UID}
+    check_report_study(f"检查号：a2024-0012 {FINDINGS}", scan.study)
+    with pytest.raises(BonescanError):
+        check_report_study(f"StudyInstanceUID: {OTHER_UID}", scan.study)
+
+    write_dicom_scan(tmp_path / "plain.dcm", ant, post)  # no AccessionNumber: only the UID is known
+    assert set(read_scan(tmp_path / "plain.dcm").study) == {"study_instance_uid"}
+
+
+def test_meta_json_identifiers(tmp_path) -> None:
+    ant, post = _views()
+    write_png16(tmp_path / "anterior.png", ant)
+    write_png16(tmp_path / "posterior.png", post)
+    assert read_scan(tmp_path).study == {}
+    (tmp_path / "meta.json").write_text(json.dumps({"accession_number": "M-1", "study_instance_uid": UID}))
+    assert read_scan(tmp_path).study == {"accession_number": "M-1", "study_instance_uid": UID}
+
+
+def test_prepare_refuses_and_carries_the_study(tmp_path) -> None:
+    inputs = pytest.importorskip("bonescan.client.inputs")
+    if "torch" in sys.modules:  # prepare must stay light; nothing here should have pulled torch in
+        pytest.skip("torch already imported by another test")
+    from bonescan.client.result import SegmentationResult
+
+    ant, post = _views()
+    write_dicom_scan(tmp_path / "scan.dcm", ant, post, accession_number="A2024-0012", study_instance_uid=UID)
+    with pytest.raises(BonescanError) as e:
+        inputs.prepare(tmp_path / "scan.dcm", "检查号：B7 " + FINDINGS)
+    assert "B7" not in str(e.value) and "A2024-0012" not in str(e.value)
+    req = inputs.prepare(tmp_path / "scan.dcm", "检查号：A2024-0012 " + FINDINGS)
+    assert req.study == {"accession_number": "A2024-0012", "study_instance_uid": UID}
+
+    res = SegmentationResult(np.zeros((4, 4), np.uint8), None, [], "m", str(tmp_path / "scan.dcm"), (2.0, 2.0),
+                             study=req.study)
+    doc = json.loads(res.save(tmp_path / "out")["lesions"].read_text())
+    assert doc["study"] == {"accession_number": "A2024-0012", "study_instance_uid": UID}
+    res.study = {}
+    assert "study" not in json.loads(res.save(tmp_path / "out2")["lesions"].read_text())
