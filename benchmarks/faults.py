@@ -405,6 +405,7 @@ def kill_restart(repo: Path, export: Path, data: Path, requests: int = 40, concu
     finished = threading.Event()
     killed, restarted = threading.Event(), threading.Event()
     events: list[tuple[float, str]] = []
+    shm: dict[str, list[str]] = {"at_kill": [], "left": []}  # the killed server's /dev/shm regions
     t0 = time.monotonic()
     with _environment(REQUEST_LOG_ENV, str(request_log)):
         srv = _start(repo, tuple(free_ports(3)), out / "tritonserver_kill.log")
@@ -414,7 +415,9 @@ def kill_restart(repo: Path, export: Path, data: Path, requests: int = 40, concu
                 time.sleep(0.05)
             if finished.is_set():
                 return
+            regions = list(srv.shm_regions)
             srv.kill()
+            shm["at_kill"], shm["left"] = [str(r) for r in regions], [str(r) for r in regions if r.exists()]
             events.append((round(time.monotonic() - t0, 2), "SIGKILL"))
             killed.set()
             if not restart:
@@ -456,6 +459,7 @@ def kill_restart(repo: Path, export: Path, data: Path, requests: int = 40, concu
             srv.stop()
     res = {"requests": requests, "concurrency": concurrency, "killed_after_ended": kill_after, "restart": restart,
            "timeout_s": timeout_s, "retries": retries, "backoff_s": backoff_s, "deadline_s": deadline_s, "events": events,
+           "shm_regions_at_kill": len(shm["at_kill"]), "shm_regions_left": shm["left"],
            "server_killed": killed.is_set(), "server_restarted": restarted.is_set(), "machine": cpu_info(), "run": run_info(),
            "request_log": str(request_log),
            **account(ids, outcomes, read_request_log(request_log), counter.attempts)}

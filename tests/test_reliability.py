@@ -284,3 +284,5 @@ def test_kill_without_restart_reports_errors_and_retries(repo, exports, dataset,
     assert res["retries_max"] == 2 and res["retries_total"] >= 2 * (res["errors"] - 2)
     assert any("unavailable" in e for e in res["error_examples"]), res["error_examples"]
     assert res["ok"]  # without a restart, failing fast is the target
+    # the killed server could not unlink its shared-memory regions; TritonServer.kill() did
+    assert res["shm_regions_at_kill"] > 0 and res["shm_regions_left"] == [], res["shm_regions_left"]

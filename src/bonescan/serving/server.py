@@ -252,6 +252,8 @@ class TritonServer:
     #: that has no GPU (None: sys.stdout)
     terminal: TextIO | None = None
     placeholder: str = field(default_factory=lambda: "BONESCAN-ADMIN-KEY-PLACEHOLDER-" + secrets.token_hex(8))
+    #: the python backend's /dev/shm regions this server mapped (removed after a SIGKILL)
+    shm_regions: list[Path] = field(default_factory=list, repr=False)
     _tail: deque = field(default_factory=lambda: deque(maxlen=25), repr=False)
 
     def command(self) -> list[str]:
@@ -359,6 +361,7 @@ class TritonServer:
                 tail = self.log_tail()
                 raise BonescanError(f"tritonserver exited with code {self.proc.returncode} while starting:\n{tail}")
             if self.is_ready():
+                self.shm_regions = self._mapped_shm_regions()
                 return
             time.sleep(0.5)
         self.stop()
@@ -368,6 +371,22 @@ class TritonServer:
         if self.log_file and Path(self.log_file).exists():
             return "\n".join(Path(self.log_file).read_text(errors="replace").splitlines()[-n:])
         return "\n".join(list(self._tail)[-n:]) or "(no output)"
+
+    def _mapped_shm_regions(self) -> list[Path]:
+        """The python backend's shared-memory regions this server has mapped (``/proc/PID/maps``):
+        one per model instance, all created while the models load, so known once it is ready."""
+        try:
+            maps = Path(f"/proc/{self.proc.pid}/maps").read_text() if self.proc is not None else ""
+        except OSError:
+            return []
+        return sorted({Path(line.split(maxsplit=5)[5].removesuffix(" (deleted)")) for line in maps.splitlines()
+                       if "/dev/shm/triton_python_backend_shm_region" in line})
+
+    def _remove_shm_regions(self) -> None:
+        """A server that ends by SIGKILL cannot unlink its regions (a clean exit does): remove them."""
+        for region in self.shm_regions:
+            region.unlink(missing_ok=True)
+        self.shm_regions = []
 
     def stop(self) -> int | None:
         """SIGINT (Triton unloads models and exits), then SIGKILL after exit_timeout + 10 s."""
@@ -379,13 +398,16 @@ class TritonServer:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+            self._remove_shm_regions()
         return self.proc.returncode
 
     def kill(self) -> None:
-        """SIGKILL the server and its python-backend stubs (fault injection)."""
+        """SIGKILL the server and its python-backend stubs (fault injection), and remove the
+        shared-memory regions they can no longer remove."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+            self._remove_shm_regions()
 
     def __enter__(self) -> TritonServer:
         return self.start()
