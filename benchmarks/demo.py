@@ -104,7 +104,8 @@ def run_demo(out: Path, n: int = 800, seed: int = 0, workers: int = 2, unet_step
     done(t)
     m, tc = preset("demo", "dualpath")
     tc.steps = dual_steps or tc.steps
-    t = step(3, f"pretraining the report encoder ({tc.pretrain_text_steps} MLM steps) and training the dual-path model "
+    t = step(3, f"pretraining the report encoder ({tc.pretrain_text_steps} MLM steps, then {tc.pretrain_maps_steps} steps of the "
+                f"report's maps from the reports alone) and training the dual-path model "
                 f"(image + report, demo config, {tc.steps} steps, from the U-Net, which it carries as its fail-safe answer)")
     if not ck["dualpath"].exists():
         train(data, ck["dualpath"], m, tc, seed=seed, command="make demo", config_name="demo", init_from=ck["unet"],

@@ -113,6 +113,14 @@ def test_failsafe_decides_with_its_signals():
     weak[480:520, 180:220] = 0.6
     out, info = decide(dual, unet, weak, _maps([(20, 2)], [(20, 2)]), stats, s)
     assert info["answered_by"] == DUALPATH and info["signals"]["unexplained_lesions"] == 0
+    # a report that names a metastasis where the image shows no hot spot at all (another patient's)
+    from dataclasses import replace
+
+    names_elsewhere = _maps([(3, 1), (20, 2)], [(3, 1), (15, 6), (20, 2)])
+    out, info = decide(dual, unet, prob, names_elsewhere, stats, replace(s, max_unseen_named=0))
+    assert info["answered_by"] == UNET and "no hot spot" in info["reason"] and info["signals"]["unseen_named_places"] == 1
+    out, info = decide(dual, unet, prob, names_elsewhere, stats, replace(s, max_unseen_named=1))
+    assert info["answered_by"] == DUALPATH and info["signals"]["unseen_named_places"] == 1
     # the fail-safe off: always the dual-path answer
     out, info = decide(dual, unet, prob, _maps([], []), np.array([0, 0]), FailSafeSettings(enabled=False))
     assert info["answered_by"] == DUALPATH and np.array_equal(out, dual)
@@ -139,6 +147,35 @@ def test_mlm_pretraining_lowers_the_loss(tokenizer):
     assert set(ids[mask > 0].tolist()) <= set(info["token_ids_seen"])
 
 
+def test_report_maps_pretraining_trains_the_report_path_only(dataset):
+    """The text-only stage moves the text encoder and the report's maps, lowers their loss, and
+    leaves the image path as it was (no image goes through it)."""
+    from bonescan.data.arrays import load_split
+    from bonescan.data.styles import STYLES
+    from bonescan.model.config import preset
+    from bonescan.train import ReportSource, build_model, pretrain_report_maps, setup_tokenizer
+
+    torch.manual_seed(0)
+    mcfg, tcfg = preset("tiny")
+    tcfg.pretrain_maps_steps, tcfg.pretrain_maps_batch, tcfg.pretrain_maps_lr = 100, 8, 3e-3
+    arrays = load_split(dataset, "train", progress=False)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _, tok = setup_tokenizer(mcfg, None, Path(tmp))
+        assert tok is not None
+        net, _, _ = build_model(mcfg, tok, None, None)
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        info = pretrain_report_maps(net, ReportSource(tok, arrays, tcfg, list(STYLES), np.random.default_rng(0)), tcfg,
+                                    seed=0, progress=False)
+    assert info is not None and info["steps"] == 100
+    assert info["loss_curve"][-1] < 0.8 * info["loss_curve"][0], info["loss_curve"]
+    after = net.state_dict()
+    moved = {k.split(".")[0] + "." + k.split(".")[1] for k in before if not torch.equal(before[k], after[k])}
+    assert "segmenter.prior" in moved and any(m.startswith("text_encoder.") for m in moved), moved
+    assert all(m.startswith(("text_encoder.", "segmenter.prior")) for m in moved), moved
+
+
 def test_handwritten_cases_are_the_ones_the_reports_describe():
     from bonescan.benchmarks.handwritten import handwritten_samples
 
@@ -157,6 +194,7 @@ def test_trained_checkpoint_carries_its_fallback_and_calibrated_failsafe(checkpo
     assert ck.metadata["fallback"]["checkpoint"] == str(checkpoints["unet"])
     assert fs["settings"]["max_unexplained"] >= 0 and fs["val_scans"] > 0 and len(fs["grid"]) > 10
     assert ck.metadata["text_pretraining"]["steps"] > 0 and TRAINED_TOKENS_FILE in ck.tokenizer_files
+    assert ck.metadata["maps_pretraining"]["steps"] > 0
     # the bundled U-Net is the U-Net checkpoint itself
     unet = load_checkpoint(checkpoints["unet"])
     for k, v in unet.net.segmenter.state_dict().items():
@@ -258,7 +296,8 @@ def test_calibration_scores_the_answers_it_would_give():
         m = measure(dual, unet, prob, maps, stats)
         counts = answer_counts(m, gt)
         for st in (FailSafeSettings(), FailSafeSettings(max_unexplained=0, min_confidence=0.5, mention_threshold=0.9),
-                   FailSafeSettings(add_named_lesions=False), FailSafeSettings(max_unknown_share=0.0), FailSafeSettings(enabled=False)):
+                   FailSafeSettings(add_named_lesions=False), FailSafeSettings(max_unknown_share=0.0), FailSafeSettings(enabled=False),
+                   FailSafeSettings(max_unseen_named=0, allow_threshold=0.5)):
             info = choose(m, st)
             assert answer_dsc(m, info, gt, counts) == pytest.approx(dsc(answer_mask(m, info), gt)), (k, st)
             assert answer_hits(info, counts) == scan_metrics(answer_mask(m, info), gt)["detected_lesions"], (k, st)

@@ -204,6 +204,9 @@ TRAIN_OVERRIDES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "--pretrain-text": ("train", "pretrain_text_steps", {"type": int, "metavar": "STEPS",
                                                          "help": "masked-language-model steps of the text encoder on generated reports of every "
                                                                  "house style before segmentation training (default: the config's)"}),
+    "--pretrain-maps": ("train", "pretrain_maps_steps", {"type": int, "metavar": "STEPS",
+                                                         "help": "steps that train the text encoder and the report's maps from the reports "
+                                                                 "alone (no image) before segmentation training (default: the config's)"}),
     "--text-augment": ("train", "text_augment", {"type": float, "help": "strength of the report augmentation, 0 = off (default: the config's)"}),
     "--no-rerender": ("train", "rerender_reports", {"action": "store_false", "default": None,
                                                     "help": "train synthetic cases with their written reports only, not re-written in "

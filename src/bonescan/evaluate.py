@@ -135,22 +135,58 @@ def _scores(rows: list[tuple[Any, dict[str, Any], bool]], settings) -> dict[str,
             "sensitivity": hits / n_gt if n_gt else float("nan")}
 
 
+def search_settings(true_rows: list, shuf_rows: list, base) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The fail-safe's threshold grid scored on one pass's measurements (:func:`_collect`) with true
+    reports and with another study's; returns every setting's scores and the chosen one (see
+    :func:`calibrate_failsafe`)."""
+    import itertools
+    from dataclasses import replace
+
+    from bonescan.failsafe import FailSafeSettings
+
+    unet = _scores(true_rows, FailSafeSettings(max_unknown_share=-1.0))  # every scan answered by the U-Net
+    unet_all, unet_pos, unet_sens = unet["all"], unet["positive"], unet["sensitivity"]
+    grid: list[dict[str, Any]] = []
+    for mention, conf, k, allow, unseen in itertools.product((0.3, 0.5, 0.7), (0.5, 0.7, 0.9, 0.97), (0, 1, 2, 3, 5, 1000),
+                                                             (None, 0.5, 0.7, 0.9), (0, 1, 1000)):
+        add = allow is not None
+        st = replace(base, max_unexplained=float(k), min_confidence=conf, mention_threshold=mention, add_named_lesions=add,
+                     allow_threshold=allow if allow is not None else base.allow_threshold, max_unseen_named=float(unseen))
+        t, sh = _scores(true_rows, st), _scores(shuf_rows, st)
+        # how far each safety constraint is missed (0 = met)
+        miss = (max(0.0, unet_pos - 0.005 - t["positive"]) + max(0.0, unet_sens - 0.015 - t["sensitivity"])
+                + max(0.0, unet_pos - 0.01 - sh["positive"]) + max(0.0, unet_all - 0.005 - sh["all"]))
+        grid.append({"max_unexplained": k, "min_confidence": conf, "mention_threshold": mention, "add_named_lesions": add,
+                     "allow_threshold": st.allow_threshold, "max_unseen_named": unseen,
+                     "true": round(t["all"], 4), "true_positive": round(t["positive"], 4),
+                     "true_sensitivity": round(t["sensitivity"], 4), "shuffled": round(sh["all"], 4),
+                     "shuffled_positive": round(sh["positive"], 4), "safe": miss == 0, "miss": round(miss, 5),
+                     "objective": round(t["all"], 5)})
+    # among the safe settings, the best answer to true reports (another study's report is the
+    # exception the constraints guard against, not what the answer is tuned for); ties to the
+    # better answer to another study's reports, then to fewer fall-backs
+    best = max(grid, key=lambda g: (-g["miss"], g["objective"], g["shuffled"], g["max_unexplained"], g["max_unseen_named"],
+                                    -g["min_confidence"]))
+    return grid, best
+
+
 def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int = 0, progress: bool = True,
                        threshold: float = THRESHOLD) -> dict[str, Any]:
     """Thresholds of the fail-safe from the validation split (bonescan.failsafe).
 
-    * max_unexplained, min_confidence, mention_threshold, add_named_lesions: of a small grid, the
-      setting with the best mean DSC over the split given its true reports and given another
-      study's reports (a fixed derangement), among the settings that keep both safe: with true
+    * max_unexplained, min_confidence, mention_threshold, max_unseen_named, add_named_lesions and
+      allow_threshold (which U-Net lesions a trusted answer adds: none, or those where the
+      report's allow map reaches it): of a small grid (:func:`search_settings`), the setting with
+      the best mean DSC over the split given its true reports, among the settings that keep the
+      answers to true reports and to another study's (a fixed derangement) safe: with true
       reports the scans with metastases score at least the U-Net's DSC there (within 0.005) and
       lesion sensitivity stays within 0.015 of the U-Net's, with another study's reports those
-      scans score within 0.01 of it and the split at least the U-Net's (within 0.005). Ties go to
-      fewer fall-backs; when no setting is safe, the one that misses the constraints by least.
+      scans score within 0.01 of it and the split at least the U-Net's (within 0.005). Ties go to the
+      better answer to another study's reports, then to fewer fall-backs; when no setting is safe, the one that misses the constraints by least.
     * max_unknown_share: the largest share of characters unknown to the model (replaced on purpose
       in the true reports) at which the dual-path answer still scores at least the U-Net's.
     texts: the true reports (e.g. re-written in the training house styles); default the split's own.
     """
-    import itertools
     from dataclasses import replace
 
     from bonescan.failsafe import FailSafeSettings
@@ -161,21 +197,9 @@ def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int =
     base = FailSafeSettings()
     true_rows = _collect(pred, arrays, true, threshold)
     shuf_rows = _collect(pred, arrays, select_reports(true, "shuffled", seed), threshold)
+    grid, best = search_settings(true_rows, shuf_rows, base)
     unet = _scores(true_rows, FailSafeSettings(max_unknown_share=-1.0))  # every scan answered by the U-Net
     unet_all, unet_pos, unet_sens = unet["all"], unet["positive"], unet["sensitivity"]
-    grid: list[dict[str, Any]] = []
-    for mention, conf, k, add in itertools.product((0.3, 0.5, 0.7, 0.9), (0.5, 0.7, 0.9), (0, 1, 2, 3, 1000), (False, True)):
-        st = replace(base, max_unexplained=float(k), min_confidence=conf, mention_threshold=mention, add_named_lesions=add)
-        t, sh = _scores(true_rows, st), _scores(shuf_rows, st)
-        # how far each safety constraint is missed (0 = met)
-        miss = (max(0.0, unet_pos - 0.005 - t["positive"]) + max(0.0, unet_sens - 0.015 - t["sensitivity"])
-                + max(0.0, unet_pos - 0.01 - sh["positive"]) + max(0.0, unet_all - 0.005 - sh["all"]))
-        grid.append({"max_unexplained": k, "min_confidence": conf, "mention_threshold": mention, "add_named_lesions": add,
-                     "true": round(t["all"], 4), "true_positive": round(t["positive"], 4),
-                     "true_sensitivity": round(t["sensitivity"], 4), "shuffled": round(sh["all"], 4),
-                     "shuffled_positive": round(sh["positive"], 4), "safe": miss == 0, "miss": round(miss, 5),
-                     "objective": round((t["all"] + sh["all"]) / 2, 5)})
-    best = max(grid, key=lambda g: (-g["miss"], g["objective"], g["max_unexplained"], -g["min_confidence"]))
     # unknown characters: replace a share of each report's characters by ones the model never trained on
     tok = pred.tokenizer
     assert tok is not None  # the fail-safe belongs to the dual-path model
@@ -195,6 +219,7 @@ def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int =
             max_unknown = share
     settings = replace(base, max_unexplained=float(best["max_unexplained"]), min_confidence=best["min_confidence"],
                        mention_threshold=best["mention_threshold"], add_named_lesions=best["add_named_lesions"],
+                       allow_threshold=best["allow_threshold"], max_unseen_named=float(best["max_unseen_named"]),
                        max_unknown_share=max(max_unknown, 0.05))
     res = {"settings": settings.to_dict(), "val_scans": len(arrays), "unet_dsc": round(unet_all, 4),
            "unet_dsc_positive": round(unet_pos, 4), "unet_lesion_sensitivity": round(unet_sens, 4), "safe": best["safe"],

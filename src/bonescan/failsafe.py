@@ -18,9 +18,10 @@ two measured signals decide, per scan, which one is given:
   them are its own false positives, which the report rightly does not mention.
 
 No report (or an empty one) gives the U-Net's answer too. When the report is trusted, the answer
-is the dual-path mask plus any U-Net lesion at a place the report names as a metastasis (its
-``allow`` and ``mention`` maps both high): the report's location guides the answer but does not
-drop a lesion both models see there.
+is the dual-path mask plus any confident U-Net lesion at a place the report allows a metastasis
+(its ``allow`` map high: the report names a metastasis there): the report's location guides the
+answer but does not drop a lesion the image shows where the report puts one. The dual-path model
+explains hot spots away; this keeps it from explaining away the ones the report itself names.
 
 The thresholds are calibrated on the validation split at the end of training (true reports against
 another study's reports) and travel with the checkpoint, the export and the Triton config.
@@ -29,7 +30,7 @@ Needs numpy and scipy only: the Triton ``postprocess`` step runs this file.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,10 +50,14 @@ class FailSafeSettings:
     min_confidence: float = 0.8
     #: a lesion counts as mentioned where sigmoid(mention) reaches this at one of its pixels
     mention_threshold: float = 0.5
-    #: the report allows a metastasis where sigmoid(allow) reaches this
-    allow_threshold: float = 0.5
+    #: the report names a metastasis where sigmoid(allow) reaches this at one of the lesion's pixels
+    allow_threshold: float = 0.7
     #: add confident U-Net lesions at places the report names as metastases to a trusted dual-path answer
     add_named_lesions: bool = True
+    #: more than this many places the report names as metastases (allow map >= allow_threshold) where
+    #: the image shows no hot spot at all (U-Net probability below 0.5 everywhere there): the report
+    #: does not fit the image
+    max_unseen_named: float = 1000.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,9 +95,8 @@ class Measured:
     """What one scan's decision depends on, measured once (thresholds are applied by :func:`choose`).
 
     Per U-Net lesion k (an 8-connected component of its cleaned mask): its highest probability,
-    the highest ``mention`` probability over its pixels, the highest ``mention`` probability over
-    its pixels where the report allows a metastasis, and whether the dual-path answer keeps any of
-    it. The masks stay for building the answer.
+    the highest ``mention`` and ``allow`` probabilities over its pixels, and whether the dual-path
+    answer keeps any of it. The masks stay for building the answer.
     """
 
     mask: np.ndarray  # [H, W] bool, the dual-path answer
@@ -104,10 +108,14 @@ class Measured:
     kept: np.ndarray  # [n] bool
     tokens: int
     unknown: int
+    #: per place the report may name (8-connected cells of sigmoid(allow) >= 0.5): its highest allow
+    #: probability and the U-Net's highest probability there
+    place_allow: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    place_prob: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
 
 def measure(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarray, text_map: np.ndarray,
-            text_stats: np.ndarray, allow_threshold: float = 0.5) -> Measured:
+            text_stats: np.ndarray) -> Measured:
     """mask, fallback_mask: [H, W] the dual-path and the U-Net answers, cleaned binary masks;
     fallback_prob: [H, W] the U-Net's probabilities; text_map: [2, h, w] allow / mention logits;
     text_stats: [2] (report tokens, of them unknown to the model)."""
@@ -118,13 +126,19 @@ def measure(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarr
     mask, fallback_mask = np.asarray(mask).astype(bool), np.asarray(fallback_mask).astype(bool)
     p = _sigmoid(np.asarray(text_map, np.float32))
     mention = upsample(p[1], mask.shape)
-    named = np.where(upsample(p[0], mask.shape) >= allow_threshold, mention, 0.0)
+    named = upsample(p[0], mask.shape)
     lab, n = label(fallback_mask, structure=EIGHT)
     ids = np.arange(1, n + 1)
     per = (lambda img: np.asarray(maximum(img, lab, ids), dtype=np.float32)) if n else (lambda img: np.zeros(0, np.float32))
     kept = per(mask.astype(np.float32)) > 0
-    return Measured(mask, fallback_mask, lab, per(np.asarray(fallback_prob, np.float32)), per(mention), per(named), kept,
-                    int(text_stats[0]), int(text_stats[1]))
+    prob = np.asarray(fallback_prob, np.float32)
+    places, n_places = label(p[0] >= 0.5, structure=EIGHT)
+    pids = np.arange(1, n_places + 1)
+    place_allow = np.asarray(maximum(p[0], places, pids), np.float32) if n_places else np.zeros(0, np.float32)
+    place_prob = (np.asarray(maximum(prob, upsample(places, mask.shape), pids), np.float32) if n_places
+                  else np.zeros(0, np.float32))
+    return Measured(mask, fallback_mask, lab, per(prob), per(mention), per(named), kept,
+                    int(text_stats[0]), int(text_stats[1]), place_allow, place_prob)
 
 
 def choose(m: Measured, s: FailSafeSettings) -> dict[str, Any]:
@@ -132,16 +146,19 @@ def choose(m: Measured, s: FailSafeSettings) -> dict[str, Any]:
     lesions a trusted dual-path answer adds (their labels)."""
     confident = m.confidence >= s.min_confidence
     unexplained = ~m.kept & confident & (m.mention < s.mention_threshold)
+    unseen = (m.place_allow >= s.allow_threshold) & (m.place_prob < 0.5)
     sig: dict[str, Any] = {
         "report_tokens": m.tokens,
         "unknown_share": round(m.unknown / m.tokens, 4) if m.tokens else None,
         "unet_lesions": int(len(m.kept)),
         "dropped_lesions": int((~m.kept).sum()),
         "unexplained_lesions": int(unexplained.sum()),
+        "unseen_named_places": int(unseen.sum()),
     }
     info: dict[str, Any] = {"signals": sig, "thresholds": {"max_unknown_share": s.max_unknown_share,
                                                            "max_unexplained": s.max_unexplained,
-                                                           "min_confidence": s.min_confidence}}
+                                                           "min_confidence": s.min_confidence,
+                                                           "max_unseen_named": s.max_unseen_named}}
     reason = None
     if not s.enabled:
         reason = None
@@ -153,12 +170,15 @@ def choose(m: Measured, s: FailSafeSettings) -> dict[str, Any]:
     elif sig["unexplained_lesions"] > s.max_unexplained:
         reason = (f"report does not fit the image: the report-guided answer would drop {sig['unexplained_lesions']} "
                   f"confident hot spot(s) at places the report does not mention (limit {s.max_unexplained:g})")
+    elif sig["unseen_named_places"] > s.max_unseen_named:
+        reason = (f"report does not fit the image: it names {sig['unseen_named_places']} place(s) as metastases where "
+                  f"the image shows no hot spot (limit {s.max_unseen_named:g})")
     if reason is not None:
         info.update(answered_by=UNET, reason=reason, add=np.zeros(0, np.int64))
         return info
     add = np.zeros(0, np.int64)
     if s.enabled and s.add_named_lesions:
-        add = np.nonzero(confident & (m.named >= s.mention_threshold))[0] + 1
+        add = np.nonzero(confident & (m.named >= s.allow_threshold))[0] + 1
     info.update(answered_by=DUALPATH, reason="report read and consistent with the image" if s.enabled else "fail-safe off",
                 unet_lesions_added=int((~m.kept[add - 1]).sum()) if len(add) else 0, add=add)
     return info
@@ -182,7 +202,7 @@ def decide(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarra
     Masks are [H, W] binary, cleaned by postprocess. The returned dict says which path answered
     (``answered_by``), the reason in words, and the signals with the thresholds they were held to.
     """
-    m = measure(mask, fallback_mask, fallback_prob, text_map, text_stats, s.allow_threshold)
+    m = measure(mask, fallback_mask, fallback_prob, text_map, text_stats)
     info = choose(m, s)
     out = answer_mask(m, info)
     info.pop("add")

@@ -375,6 +375,64 @@ def pretrain_text_encoder(net: BoneScanNet, tokenizer: ReportTokenizer, tcfg: Tr
     return info, seen
 
 
+def pooled_cells(masks: np.ndarray, hw: tuple[int, int], chunk: int = 64) -> torch.Tensor:
+    """Masks [N, H, W] -> [N, 1, h, w] float: 1 where any pixel of the cell is set."""
+    import torch.nn.functional as F
+
+    out = [F.adaptive_max_pool2d(torch.from_numpy(masks[i : i + chunk].astype(np.float32))[:, None], hw)
+           for i in range(0, len(masks), chunk)]
+    return torch.cat(out) if out else torch.zeros(0, 1, *hw)
+
+
+def pretrain_report_maps(net: BoneScanNet, reports: ReportSource, tcfg: TrainConfig, seed: int,
+                         progress: bool) -> dict[str, Any] | None:
+    """Train the text encoder and the report's maps (model.fusion.TextPrior) from the reports
+    alone: each step a batch of training cases' reports (re-written and augmented as in
+    training, ``tcfg.report_dropout`` of them empty), their maps against the lesion and findings
+    masks pooled to the maps' cells (:func:`grounding_loss`). No image goes through the network,
+    so a step costs a small fraction of a segmentation step: the report path learns where a
+    report points before the segmenter learns to trust it. Returns the record (loss curve,
+    seconds); None when there is nothing to train."""
+    seg = net.segmenter
+    if net.text_encoder is None or seg.prior is None or tcfg.pretrain_maps_steps <= 0 or tcfg.steps <= 0:
+        return None
+    from tqdm import tqdm
+
+    steps, arrays = tcfg.pretrain_maps_steps, reports.arrays
+    lesion, findings = pooled_cells(arrays.masks, seg.prior.hw), pooled_cells(arrays.findings, seg.prior.hw)
+    params = list(net.text_encoder.parameters()) + list(seg.prior.parameters())
+    opt = torch.optim.AdamW(params, lr=tcfg.pretrain_maps_lr, weight_decay=0.01, fused=True)
+    warm = max(steps // 10, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min((k + 1) / warm, max(0.05, 1 - (k - warm) / max(steps - warm, 1))))
+    gen = torch.Generator().manual_seed(seed + 1)
+    net.text_encoder.train()
+    seg.prior.train()
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    bar = tqdm(range(steps), desc="pretrain report maps", unit="step", disable=not progress)
+    for step in bar:
+        idx = torch.randint(len(arrays), (tcfg.pretrain_maps_batch,), generator=gen).numpy()
+        drop = torch.rand(len(idx), generator=gen).numpy() < tcfg.report_dropout
+        ids, am, no_report = reports.batch(idx, drop)
+        maps, _ = seg.report_maps(net.text_encoder(ids, am), am)
+        loss = grounding_loss(maps, lesion[idx], findings[idx], torch.from_numpy(no_report), mention_weight=tcfg.mention_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    net.eval()
+    every = 50
+    curve = [round(float(np.mean(losses[i : i + every])), 4) for i in range(0, len(losses), every)]
+    info = {"steps": steps, "batch_size": tcfg.pretrain_maps_batch, "loss_first": curve[0], "loss_last": curve[-1],
+            "loss_curve": curve, "seconds": round(time.perf_counter() - t0, 1)}
+    print(f"report maps pretrained from the reports alone: loss {info['loss_first']} -> {info['loss_last']} in {info['seconds']} s")
+    return info
+
+
 def finish_text_encoder(net: BoneScanNet, tokenizer: ReportTokenizer, tok_files: dict[str, str], seen: set[int]) -> int:
     """After training a text encoder from scratch: characters no training text held keep random
     embeddings; give them the embedding of [UNK] (which the [UNK] noise trained), and write the ids
@@ -400,7 +458,7 @@ def checkpoint_metadata(*, command: str | None, config_name: str, mcfg: ModelCon
                         text_encoder_dir: str | Path | None, tok_files: dict[str, str], init_info: dict[str, Any] | None,
                         validation: dict[str, Any], t_start: float, fallback_info: dict[str, Any] | None = None,
                         pretraining: dict[str, Any] | None = None, styles: list[str] | None = None,
-                        failsafe: dict[str, Any] | None = None) -> dict[str, Any]:
+                        failsafe: dict[str, Any] | None = None, maps_pretraining: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a checkpoint records about its making: command, seed, data (manifest hash, skipped
     cases), configuration, steps, final loss, times, text encoder, validation metrics, versions.
     Plain data only: checkpoints load with ``weights_only=True``."""
@@ -421,6 +479,7 @@ def checkpoint_metadata(*, command: str | None, config_name: str, mcfg: ModelCon
         "total_seconds": round(time.perf_counter() - t_start, 1),
         "text_encoder": str(text_encoder_dir) if text_encoder_dir else ("trained from scratch" if tok_files else None),
         "text_pretraining": pretraining,
+        "maps_pretraining": maps_pretraining,
         "report_styles": styles,
         "init_from": init_info,
         "fallback": fallback_info,
@@ -472,10 +531,11 @@ def train(
         tok_files, tokenizer = setup_tokenizer(mcfg, text_encoder_dir, Path(tmp))
         net, init_info, fallback_info = build_model(mcfg, tokenizer, text_encoder_dir, init_from, fallback)
         pretraining, seen = pretrain_text_encoder(net, tokenizer, tcfg, styles, seed, progress) if tokenizer else (None, set())
+        reports = ReportSource(tokenizer, train_set, tcfg, styles, rng) if tokenizer is not None else None
+        maps_pretraining = pretrain_report_maps(net, reports, tcfg, seed, progress) if reports is not None else None
         opt = build_optimizer(net, tcfg)
         total = [max(tcfg.steps, 0)]  # the schedule's length; a time budget shrinks it
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tcfg.warmup_steps, total))
-        reports = ReportSource(tokenizer, train_set, tcfg, styles, rng) if tokenizer is not None else None
         batches = Batches(train_set, reports, tcfg.batch_size, torch.Generator().manual_seed(seed))
         validate = partial(validation_dsc, net, mcfg, tok_files, out, val_set) if len(val_set) else None
         result = fit(net, opt, sched, total, batches, tcfg, validate, progress, f"train {mcfg.model}")
@@ -494,7 +554,8 @@ def train(
         metadata = checkpoint_metadata(command=command, config_name=config_name, mcfg=mcfg, tcfg=tcfg, seed=seed, data=data,
                                        train_set=train_set, val_set=val_set, result=result, text_encoder_dir=text_encoder_dir,
                                        tok_files=tok_files, init_info=init_info, validation=val, t_start=t_start,
-                                       fallback_info=fallback_info, pretraining=pretraining, styles=styles, failsafe=failsafe)
+                                       fallback_info=fallback_info, pretraining=pretraining, styles=styles, failsafe=failsafe,
+                                       maps_pretraining=maps_pretraining)
         path = save_checkpoint(out, net, tok_files, metadata)
     v = metadata["validation"]
     took = f"{result.steps} steps in {result.seconds / 60:.1f} min"

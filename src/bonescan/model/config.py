@@ -34,6 +34,10 @@ class ModelConfig:
     fusion_stages: int = 2  # fuse at the bottleneck and the next (n - 1) decoder stages
     fusion_heads: int = 4
     prior: bool = True  # the report's maps (TextPrior): the veto on the logits, the mentions for the fail-safe
+    #: channels of the report's maps' attention (TextPrior): where a report points needs far fewer than
+    #: the image's bottleneck, and its 1,024 position queries per report are most of a text-only step
+    prior_channels: int = 64
+    prior_heads: int = 1  # the softmax over [reports, heads, 1,024 cells, tokens] is the rest of that cost
     text: TextConfig = field(default_factory=TextConfig)
     #: dualpath: the image-only U-Net deployed inside the segmenter graph as the fail-safe's answer
     #: (None: a U-Net of this model's image configuration)
@@ -81,12 +85,19 @@ class TrainConfig:
     pretrain_text_steps: int = 0  # masked-language-model steps of the text encoder before segmentation training
     pretrain_text_batch: int = 32
     pretrain_text_lr: float = 1e-3
+    #: steps that train the text encoder and the report's maps (TextPrior) from the reports alone,
+    #: against the lesion and findings masks pooled to the maps' cells, after the MLM pretraining and
+    #: before segmentation training: no image forward, so the report path learns where the reports
+    #: point in a fraction of a segmentation step's time (dualpath with prior only)
+    pretrain_maps_steps: int = 0
+    pretrain_maps_batch: int = 16
+    pretrain_maps_lr: float = 1e-3
 
 
 PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
     # make demo's budget on 2 cores (<= 20 minutes in all): U-Net 300 steps, report encoder 200 MLM
     # steps, dual-path 200 steps from the U-Net's weights (MODEL_STEPS)
-    "demo": (ModelConfig(), TrainConfig(steps=300, pretrain_text_steps=200)),
+    "demo": (ModelConfig(), TrainConfig(steps=300, pretrain_text_steps=200, pretrain_maps_steps=400)),
     "paper": (
         ModelConfig(
             width=64,
@@ -102,7 +113,8 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
     "tiny": (
         ModelConfig(width=4, depth=3, stem_stride=2, fusion_stages=2, fusion_heads=2,
                     text=TextConfig(hidden=32, layers=1, heads=2, intermediate=64)),
-        TrainConfig(steps=20, batch_size=2, lr=3e-3, warmup_steps=2, crop_rows=256, pretrain_text_steps=4, pretrain_text_batch=4),
+        TrainConfig(steps=20, batch_size=2, lr=3e-3, warmup_steps=2, crop_rows=256, pretrain_text_steps=4, pretrain_text_batch=4,
+                    pretrain_maps_steps=4, pretrain_maps_batch=4),
     ),
 }
 

@@ -94,7 +94,7 @@ class Segmenter(nn.Module):
             if cfg.prior:
                 # the report's maps at half the coarsest stride: a cell of 16 px (demo) is about one
                 # vertebra or two ribs high, fine enough to tell which bones a report mentions
-                self.prior = TextPrior(text_dim, ch[cfg.depth], cfg.fusion_heads, (IMAGE_HEIGHT // self.map_stride,
+                self.prior = TextPrior(text_dim, cfg.prior_channels, cfg.prior_heads, (IMAGE_HEIGHT // self.map_stride,
                                                                                    IMAGE_WIDTH // self.map_stride))
                 # the report's veto enters the logits as prior_scale * log(sigmoid(prior map))
                 self.prior_scale = nn.Parameter(torch.ones(1))
@@ -142,17 +142,27 @@ class Segmenter(nn.Module):
         logits = self.head(x, x0)
         grounding: list[torch.Tensor] = []
         if fuse and self.prior is not None:
+            assert text_features is not None and attention_mask is not None  # checked above
             ms = self.map_stride
             cells = (rows[0] // ms, rows[1] // ms) if rows is not None else None
-            g = self.prior(text_features, attention_mask, cells)  # [B, 2, h, w]: allow, mention
-            # the veto works at the coarsest stride (2 x 2 cells averaged): a report names a bone, and
-            # which pixels of it hold the lesion varies; the mention map keeps the finer cells
-            allow = F.avg_pool2d(g[:, :1], 2)
-            grounding.append(torch.cat([F.interpolate(allow, scale_factor=2.0, mode="nearest"), g[:, 1:2]], dim=1))
+            maps, allow = self.report_maps(text_features, attention_mask, cells)
+            grounding.append(maps)
             # a constant scale factor (not a size) keeps every dim static in the exported graph
             up_g = F.interpolate(allow, scale_factor=float(2 * ms), mode="bilinear", align_corners=False)
             logits = logits + self.prior_scale * F.logsigmoid(up_g)
         return (logits, grounding) if return_grounding else logits
+
+    def report_maps(self, text_features: torch.Tensor, attention_mask: torch.Tensor,
+                    cells: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The report's maps as the veto and the fail-safe read them, from the text alone:
+        ``(maps [B, 2, h, w], allow [B, 1, h/2, w/2])``. The veto works at the coarsest stride
+        (2 x 2 cells of ``allow`` averaged): a report names a bone, and which pixels of it hold the
+        lesion varies; the mention map keeps the finer cells. ``maps`` is what the grounding loss
+        and the fail-safe see: the averaged allow map at the cells' size, and the mention map."""
+        assert self.prior is not None
+        g = self.prior(text_features, attention_mask, cells)  # [B, 2, h, w]: allow, mention
+        allow = F.avg_pool2d(g[:, :1], 2)
+        return torch.cat([F.interpolate(allow, scale_factor=2.0, mode="nearest"), g[:, 1:2]], dim=1), allow
 
     def text_map(self, text_features: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The report's coarse maps [B, 2, h, w] (allow, mention logits); without a TextPrior
