@@ -148,7 +148,7 @@ def search_settings(true_rows: list, shuf_rows: list, base) -> tuple[list[dict[s
     unet_all, unet_pos, unet_sens = unet["all"], unet["positive"], unet["sensitivity"]
     grid: list[dict[str, Any]] = []
     for mention, conf, k, allow, unseen in itertools.product((0.3, 0.5, 0.7), (0.5, 0.7, 0.9, 0.97), (0, 1, 2, 3, 5, 1000),
-                                                             (None, 0.5, 0.7, 0.9), (0, 1, 1000)):
+                                                             (None, 0.5, 0.7, 0.9), (0, 1000)):
         add = allow is not None
         st = replace(base, max_unexplained=float(k), min_confidence=conf, mention_threshold=mention, add_named_lesions=add,
                      allow_threshold=allow if allow is not None else base.allow_threshold, max_unseen_named=float(unseen))
