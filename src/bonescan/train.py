@@ -398,12 +398,13 @@ def pretrain_report_maps(net: BoneScanNet, reports: ReportSource, tcfg: TrainCon
         return None
     from tqdm import tqdm
 
+    from bonescan.model.text_pretrain import loss_curve, take_step, warmup_linear
+
     steps, arrays = tcfg.pretrain_maps_steps, reports.arrays
     lesion, findings = pooled_cells(arrays.masks, seg.prior.hw), pooled_cells(arrays.findings, seg.prior.hw)
     params = list(net.text_encoder.parameters()) + list(seg.prior.parameters())
     opt = torch.optim.AdamW(params, lr=tcfg.pretrain_maps_lr, weight_decay=0.01, fused=True)
-    warm = max(steps // 10, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min((k + 1) / warm, max(0.05, 1 - (k - warm) / max(steps - warm, 1))))
+    sched = warmup_linear(opt, steps)
     gen = torch.Generator().manual_seed(seed + 1)
     net.text_encoder.train()
     seg.prior.train()
@@ -416,17 +417,11 @@ def pretrain_report_maps(net: BoneScanNet, reports: ReportSource, tcfg: TrainCon
         ids, am, no_report = reports.batch(idx, drop)
         maps, _ = seg.report_maps(net.text_encoder(ids, am), am)
         loss = grounding_loss(maps, lesion[idx], findings[idx], torch.from_numpy(no_report), mention_weight=tcfg.mention_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
+        losses.append(take_step(loss, opt, sched, params))
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
     net.eval()
-    every = 50
-    curve = [round(float(np.mean(losses[i : i + every])), 4) for i in range(0, len(losses), every)]
+    curve = loss_curve(losses, 50)
     info = {"steps": steps, "batch_size": tcfg.pretrain_maps_batch, "loss_first": curve[0], "loss_last": curve[-1],
             "loss_curve": curve, "seconds": round(time.perf_counter() - t0, 1)}
     print(f"report maps pretrained from the reports alone: loss {info['loss_first']} -> {info['loss_last']} in {info['seconds']} s")

@@ -66,6 +66,29 @@ def mask_tokens(ids: torch.Tensor, attention: torch.Tensor, special: torch.Tenso
     return out, chosen
 
 
+def warmup_linear(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over the first tenth of ``steps``, then linear decay to 5 %: the schedule of
+    the text-only stages (MLM here, the report's maps in bonescan.train)."""
+    warm = max(steps // 10, 1)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min((k + 1) / warm, max(0.05, 1 - (k - warm) / max(steps - warm, 1))))
+
+
+def take_step(loss: torch.Tensor, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+              params: Sequence[torch.Tensor]) -> float:
+    """Backward, gradients clipped to norm 5, optimizer and schedule step; returns the loss."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 5.0)
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
+def loss_curve(losses: list[float], every: int) -> list[float]:
+    """Mean loss of each ``every`` steps."""
+    return [round(float(np.mean(losses[i : i + every])), 4) for i in range(0, len(losses), every)]
+
+
 def pretrain_text(encoder: TextEncoder, tokenizer, corpus: Callable[[int, np.random.Generator], Sequence[str]],
                   steps: int, batch_size: int = 32, lr: float = 1e-3, seed: int = 0, progress: bool = True,
                   log_every: int = 50) -> dict[str, Any]:
@@ -81,8 +104,7 @@ def pretrain_text(encoder: TextEncoder, tokenizer, corpus: Callable[[int, np.ran
     head = MLMHead(emb, encoder.hidden)
     params = list(encoder.parameters()) + [p for n, p in head.named_parameters() if not n.startswith("embeddings.")]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, fused=True)
-    warm = max(steps // 10, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min((k + 1) / warm, max(0.05, 1 - (k - warm) / max(steps - warm, 1))))
+    sched = warmup_linear(opt, steps)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     special = torch.from_numpy(tokenizer.special_ids)
@@ -110,16 +132,11 @@ def pretrain_text(encoder: TextEncoder, tokenizer, corpus: Callable[[int, np.ran
         hidden = encoder(corrupted.to(torch.int32), att)  # [B, T, D]
         logits = head(hidden[chosen], candidates)
         loss = nn.functional.cross_entropy(logits, index[ids[chosen]])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
+        losses.append(take_step(loss, opt, sched, params))
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
     encoder.eval()
-    curve = [round(float(np.mean(losses[i : i + log_every])), 4) for i in range(0, len(losses), log_every)]
+    curve = loss_curve(losses, log_every)
     return {"steps": steps, "batch_size": batch_size, "loss_first": curve[0] if curve else None,
             "loss_last": curve[-1] if curve else None, "loss_curve": curve, "seconds": round(time.perf_counter() - t0, 1),
             "token_ids_seen": sorted(seen)}
