@@ -82,6 +82,25 @@ def _maps(allow: list[tuple[int, int]], mention: list[tuple[int, int]], hw=(32, 
     return m
 
 
+def test_label_max_is_scipys_maximum_per_label():
+    """The fail-safe's per-lesion and per-place maxima (failsafe.label_max, cell_max) equal
+    scipy.ndimage.maximum over the labels and over the upsampled places, on random maps."""
+    from scipy.ndimage import label, maximum
+
+    from bonescan.failsafe import cell_max, label_max, upsample
+
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        values = rng.random((64, 32)).astype(np.float32)
+        lab, n = label(rng.random((64, 32)) > 0.7, structure=C.EIGHT)
+        assert n > 3
+        np.testing.assert_array_equal(label_max(values, lab, n), np.asarray(maximum(values, lab, np.arange(1, n + 1)), np.float32))
+        places, n_places = label(rng.random((8, 4)) > 0.5, structure=C.EIGHT)
+        want = np.asarray(maximum(values, upsample(places, values.shape), np.arange(1, n_places + 1)), np.float32)
+        np.testing.assert_array_equal(label_max(cell_max(values, places.shape), places, n_places), want)
+    assert label_max(values, np.zeros_like(lab), 0).shape == (0,)
+
+
 def test_failsafe_decides_with_its_signals():
     s = FailSafeSettings(max_unknown_share=0.15, max_unexplained=0, min_confidence=0.8)
     shape = (C.IMAGE_HEIGHT, C.IMAGE_WIDTH)

@@ -541,11 +541,14 @@ def train(
         # an initialise-only checkpoint (--steps 0, e.g. the paper configuration for cost benchmarks) is not validated
         ckpt = Checkpoint(net, mcfg, tok_files, {}, Path(out))
         trained = len(val_set) > 0 and result.steps > 0
-        val = evaluate_arrays(ckpt, val_set, progress=progress) if trained else {}
-        failsafe = None
+        failsafe, val = None, {}
         if trained and net.fallback is not None and fallback_info is not None:
+            # its pass with the true reports (re-written in the training styles) gives the validation metrics too
             failsafe = calibrate_failsafe(ckpt, val_set, rewrite_split(val_set.metas, val_set.reports, styles, seed), seed=seed,
                                           progress=progress)
+            val = {"summary": failsafe.pop("validation")}
+        elif trained:
+            val = evaluate_arrays(ckpt, val_set, progress=progress)
         metadata = checkpoint_metadata(command=command, config_name=config_name, mcfg=mcfg, tcfg=tcfg, seed=seed, data=data,
                                        train_set=train_set, val_set=val_set, result=result, text_encoder_dir=text_encoder_dir,
                                        tok_files=tok_files, init_info=init_info, validation=val, t_start=t_start,

@@ -112,10 +112,15 @@ def read_png(path: str | Path, what: str = "view") -> np.ndarray:
     return arr
 
 
+#: zlib level of the PNGs this project writes (lossless at any level)
+PNG_LEVEL = 1
+
+
 def write_png16(path: str | Path, arr: np.ndarray) -> None:
-    """Write a uint16 array as a 16-bit grey PNG (deterministic bytes)."""
+    """Write a uint16 array as a 16-bit grey PNG (deterministic bytes; zlib level 1: files ~15 %
+    larger than level 6, written four times faster, which was 40 % of synthesising a case)."""
     a = np.ascontiguousarray(arr, dtype=np.uint16)
-    Image.fromarray(a).save(path, format="PNG", compress_level=6)
+    Image.fromarray(a).save(path, format="PNG", compress_level=PNG_LEVEL)
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -127,7 +132,7 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 
 def write_mask(path: str | Path, mask: np.ndarray) -> None:
-    Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255).save(path, format="PNG", compress_level=6)
+    Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255).save(path, format="PNG", compress_level=PNG_LEVEL)
 
 
 def read_report(path: str | Path | None) -> str:
