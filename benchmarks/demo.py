@@ -239,9 +239,10 @@ def finish(fails: list[str]) -> int:
     return 1
 
 
-def pytorch_parity(checkpoint: Path, samples: list, served: list, batch: int = 4) -> dict[str, Any]:
+def pytorch_parity(checkpoint: Path, samples: list, served: list, batch: int = 1) -> dict[str, Any]:
     """The same scans through PyTorch (with the same fail-safe for the dual-path model), ``batch``
-    at a time: the answers Triton gave must be the ones the checkpoint gives."""
+    at a time (one: on 2 cores a batch of 4 took longer per scan): the answers Triton gave must be
+    the ones the checkpoint gives."""
     from bonescan.failsafe import FailSafeSettings
     from bonescan.metrics import scan_metrics, summarize
     from bonescan.model.checkpoint import Predictor

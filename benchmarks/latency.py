@@ -431,8 +431,9 @@ def perf_analyzer_data(cases: list, path: Path, text_guided: bool, n: int = 4) -
             C.ENS_IMAGE.name: {"content": img.astype(np.float32).ravel().round(3).tolist(), "shape": list(img.shape)},
             C.ENS_PIXEL_SPACING.name: {"content": [float(v) for v in sp], "shape": [2]},
         }
-        if text_guided:
+        if text_guided:  # study identifiers not known to this benchmark: sent empty, as a caller without them would
             row[C.ENS_REPORT.name] = {"content": [rep], "shape": [1]}
+            row.update({t.name: {"content": [""], "shape": [1]} for t in (C.ENS_ACCESSION, C.ENS_STUDY_UID)})
         data.append(row)
     path.write_text(json.dumps({"data": data}, ensure_ascii=False))
     return path

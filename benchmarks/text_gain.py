@@ -17,6 +17,11 @@ Per training seed:
    Every evaluation scores three answers from one pass: the dual-path model's own, the fail-safe's
    choice (bonescan.failsafe) and the bundled U-Net's.
 
+A second baseline (``--same-steps-unet``, the default): the U-Net trained on for as many steps as
+the dual-path model's segmentation training, from the same U-Net (``unet_s{seed}_same_steps.pt``).
+The dual-path model's image path has seen those extra steps too, so this is the U-Net with the
+same image budget: its rows and the comparisons against it are reported beside the targets.
+
 Targets (mean over seeds), fail-safe on unless said: in-style gain over the U-Net >= +0.05;
 the left-out style keeps >= 2/3 of the in-style gain; on scans with metastases no report mode
 scores below the no-report result by more than 0.01 DSC and lesion sensitivity stays within 0.02
@@ -46,7 +51,8 @@ def _row(res: dict[str, Any], answer: str) -> dict[str, Any]:
 
 
 def run_text_gain(data: Path, out: Path, seeds: list[int], config: str = "demo", leave_out: str = "auto",
-                  pretrain_steps: int | None = None, tag: str = "", handwritten: Path | None = None) -> dict[str, Any]:
+                  pretrain_steps: int | None = None, tag: str = "", handwritten: Path | None = None,
+                  same_steps_unet: bool = True) -> dict[str, Any]:
     from bonescan.benchmarks.handwritten import handwritten_samples
     from bonescan.benchmarks.latency import cpu_info, run_info
     from bonescan.data.arrays import SplitArrays, load_split
@@ -80,6 +86,18 @@ def run_text_gain(data: Path, out: Path, seeds: list[int], config: str = "demo",
             train(data, ck, m, t, seed=seed, command=f"bonescan bench text-gain (seed {seed}, left out {lo})",
                   config_name=config, init_from=unet_ck, fallback=unet_ck, styles=train_styles)
         c = load_checkpoint(ck)
+        if same_steps_unet:  # the U-Net with the dual-path model's image budget (see the module's docstring)
+            long_ck = out / f"unet_s{seed}_same_steps.pt"
+            if not long_ck.exists():
+                m, t = preset(config, "unet")
+                t.steps = preset(config, "dualpath")[1].steps
+                train(data, long_ck, m, t, seed=seed, command=f"bonescan bench text-gain (seed {seed}, U-Net on for the dual-path's steps)",
+                      config_name=config, init_from=unet_ck)
+            c_long = load_checkpoint(long_ck)
+            for mode, arrays in (("in-style", test), ("handwritten", hand)):
+                res = evaluate_arrays(c_long, arrays, "empty", seed=1000 + seed, progress=True)
+                rows[f"s{seed}/{mode}/unet_same_steps"] = {"seed": seed, "mode": mode, "answer": "unet_same_steps",
+                                                           "left_out": lo, **_row(res, "dualpath")}
         in_style = rewrite_split(test.metas, test.reports, train_styles, 1000 + seed)
         runs = {
             "in-style": (test, in_style, "true"),
@@ -151,6 +169,17 @@ def summarize(rows: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
     targets["shuffled_with_failsafe_within_0.01_of_unet"] = abs(out["shuffled_failsafe_minus_unet"]) <= 0.01 or out["shuffled_failsafe_minus_unet"] > 0
     targets["shuffled_without_failsafe_below_unet"] = out["shuffled_dualpath_minus_unet"] < 0
     out.update(unet_dsc_positive=unet_pos, unet_lesion_sensitivity=unet_sens, targets_met=targets)
+    same = m("in-style", "unet_same_steps")
+    if same is not None:  # against the U-Net with the same image budget: reported, not a target of the issue
+        out["unet_same_steps_dsc"] = same
+        out["against_unet_same_steps"] = {
+            "in_style_gain": v("in-style", "failsafe") - same,
+            "left_out_gain": (v("left-out", "failsafe") - same) if m("left-out", "failsafe") is not None else None,
+            "shuffled_failsafe_minus": v("shuffled", "failsafe") - same,
+            "shuffled_dualpath_minus": v("shuffled", "dualpath") - same,
+            "no_report_dualpath_minus": v("none", "dualpath") - same,
+            "lesion_sensitivity_in_style_minus": v("in-style", "failsafe", "lesion_sensitivity") - v("in-style", "unet_same_steps", "lesion_sensitivity"),
+        }
     return out
 
 
@@ -164,11 +193,12 @@ def table(result: dict[str, Any]) -> str:
              "| reports | answer | " + " | ".join(f"DSC s{s}" for s in seeds) +
              " | DSC mean | DSC scans with metastases | negatives clean | lesion sens. | FP/scan | answered by the U-Net (mean) |",
              "|---|---|" + "---|" * (len(seeds) + 6)]
-    labels = {"unet": "U-Net (image only)", "dualpath": "dual-path, fail-safe off", "failsafe": "dual-path, fail-safe on"}
+    labels = {"unet": "U-Net (image only)", "unet_same_steps": "U-Net, the dual-path's image steps",
+              "dualpath": "dual-path, fail-safe off", "failsafe": "dual-path, fail-safe on"}
     for mode in MODES:
         # the U-Net row once for the synthetic test scans (its answer does not depend on the reports)
         # and once for the hand-written reports' own scans
-        answers = (("unet",) if mode in ("in-style", "handwritten") else ()) + ("dualpath", "failsafe")
+        answers = (("unet", "unet_same_steps") if mode in ("in-style", "handwritten") else ()) + ("dualpath", "failsafe")
         for answer in answers:
             keys = [f"s{s}/{mode}/{answer}" for s in seeds if f"s{s}/{mode}/{answer}" in rows]
             if not keys:
@@ -178,7 +208,7 @@ def table(result: dict[str, Any]) -> str:
                 return float(np.mean([rows[k][field] for k in keys if rows[k][field] is not None]))
 
             fb = [rows[k]["unet_answers"] for k in keys if rows[k]["unet_answers"] is not None]
-            reports = "any (synthetic test scans)" if answer == "unet" and mode == "in-style" else MODE_LABELS[mode]
+            reports = "any (synthetic test scans)" if answer.startswith("unet") and mode == "in-style" else MODE_LABELS[mode]
             lines.append(f"| {reports} | {labels[answer]} | " + " | ".join(f"{rows[k]['dsc']:.4f}" for k in keys) +
                          f" | **{mean('dsc'):.4f}** | {mean('dsc_positive'):.4f} | {mean('negatives_clean'):.2f} | "
                          f"{mean('lesion_sensitivity'):.3f} | {mean('fp_per_scan'):.2f} | "
@@ -191,4 +221,11 @@ def table(result: dict[str, Any]) -> str:
               (f"; left-out gain {s['gain_left_out']:+.4f} ({100 * (s['left_out_keeps'] or 0):.0f} % kept)" if "gain_left_out" in s else "") +
               f"; shuffled minus U-Net: {s['shuffled_failsafe_minus_unet']:+.4f} with the fail-safe, "
               f"{s['shuffled_dualpath_minus_unet']:+.4f} without"]
+    if "against_unet_same_steps" in s:
+        a = s["against_unet_same_steps"]
+        lines += ["", f"Against the U-Net with the same image steps ({s['unet_same_steps_dsc']:.4f}): in-style gain "
+                  f"{a['in_style_gain']:+.4f}" + (f", left-out {a['left_out_gain']:+.4f}" if a["left_out_gain"] is not None else "") +
+                  f"; shuffled {a['shuffled_failsafe_minus']:+.4f} with the fail-safe, {a['shuffled_dualpath_minus']:+.4f} without; "
+                  f"no report (fail-safe off) {a['no_report_dualpath_minus']:+.4f}; lesion sensitivity in-style "
+                  f"{a['lesion_sensitivity_in_style_minus']:+.3f}"]
     return "\n".join(lines)

@@ -29,6 +29,7 @@ from bonescan import contract as C
 from bonescan.client.inputs import Request, ScanLike, prepare
 from bonescan.client.result import SegmentationResult
 from bonescan.errors import BonescanError
+from bonescan.study import ACCESSION, STUDY_UID
 
 log = logging.getLogger("bonescan.client")
 
@@ -117,6 +118,14 @@ def _build_inputs(module, reqs: Sequence[Request], text_guided: bool) -> list:
         t = module.InferInput(C.ENS_REPORT.name, list(rep.shape), C.ENS_REPORT.triton_dtype)
         t.set_data_from_numpy(rep)
         ins.append(t)
+        # the study's identifiers go with the report where the scan has them: the server refuses a
+        # report that names another study too (the client already did, before sending)
+        for spec, key in ((C.ENS_ACCESSION, ACCESSION), (C.ENS_STUDY_UID, STUDY_UID)):
+            if any(r.study.get(key) for r in reqs):
+                ids = np.array([[(r.study.get(key) or "").encode("utf-8")] for r in reqs], dtype=np.object_)
+                t = module.InferInput(spec.name, list(ids.shape), spec.triton_dtype)
+                t.set_data_from_numpy(ids)
+                ins.append(t)
     return ins
 
 

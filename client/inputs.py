@@ -33,7 +33,8 @@ class Request:
     pixel_spacing_source: str = "command line"  # see bonescan.data.io.SPACING_SOURCES
     notes: list[str] = field(default_factory=list)  # warnings about the input files
     #: the study the scan belongs to ({"accession_number", "study_instance_uid"}, the known ones);
-    #: written to the result's _lesions.json so the answer stays linked to its study
+    #: sent with the report (ACCESSION_NUMBER / STUDY_INSTANCE_UID: the server refuses a report naming
+    #: another study too) and written to the result's _lesions.json so the answer stays linked to its study
     study: dict[str, str] = field(default_factory=dict)
 
 

@@ -211,7 +211,8 @@ def test_trained_checkpoint_carries_its_fallback_and_calibrated_failsafe(checkpo
     ck = load_checkpoint(checkpoints["dualpath"])
     fs = ck.metadata["failsafe"]
     assert ck.metadata["fallback"]["checkpoint"] == str(checkpoints["unet"])
-    assert fs["settings"]["max_unexplained"] >= 0 and fs["val_scans"] > 0 and len(fs["grid"]) > 10
+    assert fs["settings"]["max_unexplained"] >= 0 and fs["val_scans"] > 0 and fs["grid_size"] > 10 and 1 <= len(fs["grid"]) <= 20
+    assert fs["grid"][0]["safe"] == fs["safe"] and fs["grid"][0]["true"] == fs["dsc_true"]  # the chosen setting leads
     assert ck.metadata["text_pretraining"]["steps"] > 0 and TRAINED_TOKENS_FILE in ck.tokenizer_files
     assert ck.metadata["maps_pretraining"]["steps"] > 0
     # the bundled U-Net is the U-Net checkpoint itself
@@ -321,3 +322,31 @@ def test_calibration_scores_the_answers_it_would_give():
             assert answer_dsc(m, info, gt, counts) == pytest.approx(dsc(answer_mask(m, info), gt)), (k, st)
             assert answer_hits(info, counts) == scan_metrics(answer_mask(m, info), gt)["detected_lesions"], (k, st)
             assert np.array_equal(decide(dual, unet, prob, maps, stats, st)[0], answer_mask(m, info))
+
+
+def test_text_gain_bench_runs_with_both_baselines(checkpoints, dataset, tmp_path):
+    """``bench text-gain`` on the tiny models (the session's U-Net and dual-path checkpoints placed
+    where the bench reuses them): it trains the same-image-steps U-Net, scores every mode and
+    answer, and its summary and table carry the targets and the comparison with both U-Nets."""
+    import shutil
+
+    from bonescan.benchmarks.text_gain import run_text_gain
+    from bonescan.data.styles import STYLES
+
+    shutil.copy(checkpoints["unet"], tmp_path / "unet_s0.pt")
+    shutil.copy(checkpoints["dualpath"], tmp_path / f"dualpath_s0_no-{list(STYLES)[0]}.pt")
+    res = run_text_gain(dataset, tmp_path, [0], config="tiny")
+    assert (tmp_path / "unet_s0_same_steps.pt").exists()
+    rows = res["rows"]
+    for mode in ("in-style", "left-out", "none", "shuffled", "handwritten"):
+        for answer in ("dualpath", "failsafe", "unet"):
+            assert 0.0 <= rows[f"s0/{mode}/{answer}"]["dsc"] <= 1.0
+    assert rows["s0/none/failsafe"]["unet_answers"] == res["test_scans"]  # no report: the U-Net answers every scan
+    s = res["summary"]
+    assert set(s["targets_met"]) >= {"in_style_gain_at_least_0.05", "left_out_keeps_two_thirds",
+                                     "shuffled_without_failsafe_below_unet"}
+    same = s["against_unet_same_steps"]
+    assert s["unet_same_steps_dsc"] == rows["s0/in-style/unet_same_steps"]["dsc"]
+    assert abs(same["in_style_gain"] - (rows["s0/in-style/failsafe"]["dsc"] - s["unet_same_steps_dsc"])) < 1e-9
+    text = (tmp_path / "text_gain.md").read_text(encoding="utf-8")
+    assert "U-Net, the dual-path's image steps" in text and "Against the U-Net with the same image steps" in text

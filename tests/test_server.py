@@ -169,3 +169,31 @@ def test_server_log_has_no_report_text(client, server, samples):
     log = Path(server.log_file).read_text(errors="replace")
     assert "tokenizer" in log  # the log is being written
     assert "MARKER7781" not in log and MARKER not in log
+
+
+def test_server_refuses_a_report_naming_another_study(client, samples):
+    """ACCESSION_NUMBER / STUDY_INSTANCE_UID beside the report: the preprocess step refuses a report
+    that names another study (naming the field, not the value or the report); the same request with
+    the report's own accession number, with an empty one, or with none at all is answered."""
+    s = samples[0]
+    sp = np.array([s.pixel_spacing], np.float32)
+    report = "检查号：ACC20240012\n" + s.report
+
+    def ids(name: str, value: str):
+        t = grpcclient.InferInput(name, [1, 1], "BYTES")
+        t.set_data_from_numpy(np.array([[value.encode("utf-8")]], dtype=np.object_))
+        return t
+
+    base = _inputs(s.image[None], [report], sp)
+    with pytest.raises(Exception) as e:
+        client.infer("bonescan", base + [ids(C.ENS_ACCESSION.name, "ACC20249999")], outputs=_outputs(), client_timeout=120)
+    msg = str(e.value)
+    assert "ACCESSION_NUMBER" in msg and "another study" in msg
+    assert "ACC2024" not in msg and s.report[:8] not in msg
+    with pytest.raises(Exception) as e:
+        client.infer("bonescan", _inputs(s.image[None], [f"StudyInstanceUID: 1.2.3.4 {s.report}"], sp)
+                     + [ids(C.ENS_STUDY_UID.name, "1.2.3.5")], outputs=_outputs(), client_timeout=120)
+    assert "STUDY_INSTANCE_UID" in str(e.value) and "1.2.3" not in str(e.value)
+    for extra in ([ids(C.ENS_ACCESSION.name, "acc20240012")], [ids(C.ENS_ACCESSION.name, "")], []):
+        res = client.infer("bonescan", base + extra, outputs=_outputs(), client_timeout=120)
+        assert res.as_numpy("MASK").shape == (1, 1, C.IMAGE_HEIGHT, C.IMAGE_WIDTH)

@@ -110,3 +110,43 @@ def test_prepare_refuses_and_carries_the_study(tmp_path) -> None:
     assert doc["study"] == {"accession_number": "A2024-0012", "study_instance_uid": UID}
     res.study = {}
     assert "study" not in json.loads(res.save(tmp_path / "out2")["lesions"].read_text())
+
+
+def test_preprocess_check_refuses_another_study_naming_fields_only() -> None:
+    """The server's check (validate.study_problem, run by the Triton preprocess model): per report
+    row, the request's ACCESSION_NUMBER / STUDY_INSTANCE_UID against what the report names."""
+    from bonescan.validate import study_problem
+
+    def col(*values: str | bytes) -> np.ndarray:
+        return np.array([[v if isinstance(v, bytes) else v.encode("utf-8")] for v in values], dtype=np.object_)
+
+    reports = col("检查号：A2024-0012 " + FINDINGS, FINDINGS)
+    assert study_problem(reports, col("A2024-0012", "B7"), None) is None  # second report names no study
+    assert study_problem(reports, None, None) is None and study_problem(reports, col("", ""), col("", "")) is None
+    msg = study_problem(reports, col("B7", ""), None)
+    assert msg is not None and "ACCESSION_NUMBER" in msg and "another study" in msg
+    assert "A2024-0012" not in msg and "B7" not in msg and FINDINGS[:6] not in msg
+    msg = study_problem(col(f"StudyInstanceUID: {UID}"), None, col(OTHER_UID))
+    assert msg is not None and "STUDY_INSTANCE_UID" in msg and UID not in msg and OTHER_UID not in msg
+    assert "row(s)" in (study_problem(reports, col("A2024-0012"), None) or "")
+    assert "UTF-8" in (study_problem(reports, col(b"\xff", b""), None) or "")
+    assert "longer" in (study_problem(reports, col("1" * 65, ""), None) or "")
+    assert study_problem(None, col("A1"), None) is not None  # identifiers without a report row for them
+
+
+def test_client_sends_the_study_with_the_report() -> None:
+    """The client puts the study's identifiers beside REPORT (empty for a scan without them), and
+    none for the image-only ensemble."""
+    import tritonclient.grpc as grpcclient
+
+    from bonescan import contract as C
+    from bonescan.client.core import _build_inputs
+    from bonescan.client.inputs import Request
+
+    img = np.ones((2, 1024, 256), np.float32)
+    reqs = [Request(img, FINDINGS, (2.0, 2.0), "a", study={"accession_number": "A1"}), Request(img, FINDINGS, (2.0, 2.0), "b")]
+    ins = {t.name(): t for t in _build_inputs(grpcclient, reqs, text_guided=True)}
+    assert C.ENS_ACCESSION.name in ins and C.ENS_STUDY_UID.name not in ins
+    assert ins[C.ENS_ACCESSION.name].shape() == [2, 1]
+    assert C.ENS_ACCESSION.name not in {t.name() for t in _build_inputs(grpcclient, reqs, text_guided=False)}
+    assert C.ENS_ACCESSION.name not in {t.name() for t in _build_inputs(grpcclient, reqs[1:], text_guided=True)}

@@ -651,7 +651,8 @@ def _bench_storm(a: argparse.Namespace) -> int:
 def _bench_text_gain(a: argparse.Namespace) -> int:
     from bonescan.benchmarks.text_gain import run_text_gain
 
-    res = run_text_gain(a.data, a.out, a.seeds, a.config, a.leave_out, a.pretrain_text, a.tag)
+    res = run_text_gain(a.data, a.out, a.seeds, a.config, a.leave_out, a.pretrain_text, a.tag,
+                        same_steps_unet=not a.no_same_steps_unet)
     return 0 if all(res["summary"]["targets_met"].values()) else 1
 
 
@@ -725,6 +726,8 @@ def bench_commands(sub: argparse._SubParsersAction) -> None:
                    help="house style kept out of the dual-path model's training: auto (seed k leaves out style k), none, or a style name")
     s.add_argument("--pretrain-text", type=int, metavar="STEPS", help="MLM pretraining steps (default: the config's)")
     s.add_argument("--tag", default="", help="suffix for the dual-path checkpoints of an ablation")
+    s.add_argument("--no-same-steps-unet", action="store_true",
+                   help="skip the second baseline: the U-Net trained on for the dual-path model's steps (its image budget)")
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-CONTRACT_VERSION = 2  # 2: the dual-path segmenter carries the fail-safe (text_map, fallback_logits), LESIONS says who answered
+CONTRACT_VERSION = 3  # 2: the dual-path segmenter carries the fail-safe (text_map, fallback_logits), LESIONS says who answered;
+# 3: the dual-path ensemble takes the study's ACCESSION_NUMBER / STUDY_INSTANCE_UID (optional)
 
 # ----------------------------------------------------------------------------- image geometry
 #: Whole-body views are 1024 x 256 (H x W) count images, as most gamma cameras write them.
@@ -169,6 +170,14 @@ SEGMENTER_UNET_OUTPUTS = (LOGITS,)
 ENS_IMAGE = TensorSpec("IMAGE", "float32", IMAGE_DIMS, "raw counts, model frame (see to_model_frame)")
 ENS_REPORT = TensorSpec("REPORT", "object", (1,), "UTF-8 diagnostic report; empty = no report")
 ENS_PIXEL_SPACING = TensorSpec("PIXEL_SPACING", "float32", (2,), "row, column spacing in mm")
+#: the study the scan belongs to, where the caller knows it (empty or absent = not known): a report
+#: that names another accession number / StudyInstanceUID is refused (bonescan.study)
+ENS_ACCESSION = TensorSpec("ACCESSION_NUMBER", "object", (1,),
+                           "UTF-8 DICOM AccessionNumber of the scan's study; a report naming another is refused", optional=True)
+ENS_STUDY_UID = TensorSpec("STUDY_INSTANCE_UID", "object", (1,),
+                           "UTF-8 StudyInstanceUID of the scan's study; a report naming another is refused", optional=True)
+#: the longest identifier accepted (a DICOM UI is at most 64 characters, an AccessionNumber 16)
+MAX_STUDY_ID_CHARS = 64
 ENS_MASK = TensorSpec("MASK", "uint8", (1, IMAGE_HEIGHT, IMAGE_WIDTH), "1 = lesion")
 ENS_PROBABILITY = TensorSpec("PROBABILITY", "float32", (1, IMAGE_HEIGHT, IMAGE_WIDTH), "sigmoid(logits)")
 ENS_LESIONS = TensorSpec("LESIONS", "object", (1,), "JSON list of lesions (see postprocess)")
@@ -179,7 +188,8 @@ ENS_LESIONS = TensorSpec("LESIONS", "object", (1,), "JSON list of lesions (see p
 # its gRPC frontend when a parallel step finished after the ensemble had already failed.)
 PIXEL_SPACING = TensorSpec("pixel_spacing", "float32", (2,), "checked pixel spacing")
 REPORT = TensorSpec("report", "object", (1,), "checked report (valid UTF-8, within the size limit)")
-PREPROCESS_INPUTS = (ENS_IMAGE, ENS_PIXEL_SPACING, replace(ENS_REPORT, doc="absent in the U-Net ensemble", optional=True))
+PREPROCESS_INPUTS = (ENS_IMAGE, ENS_PIXEL_SPACING, replace(ENS_REPORT, doc="absent in the U-Net ensemble", optional=True),
+                     ENS_ACCESSION, ENS_STUDY_UID)
 PREPROCESS_OUTPUTS = (IMAGE, PIXEL_SPACING, REPORT)
 TOKENIZER_INPUTS = (REPORT,)
 TOKENIZER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK, TEXT_STATS)
@@ -189,7 +199,7 @@ POSTPROCESS_INPUTS = (LOGITS, PIXEL_SPACING, replace(TEXT_MAP, doc=_FAILSAFE_INP
                       replace(TEXT_STATS, doc=_FAILSAFE_INPUT, optional=True))
 POSTPROCESS_OUTPUTS = (ENS_MASK, ENS_PROBABILITY, ENS_LESIONS)
 
-ENSEMBLE_INPUTS = (ENS_IMAGE, ENS_REPORT, ENS_PIXEL_SPACING)
+ENSEMBLE_INPUTS = (ENS_IMAGE, ENS_REPORT, ENS_PIXEL_SPACING, ENS_ACCESSION, ENS_STUDY_UID)
 ENSEMBLE_UNET_INPUTS = (ENS_IMAGE, ENS_PIXEL_SPACING)
 ENSEMBLE_OUTPUTS = POSTPROCESS_OUTPUTS
 

@@ -139,10 +139,14 @@ def _scores(rows: list[tuple[Any, dict[str, Any], bool]], settings) -> dict[str,
             "sensitivity": hits / n_gt if n_gt else float("nan")}
 
 
+#: how many of the calibration grid's settings (best first) a checkpoint keeps in its metadata
+GRID_KEPT = 20
+
+
 def search_settings(true_rows: list, shuf_rows: list, base) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The fail-safe's threshold grid scored on one pass's measurements (:func:`_collect`) with true
-    reports and with another study's; returns every setting's scores and the chosen one (see
-    :func:`calibrate_failsafe`)."""
+    reports and with another study's; returns every setting's scores, best first, and the chosen one (the
+    first; see :func:`calibrate_failsafe`)."""
     import itertools
     from dataclasses import replace
 
@@ -169,9 +173,9 @@ def search_settings(true_rows: list, shuf_rows: list, base) -> tuple[list[dict[s
     # among the safe settings, the best answer to true reports (another study's report is the
     # exception the constraints guard against, not what the answer is tuned for); ties to the
     # better answer to another study's reports, then to fewer fall-backs
-    best = max(grid, key=lambda g: (-g["miss"], g["objective"], g["shuffled"], g["max_unexplained"], g["max_unseen_named"],
-                                    -g["min_confidence"]))
-    return grid, best
+    ranked = sorted(grid, key=lambda g: (-g["miss"], g["objective"], g["shuffled"], g["max_unexplained"], g["max_unseen_named"],
+                                         -g["min_confidence"]), reverse=True)
+    return ranked, ranked[0]
 
 
 def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int = 0, progress: bool = True,
@@ -232,7 +236,7 @@ def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int =
                        max_unknown_share=max(max_unknown, 0.05))
     res = {"settings": settings.to_dict(), "val_scans": len(arrays), "unet_dsc": round(unet_all, 4),
            "unet_dsc_positive": round(unet_pos, 4), "unet_lesion_sensitivity": round(unet_sens, 4), "safe": best["safe"],
-           "grid": grid, "dualpath_dsc_by_unknown_share": curve,
+           "grid_size": len(grid), "grid": grid[:GRID_KEPT], "dualpath_dsc_by_unknown_share": curve,
            "dsc_true": best["true"], "dsc_true_positive": best["true_positive"], "dsc_shuffled": best["shuffled"],
            "lesion_sensitivity_true": best["true_sensitivity"], "validation": summarize(dual_metrics)}
     if progress:
@@ -249,6 +253,8 @@ def recalibrate(checkpoint: str | Path, data: str | Path, split: str = "val", ou
                 progress: bool = True) -> dict[str, Any]:
     """Calibrate a dual-path checkpoint's fail-safe again on a split (e.g. a hospital's own validation
     cases and reports) and write it into the checkpoint (or a copy at ``out``); returns the calibration."""
+    import torch
+
     from bonescan.model.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
@@ -260,7 +266,8 @@ def recalibrate(checkpoint: str | Path, data: str | Path, split: str = "val", ou
     res = calibrate_failsafe(ckpt, arrays, texts, seed=seed, progress=progress)
     res["data"], res["split"] = str(data), split
     metadata = {**ckpt.metadata, "failsafe": json.loads(json.dumps(res))}
-    save_checkpoint(out or checkpoint, ckpt.net, ckpt.tokenizer_files, metadata)
+    net = ckpt.net.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # the Predictor made it channels-last
+    save_checkpoint(out or checkpoint, net, ckpt.tokenizer_files, metadata)
     return res
 
 

@@ -59,14 +59,17 @@ def _same(a: str, b: str) -> bool:
     return a.strip().casefold() == b.strip().casefold()
 
 
-def check_report_study(report: str, scan_ids: Mapping[str, str | None] | None) -> None:
+def check_report_study(report: str, scan_ids: Mapping[str, str | None] | None,
+                       scan_field: Mapping[str, str] | None = None) -> None:
     """Refuse a report that names another study than the scan's.
 
     ``scan_ids``: the scan's ``{"accession_number": ..., "study_instance_uid": ...}`` (missing or
     empty = not known). An identifier is compared only when both the report and the scan have it;
     with nothing to compare the report is accepted. Raises BonescanError naming the field, never
-    a value or the report's text.
+    a value or the report's text; ``scan_field`` names where the scan's identifiers came from
+    (default: the DICOM attributes or meta.json).
     """
+    names = {**_SCAN_FIELD, **(scan_field or {})}
     if not report or not scan_ids:
         return
     found = _all_ids(report)
@@ -77,7 +80,7 @@ def check_report_study(report: str, scan_ids: Mapping[str, str | None] | None) -
         if any(not _same(v, ours) for v in values):
             raise BonescanError(
                 f"report names another study: its {_REPORT_FIELD[field]} differs from the scan's "
-                f"({_SCAN_FIELD[field]}); check that the report belongs to this scan")
+                f"({names[field]}); check that the report belongs to this scan")
 
 
 def study_ids(accession_number: object = None, study_instance_uid: object = None) -> dict[str, str]:

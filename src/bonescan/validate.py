@@ -8,7 +8,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from bonescan.contract import ENS_IMAGE, ENS_PIXEL_SPACING, ENS_REPORT, IMAGE_DIMS, MAX_COUNT
+from bonescan.contract import (
+    ENS_ACCESSION,
+    ENS_IMAGE,
+    ENS_PIXEL_SPACING,
+    ENS_REPORT,
+    ENS_STUDY_UID,
+    IMAGE_DIMS,
+    MAX_COUNT,
+    MAX_STUDY_ID_CHARS,
+)
+from bonescan.errors import BonescanError
+from bonescan.study import ACCESSION, STUDY_UID, check_report_study
 from bonescan.tokenize import ReportError, decode_report
 
 MIN_SPACING_MM = 0.1
@@ -50,4 +61,40 @@ def reports_problem(reports: np.ndarray, field: str = ENS_REPORT.name) -> str | 
             decode_report(raw, field)
     except ReportError as e:
         return str(e)
+    return None
+
+
+def study_problem(reports: np.ndarray | None, accession: np.ndarray | None, study_uid: np.ndarray | None,
+                  report_field: str = ENS_REPORT.name, accession_field: str = ENS_ACCESSION.name,
+                  study_uid_field: str = ENS_STUDY_UID.name) -> str | None:
+    """A request's study identifiers (BYTES, one per report row; absent or empty = not known): each
+    valid UTF-8 of at most MAX_STUDY_ID_CHARS characters, and no report may name another study
+    (bonescan.study.check_report_study). The message names the fields, never a value."""
+    given = [(key, field, np.asarray(arr, dtype=np.object_).reshape(-1))
+             for key, field, arr in ((ACCESSION, accession_field, accession), (STUDY_UID, study_uid_field, study_uid))
+             if arr is not None and np.asarray(arr).size]
+    if not given:
+        return None
+    rows = np.asarray(reports, dtype=np.object_).reshape(-1) if reports is not None else np.zeros(0, np.object_)
+    ids: list[dict[str, str]] = [{} for _ in range(len(rows))]
+    for key, field, col in given:
+        if len(col) != len(rows):
+            return f"{field} has {len(col)} value(s) for {len(rows)} {report_field} row(s)"
+        for j, raw in enumerate(col):
+            try:
+                text = (raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)).strip()
+            except UnicodeDecodeError:
+                return f"{field} is not valid UTF-8"
+            if len(text) > MAX_STUDY_ID_CHARS:
+                return f"{field} is longer than {MAX_STUDY_ID_CHARS} characters"
+            if text:
+                ids[j][key] = text
+    where = {ACCESSION: f"the request's {accession_field}", STUDY_UID: f"the request's {study_uid_field}"}
+    for raw, scan_ids in zip(rows, ids):
+        if not scan_ids:
+            continue
+        try:
+            check_report_study(decode_report(raw, report_field), scan_ids, where)
+        except (ReportError, BonescanError) as e:
+            return f"{report_field}: {e}"
     return None

@@ -2,7 +2,8 @@
 
 IMAGE (NaN / Inf, negative or too large counts, an empty view), PIXEL_SPACING (an impossible
 spacing) and, in the dual-path ensemble, REPORT (valid UTF-8, within the size limit; never echoed)
-are checked here, before any other step runs. A bad request gets an error that names the field and
+and the study's ACCESSION_NUMBER / STUDY_INSTANCE_UID where the caller sends them (a report that
+names another study is refused: bonescan/study.py) are checked here, before any other step runs. A bad request gets an error that names the field and
 the problem; the other requests in the batch go on. The checks are bonescan/validate.py and
 bonescan/tokenize.py, the same ones the client runs before sending.
 
@@ -27,13 +28,13 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from bonescan.serving.pybackend import RequestLog, concat_padded, config_tensors, gather, respond  # noqa: E402
-from bonescan.validate import image_problem, reports_problem, spacing_problem  # noqa: E402
+from bonescan.validate import image_problem, reports_problem, spacing_problem, study_problem  # noqa: E402
 
 
 class TritonPythonModel:
     def initialize(self, args):
         inputs, outputs = config_tensors(args["model_config"])
-        self.image_in, self.spacing_in, self.report_in = inputs
+        self.image_in, self.spacing_in, self.report_in, self.accession_in, self.study_uid_in = inputs
         self.image_out, self.spacing_out, self.report_out = outputs
         self.names = [t.name for t in inputs]
         self.optional = [t.name for t in inputs if t.optional]
@@ -48,9 +49,13 @@ class TritonPythonModel:
             problem = spacing_problem(s, self.spacing_in.name)
             if problem:
                 return problem
-        if feed.get(self.report_in.name) is not None:
-            return reports_problem(feed[self.report_in.name], self.report_in.name)
-        return None
+        report = feed.get(self.report_in.name)
+        if report is not None:
+            problem = reports_problem(report, self.report_in.name)
+            if problem:
+                return problem
+        return study_problem(report, feed.get(self.accession_in.name), feed.get(self.study_uid_in.name),
+                             self.report_in.name, self.accession_in.name, self.study_uid_in.name)
 
     def execute(self, requests):
         if self.request_log is not None:

@@ -33,7 +33,7 @@ FLAVORS = ("embedded", "onnxruntime", "tensorrt")
 REPO_MANIFEST = "bonescan_repo.json"
 #: modules copied next to every python model: the runtime half of the package (numpy, scipy, tokenizers, onnxruntime)
 RUNTIME_MODULES = ("__init__.py", "contract.py", "errors.py", "tokenize.py", "postprocess.py", "failsafe.py", "validate.py",
-                   "serving/__init__.py", "serving/pybackend.py", "serving/onnx_runner.py")
+                   "study.py", "serving/__init__.py", "serving/pybackend.py", "serving/onnx_runner.py")
 
 #: files a python model needs beside model.py: model -> {name there: path in the export folder}
 #: (files that an export may lack, such as trained_tokens.json of a pretrained MacBERT's tokenizer, are skipped)
