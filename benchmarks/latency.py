@@ -65,7 +65,9 @@ def run_info() -> dict[str, str]:
     import sys
 
     argv = list(sys.argv)
-    command = " ".join(["bonescan", *argv[1:]] if argv and Path(argv[0]).name == "bonescan" else argv)
+    # `bonescan ...` and `python -m bonescan.cli ...` (argv[0] is then the path of cli.py) are one command
+    entry = bool(argv) and (Path(argv[0]).name == "bonescan" or Path(argv[0]).parts[-2:] == ("bonescan", "cli.py"))
+    command = " ".join(["bonescan", *argv[1:]] if entry else argv)
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,

@@ -90,6 +90,11 @@ def test_meta_json_identifiers(tmp_path) -> None:
     assert read_scan(tmp_path).study == {}
     (tmp_path / "meta.json").write_text(json.dumps({"accession_number": "M-1", "study_instance_uid": UID}))
     assert read_scan(tmp_path).study == {"accession_number": "M-1", "study_instance_uid": UID}
+    # `data to-dicom` carries them into the DICOM (without them a converted case would lose its study)
+    from bonescan.cli import main
+
+    assert main(["data", "to-dicom", str(tmp_path), "--out", str(tmp_path / "scan.dcm")]) == 0
+    assert read_scan(tmp_path / "scan.dcm").study == {"accession_number": "M-1", "study_instance_uid": UID}
 
 
 def test_prepare_refuses_and_carries_the_study(tmp_path) -> None:
