@@ -137,14 +137,14 @@ def _data_to_dicom(a: argparse.Namespace) -> int:
 
     scan = read_scan(a.case, a.pixel_spacing)
     # the study identifiers the case names (meta.json) go into the DICOM, so the report check still has them
-    ids = {"accession_number": scan.study.get(ACCESSION), "study_instance_uid": scan.study.get(STUDY_UID)}
-    carried = f"; {', '.join(k for k, v in ids.items() if v)} from the case" if any(ids.values()) else ""
+    acc, uid = scan.study.get(ACCESSION), scan.study.get(STUDY_UID)
+    carried = f"; {', '.join(k for k, v in ((ACCESSION, acc), (STUDY_UID, uid)) if v)} from the case" if acc or uid else ""
     if scan.spacing_known:
-        write_dicom_scan(a.out, scan.anterior, scan.posterior, scan.pixel_spacing, **ids)
+        write_dicom_scan(a.out, scan.anterior, scan.posterior, scan.pixel_spacing, accession_number=acc, study_instance_uid=uid)
         row, col = scan.pixel_spacing
         print(f"wrote {a.out} (PixelSpacing {row:g} x {col:g} mm, from {scan.spacing_source}{carried})")
     else:
-        write_dicom_scan(a.out, scan.anterior, scan.posterior, None, **ids)
+        write_dicom_scan(a.out, scan.anterior, scan.posterior, None, accession_number=acc, study_instance_uid=uid)
         print(f"wrote {a.out} with PixelSpacing empty: {a.case} carries no pixel spacing (give --pixel-spacing ROW COL){carried}")
     return 0
 
