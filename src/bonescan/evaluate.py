@@ -253,8 +253,6 @@ def recalibrate(checkpoint: str | Path, data: str | Path, split: str = "val", ou
                 progress: bool = True) -> dict[str, Any]:
     """Calibrate a dual-path checkpoint's fail-safe again on a split (e.g. a hospital's own validation
     cases and reports) and write it into the checkpoint (or a copy at ``out``); returns the calibration."""
-    import torch
-
     from bonescan.model.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
@@ -266,8 +264,7 @@ def recalibrate(checkpoint: str | Path, data: str | Path, split: str = "val", ou
     res = calibrate_failsafe(ckpt, arrays, texts, seed=seed, progress=progress)
     res["data"], res["split"] = str(data), split
     metadata = {**ckpt.metadata, "failsafe": json.loads(json.dumps(res))}
-    net = ckpt.net.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # the Predictor made it channels-last
-    save_checkpoint(out or checkpoint, net, ckpt.tokenizer_files, metadata)
+    save_checkpoint(out or checkpoint, ckpt.net, ckpt.tokenizer_files, metadata)
     return res
 
 

@@ -554,7 +554,6 @@ def train(
                                        tok_files=tok_files, init_info=init_info, validation=val, t_start=t_start,
                                        fallback_info=fallback_info, pretraining=pretraining, styles=styles, failsafe=failsafe,
                                        maps_pretraining=maps_pretraining)
-        net = net.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # evaluation made it channels-last
         path = save_checkpoint(out, net, tok_files, metadata)
     v = metadata["validation"]
     took = f"{result.steps} steps in {result.seconds / 60:.1f} min"

@@ -19,7 +19,7 @@ from bonescan.contract import (
     MAX_STUDY_ID_CHARS,
 )
 from bonescan.errors import BonescanError
-from bonescan.study import ACCESSION, STUDY_UID, check_report_study
+from bonescan.study import ACCESSION, STUDY_UID, check_report_study, study_ids
 from bonescan.tokenize import ReportError, decode_report
 
 MIN_SPACING_MM = 0.1
@@ -76,25 +76,22 @@ def study_problem(reports: np.ndarray | None, accession: np.ndarray | None, stud
     if not given:
         return None
     rows = np.asarray(reports, dtype=np.object_).reshape(-1) if reports is not None else np.zeros(0, np.object_)
-    ids: list[dict[str, str]] = [{} for _ in range(len(rows))]
-    for key, field, col in given:
+    for _key, field, col in given:
         if len(col) != len(rows):
             return f"{field} has {len(col)} value(s) for {len(rows)} {report_field} row(s)"
-        for j, raw in enumerate(col):
-            try:
-                text = (raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)).strip()
-            except UnicodeDecodeError:
-                return f"{field} is not valid UTF-8"
-            if len(text) > MAX_STUDY_ID_CHARS:
-                return f"{field} is longer than {MAX_STUDY_ID_CHARS} characters"
-            if text:
-                ids[j][key] = text
     where = {ACCESSION: f"the request's {accession_field}", STUDY_UID: f"the request's {study_uid_field}"}
-    for raw, scan_ids in zip(rows, ids):
-        if not scan_ids:
-            continue
+    for j, raw in enumerate(rows):
+        values: dict[str, str] = {}
         try:
-            check_report_study(decode_report(raw, report_field), scan_ids, where)
-        except (ReportError, BonescanError) as e:
+            for key, field, col in given:  # the same UTF-8 check as the report's, then the length
+                values[key] = decode_report(col[j], field)
+                if len(values[key].strip()) > MAX_STUDY_ID_CHARS:
+                    return f"{field} is longer than {MAX_STUDY_ID_CHARS} characters"
+            scan_ids = study_ids(values.get(ACCESSION), values.get(STUDY_UID))  # stripped, the known ones
+            if scan_ids:
+                check_report_study(decode_report(raw, report_field), scan_ids, where)
+        except ReportError as e:
+            return str(e)
+        except BonescanError as e:
             return f"{report_field}: {e}"
     return None

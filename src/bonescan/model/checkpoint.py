@@ -115,7 +115,7 @@ class Predictor:
     def __init__(self, ckpt: Checkpoint | str | Path, threads: int | None = None):
         self.ckpt = ckpt if isinstance(ckpt, Checkpoint) else load_checkpoint(ckpt)
         # channels-last: oneDNN's convolutions on the CPU run ~25 % faster on it (masks unchanged;
-        # logits within ~1e-5). The network is the checkpoint's own: train() makes it contiguous again
+        # logits within ~1e-5). The network is the checkpoint's own; save_checkpoint stores contiguous tensors
         self.net = self.ckpt.net.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack memory_format
         self.tokenizer = self.ckpt.report_tokenizer() if self.net.text_encoder is not None else None
         if threads:
