@@ -140,6 +140,27 @@ def test_failsafe_decides_with_its_signals():
     assert info["answered_by"] == UNET and "no hot spot" in info["reason"] and info["signals"]["unseen_named_places"] == 1
     out, info = decide(dual, unet, prob, names_elsewhere, stats, replace(s, max_unseen_named=1))
     assert info["answered_by"] == DUALPATH and info["signals"]["unseen_named_places"] == 1
+    # one unexplained hot spot tolerated by count, but not by its area (6 x 6 pixels)
+    elsewhere = _maps([(20, 2)], [(20, 2)])
+    out, info = decide(dual, unet, prob, elsewhere, stats, replace(s, max_unexplained=1, max_unexplained_area=36))
+    assert info["answered_by"] == DUALPATH and info["signals"]["unexplained_area_px"] == 36
+    out, info = decide(dual, unet, prob, elsewhere, stats, replace(s, max_unexplained=1, max_unexplained_area=35))
+    assert info["answered_by"] == UNET and "36 pixels" in info["reason"]
+    # a report that names no metastasis (allow low everywhere) but mentions both hot spots: the
+    # trusted answer is empty, with the fail-safe on or off; not so below the calibrated level
+    negative = _maps([], [(3, 1), (15, 6)])
+    out, info = decide(dual, unet, prob, negative, stats, replace(s, negative_report_allow=0.2))
+    assert info["answered_by"] == DUALPATH and "names no metastasis" in info["reason"] and not out.any()
+    assert info["signals"]["allow_max"] < 0.01
+    out, info = decide(dual, unet, prob, negative, stats, replace(s, negative_report_allow=0.2, enabled=False))
+    assert info["answered_by"] == DUALPATH and "fail-safe off" in info["reason"] and not out.any()
+    out, info = decide(dual, unet, prob, negative, stats, s)
+    assert np.array_equal(out, dual)
+    # ... and a report naming a metastasis is not negative; nor is no report (the U-Net answers)
+    out, info = decide(dual, unet, prob, _maps([(3, 1)], [(3, 1), (15, 6)]), stats, replace(s, negative_report_allow=0.2))
+    assert out.any() and "names no metastasis" not in info["reason"]
+    out, info = decide(dual, unet, prob, negative, np.array([0, 0]), replace(s, negative_report_allow=0.2, enabled=False))
+    assert np.array_equal(out, dual)
     # the fail-safe off: always the dual-path answer
     out, info = decide(dual, unet, prob, _maps([], []), np.array([0, 0]), FailSafeSettings(enabled=False))
     assert info["answered_by"] == DUALPATH and np.array_equal(out, dual)
@@ -292,6 +313,56 @@ def test_a_pretrained_macbert_folder_trains_exports_and_builds(tmp_path, dataset
     assert m["text_hidden"] == SHAPES["mini"]["hidden_size"]
 
 
+def _random_rows(n: int, seed: int) -> list:
+    """Fail-safe measurements of random scans (U-Net, dual-path and ground-truth blobs, random
+    report maps), as calibration collects them: (Measured, counts, has metastases)."""
+    from bonescan.failsafe import answer_counts, measure
+
+    rng = np.random.default_rng(seed)
+    shape = (C.IMAGE_HEIGHT, C.IMAGE_WIDTH)
+    rows = []
+    for _ in range(n):
+        unet, dual, gt = (np.zeros(shape, np.uint8) for _ in range(3))
+        for _ in range(int(rng.integers(1, 7))):
+            y, x = int(rng.integers(20, 1000)), int(rng.integers(10, 240))
+            _blob(unet, y, x, int(rng.integers(2, 9)))
+            if rng.random() < 0.5:
+                _blob(dual, y + 1, x, 3)
+            if rng.random() < 0.6:
+                _blob(gt, y, x + 1, 3)
+        prob = unet * rng.uniform(0.5, 1.0, shape).astype(np.float32)
+        maps = rng.normal(0, 3, (2, 64, 16)).astype(np.float32)
+        if rng.random() < 0.4:  # a report that names no metastasis (allow low everywhere)
+            maps[0] -= rng.uniform(10.0, 14.0)
+        m = measure(dual, unet, prob, maps, np.array([50, int(rng.integers(0, 10))]))
+        rows.append((m, answer_counts(m, gt), bool(gt.any())))
+    return rows
+
+
+def test_calibration_grid_scores_are_what_choose_gives():
+    """search_settings scores the whole grid at once (arrays over settings); every setting's
+    scores equal those of choose() applied scan by scan, with one and with several shuffles."""
+    from bonescan.evaluate import GRID, _scores, search_settings
+    from bonescan.failsafe import FailSafeSettings
+
+    true_rows, shuffles = _random_rows(12, 0), [_random_rows(12, 1), _random_rows(12, 2)]
+    grid, best = search_settings(true_rows, shuffles, FailSafeSettings())
+    assert len(grid) == int(np.prod([len(v) for v in GRID.values()])) and best is grid[0]
+    assert len({g["true"] for g in grid}) > 5  # the settings do answer differently
+    assert any(m.allow_max < 0.3 for m, _, _ in true_rows) and any(m.allow_max > 0.5 for m, _, _ in true_rows)
+    for g in grid[:5] + grid[::97] + [g for g in grid if g["negative_report_allow"] == 0.3][:40:7]:
+        st = FailSafeSettings(max_unexplained=float(g["max_unexplained"]), max_unexplained_area=float(g["max_unexplained_area"]),
+                              min_confidence=g["min_confidence"], mention_threshold=g["mention_threshold"],
+                              add_named_lesions=g["add_named_lesions"], allow_threshold=g["allow_threshold"],
+                              max_unseen_named=float(g["max_unseen_named"]), negative_report_allow=g["negative_report_allow"])
+        t = _scores(true_rows, st)
+        assert g["true"] == pytest.approx(t["all"], abs=1e-4) and g["true_positive"] == pytest.approx(t["positive"], abs=1e-4)
+        assert g["true_sensitivity"] == pytest.approx(t["sensitivity"], abs=1e-4)
+        assert g["shuffled"] == pytest.approx(np.mean([_scores(r, st)["all"] for r in shuffles]), abs=1e-4)
+    one, _ = search_settings(true_rows, shuffles[0], FailSafeSettings())  # a single list of rows works too
+    assert len(one) == len(grid)
+
+
 def test_calibration_scores_the_answers_it_would_give():
     """answer_dsc (pixel counts, what calibration scores settings with) equals the DSC of the mask
     decide() builds, and answer_hits the lesions bonescan.metrics finds in it, for every path and
@@ -312,12 +383,14 @@ def test_calibration_scores_the_answers_it_would_give():
                 _blob(gt, y, x + 1, 3)
         prob = unet * rng.uniform(0.5, 1.0, shape).astype(np.float32)
         maps = rng.normal(0, 3, (2, 64, 16)).astype(np.float32)
+        maps[0] -= 12.0 * (k % 2)  # every other scan: a report that names no metastasis
         stats = np.array([50, int(rng.integers(0, 10))])
         m = measure(dual, unet, prob, maps, stats)
         counts = answer_counts(m, gt)
         for st in (FailSafeSettings(), FailSafeSettings(max_unexplained=0, min_confidence=0.5, mention_threshold=0.9),
                    FailSafeSettings(add_named_lesions=False), FailSafeSettings(max_unknown_share=0.0), FailSafeSettings(enabled=False),
-                   FailSafeSettings(max_unseen_named=0, allow_threshold=0.5)):
+                   FailSafeSettings(max_unseen_named=0, allow_threshold=0.5), FailSafeSettings(max_unexplained_area=20),
+                   FailSafeSettings(negative_report_allow=0.5), FailSafeSettings(enabled=False, negative_report_allow=0.5)):
             info = choose(m, st)
             assert answer_dsc(m, info, gt, counts) == pytest.approx(dsc(answer_mask(m, info), gt)), (k, st)
             assert answer_hits(info, counts) == scan_metrics(answer_mask(m, info), gt)["detected_lesions"], (k, st)

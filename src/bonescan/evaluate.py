@@ -55,10 +55,13 @@ def evaluate_arrays(ckpt, arrays, reports: str = "true", seed: int = 0, batch: i
 
     texts: the reports to use instead of the split's own (e.g. re-written in one house style, or
     written by hand); ``reports`` then selects among them (true / shuffled / empty) as usual.
-    A dual-path checkpoint is scored three ways from one pass: its own answer ("dualpath"), the
+    A dual-path checkpoint is scored three ways from one pass: its own answer ("dualpath": the
+    fail-safe's decision with the fail-safe off, so a report naming no metastasis empties it), the
     fail-safe's choice ("failsafe", settings from the checkpoint unless given) and the bundled
     image-only U-Net's ("unet"); ``summary`` is the one named by ``answer``.
     """
+    from dataclasses import replace
+
     from tqdm import tqdm
 
     from bonescan.failsafe import FailSafeSettings
@@ -81,6 +84,9 @@ def evaluate_arrays(ckpt, arrays, reports: str = "true", seed: int = 0, batch: i
             fs, _, _, dec = postprocess_failsafe(out["logits"], out["fallback_logits"], out["text_map"], out["text_stats"],
                                                  sp, failsafe, threshold)
             masks["failsafe"] = fs
+            # the dual-path answer: the same decision with the fail-safe off (a report naming no metastasis empties it)
+            masks["dualpath"] = postprocess_failsafe(out["logits"], out["fallback_logits"], out["text_map"], out["text_stats"],
+                                                     sp, replace(failsafe, enabled=False), threshold)[0]
             decisions.extend({"case_id": arrays.ids[i + k], "answered_by": d["answered_by"], "reason": d["reason"],
                               **d["signals"]} for k, d in enumerate(dec))
         for name, m in masks.items():
@@ -141,40 +147,106 @@ def _scores(rows: list[tuple[Any, dict[str, Any], bool]], settings) -> dict[str,
 
 #: how many of the calibration grid's settings (best first) a checkpoint keeps in its metadata
 GRID_KEPT = 20
+#: the calibration grid (see :func:`search_settings`); max_unexplained_area 1e9 = not used
+GRID: dict[str, tuple[Any, ...]] = {"mention_threshold": (0.3, 0.5, 0.7), "min_confidence": (0.5, 0.7, 0.9, 0.97), "max_unexplained": (0, 1, 2, 3, 5, 1000),
+        "allow_threshold": (None, 0.5, 0.7, 0.9), "max_unseen_named": (0, 1000),
+        "max_unexplained_area": (50, 100, 150, 200, 300, 1.0e9), "negative_report_allow": (0.0, 0.1, 0.2, 0.3)}
+#: how far below the U-Net's answer on the validation split a safe setting may score (see
+#: :func:`calibrate_failsafe`): with true reports on the scans with metastases (DSC) and in lesion
+#: sensitivity, with other studies' reports on those scans and on all
+TOLERANCE = {"true_positive": 0.005, "true_sensitivity": 0.015, "shuffled_positive": 0.01, "shuffled": 0.005}
+#: how many different other-study report assignments (derangements) calibration scores each setting on
+SHUFFLES = 3
 
 
-def search_settings(true_rows: list, shuf_rows: list, base) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The fail-safe's threshold grid scored on one pass's measurements (:func:`_collect`) with true
-    reports and with another study's; returns every setting's scores, best first, and the chosen one (the
-    first; see :func:`calibrate_failsafe`)."""
+def _answers(rows: list, conf: float, allow: float | None, allow_threshold: float, negative: float) -> dict[str, np.ndarray]:
+    """Per scan, the DSC and detected lesions of the trusted dual-path answer (with the U-Net lesions
+    it adds at ``allow``, or none; empty when the report names no metastasis, allow map below
+    ``negative``) and of the U-Net's; what every setting with this confidence, allow threshold and
+    negative-report level chooses between."""
+    from bonescan.failsafe import DUALPATH, UNET, answer_dsc, answer_hits
+
+    out: dict[str, list] = {"dual": [], "dual_hits": [], "unet": [], "unet_hits": []}
+    for m, counts, _ in rows:
+        add = np.nonzero((m.confidence >= conf) & (m.named >= allow_threshold))[0] + 1 if allow is not None else np.zeros(0, np.int64)
+        empty = m.tokens > 0 and m.allow_max < negative
+        for name, info in (("dual", {"answered_by": DUALPATH, "add": add[:0] if empty else add, "empty": empty}),
+                           ("unet", {"answered_by": UNET, "add": add[:0]})):
+            out[name].append(answer_dsc(m, info, None, counts))
+            out[name + "_hits"].append(answer_hits(info, counts))
+    return {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+
+def _grid_scores(rows: list, base, conf: float, allow: float | None, negative: float = 0.0) -> dict[str, np.ndarray]:
+    """Mean DSC, over scans with metastases, and lesion sensitivity of every (mention threshold,
+    max unexplained, max unexplained area, max unseen named) setting at this confidence, allow
+    threshold and negative-report level, as arrays indexed in that order: what :func:`_scores`
+    gives, for the whole grid at once."""
+    allow_t = allow if allow is not None else base.allow_threshold
+    a = _answers(rows, conf, allow, allow_t, negative)
+    mention = np.asarray(GRID["mention_threshold"])[:, None]
+    n_un = np.zeros((len(mention), len(rows)))
+    area = np.zeros((len(mention), len(rows)))
+    unseen = np.zeros(len(rows))
+    not_read = np.zeros(len(rows), bool)
+    for i, (m, _, _) in enumerate(rows):
+        un = (~m.kept & (m.confidence >= conf))[None] & (m.mention[None] < mention)  # [mention, lesions]
+        n_un[:, i] = un.sum(axis=1)
+        area[:, i] = (un * m.area[None]).sum(axis=1)
+        unseen[i] = np.sum((m.place_allow >= allow_t) & (m.place_prob < 0.5))
+        not_read[i] = m.tokens == 0 or m.unknown / m.tokens > base.max_unknown_share
+    k = np.asarray(GRID["max_unexplained"], np.float64)[None, :, None, None, None]
+    big = np.asarray(GRID["max_unexplained_area"], np.float64)[None, None, :, None, None]
+    seen = np.asarray(GRID["max_unseen_named"], np.float64)[None, None, None, :, None]
+    fb = (not_read | (unseen > seen) | (n_un[:, None, None, None] > k) | (area[:, None, None, None] > big))  # [..., scans]
+    dsc = np.where(fb, a["unet"], a["dual"])
+    hits = np.where(fb, a["unet_hits"], a["dual_hits"])
+    pos = np.asarray([p for _, _, p in rows], bool)
+    n_gt = sum(c["gt_lesions"] for _, c, _ in rows)
+    return {"all": dsc.mean(axis=-1), "positive": dsc[..., pos].mean(axis=-1) if pos.any() else np.full(dsc.shape[:-1], np.nan),
+            "sensitivity": hits.sum(axis=-1) / n_gt if n_gt else np.full(dsc.shape[:-1], np.nan)}
+
+
+def search_settings(true_rows: list, shuf_rows: list | list[list], base) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The fail-safe's threshold grid (:data:`GRID`) scored on one pass's measurements
+    (:func:`_collect`) with true reports and with other studies' (one list of rows, or several:
+    their scores are averaged); returns every setting's scores, best first, and the chosen one (the
+    first; see :func:`calibrate_failsafe`). Scores all settings at once from per-scan answers
+    (:func:`_grid_scores`); ``tests/test_report_path.py`` checks them against :func:`choose`."""
     import itertools
-    from dataclasses import replace
 
+    if shuf_rows and not isinstance(shuf_rows[0], list):
+        shuf_rows = [shuf_rows]
     from bonescan.failsafe import FailSafeSettings
 
     unet = _scores(true_rows, FailSafeSettings(max_unknown_share=-1.0))  # every scan answered by the U-Net
     unet_all, unet_pos, unet_sens = unet["all"], unet["positive"], unet["sensitivity"]
     grid: list[dict[str, Any]] = []
-    for mention, conf, k, allow, unseen in itertools.product((0.3, 0.5, 0.7), (0.5, 0.7, 0.9, 0.97), (0, 1, 2, 3, 5, 1000),
-                                                             (None, 0.5, 0.7, 0.9), (0, 1000)):
-        add = allow is not None
-        st = replace(base, max_unexplained=float(k), min_confidence=conf, mention_threshold=mention, add_named_lesions=add,
-                     allow_threshold=allow if allow is not None else base.allow_threshold, max_unseen_named=float(unseen))
-        t, sh = _scores(true_rows, st), _scores(shuf_rows, st)
+    for conf, allow, negative in itertools.product(GRID["min_confidence"], GRID["allow_threshold"], GRID["negative_report_allow"]):
+        t = _grid_scores(true_rows, base, conf, allow, negative)
+        shs = [_grid_scores(rows, base, conf, allow, negative) for rows in shuf_rows]
+        sh = {q: np.mean([x[q] for x in shs], axis=0) for q in ("all", "positive")}
         # how far each safety constraint is missed (0 = met)
-        miss = (max(0.0, unet_pos - 0.005 - t["positive"]) + max(0.0, unet_sens - 0.015 - t["sensitivity"])
-                + max(0.0, unet_pos - 0.01 - sh["positive"]) + max(0.0, unet_all - 0.005 - sh["all"]))
-        grid.append({"max_unexplained": k, "min_confidence": conf, "mention_threshold": mention, "add_named_lesions": add,
-                     "allow_threshold": st.allow_threshold, "max_unseen_named": unseen,
-                     "true": round(t["all"], 4), "true_positive": round(t["positive"], 4),
-                     "true_sensitivity": round(t["sensitivity"], 4), "shuffled": round(sh["all"], 4),
-                     "shuffled_positive": round(sh["positive"], 4), "safe": miss == 0, "miss": round(miss, 5),
-                     "objective": round(t["all"], 5)})
+        tol = TOLERANCE
+        miss = (np.maximum(0.0, unet_pos - tol["true_positive"] - t["positive"])
+                + np.maximum(0.0, unet_sens - tol["true_sensitivity"] - t["sensitivity"])
+                + np.maximum(0.0, unet_pos - tol["shuffled_positive"] - sh["positive"]) + np.maximum(0.0, unet_all - tol["shuffled"] - sh["all"]))
+        for (i, mention), (j, k), (a, area), (u, unseen) in itertools.product(*(enumerate(GRID[n]) for n in (
+                "mention_threshold", "max_unexplained", "max_unexplained_area", "max_unseen_named"))):
+            ix = (i, j, a, u)
+            grid.append({"max_unexplained": k, "max_unexplained_area": area, "min_confidence": conf, "mention_threshold": mention,
+                         "add_named_lesions": allow is not None,
+                         "allow_threshold": allow if allow is not None else base.allow_threshold, "max_unseen_named": unseen,
+                         "negative_report_allow": negative,
+                         "true": round(float(t["all"][ix]), 4), "true_positive": round(float(t["positive"][ix]), 4),
+                         "true_sensitivity": round(float(t["sensitivity"][ix]), 4), "shuffled": round(float(sh["all"][ix]), 4),
+                         "shuffled_positive": round(float(sh["positive"][ix]), 4), "safe": bool(miss[ix] == 0),
+                         "miss": round(float(miss[ix]), 5), "objective": round(float(t["all"][ix]), 5)})
     # among the safe settings, the best answer to true reports (another study's report is the
     # exception the constraints guard against, not what the answer is tuned for); ties to the
-    # better answer to another study's reports, then to fewer fall-backs
-    ranked = sorted(grid, key=lambda g: (-g["miss"], g["objective"], g["shuffled"], g["max_unexplained"], g["max_unseen_named"],
-                                         -g["min_confidence"]), reverse=True)
+    # better answer to other studies' reports, then to fewer fall-backs
+    ranked = sorted(grid, key=lambda g: (-g["miss"], g["objective"], g["shuffled"], g["max_unexplained"], g["max_unexplained_area"],
+                                         g["max_unseen_named"], -g["min_confidence"]), reverse=True)
     return ranked, ranked[0]
 
 
@@ -182,20 +254,22 @@ def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int =
                        threshold: float = THRESHOLD) -> dict[str, Any]:
     """Thresholds of the fail-safe from the validation split (bonescan.failsafe).
 
-    * max_unexplained, min_confidence, mention_threshold, max_unseen_named, add_named_lesions and
+    * max_unexplained, max_unexplained_area, min_confidence, mention_threshold, max_unseen_named,
+      negative_report_allow, add_named_lesions and
       allow_threshold (which U-Net lesions a trusted answer adds: none, or those where the
-      report's allow map reaches it): of a small grid (:func:`search_settings`), the setting with
+      report's allow map reaches it): of a grid (:func:`search_settings`), the setting with
       the best mean DSC over the split given its true reports, among the settings that keep the
-      answers to true reports and to another study's (a fixed derangement) safe: with true
-      reports the scans with metastases score at least the U-Net's DSC there (within 0.005) and
-      lesion sensitivity stays within 0.015 of the U-Net's, with another study's reports those
-      scans score within 0.01 of it and the split at least the U-Net's (within 0.005). Ties go to the
+      answers to true reports and to other studies' (:data:`SHUFFLES` fixed derangements, scores averaged) safe: with true
+      reports the scans with metastases score at least the U-Net's DSC there and lesion
+      sensitivity stays near the U-Net's, with other studies' reports those scans and the split
+      score at least the U-Net's (each within :data:`TOLERANCE`). Ties go to the
       better answer to another study's reports, then to fewer fall-backs; when no setting is safe, the one that misses the constraints by least.
     * max_unknown_share: the largest share of characters unknown to the model (replaced on purpose
       in the true reports; 0.4, 0.3, 0.2, 0.1 tried from the largest down) at which the dual-path
       answer still scores at least the U-Net's.
     texts: the true reports (e.g. re-written in the training house styles); default the split's own.
-    The result's ``validation`` summarises the dual-path answer (fail-safe off) to the true reports,
+    The result's ``validation`` summarises the dual-path network's mask (before any decision, so
+    without the negative-report rule) to the true reports,
     from the same pass.
     """
     from dataclasses import replace
@@ -208,10 +282,14 @@ def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int =
     base = FailSafeSettings()
     dual_metrics: list[dict[str, Any]] = []
     true_rows = _collect(pred, arrays, true, threshold, dualpath_metrics=dual_metrics)
-    shuf_rows = _collect(pred, arrays, select_reports(true, "shuffled", seed), threshold)
+    shuf_rows = [_collect(pred, arrays, select_reports(true, "shuffled", seed + 100 * j), threshold) for j in range(SHUFFLES)]
     grid, best = search_settings(true_rows, shuf_rows, base)
     unet = _scores(true_rows, FailSafeSettings(max_unknown_share=-1.0))  # every scan answered by the U-Net
     unet_all, unet_pos, unet_sens = unet["all"], unet["positive"], unet["sensitivity"]
+    settings = replace(base, max_unexplained=float(best["max_unexplained"]), min_confidence=best["min_confidence"],
+                       mention_threshold=best["mention_threshold"], add_named_lesions=best["add_named_lesions"],
+                       allow_threshold=best["allow_threshold"], max_unseen_named=float(best["max_unseen_named"]),
+                       max_unexplained_area=float(best["max_unexplained_area"]), negative_report_allow=float(best["negative_report_allow"]))
     # unknown characters: replace a share of each report's characters by ones the model never trained on
     tok = pred.tokenizer
     assert tok is not None  # the fail-safe belongs to the dual-path model
@@ -225,24 +303,25 @@ def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int =
         for share in (0.4, 0.3, 0.2, 0.1):  # from the largest down: one pass when reading holds up (the usual case)
             noisy = ["".join(str(rng.choice(unknown_chars)) if ("\u4e00" <= c <= "\u9fff" and rng.random() < share) else c
                              for c in t) for t in true[: len(sub)]]
-            d = _scores(_collect(pred, sub, noisy, threshold), replace(base, enabled=False))["all"]
+            d = _scores(_collect(pred, sub, noisy, threshold), replace(settings, enabled=False))["all"]  # the dual-path answer
             curve[str(share)] = round(d, 4)
             if d >= unet_sub:
                 max_unknown = share
                 break
-    settings = replace(base, max_unexplained=float(best["max_unexplained"]), min_confidence=best["min_confidence"],
-                       mention_threshold=best["mention_threshold"], add_named_lesions=best["add_named_lesions"],
-                       allow_threshold=best["allow_threshold"], max_unseen_named=float(best["max_unseen_named"]),
-                       max_unknown_share=max(max_unknown, 0.05))
+    settings = replace(settings, max_unknown_share=max(max_unknown, 0.05))
     res = {"settings": settings.to_dict(), "val_scans": len(arrays), "unet_dsc": round(unet_all, 4),
            "unet_dsc_positive": round(unet_pos, 4), "unet_lesion_sensitivity": round(unet_sens, 4), "safe": best["safe"],
            "grid_size": len(grid), "grid": grid[:GRID_KEPT], "dualpath_dsc_by_unknown_share": curve,
            "dsc_true": best["true"], "dsc_true_positive": best["true_positive"], "dsc_shuffled": best["shuffled"],
            "lesion_sensitivity_true": best["true_sensitivity"], "validation": summarize(dual_metrics)}
     if progress:
+        area = f" or {best['max_unexplained_area']:g} px" if best["max_unexplained_area"] < 1e9 else ""
+        negative = (f", no lesion when the report names no metastasis (allow map below {best['negative_report_allow']:g})"
+                    if best["negative_report_allow"] > 0 else "")
         print(f"fail-safe calibrated on {len(arrays)} validation scans: falls back above {best['max_unexplained']} "
-              f"unexplained lesion(s) of confidence >= {best['min_confidence']}, or above {100 * settings.max_unknown_share:.0f} % "
-              f"unknown characters{', adds confident U-Net lesions the report names' if best['add_named_lesions'] else ''}; "
+              f"unexplained lesion(s){area} of confidence >= {best['min_confidence']}, or above {100 * settings.max_unknown_share:.0f} % "
+              f"unknown characters{', adds confident U-Net lesions the report names' if best['add_named_lesions'] else ''}"
+              f"{negative}; "
               f"DSC true {best['true']:.4f} (with metastases {best['true_positive']:.4f}, lesion sensitivity "
               f"{best['true_sensitivity']:.3f}), another study's {best['shuffled']:.4f}; U-Net {unet_all:.4f} ({unet_pos:.4f}, "
               f"{unet_sens:.3f}){'' if best['safe'] else '; NO setting met every safety constraint: the closest is used'}")

@@ -4,7 +4,7 @@ The dual-path model reads the report to explain hot spots away (a degenerative k
 study). That is its gain, and its danger: a report the model cannot read, or a report that belongs
 to another study, makes it veto real metastases. So every dual-path answer comes with the answer of
 the image-only U-Net it was trained beside (one graph, see ``model.network.DeployedSegmenter``) and
-two measured signals decide, per scan, which one is given:
+measured signals decide, per scan, which one is given:
 
 * ``unknown share``: the share of the report's tokens the text encoder never saw in training
   ([UNK], or characters absent from every training text). A report written in other words than
@@ -15,7 +15,18 @@ two measured signals decide, per scan, which one is given:
   that explains a hot spot away names it (a degenerative knee, a healed fracture); one that drops
   confident hot spots it never mentions is not describing this study: another patient's report,
   or one the model misread. Hot spots the U-Net finds with low confidence are not counted: most of
-  them are its own false positives, which the report rightly does not mention.
+  them are its own false positives, which the report rightly does not mention. Counted two ways:
+  how many such lesions, and how many pixels they cover together (``unexplained area``). A true
+  negative report explains away a U-Net false positive here and there, mostly small; another
+  study's negative report put on a scan with metastases drops several, or large, ones. The area
+  tells these apart where the count alone cannot.
+
+A report that names no metastasis anywhere (its ``allow`` map below a calibrated level
+everywhere: a negative study) gives an empty answer when it is trusted, with the fail-safe on or
+off: the dual-path model's veto is soft, and a hot spot it leaves behind on a scan its report
+calls negative is a false positive the report has already ruled out. It is reading the report,
+so a wrong negative report costs lesions unless the fail-safe catches it (the hot spots it would
+drop are unexplained, see above), which is why it is calibrated with the fail-safe.
 
 No report (or an empty one) gives the U-Net's answer too. When the report is trusted, the answer
 is the dual-path mask plus any confident U-Net lesion at a place the report allows a metastasis
@@ -54,10 +65,16 @@ class FailSafeSettings:
     allow_threshold: float = 0.7
     #: add confident U-Net lesions at places the report names as metastases to a trusted dual-path answer
     add_named_lesions: bool = True
+    #: more than this many pixels (of the model's 1024 x 256 input grid) covered by unexplained lesions:
+    #: the report does not fit the image
+    max_unexplained_area: float = 1.0e9
     #: more than this many places the report names as metastases (allow map >= allow_threshold) where
     #: the image shows no hot spot at all (U-Net probability below 0.5 everywhere there): the report
     #: does not fit the image
     max_unseen_named: float = 1000.0
+    #: a report whose allow map stays below this everywhere names no metastasis: the report-guided answer
+    #: is empty (0 = never; applies with the fail-safe off too, see the module docstring)
+    negative_report_allow: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,12 +140,15 @@ class Measured:
     mention: np.ndarray  # [n]
     named: np.ndarray  # [n]
     kept: np.ndarray  # [n] bool
+    area: np.ndarray  # [n] pixels
     tokens: int
     unknown: int
     #: per place the report may name (8-connected cells of sigmoid(allow) >= 0.5): its highest allow
     #: probability and the U-Net's highest probability there
     place_allow: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     place_prob: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    #: the highest sigmoid(allow) anywhere: how strongly the report names a metastasis at its most
+    allow_max: float = 1.0
 
 
 def measure(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarray, text_map: np.ndarray,
@@ -150,8 +170,9 @@ def measure(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarr
     places, n_places = label(p[0] >= 0.5, structure=EIGHT)
     place_allow = label_max(p[0], places, n_places)
     place_prob = label_max(cell_max(prob, p[0].shape), places, n_places)
+    area = np.bincount(lab.ravel(), minlength=n + 1)[1:]
     return Measured(mask, fallback_mask, lab, label_max(prob, lab, n), label_max(mention, lab, n), label_max(named, lab, n), kept,
-                    int(text_stats[0]), int(text_stats[1]), place_allow, place_prob)
+                    area, int(text_stats[0]), int(text_stats[1]), place_allow, place_prob, float(p[0].max()))
 
 
 def choose(m: Measured, s: FailSafeSettings) -> dict[str, Any]:
@@ -166,12 +187,16 @@ def choose(m: Measured, s: FailSafeSettings) -> dict[str, Any]:
         "unet_lesions": int(len(m.kept)),
         "dropped_lesions": int((~m.kept).sum()),
         "unexplained_lesions": int(unexplained.sum()),
+        "unexplained_area_px": int(m.area[unexplained].sum()),
         "unseen_named_places": int(unseen.sum()),
+        "allow_max": round(float(m.allow_max), 4),
     }
     info: dict[str, Any] = {"signals": sig, "thresholds": {"max_unknown_share": s.max_unknown_share,
                                                            "max_unexplained": s.max_unexplained,
+                                                           "max_unexplained_area": s.max_unexplained_area,
                                                            "min_confidence": s.min_confidence,
-                                                           "max_unseen_named": s.max_unseen_named}}
+                                                           "max_unseen_named": s.max_unseen_named,
+                                                           "negative_report_allow": s.negative_report_allow}}
     reason = None
     if not s.enabled:
         reason = None
@@ -183,6 +208,9 @@ def choose(m: Measured, s: FailSafeSettings) -> dict[str, Any]:
     elif sig["unexplained_lesions"] > s.max_unexplained:
         reason = (f"report does not fit the image: the report-guided answer would drop {sig['unexplained_lesions']} "
                   f"confident hot spot(s) at places the report does not mention (limit {s.max_unexplained:g})")
+    elif sig["unexplained_area_px"] > s.max_unexplained_area:
+        reason = (f"report does not fit the image: the report-guided answer would drop confident hot spots of "
+                  f"{sig['unexplained_area_px']} pixels at places the report does not mention (limit {s.max_unexplained_area:g})")
     elif sig["unseen_named_places"] > s.max_unseen_named:
         reason = (f"report does not fit the image: it names {sig['unseen_named_places']} place(s) as metastases where "
                   f"the image shows no hot spot (limit {s.max_unseen_named:g})")
@@ -190,17 +218,28 @@ def choose(m: Measured, s: FailSafeSettings) -> dict[str, Any]:
         info.update(answered_by=UNET, reason=reason, add=np.zeros(0, np.int64))
         return info
     add = np.zeros(0, np.int64)
+    reason = "report read and consistent with the image" if s.enabled else "fail-safe off"
+    if negative_report(m, s):
+        reason += f"; the report names no metastasis (allow map at most {m.allow_max:.2f}, below {s.negative_report_allow:g}): no lesion"
+        info.update(answered_by=DUALPATH, reason=reason, unet_lesions_added=0, add=add, empty=True)
+        return info
     if s.enabled and s.add_named_lesions:
         add = np.nonzero(confident & (m.named >= s.allow_threshold))[0] + 1
-    info.update(answered_by=DUALPATH, reason="report read and consistent with the image" if s.enabled else "fail-safe off",
-                unet_lesions_added=int((~m.kept[add - 1]).sum()) if len(add) else 0, add=add)
+    info.update(answered_by=DUALPATH, reason=reason, unet_lesions_added=int((~m.kept[add - 1]).sum()) if len(add) else 0, add=add)
     return info
+
+
+def negative_report(m: Measured, s: FailSafeSettings) -> bool:
+    """The report names no metastasis anywhere (see the module docstring); never without a report."""
+    return m.tokens > 0 and m.allow_max < s.negative_report_allow
 
 
 def answer_mask(m: Measured, info: dict[str, Any]) -> np.ndarray:
     """The mask the decision gives: the U-Net's, or the dual-path one plus the added U-Net lesions."""
     if info["answered_by"] == UNET:
         return m.fallback_mask.astype(np.uint8)
+    if info.get("empty"):
+        return np.zeros(m.mask.shape, np.uint8)
     out = m.mask.copy()
     if len(info["add"]):
         out |= np.isin(m.labels, info["add"])
@@ -219,6 +258,7 @@ def decide(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarra
     info = choose(m, s)
     out = answer_mask(m, info)
     info.pop("add")
+    info.pop("empty", None)
     return out, info
 
 
@@ -230,6 +270,8 @@ def answer_dsc(m: Measured, info: dict[str, Any], gt: np.ndarray | None, counts:
         counts = answer_counts(m, gt)
     if info["answered_by"] == UNET:
         a, inter = counts["unet"], counts["unet_gt"]
+    elif info.get("empty"):
+        a, inter = 0, 0
     else:
         a, inter = counts["dual"], counts["dual_gt"]
         if len(info["add"]):
@@ -270,5 +312,7 @@ def answer_hits(info: dict[str, Any], counts: dict[str, Any]) -> int:
         return 0
     if info["answered_by"] == UNET:
         return int(hits[1:].any(axis=0).sum())
+    if info.get("empty"):
+        return 0
     found = hits[0] | (hits[info["add"]].any(axis=0) if len(info["add"]) else False)
     return int(np.sum(found))
