@@ -247,6 +247,26 @@ def test_trained_checkpoint_carries_its_fallback_and_calibrated_failsafe(checkpo
     assert (repo / C.TOKENIZER_MODEL / "1" / TRAINED_TOKENS_FILE).is_file()
 
 
+def test_calibration_passes_reuse_the_unet_answer(checkpoints, dataset):
+    """Calibration's passes with other reports reuse the U-Net's answer of the first pass (it does
+    not depend on the report): the measurements are those of a full pass."""
+    from bonescan.data.arrays import load_split
+    from bonescan.evaluate import THRESHOLD, _collect, select_reports
+    from bonescan.model.checkpoint import Predictor, load_checkpoint
+
+    pred = Predictor(load_checkpoint(checkpoints["dualpath"]))
+    arrays = load_split(dataset, "val", progress=False)
+    cache: dict = {}
+    _collect(pred, arrays, list(arrays.reports), THRESHOLD, fallback=cache)
+    assert sorted(cache) == list(range(0, len(arrays), 4))
+    other = select_reports(list(arrays.reports), "shuffled", 0)
+    full, reused = _collect(pred, arrays, other, THRESHOLD), _collect(pred, arrays, other, THRESHOLD, fallback=cache)
+    for (a, ca, pa), (b, cb, pb) in zip(full, reused):
+        assert pa == pb and ca["unet"] == cb["unet"] and ca["dual"] == cb["dual"]
+        for name in ("fallback_mask", "mask", "confidence", "mention", "area", "kept"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
 def test_eval_with_reports_written_elsewhere_and_restyled(checkpoints, dataset, tmp_path):
     from bonescan.data.arrays import load_split
     from bonescan.evaluate import evaluate, report_texts
@@ -313,28 +333,36 @@ def test_a_pretrained_macbert_folder_trains_exports_and_builds(tmp_path, dataset
     assert m["text_hidden"] == SHAPES["mini"]["hidden_size"]
 
 
+def _random_scan(rng: np.random.Generator, negative: bool) -> tuple[np.ndarray, ...]:
+    """(dual-path mask, U-Net mask, U-Net probabilities, ground truth, report maps, token stats)
+    of a random scan: blobs, half of them kept by the dual-path answer, most near a true lesion;
+    ``negative``: a report whose allow map is low everywhere (it names no metastasis)."""
+    shape = (C.IMAGE_HEIGHT, C.IMAGE_WIDTH)
+    unet, dual, gt = (np.zeros(shape, np.uint8) for _ in range(3))
+    for _ in range(int(rng.integers(1, 7))):
+        y, x = int(rng.integers(20, 1000)), int(rng.integers(10, 240))
+        _blob(unet, y, x, int(rng.integers(2, 9)))
+        if rng.random() < 0.5:
+            _blob(dual, y + 1, x, 3)
+        if rng.random() < 0.6:
+            _blob(gt, y, x + 1, 3)
+    prob = unet * rng.uniform(0.5, 1.0, shape).astype(np.float32)
+    maps = rng.normal(0, 3, (2, 64, 16)).astype(np.float32)
+    if negative:
+        maps[0] -= rng.uniform(10.0, 14.0)
+    return dual, unet, prob, gt, maps, np.array([50, int(rng.integers(0, 10))])
+
+
 def _random_rows(n: int, seed: int) -> list:
-    """Fail-safe measurements of random scans (U-Net, dual-path and ground-truth blobs, random
-    report maps), as calibration collects them: (Measured, counts, has metastases)."""
+    """Fail-safe measurements of random scans (:func:`_random_scan`), as calibration collects them:
+    (Measured, counts, has metastases)."""
     from bonescan.failsafe import answer_counts, measure
 
     rng = np.random.default_rng(seed)
-    shape = (C.IMAGE_HEIGHT, C.IMAGE_WIDTH)
     rows = []
     for _ in range(n):
-        unet, dual, gt = (np.zeros(shape, np.uint8) for _ in range(3))
-        for _ in range(int(rng.integers(1, 7))):
-            y, x = int(rng.integers(20, 1000)), int(rng.integers(10, 240))
-            _blob(unet, y, x, int(rng.integers(2, 9)))
-            if rng.random() < 0.5:
-                _blob(dual, y + 1, x, 3)
-            if rng.random() < 0.6:
-                _blob(gt, y, x + 1, 3)
-        prob = unet * rng.uniform(0.5, 1.0, shape).astype(np.float32)
-        maps = rng.normal(0, 3, (2, 64, 16)).astype(np.float32)
-        if rng.random() < 0.4:  # a report that names no metastasis (allow low everywhere)
-            maps[0] -= rng.uniform(10.0, 14.0)
-        m = measure(dual, unet, prob, maps, np.array([50, int(rng.integers(0, 10))]))
+        dual, unet, prob, gt, maps, stats = _random_scan(rng, negative=rng.random() < 0.4)
+        m = measure(dual, unet, prob, maps, stats)
         rows.append((m, answer_counts(m, gt), bool(gt.any())))
     return rows
 
@@ -371,20 +399,8 @@ def test_calibration_scores_the_answers_it_would_give():
     from bonescan.metrics import dsc, scan_metrics
 
     rng = np.random.default_rng(0)
-    shape = (C.IMAGE_HEIGHT, C.IMAGE_WIDTH)
-    for k in range(6):
-        unet, dual, gt = (np.zeros(shape, np.uint8) for _ in range(3))
-        for _ in range(6):
-            y, x = int(rng.integers(20, 1000)), int(rng.integers(10, 240))
-            _blob(unet, y, x, int(rng.integers(2, 6)))
-            if rng.random() < 0.5:
-                _blob(dual, y + 1, x, 3)
-            if rng.random() < 0.6:
-                _blob(gt, y, x + 1, 3)
-        prob = unet * rng.uniform(0.5, 1.0, shape).astype(np.float32)
-        maps = rng.normal(0, 3, (2, 64, 16)).astype(np.float32)
-        maps[0] -= 12.0 * (k % 2)  # every other scan: a report that names no metastasis
-        stats = np.array([50, int(rng.integers(0, 10))])
+    for k in range(8):
+        dual, unet, prob, gt, maps, stats = _random_scan(rng, negative=k % 2 == 1)
         m = measure(dual, unet, prob, maps, stats)
         counts = answer_counts(m, gt)
         for st in (FailSafeSettings(), FailSafeSettings(max_unexplained=0, min_confidence=0.5, mention_threshold=0.9),

@@ -107,21 +107,29 @@ def evaluate_arrays(ckpt, arrays, reports: str = "true", seed: int = 0, batch: i
 
 
 def _collect(pred, arrays, texts: list[str], threshold: float, batch: int = 4,
-             dualpath_metrics: list[dict[str, Any]] | None = None) -> list[tuple[Any, dict[str, Any], bool]]:
+             dualpath_metrics: list[dict[str, Any]] | None = None,
+             fallback: dict[int, tuple[np.ndarray, np.ndarray]] | None = None) -> list[tuple[Any, dict[str, Any], bool]]:
     """One pass: per scan the fail-safe's measurements, the pixel counts that score its answers,
     and whether the scan has metastases. ``dualpath_metrics``: a list that gets the dual-path
-    answer's :func:`scan_metrics` per scan (the validation metrics, without another pass)."""
+    answer's :func:`scan_metrics` per scan (the validation metrics, without another pass).
+    ``fallback``: the U-Net's cleaned masks and probabilities per batch, filled by the first pass
+    over these images and reused by the next ones (they do not depend on the report)."""
     from bonescan.failsafe import answer_counts, measure
     from bonescan.postprocess import sigmoid
 
     rows = []
     for i in range(0, len(arrays), batch):
         imgs = arrays.images[i : i + batch].astype(np.float32)
-        out = pred.outputs(imgs, texts[i : i + batch])
+        known = fallback is not None and i in fallback
+        out = pred.outputs(imgs, texts[i : i + batch], fallback=not known)
         sp = np.array(arrays.spacings[i : i + batch], np.float32)
         md = postprocess(out["logits"], sp, threshold)[0]
-        mu = postprocess(out["fallback_logits"], sp, threshold)[0]
-        pu = sigmoid(out["fallback_logits"])
+        if known:
+            mu, pu = fallback[i]  # type: ignore[index]
+        else:
+            mu, pu = postprocess(out["fallback_logits"], sp, threshold)[0], sigmoid(out["fallback_logits"])
+            if fallback is not None:
+                fallback[i] = (mu, pu)
         for k in range(len(imgs)):
             m = measure(md[k, 0], mu[k, 0], pu[k, 0], out["text_map"][k], out["text_stats"][k])
             gt = arrays.masks[i + k]
@@ -281,8 +289,10 @@ def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int =
     true = list(texts) if texts is not None else list(arrays.reports)
     base = FailSafeSettings()
     dual_metrics: list[dict[str, Any]] = []
-    true_rows = _collect(pred, arrays, true, threshold, dualpath_metrics=dual_metrics)
-    shuf_rows = [_collect(pred, arrays, select_reports(true, "shuffled", seed + 100 * j), threshold) for j in range(SHUFFLES)]
+    unet_answers: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # the U-Net's, from the first pass: the same in every pass
+    true_rows = _collect(pred, arrays, true, threshold, dualpath_metrics=dual_metrics, fallback=unet_answers)
+    shuf_rows = [_collect(pred, arrays, select_reports(true, "shuffled", seed + 100 * j), threshold, fallback=unet_answers)
+                 for j in range(SHUFFLES)]
     grid, best = search_settings(true_rows, shuf_rows, base)
     unet = _scores(true_rows, FailSafeSettings(max_unknown_share=-1.0))  # every scan answered by the U-Net
     unet_all, unet_pos, unet_sens = unet["all"], unet["positive"], unet["sensitivity"]
@@ -303,7 +313,7 @@ def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int =
         for share in (0.4, 0.3, 0.2, 0.1):  # from the largest down: one pass when reading holds up (the usual case)
             noisy = ["".join(str(rng.choice(unknown_chars)) if ("\u4e00" <= c <= "\u9fff" and rng.random() < share) else c
                              for c in t) for t in true[: len(sub)]]
-            d = _scores(_collect(pred, sub, noisy, threshold), replace(settings, enabled=False))["all"]  # the dual-path answer
+            d = _scores(_collect(pred, sub, noisy, threshold, fallback=unet_answers), replace(settings, enabled=False))["all"]  # the dual-path answer
             curve[str(share)] = round(d, 4)
             if d >= unet_sub:
                 max_unknown = share

@@ -126,9 +126,11 @@ class Predictor:
         return self.net.text_encoder is not None
 
     @torch.no_grad()
-    def outputs(self, images: np.ndarray, reports: list[str] | None = None) -> dict[str, np.ndarray]:
+    def outputs(self, images: np.ndarray, reports: list[str] | None = None, fallback: bool = True) -> dict[str, np.ndarray]:
         """What the deployed graphs give: logits [B, 1, H, W]; for dualpath also text_map
-        [B, 2, h, w], fallback_logits [B, 1, H, W] and text_stats [B, 2] (see bonescan.failsafe)."""
+        [B, 2, h, w], fallback_logits [B, 1, H, W] (unless ``fallback`` is False: it does not
+        depend on the report, so passes over the same images with other reports can skip it) and
+        text_stats [B, 2] (see bonescan.failsafe)."""
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         if self.tokenizer is None:
             return {"logits": self.net(x).numpy()}
@@ -136,9 +138,14 @@ class Predictor:
         ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
         assert self.net.text_encoder is not None  # a tokenizer is made for a text encoder only
         feats = self.net.text_encoder(ids_t, mask_t)
-        logits, text_map, fallback = self.net.deployed_segmenter()(x, feats, mask_t)
-        return {"logits": logits.numpy(), "text_map": text_map.numpy(), "fallback_logits": fallback.numpy(),
-                "text_stats": self.tokenizer.text_stats(ids, mask)}
+        seg = self.net.deployed_segmenter()
+        out: dict[str, np.ndarray] = {"text_stats": self.tokenizer.text_stats(ids, mask)}
+        if fallback:
+            logits, text_map, fb = seg(x, feats, mask_t)
+            out["fallback_logits"] = fb.numpy()
+        else:
+            logits, text_map = seg.report_guided(x, feats, mask_t)
+        return {"logits": logits.numpy(), "text_map": text_map.numpy(), **out}
 
     @torch.no_grad()
     def logits(self, images: np.ndarray, reports: list[str] | None = None) -> np.ndarray:

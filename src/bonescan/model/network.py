@@ -188,10 +188,15 @@ class DeployedSegmenter(nn.Module):
         self.fallback = fallback
 
     def forward(self, image: torch.Tensor, text_features: torch.Tensor, attention_mask: torch.Tensor):
+        logits, text_map = self.report_guided(image, text_features, attention_mask)
+        return logits, text_map, self.fallback(image)
+
+    def report_guided(self, image: torch.Tensor, text_features: torch.Tensor, attention_mask: torch.Tensor):
+        """(logits, text_map) without the fallback's answer (which does not depend on the report)."""
         out = self.segmenter(image, text_features, attention_mask, return_grounding=True)
         logits, grounding = out  # type: ignore[misc]
         text_map = grounding[0] if grounding else self.segmenter.text_map(text_features, attention_mask)
-        return logits, text_map, self.fallback(image)
+        return logits, text_map
 
 
 class BoneScanNet(nn.Module):
