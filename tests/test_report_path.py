@@ -151,7 +151,7 @@ def test_failsafe_decides_with_its_signals():
     negative = _maps([], [(3, 1), (15, 6)])
     out, info = decide(dual, unet, prob, negative, stats, replace(s, negative_report_allow=0.2))
     assert info["answered_by"] == DUALPATH and "names no metastasis" in info["reason"] and not out.any()
-    assert info["signals"]["allow_max"] < 0.01
+    assert info["signals"]["allow_max"] < 0.01 and info["signals"]["names_no_metastasis"]
     out, info = decide(dual, unet, prob, negative, stats, replace(s, negative_report_allow=0.2, enabled=False))
     assert info["answered_by"] == DUALPATH and "fail-safe off" in info["reason"] and not out.any()
     out, info = decide(dual, unet, prob, negative, stats, s)

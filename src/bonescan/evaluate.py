@@ -55,13 +55,11 @@ def evaluate_arrays(ckpt, arrays, reports: str = "true", seed: int = 0, batch: i
 
     texts: the reports to use instead of the split's own (e.g. re-written in one house style, or
     written by hand); ``reports`` then selects among them (true / shuffled / empty) as usual.
-    A dual-path checkpoint is scored three ways from one pass: its own answer ("dualpath": the
-    fail-safe's decision with the fail-safe off, so a report naming no metastasis empties it), the
+    A dual-path checkpoint is scored three ways from one pass: its own answer ("dualpath": what the
+    decision gives with the fail-safe off, i.e. empty where the report names no metastasis), the
     fail-safe's choice ("failsafe", settings from the checkpoint unless given) and the bundled
     image-only U-Net's ("unet"); ``summary`` is the one named by ``answer``.
     """
-    from dataclasses import replace
-
     from tqdm import tqdm
 
     from bonescan.failsafe import FailSafeSettings
@@ -84,9 +82,10 @@ def evaluate_arrays(ckpt, arrays, reports: str = "true", seed: int = 0, batch: i
             fs, _, _, dec = postprocess_failsafe(out["logits"], out["fallback_logits"], out["text_map"], out["text_stats"],
                                                  sp, failsafe, threshold)
             masks["failsafe"] = fs
-            # the dual-path answer: the same decision with the fail-safe off (a report naming no metastasis empties it)
-            masks["dualpath"] = postprocess_failsafe(out["logits"], out["fallback_logits"], out["text_map"], out["text_stats"],
-                                                     sp, replace(failsafe, enabled=False), threshold)[0]
+            # the dual-path answer (the decision with the fail-safe off): empty where the report names no metastasis
+            for k, d in enumerate(dec):
+                if d["signals"]["names_no_metastasis"]:
+                    masks["dualpath"][k] = 0
             decisions.extend({"case_id": arrays.ids[i + k], "answered_by": d["answered_by"], "reason": d["reason"],
                               **d["signals"]} for k, d in enumerate(dec))
         for name, m in masks.items():

@@ -190,6 +190,7 @@ def choose(m: Measured, s: FailSafeSettings) -> dict[str, Any]:
         "unexplained_area_px": int(m.area[unexplained].sum()),
         "unseen_named_places": int(unseen.sum()),
         "allow_max": round(float(m.allow_max), 4),
+        "names_no_metastasis": negative_report(m, s),
     }
     info: dict[str, Any] = {"signals": sig, "thresholds": {"max_unknown_share": s.max_unknown_share,
                                                            "max_unexplained": s.max_unexplained,
@@ -219,7 +220,7 @@ def choose(m: Measured, s: FailSafeSettings) -> dict[str, Any]:
         return info
     add = np.zeros(0, np.int64)
     reason = "report read and consistent with the image" if s.enabled else "fail-safe off"
-    if negative_report(m, s):
+    if sig["names_no_metastasis"]:
         reason += f"; the report names no metastasis (allow map at most {m.allow_max:.2f}, below {s.negative_report_allow:g}): no lesion"
         info.update(answered_by=DUALPATH, reason=reason, unet_lesions_added=0, add=add, empty=True)
         return info
