@@ -218,3 +218,45 @@ def test_shuffled_reports_never_keep_their_own():
         assert sorted(p) == list(range(n)) and not (p == np.arange(n)).any()
     r = ["a", "b", "c"]
     assert select_reports(r, "empty") == ["", "", ""] and select_reports(r, "true") == r
+
+
+def test_froc_on_a_hand_computed_case():
+    """Two scans, three lesions, candidates scored by hand (the module docstring's rules):
+    scan 1: lesion A found by a 0.9 candidate, lesion B by none, false positives 0.6 and 0.3 (the
+    0.3 one cut at 0.1, not at 0.5); a 2-pixel speck of 0.95 is no candidate. scan 2: lesion C
+    touched only by a 0.4 candidate, one false positive of 0.8 that the answer does not give
+    (scored just below 0.5). Levels: 0.9 -> (0 FP, 1/3), 0.6 -> (1/2 FP ... ) and so on."""
+    from bonescan.metrics import froc, froc_scan, scan_metrics, sensitivity_at, summarize
+
+    gt1, p1 = np.zeros((40, 40), bool), np.zeros((40, 40), np.float32)
+    gt1[2:6, 2:6] = True  # A
+    gt1[30:34, 30:34] = True  # B
+    p1[3:7, 3:7] = 0.9  # touches A
+    p1[15:18, 15:18] = 0.6  # false positive
+    p1[20:23, 2:5] = 0.3  # false positive below the answer's threshold
+    p1[38, 0:2] = 0.95  # a speck: not a candidate
+    s1 = froc_scan(gt1, p1)
+    assert s1 == {"tp": [pytest.approx(0.9), 0.0], "fp": [pytest.approx(0.6), pytest.approx(0.3)]}
+    gt2, p2 = np.zeros((40, 40), bool), np.zeros((40, 40), np.float32)
+    gt2[10:14, 10:14] = True  # C
+    p2[12:16, 12:16] = 0.4
+    p2[30:33, 30:33] = 0.8
+    answer2 = np.zeros((40, 40), bool)  # the answer gives nothing (e.g. the report is negative)
+    s2 = froc_scan(gt2, p2, answer2)
+    assert s2["tp"] == [pytest.approx(0.4)] and len(s2["fp"]) == 1 and 0.49999 < s2["fp"][0] < 0.5
+    rows = [{"froc_tp": s1["tp"], "froc_fp": s1["fp"]}, {"froc_tp": s2["tp"], "froc_fp": s2["fp"]}]
+    f = froc(rows)
+    # score levels, best first: 0.9 -> (0 FP, 1/3); 0.6 -> (0.5, 1/3); 0.49.. -> (1.0, 1/3); 0.4 -> (1.0, 2/3); 0.3 -> (1.5, 2/3)
+    assert f["curve"]["fp_per_scan"] == pytest.approx([0.0, 0.5, 1.0, 1.5])
+    assert f["curve"]["sensitivity"] == pytest.approx([1 / 3, 1 / 3, 2 / 3, 2 / 3])
+    at = f["sensitivity_at"]
+    assert at["0.125"] == at["0.25"] == at["0.5"] == pytest.approx(1 / 3)
+    assert at["1"] == at["2"] == at["4"] == at["8"] == pytest.approx(2 / 3)
+    assert f["cpm"] == pytest.approx((3 / 3 + 4 * 2 / 3) / 7)
+    assert sensitivity_at(f["curve"], 0.75) == pytest.approx(0.5)
+    # through scan_metrics / summarize, the answer's own operating point beside its curve
+    m1 = scan_metrics(p1 >= 0.5, gt1, p1)
+    assert m1["froc_tp"] == s1["tp"] and m1["detected_lesions"] == 1 and m1["fp_components"] == 2  # the speck counts here
+    s = summarize([m1, scan_metrics(answer2, gt2, p2)])
+    assert s["froc"]["cpm"] == pytest.approx(f["cpm"])
+    assert summarize([scan_metrics(p1 >= 0.5, gt1)])["froc"] is None  # no probabilities, no curve

@@ -8,7 +8,17 @@ Conventions (written into every evaluation JSON):
 * pixel precision is averaged over scans with a non-empty prediction, pixel recall over scans with
   lesions (undefined values are left out, not set to 0 or 1); pooled (micro) values are given too;
 * lesion level: ground-truth lesions are 8-connected components of the mask; one is detected when
-  any predicted pixel touches it; a predicted component touching no lesion is a false positive.
+  any predicted pixel touches it; a predicted component touching no lesion is a false positive;
+* FROC (lesion detection over all operating points, as LUNA16 / Camelyon16 report it): an answer's
+  lesion candidates are the 8-connected components (of at least MIN_LESION_PIXELS pixels) of its
+  probability map at FROC_CANDIDATE_THRESHOLD, each scored by its highest probability; a candidate
+  the answer itself does not give (no pixel of it in the answer's mask) is scored just below the
+  answer's threshold. A ground-truth lesion is found at a score level when a candidate of at least
+  that score touches it; every other candidate at that level is a false positive. The curve is
+  sensitivity against false positives per scan (MONAI's compute_froc_curve_data); the CPM is the
+  mean sensitivity at 1/8, 1/4, 1/2, 1, 2, 4 and 8 false positives per scan (LUNA16), linear
+  between the curve's points and held at its last sensitivity beyond its highest false-positive rate. The answer's own operating point is its lesion sensitivity and
+  false positives per scan above.
 """
 
 from __future__ import annotations
@@ -18,7 +28,15 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import label
 
-from bonescan.contract import EIGHT
+from bonescan.contract import EIGHT, MIN_LESION_PIXELS, THRESHOLD
+
+#: probability at which lesion candidates for the FROC curve are cut out of a probability map: low,
+#: so the curve reaches operating points far below and above the answer's own
+FROC_CANDIDATE_THRESHOLD = 0.1
+#: false positives per scan at which the CPM averages sensitivity (LUNA16's competition performance metric)
+FROC_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+#: the score of a candidate the answer does not give: below its threshold, above every lower candidate
+_BELOW = np.nextafter(np.float32(THRESHOLD), np.float32(0))
 
 
 def dsc(a: np.ndarray, b: np.ndarray) -> float:
@@ -44,8 +62,82 @@ def _monai(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
     return dice, iou
 
 
-def scan_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, Any]:
-    """pred, gt: [H, W] binary masks -> per-scan metrics."""
+def froc_scan(gt: np.ndarray, prob: np.ndarray, answer: np.ndarray | None = None,
+              threshold: float = THRESHOLD) -> dict[str, list[float]]:
+    """One scan's FROC scores (see the module docstring).
+
+    Args:
+        gt: [H, W] binary ground-truth mask.
+        prob: [H, W] the answer's probability map.
+        answer: [H, W] the answer's binary mask (default: ``prob >= threshold``): a candidate with no
+            pixel in it is scored just below ``threshold``.
+
+    Returns:
+        ``{"tp": [...], "fp": [...]}``: per ground-truth lesion the highest score of a candidate
+        touching it (0.0: none does), and the scores of the candidates touching no lesion.
+    """
+    from scipy.ndimage import label
+
+    g = np.asarray(gt).astype(bool)
+    p = np.asarray(prob, np.float32)
+    cand, n = label(p >= FROC_CANDIDATE_THRESHOLD, structure=EIGHT)
+    gl, n_gt = label(g, structure=EIGHT)
+    if n == 0:
+        return {"tp": [0.0] * n_gt, "fp": []}
+    idx = cand.ravel()
+    sel = idx > 0
+    size = np.bincount(idx, minlength=n + 1)[1:]
+    score = np.zeros(n, np.float32)
+    np.maximum.at(score, idx[sel] - 1, p.ravel()[sel])
+    a = (p >= threshold) if answer is None else np.asarray(answer).astype(bool)
+    given = np.bincount(idx[sel & a.ravel()], minlength=n + 1)[1:] > 0
+    score = np.where(given, score, np.minimum(score, _BELOW))
+    valid = size >= MIN_LESION_PIXELS
+    both = (cand > 0) & (gl > 0)
+    tp = np.zeros(n_gt, np.float32)
+    touches = np.zeros(n, bool)
+    if both.any():
+        c, l_ = cand[both] - 1, gl[both] - 1
+        ok = valid[c]
+        np.maximum.at(tp, l_[ok], score[c[ok]])
+        touches[c] = True
+    fp = score[valid & ~touches]
+    return {"tp": [float(x) for x in tp], "fp": [float(x) for x in fp]}
+
+
+def froc(per_scan: list[dict[str, Any]], rates: tuple[float, ...] = FROC_FP_RATES) -> dict[str, Any] | None:
+    """The FROC curve and CPM over scans whose rows carry ``froc_tp`` / ``froc_fp`` (:func:`scan_metrics`
+    with ``prob``); None when a row has none, or no scan has a lesion.
+
+    The curve's points come from MONAI (``compute_froc_curve_data``, one per score level); where
+    several levels give the same false-positive rate the best sensitivity is kept, so the curve is a
+    function and the interpolation at a rate well defined (MONAI's ``compute_froc_score`` interpolates
+    over the raw points, whose repeated rates make it depend on their order)."""
+    if not per_scan or any("froc_tp" not in s for s in per_scan):
+        return None
+    from monai.metrics import compute_froc_curve_data
+
+    tp = np.asarray([x for s in per_scan for x in s["froc_tp"]], np.float64)
+    fp = np.asarray([x for s in per_scan for x in s["froc_fp"]] + [0.0], np.float64)  # a 0 keeps the lowest score a level
+    if len(tp) == 0:
+        return None
+    fps, sens = compute_froc_curve_data(fp, tp, len(tp), len(per_scan))
+    xs = np.unique(fps)
+    best = np.array([sens[fps == x].max() for x in xs])
+    curve = {"fp_per_scan": [float(x) for x in xs], "sensitivity": [float(y) for y in np.maximum.accumulate(best)]}
+    at = {f"{r:g}": sensitivity_at(curve, r) for r in rates}
+    return {"cpm": float(np.mean(list(at.values()))), "sensitivity_at": at, "curve": curve}
+
+
+def sensitivity_at(curve: dict[str, Any], fp_per_scan: float) -> float:
+    """A FROC curve's sensitivity at a false-positive rate: linear between its points, its last
+    sensitivity beyond its highest rate (the CPM's interpolation)."""
+    return float(np.interp(fp_per_scan, curve["fp_per_scan"], curve["sensitivity"]))
+
+
+def scan_metrics(pred: np.ndarray, gt: np.ndarray, prob: np.ndarray | None = None) -> dict[str, Any]:
+    """pred, gt: [H, W] binary masks -> per-scan metrics; with the answer's probability map ``prob``
+    also its FROC scores (``froc_tp``, ``froc_fp``: :func:`froc_scan`)."""
     pred = np.asarray(pred).astype(bool)
     gt = np.asarray(gt).astype(bool)
     if pred.shape != gt.shape:
@@ -58,7 +150,7 @@ def scan_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, Any]:
     pl, n_pred = label(pred, structure=EIGHT)
     detected = len(np.unique(gl[pred & (gl > 0)])) if n_gt else 0
     touching = len(np.unique(pl[gt & (pl > 0)])) if n_pred else 0
-    return {
+    out: dict[str, Any] = {
         "dsc": dsc,
         "iou": iou,
         "precision": tp / (tp + fp) if tp + fp else None,
@@ -71,6 +163,10 @@ def scan_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, Any]:
         "pred_components": int(n_pred),
         "fp_components": int(n_pred - touching),
     }
+    if prob is not None:
+        f = froc_scan(gt, prob, pred)
+        out["froc_tp"], out["froc_fp"] = f["tp"], f["fp"]
+    return out
 
 
 def _mean_sd(values: list[float]) -> dict[str, float | int | None]:
@@ -101,5 +197,6 @@ def summarize(per_scan: list[dict[str, Any]]) -> dict[str, Any]:
         "dsc_pooled": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
         "lesion_sensitivity": (sum(s["detected_lesions"] for s in per_scan) / n_gt) if n_gt else None,
         "fp_per_scan": sum(s["fp_components"] for s in per_scan) / max(len(per_scan), 1),
+        "froc": froc(per_scan),
         "conventions": __doc__.split("Conventions (written into every evaluation JSON):")[1].strip() if __doc__ else "",
     }

@@ -142,3 +142,45 @@ def body_rows(*views: np.ndarray, margin: int = 10) -> tuple[int, int]:
     if len(rows) == 0:
         return 0, views[0].shape[0]
     return max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin, views[0].shape[0])
+
+
+def froc_plot(curves: dict[str, dict], points: dict[str, tuple[float, float]], path, title: str = "") -> None:
+    """FROC curves (sensitivity against false positives per scan, log scale, LUNA16's 1/8 ... 8 range
+    marked) with each answer's own operating point, into ``path`` (PNG).
+
+    Args:
+        curves: label -> a bonescan.metrics FROC curve (``fp_per_scan``, ``sensitivity``).
+        points: label -> (false positives per scan, lesion sensitivity) of that answer at its threshold;
+            drawn in the colour of the curve of the same label.
+    """
+    use_agg()
+    import matplotlib.pyplot as plt
+
+    from bonescan.metrics import FROC_FP_RATES, sensitivity_at
+
+    def sensitivity_at_rates(c: dict, rates: np.ndarray) -> list[float]:
+        return [sensitivity_at(c, float(r)) for r in rates]
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    colors = {}
+    xs = np.geomspace(FROC_FP_RATES[0] / 2, FROC_FP_RATES[-1] * 1.5, 200)
+    for label, c in curves.items():
+        # the curve as the CPM reads it: linear between its points, held beyond its last
+        (line,) = ax.plot(xs, sensitivity_at_rates(c, xs), label=label)
+        colors[label] = line.get_color()
+    for label, (fp, se) in points.items():
+        ax.plot([max(fp, FROC_FP_RATES[0] / 2)], [se], "o", ms=7, mfc="none", color=colors.get(label, "black"),
+                label=f"{label}: its answer" if label in colors else label)
+    for r in FROC_FP_RATES:
+        ax.axvline(r, color="0.85", lw=0.6, zorder=0)
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(FROC_FP_RATES[0] / 2, FROC_FP_RATES[-1] * 1.5)
+    ax.set_ylim(0, 1)
+    ax.set_xticks(FROC_FP_RATES, ["1/8", "1/4", "1/2", "1", "2", "4", "8"])
+    ax.set_xlabel("false positives per scan")
+    ax.set_ylabel("lesion sensitivity")
+    ax.set_title(title or "FROC: lesion detection", fontsize=9)
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
