@@ -83,11 +83,28 @@ def test_image_checks(value, where):
 
 
 @SETTINGS
-@given(shape=st.lists(st.integers(1, 8), min_size=1, max_size=4))
-def test_image_shape_checks(shape):
-    assert image_problem(np.ones(shape, np.float32)) is not None
-    assert image_problem(np.ones(C.IMAGE_DIMS, np.float64)) is not None  # wrong dtype
-    assert image_problem(np.zeros(C.IMAGE_DIMS, np.float32)) is not None  # empty
+@given(delta=st.lists(st.sampled_from(("same", "same", "same", "less", "more", "half")), min_size=3, max_size=3),
+       extra=st.sampled_from(((), (1,), "drop")), dtype=st.sampled_from((np.float32, np.float32, np.float64, np.uint16)))
+def test_image_shape_and_dtype_checks(delta, extra, dtype):
+    """Shapes near the contract's (each dim right or off by a little, a dim more or less) and a few
+    dtypes: refused exactly when the shape or the dtype is not the contract's, and the message says which."""
+    change = {"same": lambda d: d, "less": lambda d: d - 1, "more": lambda d: d + 1, "half": lambda d: max(d // 2, 1)}
+    shape = tuple(change[e](d) for d, e in zip(C.IMAGE_DIMS, delta))
+    shape = shape[1:] if extra == "drop" else shape + tuple(extra)
+    problem = image_problem(np.ones(shape, dtype))
+    ok = shape == C.IMAGE_DIMS and dtype == np.float32
+    assert (problem is None) == ok, (shape, dtype, problem)
+    if dtype != np.float32:
+        assert "FP32" in problem
+    elif not ok:
+        assert str(list(C.IMAGE_DIMS)) in problem and str(list(shape)) in problem
+
+
+def test_empty_view_is_refused():
+    img = np.ones(C.IMAGE_DIMS, np.float32)
+    assert image_problem(img) is None
+    img[1] = 0
+    assert image_problem(img) == "IMAGE posterior view is empty (all zero)"
 
 
 @SETTINGS

@@ -263,11 +263,12 @@ def test_kill_restart_short(repo, exports, dataset, work):
                        deadline_s=300)
     assert res["server_killed"] and res["server_restarted"]
     assert res["lost"] == 0 and res["answered_wrong"] == 0 and res["answered_not_executed"] == 0, res
-    assert res["answered_correctly"] + res["errors"] == 16
+    # with a restart every request is answered, correctly: an error is the failure the bench reports
+    assert res["errors"] == 0 and res["answered_correctly"] == 16, res["error_examples"]
     # the counters are measured: the server saw the requests, the kill made the client retry
-    assert res["executed_on_server"] >= res["answered_correctly"] >= 4
+    assert res["executed_on_server"] >= res["answered_correctly"]
     assert res["retries_total"] > 0 and res["machine"]["cpu"]
-    assert res["ok"] == (res["errors"] == 0)
+    assert res["ok"], res["targets"]
 
 
 def test_kill_without_restart_reports_errors_and_retries(repo, exports, dataset, work):
