@@ -1,12 +1,14 @@
 """``make demo``: the whole pipeline on the embedded synthetic data set, one step line each.
 
-synthesise -> train the U-Net -> pretrain the report encoder (masked language model) and train the
-dual-path model from the U-Net, which it carries as its fail-safe's image-only answer -> export
-both to ONNX (+ TensorRT lint, parity) -> build the embedded model repository -> start Triton ->
-segment the held-out scans over gRPC with both ensembles, and the 36 scans whose reports were
-written by hand -> one table (DSC through Triton, which path answered, parity with PyTorch,
-latency) -> demo_out/report.md with overlays and plots -> stop Triton. Every stage's time is
-printed at the end.
+synthesise -> train the U-Net, then train it on for the dual-path model's steps (the same-budget
+U-Net: the baseline the gain is measured against and the fail-safe's fall-back) -> pretrain the
+report encoder (masked language model, the report's maps) and train the dual-path model from the
+shorter U-Net's weights, carrying the same-budget U-Net as its fail-safe's image-only answer ->
+export both to ONNX (+ TensorRT lint, parity) -> build the embedded model repository -> start Triton
+-> segment the held-out scans over gRPC with both ensembles, and the 36 scans whose reports were
+written by hand -> one table (DSC, lesion detection as FROC / CPM, the served answer against the
+U-Net's FROC curve, which path answered, parity with PyTorch, latency) -> demo_out/report.md with
+overlays and plots -> stop Triton. Every stage's time is printed at the end.
 
 Steps whose outputs already exist are reused, so a second run is quick. The demo lives with the
 benchmarks because it is the end of the data flow (data -> model -> export -> repository ->
@@ -57,7 +59,7 @@ def _segment_all(url: str, model: str, samples: list, concurrency: int = 4) -> t
 
     from tqdm import tqdm
 
-    with BoneScanClient(url, model=model, timeout_s=600, want_probability=False) as c:
+    with BoneScanClient(url, model=model, timeout_s=600, want_probability=True) as c:  # FROC: the served probability maps
         def one(i: int):
             try:
                 out[i] = c.segment_prepared([reqs[i]])[0]
@@ -93,22 +95,33 @@ def run_demo(out: Path, n: int = 800, seed: int = 0, workers: int = 2, unet_step
     from bonescan.model.config import preset
     from bonescan.train import train
 
-    ck = {"unet": out / "unet.pt", "dualpath": out / "dualpath.pt"}
+    # "unet": the same-budget U-Net (served as bonescan_unet, the fail-safe's fall-back); "unet_short": the
+    # U-Net the dual-path model starts from, a second row
+    ck = {"unet": out / "unet.pt", "dualpath": out / "dualpath.pt", "unet_short": out / "unet_short.pt"}
     m, tc = preset("demo", "unet")
     tc.steps = unet_steps or tc.steps
-    t = step(2, f"training the U-Net baseline (demo config, {tc.steps} steps)")
+    m_d, tc_d = preset("demo", "dualpath")
+    tc_d.steps = dual_steps or tc_d.steps
+    t = step(2, f"training the U-Net (demo config, {tc.steps} steps), then on for the dual-path model's {tc_d.steps} steps "
+                "(the same image budget)")
+    if not ck["unet_short"].exists():
+        train(data, ck["unet_short"], m, tc, seed=seed, command="make demo", config_name="demo")
+    else:
+        print("    already there; reusing")
     if not ck["unet"].exists():
-        train(data, ck["unet"], m, tc, seed=seed, command="make demo", config_name="demo")
+        tc.steps = tc_d.steps
+        train(data, ck["unet"], m, tc, seed=seed, command="make demo (the U-Net on for the dual-path model's steps)",
+              config_name="demo", init_from=ck["unet_short"])
     else:
         print("    already there; reusing")
     done(t)
-    m, tc = preset("demo", "dualpath")
-    tc.steps = dual_steps or tc.steps
+    m, tc = m_d, tc_d
     t = step(3, f"pretraining the report encoder ({tc.pretrain_text_steps} MLM steps, then {tc.pretrain_maps_steps} steps of the "
                 f"report's maps from the reports alone) and training the dual-path model "
-                f"(image + report, demo config, {tc.steps} steps, from the U-Net, which it carries as its fail-safe answer)")
+                f"(image + report, demo config, {tc.steps} steps from the shorter U-Net's weights, carrying the same-budget "
+                "U-Net as its fail-safe answer)")
     if not ck["dualpath"].exists():
-        train(data, ck["dualpath"], m, tc, seed=seed, command="make demo", config_name="demo", init_from=ck["unet"],
+        train(data, ck["dualpath"], m, tc, seed=seed, command="make demo", config_name="demo", init_from=ck["unet_short"],
               fallback=ck["unet"])
     else:
         print("    already there; reusing")
@@ -119,9 +132,10 @@ def run_demo(out: Path, n: int = 800, seed: int = 0, workers: int = 2, unet_step
     from bonescan.export.trt_compat import check_export
 
     t = step(4, "exporting both models to ONNX; TensorRT lint; ONNX-vs-PyTorch parity")
-    exports = {k: out / f"export_{k}" for k in ck}
+    exports = {k: out / f"export_{k}" for k in ("unet", "dualpath")}
     parity, lint = {}, {}
-    for k, p in ck.items():
+    for k in exports:
+        p = ck[k]
         if not (exports[k] / "model.json").exists() or (exports[k] / "model.json").stat().st_mtime < p.stat().st_mtime:
             export_onnx(p, exports[k])
         lint[k] = check_export(exports[k])
@@ -170,16 +184,18 @@ def run_demo(out: Path, n: int = 800, seed: int = 0, workers: int = 2, unet_step
     finally:
         server.stop()
 
-    t = step(9, "PyTorch on the same scans (parity), report")
-    for k in ck:
+    t = step(9, "PyTorch on the same scans (parity), the shorter U-Net, lesion detection (FROC), report")
+    for k in ("unet", "dualpath"):
         results[k] = pytorch_parity(ck[k], samples, served[k])
-        results[k]["handwritten"] = summarize([scan_metrics(r.mask, s.mask) for s, r in zip(hand, served_hand[k])])
+        results[k]["handwritten"] = summarize([scan_metrics(r.mask, s.mask, r.probability) for s, r in zip(hand, served_hand[k])])
         results[k]["handwritten"]["answered_by_unet"] = sum(r.answered_by == "unet" for r in served_hand[k])
+    results["unet_short"] = shorter_unet(ck["unet_short"], samples)
+    froc_png = froc_figure(out, results)
     from bonescan.benchmarks.demo_report import write_demo_report
 
     table = demo_table(results, lat, parity, len(samples), len(hand))
     print(table)
-    report = write_demo_report(out, samples, served, results, lat, table)
+    report = write_demo_report(out, samples, served, results, lat, table, froc_png)
     done(t, str(report))
     (out / "demo.json").write_text(json.dumps({"results": results, "latency": lat, "parity": {k: {kk: v[kk] for kk in ("max_abs_logit_diff", "mean_mask_dsc")} for k, v in parity.items()}}, indent=1, default=str) + "\n")
     total = time.perf_counter() - t_total
@@ -216,6 +232,8 @@ def demo_checks(lint: dict[str, dict], parity: dict[str, dict], results: dict | 
         if errs:
             fails.append(f"{k}: {len(errs)} of {n} segmentation requests failed, e.g. {errs[0]}")
     for k, r in (results or {}).items():
+        if "triton" not in r:  # the shorter U-Net runs in PyTorch only
+            continue
         delta = r["triton"]["dsc"]["mean"] - r["pytorch"]["dsc"]["mean"]
         if delta != 0:
             fails.append(f"{k}: delta DSC Triton - PyTorch {delta:+.6f} (target 0)")
@@ -239,6 +257,38 @@ def finish(fails: list[str]) -> int:
     return 1
 
 
+def shorter_unet(checkpoint: Path, samples: list) -> dict[str, Any]:
+    """The shorter U-Net (the dual-path model's starting weights) on the held-out scans, in PyTorch."""
+    from bonescan.metrics import scan_metrics, summarize
+    from bonescan.model.checkpoint import Predictor
+    from bonescan.postprocess import postprocess
+
+    pred = Predictor(checkpoint)
+    per = []
+    for i in range(0, len(samples), 4):
+        batch = samples[i : i + 4]
+        masks, prob, _ = postprocess(pred.outputs(np.stack([s.image for s in batch]))["logits"],
+                                     np.array([s.pixel_spacing for s in batch], np.float32))
+        per += [scan_metrics(masks[k, 0], s.mask, prob[k, 0]) for k, s in enumerate(batch)]
+    return {"pytorch": summarize(per)}
+
+
+def froc_figure(out: Path, results: dict[str, Any]) -> Path:
+    """demo_out/froc.png: the FROC curves of the answers on the held-out scans and each answer's operating point."""
+    from bonescan import viz
+
+    curves, points = {}, {}
+    for k, src, label in (("unet", "triton", "U-Net, same budget (Triton)"), ("unet_short", "pytorch", "U-Net, shorter"),
+                          ("dualpath", "fail_safe_off", "dual-path, fail-safe off"), ("dualpath", "triton", "dual-path, served (Triton)")):
+        s = results.get(k, {}).get(src)
+        if s and s.get("froc"):
+            curves[label] = s["froc"]["curve"]
+            points[label] = (s["fp_per_scan"], s["lesion_sensitivity"] or 0.0)
+    path = out / "froc.png"
+    viz.froc_plot(curves, points, path, title="lesion detection on the held-out scans")
+    return path
+
+
 def pytorch_parity(checkpoint: Path, samples: list, served: list) -> dict[str, Any]:
     """The same scans through PyTorch (with the same fail-safe for the dual-path model): the answers
     Triton gave must be the ones the checkpoint gives."""
@@ -249,7 +299,7 @@ def pytorch_parity(checkpoint: Path, samples: list, served: list) -> dict[str, A
 
     pred = Predictor(checkpoint)
     settings = FailSafeSettings.from_dict((pred.ckpt.metadata.get("failsafe") or {}).get("settings"))
-    per_t, per_s, agree, ms, same_path = [], [], [], [], []
+    per_t, per_s, agree, ms, same_path, per_off = [], [], [], [], [], []
     for s, r in zip(samples, served):
         sp = np.array([s.pixel_spacing], np.float32)
         t0 = time.perf_counter()
@@ -260,32 +310,69 @@ def pytorch_parity(checkpoint: Path, samples: list, served: list) -> dict[str, A
         else:
             masks = postprocess(out["logits"], sp)[0]
         ms.append((time.perf_counter() - t0) * 1000)
+        if "text_map" in out:  # the dual-path model's own answer (fail-safe off), for the FROC comparison
+            m_off, p_off, _ = postprocess(out["logits"], sp)
+            if dec[0]["signals"]["names_no_metastasis"]:
+                m_off[:] = 0
+            per_off.append(scan_metrics(m_off[0, 0], s.mask, p_off[0, 0]))
         m_t = masks[0, 0]
         per_t.append(scan_metrics(m_t, s.mask))
-        per_s.append(scan_metrics(r.mask, s.mask))
+        per_s.append(scan_metrics(r.mask, s.mask, r.probability))
         agree.append(scan_metrics(r.mask, m_t)["dsc"])
     return {"triton": summarize(per_s), "pytorch": summarize(per_t), "mask_agreement": float(np.mean(agree)),
             "identical": int(sum(a == 1.0 for a in agree)), "pytorch_ms_p50": float(np.median(ms)),
             "answered_by_unet": sum(r.answered_by == "unet" for r in served) if same_path else None,
-            "same_path_as_pytorch": int(sum(same_path)) if same_path else None}
+            "same_path_as_pytorch": int(sum(same_path)) if same_path else None,
+            **({"fail_safe_off": summarize(per_off)} if per_off else {})}
+
+
+def _margin(s: dict, ref: dict) -> float | None:
+    """An answer's lesion sensitivity minus the reference's FROC curve at the answer's false positives per scan."""
+    from bonescan.metrics import sensitivity_at
+
+    if not ref.get("froc") or s["lesion_sensitivity"] is None:
+        return None
+    return s["lesion_sensitivity"] - sensitivity_at(ref["froc"]["curve"], s["fp_per_scan"])
 
 
 def demo_table(results: dict, lat: dict, parity: dict, n: int, n_hand: int) -> str:
     lines = [f"\n| model (through Triton, {n} held-out scans) | DSC (mean +- sd) | DSC scans with metastases | lesion sensitivity | "
-             "FP / scan | answered by the U-Net | DSC PyTorch | delta DSC Triton-PyTorch | identical masks | ONNX max diff | "
-             "p50 ms c=1 | p50 ms c=4 | scans/s c=4 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for k, label in (("unet", "U-Net (image only)"), ("dualpath", "dual-path (image + report, fail-safe on)")):
+             "FP / scan | CPM | margin to the U-Net's FROC | answered by the U-Net | DSC PyTorch | delta DSC Triton-PyTorch | "
+             "identical masks | ONNX max diff | p50 ms c=1 | p50 ms c=4 | scans/s c=4 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    ref = results["unet"]["triton"]
+    for k, label in (("unet", "U-Net (image only, the dual-path model's image budget)"), ("dualpath", "dual-path (image + report, served)")):
         r = results[k]
         s = r["triton"]
         fb = "-" if r.get("answered_by_unet") is None else f"{r['answered_by_unet']}/{n}"
+        mg = _margin(s, ref) if k != "unet" else None
         lines.append(
             f"| {label} | {s['dsc']['mean']:.4f} +- {s['dsc']['sd']:.3f} | {s['dsc_positive_scans']['mean']:.4f} | "
-            f"{s['lesion_sensitivity'] or 0:.3f} | {s['fp_per_scan']:.2f} | {fb} | {r['pytorch']['dsc']['mean']:.4f} | "
+            f"{s['lesion_sensitivity'] or 0:.3f} | {s['fp_per_scan']:.2f} | {(s.get('froc') or {}).get('cpm', 0):.3f} | "
+            f"{'-' if mg is None else f'{mg:+.3f}'} | {fb} | {r['pytorch']['dsc']['mean']:.4f} | "
             f"{s['dsc']['mean'] - r['pytorch']['dsc']['mean']:+.5f} | {r['identical']}/{n} | {parity[k]['max_abs_logit_diff']:.1e} | "
             f"{lat[k][1]['p50_ms']:.0f} | {lat[k][4]['p50_ms']:.0f} | {lat[k][4]['throughput_per_s']:.1f} |")
-    gain = results["dualpath"]["triton"]["dsc"]["mean"] - results["unet"]["triton"]["dsc"]["mean"]
-    lines.append(f"\nDSC gain of the report (dual-path - U-Net): {gain:+.4f}")
+    off = results["dualpath"].get("fail_safe_off")
+    if off:
+        mg = _margin(off, ref)
+        lines.append(f"| dual-path, fail-safe off (PyTorch) | {off['dsc']['mean']:.4f} +- {off['dsc']['sd']:.3f} | "
+                     f"{off['dsc_positive_scans']['mean']:.4f} | {off['lesion_sensitivity'] or 0:.3f} | {off['fp_per_scan']:.2f} | "
+                     f"{(off.get('froc') or {}).get('cpm', 0):.3f} | {'-' if mg is None else f'{mg:+.3f}'} | - | "
+                     f"{off['dsc']['mean']:.4f} | - | - | - | - | - | - |")
+    short = results.get("unet_short")
+    if short:
+        s = short["pytorch"]
+        lines.append(f"| U-Net, shorter (PyTorch; the weights the dual-path model starts from) | {s['dsc']['mean']:.4f} +- "
+                     f"{s['dsc']['sd']:.3f} | {s['dsc_positive_scans']['mean']:.4f} | {s['lesion_sensitivity'] or 0:.3f} | "
+                     f"{s['fp_per_scan']:.2f} | {(s.get('froc') or {}).get('cpm', 0):.3f} | - | - | {s['dsc']['mean']:.4f} | - | - | - | - | - | - |")
+    d, u = results["dualpath"]["triton"], results["unet"]["triton"]
+    gain = d["dsc"]["mean"] - u["dsc"]["mean"]
+    cpm_gain = (d.get("froc") or {}).get("cpm", 0) - (u.get("froc") or {}).get("cpm", 0)
+    lines.append(f"\nGain of the report over the U-Net with the same image budget (served answer): DSC {gain:+.4f}, "
+                 f"CPM {cpm_gain:+.4f}; the served answer's lesion sensitivity lies {_margin(d, u) or 0:+.3f} from the U-Net's "
+                 "FROC curve at its false positives per scan (safe: >= -0.02)")
+    if short:
+        lines.append(f"Over the shorter U-Net: DSC {gain + u['dsc']['mean'] - short['pytorch']['dsc']['mean']:+.4f}")
     lines += ["", f"| {n_hand} other scans, reports written by hand (benchmarks/handwritten_reports) | DSC | DSC scans with metastases | "
               "lesion sensitivity | FP / scan | answered by the U-Net |", "|---|---|---|---|---|---|"]
     for k, label in (("unet", "U-Net (image only)"), ("dualpath", "dual-path, fail-safe on")):

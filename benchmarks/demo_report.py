@@ -50,7 +50,8 @@ def overlays(out: Path, samples: list, served: dict[str, list], idx: list[int]) 
     return p
 
 
-def write_demo_report(out: Path, samples: list, served: dict[str, list], results: dict[str, Any], lat: dict[str, Any], table: str) -> Path:
+def write_demo_report(out: Path, samples: list, served: dict[str, list], results: dict[str, Any], lat: dict[str, Any], table: str,
+                      froc_png: Path | None = None) -> Path:
     from bonescan import viz
 
     viz.use_agg()
@@ -95,6 +96,11 @@ def write_demo_report(out: Path, samples: list, served: dict[str, list], results
             "Everything below ran on this machine from `make demo`: synthetic data, training, ONNX export, "
             "the embedded Triton server and the gRPC client.", table, "",
             "Per-scan DSC convention: a negative scan scores 1 with an empty prediction and 0 with any false positive.", "",
+            "Lesion detection: FROC curve = lesion sensitivity against false positives per scan over all score levels "
+            "(candidates: connected components of the probability map at 0.1, scored by their highest probability); "
+            "CPM = its mean sensitivity at 1/8 ... 8 false positives per scan; the margin is the served answer's "
+            "sensitivity minus the same-budget U-Net's curve at the served answer's false positives per scan.", "",
+            *([f"![FROC]({froc_png.name})", ""] if froc_png else []),
             f"![overlays]({ov.name})", "", f"![per-scan DSC]({scatter.name})", "", f"![latency]({latp.name})", ""]
     p = out / "report.md"
     p.write_text("\n".join(text), encoding="utf-8")

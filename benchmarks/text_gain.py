@@ -1,67 +1,156 @@
-"""``bonescan bench text-gain``: is the dual-path model's gain real, does it come from the report, and
-does it hold for reports in words the model has never seen?
+"""``bonescan bench text-gain``: is the dual-path model's gain real, does it come from the report, is the
+served answer safe by the standards lesion detection is judged by, and does it hold for reports the
+model has never seen?
 
 Per training seed:
 
-1. the U-Net (image only), trained on the data set (reused from OUT when there);
-2. the dual-path model, warm-started from that U-Net and carrying it as its fail-safe answer
-   (``--fallback``), its text encoder pretrained as a masked language model; with
-   ``--leave-out`` it is trained (pretraining included) on every house style but one, the one
-   left out differing per seed (``auto``: seed k leaves out style k of the list);
-3. evaluation on the held-out test split, each scan's report given as:
-   * ``in-style``: re-written from its ground truth in one of the training styles;
-   * ``left-out style``: re-written in the style the model never saw;
-   * ``no report``; ``shuffled``: another scan's in-style report (a fixed derangement);
-   and on the hand-written reports (benchmarks/handwritten_reports, written from the ground
-   truth of 36 other cases without the generator).
-   Every evaluation scores three answers from one pass: the dual-path model's own, the fail-safe's
-   choice (bonescan.failsafe) and the bundled U-Net's.
+1. the U-Net (image only), trained on the data set for the preset's steps (``unet_s{seed}.pt``,
+   the shorter U-Net); then the same U-Net trained on for as many steps as the dual-path model's
+   segmentation training (``unet_s{seed}_same_steps.pt``): **the U-Net with the dual-path model's
+   image budget**, the baseline every gain and every safety margin is measured against, and the
+   fail-safe's fall-back;
+2. the dual-path model, warm-started from the shorter U-Net's weights and carrying the same-budget
+   U-Net as its fail-safe answer, its text encoder pretrained; with ``--leave-out`` it is trained
+   (pretraining included) on every house style but one, the one left out differing per seed
+   (``auto``: seed k leaves out style k of the list);
+3. evaluation on the held-out test split, each scan's report given as (:data:`MODES`):
+   in-style (re-written in a training style), left-out style, traditional characters (the in-style
+   report in Taiwan's or Hong Kong's script; also read with the tokenizer's normalisation off),
+   bilingual shorthand (benchmarks/other_writers.py), negative wording (negative scans get an
+   explicit negative statement in wording no house style uses), no report, another scan's report,
+   a text that is no report (benchmarks/nonreports.txt); and the 36 hand-written reports' scans.
+   Every evaluation scores three answers from one pass, each with its FROC curve: the dual-path
+   model's own, the served one (fail-safe on) and the bundled same-budget U-Net's; and the ablation
+   of the fail-safe's rules (:data:`ABLATIONS`) on the same passes.
 
-A second baseline (``--same-steps-unet``, the default): the U-Net trained on for as many steps as
-the dual-path model's segmentation training, from the same U-Net (``unet_s{seed}_same_steps.pt``).
-The dual-path model's image path has seen those extra steps too, so this is the U-Net with the
-same image budget: its rows and the comparisons against it are reported beside the targets.
-
-Targets (mean over seeds), fail-safe on unless said: in-style gain over the U-Net >= +0.05;
-the left-out style keeps >= 2/3 of the in-style gain; on scans with metastases no report mode
-scores below the no-report result by more than 0.01 DSC and lesion sensitivity stays within 0.02
-of the U-Net's; shuffled reports within 0.01 of the U-Net with the fail-safe, below it without.
+A served answer is **safe** when its operating point (lesion sensitivity at its false positives per
+scan) lies on or above the same-budget U-Net's FROC curve on the same scans, less 0.02.
+Targets (:func:`summarize`, means over seeds unless said): safe with in-style, left-out, another
+study's reports and non-reports; CPM and DSC gains over the same-budget U-Net >= +0.03 in-style and
+in the left-out style; traditional characters keep >= 90 % of the in-style DSC gain; a non-report
+never gives an empty answer on a scan with metastases where the U-Net's is not empty (0 of N).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-MODES = ("in-style", "left-out", "none", "shuffled", "handwritten")
-MODE_LABELS = {"in-style": "in-style reports", "left-out": "left-out style", "none": "no report",
-               "shuffled": "shuffled (another scan's)", "handwritten": "hand-written (36 other scans)"}
+MODES = ("in-style", "left-out", "traditional", "traditional-raw", "shorthand", "negative-words", "none", "shuffled", "nonreport",
+         "handwritten")
+MODE_LABELS = {"in-style": "in-style reports", "left-out": "left-out style", "traditional": "traditional characters",
+               "traditional-raw": "traditional, not normalised", "shorthand": "bilingual shorthand",
+               "negative-words": "negatives in unseen words", "none": "no report", "shuffled": "another scan's report",
+               "nonreport": "a text that is no report", "handwritten": "hand-written (36 other scans)"}
+#: the fail-safe's rules, each taken out of the served setting in turn (evaluate_arrays' variants)
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "served": {},
+    "- unknown-share rule": {"max_unknown_share": 1.0},
+    "- no-finding rule (finding words)": {"require_finding_terms": False},
+    "- no-finding rule (model)": {"no_finding_allow": 2.0},
+    "- both no-finding rules": {"require_finding_terms": False, "no_finding_allow": 2.0},
+    "- negative-report rule": {"negative_report_allow": 0.0},
+    "- keep unexplained hot spots": {"keep_unexplained": False},
+    "- add named hot spots": {"add_named_lesions": False},
+    "- whole-scan fall-back": {"max_unexplained": 1.0e9},
+}
+ABLATION_MODES = ("in-style", "left-out", "traditional-raw", "negative-words", "shuffled", "nonreport")
+#: how far below the same-budget U-Net's FROC curve a served operating point may lie
+SAFETY_TOLERANCE = 0.02
 
 
-def _row(res: dict[str, Any], answer: str) -> dict[str, Any]:
-    s = res["answers"][answer]
-    return {"dsc": s["dsc"]["mean"], "dsc_positive": s["dsc_positive_scans"]["mean"],
-            "negatives_clean": s["negative_scans_clean"], "lesion_sensitivity": s["lesion_sensitivity"],
-            "fp_per_scan": s["fp_per_scan"], "recall": s["recall"]["mean"],
-            "unet_answers": res.get("failsafe", {}).get("answered_by_unet") if answer == "failsafe" else None}
+def _row(res: dict[str, Any], answer: str, unet_curve: dict[str, Any] | None) -> dict[str, Any]:
+    from bonescan.metrics import sensitivity_at
+
+    s = res["answers"][answer] if answer in res.get("answers", {}) else res["variants"][answer]
+    per = res.get("per_scan_all", {}).get(answer)
+    row = {"dsc": s["dsc"]["mean"], "dsc_positive": s["dsc_positive_scans"]["mean"],
+           "negatives_clean": s["negative_scans_clean"], "lesion_sensitivity": s["lesion_sensitivity"],
+           "fp_per_scan": s["fp_per_scan"], "cpm": (s.get("froc") or {}).get("cpm"),
+           "unet_answers": res.get("failsafe", {}).get("answered_by_unet") if answer == "failsafe" else s.get("answered_by_unet")}
+    if unet_curve is not None and s["lesion_sensitivity"] is not None:
+        ref = sensitivity_at(unet_curve, s["fp_per_scan"])
+        row["unet_sensitivity_at_fp"], row["margin"] = ref, s["lesion_sensitivity"] - ref
+    if per is not None and answer == "failsafe":
+        unet = res["per_scan_all"]["unet"]
+        row["empty_on_positive"] = sum(r["gt_lesions"] > 0 and r["pred_components"] == 0 for r in per)
+        row["empty_where_unet_not"] = sum(r["gt_lesions"] > 0 and r["pred_components"] == 0 and u["pred_components"] > 0
+                                          for r, u in zip(per, unet))
+        row["positive_scans"] = sum(r["gt_lesions"] > 0 for r in per)
+        dec = res["failsafe"]["decisions"]
+        row["names_no_finding"] = sum(bool(d.get("names_no_finding")) for d in dec)
+        row["names_no_metastasis"] = sum(bool(d.get("names_no_metastasis")) for d in dec)
+    return row
+
+
+def _texts(mode: str, test, in_style: list[str], lo: str | None, seed: int) -> tuple[list[str], str, bool | None] | None:
+    """(texts, report selection, tokenizer normalisation) of a mode on the test split; None: not run."""
+    from bonescan.benchmarks.other_writers import NEGATIVES, nonreports, shorthand, traditional
+    from bonescan.data.rewrite import rewrite_split
+
+    if mode == "in-style":
+        return in_style, "true", None
+    if mode == "left-out":
+        return (rewrite_split(test.metas, test.reports, [lo], 2000 + seed), "true", None) if lo else None
+    if mode in ("traditional", "traditional-raw"):
+        trad = [traditional(t, "tw" if k % 2 == 0 else "hk") for k, t in enumerate(in_style)]
+        return trad, "true", mode == "traditional"
+    if mode == "shorthand":
+        return [shorthand(m, 3000 + seed + k) for k, m in enumerate(test.metas)], "true", None
+    if mode == "negative-words":
+        return [t if mk.any() else NEGATIVES[k % len(NEGATIVES)] for k, (t, mk) in enumerate(zip(in_style, test.masks))], "true", None
+    if mode == "none":
+        return in_style, "empty", None
+    if mode == "shuffled":
+        return in_style, "shuffled", None
+    if mode == "nonreport":
+        nr = nonreports()
+        return [nr[(k + seed) % len(nr)] for k in range(len(test))], "true", None
+    return None
+
+
+def train_models(data: Path, out: Path, seed: int, config: str, lo: str | None, styles: list[str], tag: str = "",
+                 pretrain_steps: int | None = None) -> tuple[Path, Path, Path]:
+    """The seed's shorter U-Net, same-budget U-Net and dual-path model (each reused when there)."""
+    from bonescan.model.config import preset
+    from bonescan.train import train
+
+    unet_ck = out / f"unet_s{seed}.pt"
+    if not unet_ck.exists():
+        m, t = preset(config, "unet")
+        train(data, unet_ck, m, t, seed=seed, command=f"bonescan bench text-gain (seed {seed})", config_name=config)
+    long_ck = out / f"unet_s{seed}_same_steps.pt"
+    if not long_ck.exists():
+        m, t = preset(config, "unet")
+        t.steps = preset(config, "dualpath")[1].steps
+        train(data, long_ck, m, t, seed=seed, command=f"bonescan bench text-gain (seed {seed}, U-Net on for the dual-path's steps)",
+              config_name=config, init_from=unet_ck)
+    ck = out / f"dualpath{tag}_s{seed}{'_no-' + lo if lo else ''}.pt"
+    if not ck.exists():
+        m, t = preset(config, "dualpath")
+        if pretrain_steps is not None:
+            t.pretrain_text_steps = pretrain_steps
+        train(data, ck, m, t, seed=seed, command=f"bonescan bench text-gain (seed {seed}, left out {lo})",
+              config_name=config, init_from=unet_ck, fallback=long_ck, styles=[s for s in styles if s != lo])
+    return unet_ck, long_ck, ck
 
 
 def run_text_gain(data: Path, out: Path, seeds: list[int], config: str = "demo", leave_out: str = "auto",
                   pretrain_steps: int | None = None, tag: str = "", handwritten: Path | None = None,
-                  same_steps_unet: bool = True) -> dict[str, Any]:
+                  modes: tuple[str, ...] = MODES) -> dict[str, Any]:
     from bonescan.benchmarks.handwritten import handwritten_samples
     from bonescan.benchmarks.latency import cpu_info, run_info
     from bonescan.data.arrays import SplitArrays, load_split
     from bonescan.data.rewrite import rewrite_split
     from bonescan.data.styles import STYLES
     from bonescan.evaluate import evaluate_arrays
+    from bonescan.failsafe import FailSafeSettings
     from bonescan.model.checkpoint import load_checkpoint
-    from bonescan.model.config import preset
-    from bonescan.train import train
 
     out.mkdir(parents=True, exist_ok=True)
     run, machine, t0 = run_info(), cpu_info(), time.perf_counter()
@@ -70,162 +159,217 @@ def run_text_gain(data: Path, out: Path, seeds: list[int], config: str = "demo",
     styles = list(STYLES)
     rows: dict[str, Any] = {}
     left: dict[int, str | None] = {}
+    calibration: dict[int, Any] = {}
+    curves: dict[str, Any] = {}
     for k, seed in enumerate(seeds):
-        unet_ck = out / f"unet_s{seed}.pt"
-        if not unet_ck.exists():
-            m, t = preset(config, "unet")
-            train(data, unet_ck, m, t, seed=seed, command=f"bonescan bench text-gain (seed {seed})", config_name=config)
         lo = None if leave_out == "none" else (styles[k % len(styles)] if leave_out == "auto" else leave_out)
         left[seed] = lo
-        train_styles = [s for s in styles if s != lo]
-        ck = out / f"dualpath{tag}_s{seed}{'_no-' + lo if lo else ''}.pt"
-        if not ck.exists():
-            m, t = preset(config, "dualpath")
-            if pretrain_steps is not None:
-                t.pretrain_text_steps = pretrain_steps
-            train(data, ck, m, t, seed=seed, command=f"bonescan bench text-gain (seed {seed}, left out {lo})",
-                  config_name=config, init_from=unet_ck, fallback=unet_ck, styles=train_styles)
+        unet_ck, long_ck, ck = train_models(data, out, seed, config, lo, styles, tag, pretrain_steps)
         c = load_checkpoint(ck)
-        if same_steps_unet:  # the U-Net with the dual-path model's image budget (see the module's docstring)
-            long_ck = out / f"unet_s{seed}_same_steps.pt"
-            if not long_ck.exists():
-                m, t = preset(config, "unet")
-                t.steps = preset(config, "dualpath")[1].steps
-                train(data, long_ck, m, t, seed=seed, command=f"bonescan bench text-gain (seed {seed}, U-Net on for the dual-path's steps)",
-                      config_name=config, init_from=unet_ck)
-            c_long = load_checkpoint(long_ck)
-            for mode, arrays in (("in-style", test), ("handwritten", hand)):
-                res = evaluate_arrays(c_long, arrays, "empty", seed=1000 + seed, progress=True)
-                rows[f"s{seed}/{mode}/unet_same_steps"] = {"seed": seed, "mode": mode, "answer": "unet_same_steps",
-                                                           "left_out": lo, **_row(res, "dualpath")}
-        in_style = rewrite_split(test.metas, test.reports, train_styles, 1000 + seed)
-        runs = {
-            "in-style": (test, in_style, "true"),
-            "left-out": (test, rewrite_split(test.metas, test.reports, [lo], 2000 + seed), "true") if lo else None,
-            "none": (test, in_style, "empty"),
-            "shuffled": (test, in_style, "shuffled"),
-            "handwritten": (hand, hand.reports, "true"),
-        }
-        for mode, spec in runs.items():
+        fs_meta = c.metadata.get("failsafe") or {}
+        calibration[seed] = {q: fs_meta.get(q) for q in ("settings", "in_sample", "out_of_sample", "unet", "safe", "fold_settings")}
+        served = FailSafeSettings.from_dict(fs_meta.get("settings"))
+        variants = {name: replace(served, **change) for name, change in ABLATIONS.items()}
+        c_short = load_checkpoint(unet_ck)
+        in_style = rewrite_split(test.metas, test.reports, [s for s in styles if s != lo], 1000 + seed)
+        for mode in modes:
+            spec: tuple[list[str], str, bool | None] | None
+            if mode == "handwritten":
+                arrays, spec = hand, (hand.reports, "true", None)
+            else:
+                arrays, spec = test, _texts(mode, test, in_style, lo, seed)
             if spec is None:
                 continue
-            arrays, texts, how = spec
-            res = evaluate_arrays(c, arrays, how, seed=1000 + seed, texts=texts, progress=True)
+            texts, how, normalize = spec
+            res = evaluate_arrays(c, arrays, how, seed=1000 + seed, texts=texts, progress=True, normalize=normalize,
+                                  variants=variants if mode in ABLATION_MODES else None)
+            curve = res["answers"]["unet"]["froc"]["curve"] if res["answers"]["unet"].get("froc") else None
+            curves[f"s{seed}/{mode}"] = {a: (res["answers"][a].get("froc") or {}).get("curve") for a in res["answers"]}
             for answer in ("dualpath", "failsafe", "unet"):
                 rows[f"s{seed}/{mode}/{answer}"] = {"seed": seed, "mode": mode, "answer": answer, "left_out": lo,
-                                                    **_row(res, answer)}
+                                                    **_row(res, answer, curve)}
+            for name in res.get("variants", {}):
+                rows[f"s{seed}/{mode}/ablation:{name}"] = {"seed": seed, "mode": mode, "answer": f"ablation:{name}", "left_out": lo,
+                                                           **_row(res, name, curve)}
+            if mode in ("in-style", "handwritten"):  # the shorter U-Net: its answer does not depend on the reports
+                r_short = evaluate_arrays(c_short, arrays, "empty", seed=1000 + seed, progress=True)
+                rows[f"s{seed}/{mode}/unet_short"] = {"seed": seed, "mode": mode, "answer": "unet_short", "left_out": lo,
+                                                      **_row(r_short, "dualpath", curve)}
+                curves[f"s{seed}/{mode}"]["unet_short"] = (r_short["answers"]["dualpath"].get("froc") or {}).get("curve")
             r = rows[f"s{seed}/{mode}/failsafe"]
-            print(f"seed {seed} {mode:12s} DSC dual-path {rows[f's{seed}/{mode}/dualpath']['dsc']:.4f} "
-                  f"fail-safe {r['dsc']:.4f} ({r['unet_answers']} U-Net answers) U-Net {rows[f's{seed}/{mode}/unet']['dsc']:.4f}",
+            print(f"seed {seed} {mode:16s} DSC dual-path {rows[f's{seed}/{mode}/dualpath']['dsc']:.4f} served {r['dsc']:.4f} "
+                  f"({r['unet_answers']} U-Net answers) U-Net {rows[f's{seed}/{mode}/unet']['dsc']:.4f}; CPM served "
+                  f"{r['cpm'] or 0:.3f} U-Net {rows[f's{seed}/{mode}/unet']['cpm'] or 0:.3f}; margin {r.get('margin', float('nan')):+.3f}",
                   flush=True)
             (out / f"eval_s{seed}_{mode}{tag}.json").write_text(json.dumps(
                 {k: v for k, v in res.items() if k not in ("per_scan_all",)}, indent=1, ensure_ascii=False) + "\n")
     summary = summarize(rows, seeds)
     run["minutes"] = round((time.perf_counter() - t0) / 60, 1)
     result = {"run": run, "machine": machine, "data": str(data), "config": config, "seeds": seeds, "left_out": left, "styles": styles,
-              "test_scans": len(test), "handwritten_scans": len(hand), "rows": rows, "summary": summary}
+              "test_scans": len(test), "handwritten_scans": len(hand), "rows": rows, "summary": summary, "calibration": calibration,
+              "curves": curves}
     (out / f"text_gain{tag}.json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
-    text = table(result)
+    plot = out / f"froc{tag}.png"
+    froc_figure(result, plot)
+    text = table(result) + f"\n\n![FROC, seed {seeds[0]}]({plot.name})\n"
     (out / f"text_gain{tag}.md").write_text(text + "\n", encoding="utf-8")
     print(text)
     return result
 
 
 def _mean(rows: dict[str, Any], seeds: list[int], mode: str, answer: str, field: str = "dsc") -> float | None:
-    vals = [rows[k][field] for s in seeds if (k := f"s{s}/{mode}/{answer}") in rows and rows[k][field] is not None]
+    vals = [rows[k][field] for s in seeds if (k := f"s{s}/{mode}/{answer}") in rows and rows[k].get(field) is not None]
     return float(np.mean(vals)) if vals else None
 
 
 def summarize(rows: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
+    """Gains over the same-budget U-Net, safety margins and the targets (see the module docstring)."""
     m = lambda mode, answer, field="dsc": _mean(rows, seeds, mode, answer, field)  # noqa: E731
-
-    def v(mode: str, answer: str, field: str = "dsc") -> float:
-        """A mean the summary cannot do without (the mode was run, its scans have metastases)."""
-        x = m(mode, answer, field)
-        assert x is not None, f"no {field} of {mode}/{answer} in the rows"
-        return x
-
-    unet = v("in-style", "unet")
-    unet_pos = m("in-style", "unet", "dsc_positive")
-    unet_sens = v("in-style", "unet", "lesion_sensitivity")
-    gain_in = v("in-style", "failsafe") - unet
-    out: dict[str, Any] = {"unet_dsc": unet, "gain_in_style": gain_in}
-    targets: dict[str, bool] = {"in_style_gain_at_least_0.05": gain_in >= 0.05}
-    if m("left-out", "failsafe") is not None:
-        gain_lo = v("left-out", "failsafe") - unet
-        out["gain_left_out"] = gain_lo
-        out["left_out_keeps"] = gain_lo / gain_in if gain_in > 0 else None
-        targets["left_out_keeps_two_thirds"] = gain_in > 0 and gain_lo >= 2 / 3 * gain_in
-    no_report_pos = v("none", "failsafe", "dsc_positive")
-    for mode in ("in-style", "left-out", "handwritten"):
+    out: dict[str, Any] = {"gains": {}, "margins": {}}
+    targets: dict[str, bool] = {}
+    for mode in MODES:
         if m(mode, "failsafe") is None:
             continue
-        ref_pos = no_report_pos if mode != "handwritten" else v(mode, "unet", "dsc_positive")
-        ref_sens = unet_sens if mode != "handwritten" else v(mode, "unet", "lesion_sensitivity")
-        targets[f"{mode}_positive_dsc_not_below_no_report"] = v(mode, "failsafe", "dsc_positive") >= ref_pos - 0.01
-        targets[f"{mode}_lesion_sensitivity_within_0.02_of_unet"] = v(mode, "failsafe", "lesion_sensitivity") >= ref_sens - 0.02
-    out["shuffled_failsafe_minus_unet"] = v("shuffled", "failsafe") - unet
-    out["shuffled_dualpath_minus_unet"] = v("shuffled", "dualpath") - unet
-    targets["shuffled_with_failsafe_within_0.01_of_unet"] = abs(out["shuffled_failsafe_minus_unet"]) <= 0.01 or out["shuffled_failsafe_minus_unet"] > 0
-    targets["shuffled_without_failsafe_below_unet"] = out["shuffled_dualpath_minus_unet"] < 0
-    out.update(unet_dsc_positive=unet_pos, unet_lesion_sensitivity=unet_sens, targets_met=targets)
-    same = m("in-style", "unet_same_steps")
-    if same is not None:  # against the U-Net with the same image budget: reported, not a target of the issue
-        out["unet_same_steps_dsc"] = same
-        out["against_unet_same_steps"] = {
-            "in_style_gain": v("in-style", "failsafe") - same,
-            "left_out_gain": (v("left-out", "failsafe") - same) if m("left-out", "failsafe") is not None else None,
-            "shuffled_failsafe_minus": v("shuffled", "failsafe") - same,
-            "shuffled_dualpath_minus": v("shuffled", "dualpath") - same,
-            "no_report_dualpath_minus": v("none", "dualpath") - same,
-            "lesion_sensitivity_in_style_minus": v("in-style", "failsafe", "lesion_sensitivity") - v("in-style", "unet_same_steps", "lesion_sensitivity"),
-        }
+        served, unet = m(mode, "failsafe") or 0.0, m(mode, "unet") or 0.0
+        g = {"dsc": served - unet, "cpm": (m(mode, "failsafe", "cpm") or 0.0) - (m(mode, "unet", "cpm") or 0.0),
+             "dsc_fail_safe_off": (m(mode, "dualpath") or 0.0) - unet}
+        if m(mode, "unet_short") is not None:
+            g["dsc_over_shorter_unet"] = served - (m(mode, "unet_short") or 0.0)
+        out["gains"][mode] = g
+        margin = m(mode, "failsafe", "margin")
+        if margin is not None:
+            out["margins"][mode] = {"served": margin, "fail_safe_off": m(mode, "dualpath", "margin"),
+                                    "per_seed": [rows[f"s{s}/{mode}/failsafe"].get("margin") for s in seeds if f"s{s}/{mode}/failsafe" in rows]}
+    for mode in ("in-style", "left-out", "shuffled", "nonreport"):
+        if mode in out["margins"]:
+            targets[f"{mode}_served_on_or_above_unet_froc"] = out["margins"][mode]["served"] >= -SAFETY_TOLERANCE
+    for mode in ("in-style", "left-out"):
+        if mode in out["gains"]:
+            targets[f"{mode}_cpm_gain_at_least_0.03"] = out["gains"][mode]["cpm"] >= 0.03
+            targets[f"{mode}_dsc_gain_at_least_0.03"] = out["gains"][mode]["dsc"] >= 0.03
+    if "traditional" in out["gains"] and "in-style" in out["gains"]:
+        gi = out["gains"]["in-style"]["dsc"]
+        out["traditional_keeps"] = out["gains"]["traditional"]["dsc"] / gi if gi > 0 else None
+        targets["traditional_keeps_90pct_of_gain"] = gi > 0 and out["gains"]["traditional"]["dsc"] >= 0.9 * gi
+    if any(f"s{s}/nonreport/failsafe" in rows for s in seeds):
+        keys = [f"s{s}/nonreport/failsafe" for s in seeds if f"s{s}/nonreport/failsafe" in rows]
+        out["nonreport_empty"] = {q: int(sum(rows[k][q] for k in keys)) for q in ("empty_on_positive", "empty_where_unet_not",
+                                                                                   "positive_scans", "names_no_finding")}
+        targets["nonreport_never_empty_where_unet_finds"] = out["nonreport_empty"]["empty_where_unet_not"] == 0
+    out["targets_met"] = targets
     return out
 
 
 def table(result: dict[str, Any]) -> str:
-    rows, seeds = result["rows"], result["seeds"]
-    lo = ", ".join(f"seed {s}: {v}" for s, v in result["left_out"].items())
     from bonescan.benchmarks.report import provenance
 
+    rows, seeds = result["rows"], result["seeds"]
+    lo = ", ".join(f"seed {s}: {v}" for s, v in result["left_out"].items())
     lines = [f"## Text gain: {result['config']} config, {result['test_scans']} test scans, seeds {seeds} (left out: {lo})", "",
              provenance(result) + (f" {result['run']['minutes']} min." if "minutes" in result.get("run", {}) else ""), "",
+             "U-Net = the same-budget U-Net (the fail-safe's fall-back); margin = lesion sensitivity minus the U-Net's FROC "
+             "curve at the answer's false positives per scan (safe: >= -0.02).", "",
              "| reports | answer | " + " | ".join(f"DSC s{s}" for s in seeds) +
-             " | DSC mean | DSC scans with metastases | negatives clean | lesion sens. | FP/scan | answered by the U-Net (mean) |",
-             "|---|---|" + "---|" * (len(seeds) + 6)]
-    labels = {"unet": "U-Net (image only)", "unet_same_steps": "U-Net, the dual-path's image steps",
-              "dualpath": "dual-path, fail-safe off", "failsafe": "dual-path, fail-safe on"}
+             " | DSC mean | DSC with metastases | negatives clean | lesion sens. | FP/scan | CPM | margin | answered by the U-Net |",
+             "|---|---|" + "---|" * (len(seeds) + 8)]
+    labels = {"unet": "U-Net, same image budget", "unet_short": "U-Net, shorter (preset steps)",
+              "dualpath": "dual-path, fail-safe off", "failsafe": "dual-path, served (fail-safe on)"}
+    n_of = {"handwritten": result["handwritten_scans"]}
+
+    def line(mode: str, answer: str, label: str) -> str | None:
+        keys = [f"s{s}/{mode}/{answer}" for s in seeds if f"s{s}/{mode}/{answer}" in rows]
+        if not keys:
+            return None
+
+        def mean(field: str) -> str:
+            v = [rows[k][field] for k in keys if rows[k].get(field) is not None]
+            return f"{np.mean(v):.4f}" if v else "-"
+
+        margin = [rows[k]["margin"] for k in keys if rows[k].get("margin") is not None and answer != "unet"]
+        fb = [rows[k]["unet_answers"] for k in keys if rows[k].get("unet_answers") is not None]
+        return (f"| {MODE_LABELS[mode]} | {label} | " + " | ".join(f"{rows[k]['dsc']:.4f}" for k in keys) +
+                f" | **{mean('dsc')}** | {mean('dsc_positive')} | {mean('negatives_clean')} | {mean('lesion_sensitivity')} | "
+                f"{mean('fp_per_scan')} | {mean('cpm')} | {f'{np.mean(margin):+.3f}' if margin else '-'} | "
+                + (f"{np.mean(fb):.0f} of {n_of.get(mode, result['test_scans'])} |" if fb else "- |"))
+
     for mode in MODES:
-        # the U-Net row once for the synthetic test scans (its answer does not depend on the reports)
-        # and once for the hand-written reports' own scans
-        answers = (("unet", "unet_same_steps") if mode in ("in-style", "handwritten") else ()) + ("dualpath", "failsafe")
-        for answer in answers:
-            keys = [f"s{s}/{mode}/{answer}" for s in seeds if f"s{s}/{mode}/{answer}" in rows]
-            if not keys:
-                continue
-
-            def mean(field: str, keys: list[str] = keys) -> float:
-                return float(np.mean([rows[k][field] for k in keys if rows[k][field] is not None]))
-
-            fb = [rows[k]["unet_answers"] for k in keys if rows[k]["unet_answers"] is not None]
-            reports = "any (synthetic test scans)" if answer.startswith("unet") and mode == "in-style" else MODE_LABELS[mode]
-            lines.append(f"| {reports} | {labels[answer]} | " + " | ".join(f"{rows[k]['dsc']:.4f}" for k in keys) +
-                         f" | **{mean('dsc'):.4f}** | {mean('dsc_positive'):.4f} | {mean('negatives_clean'):.2f} | "
-                         f"{mean('lesion_sensitivity'):.3f} | {mean('fp_per_scan'):.2f} | "
-                         + (f"{np.mean(fb):.0f} of {result['handwritten_scans'] if mode == 'handwritten' else result['test_scans']} |"
-                            if fb else "- |"))
+        answers = (("unet", "unet_short") if mode in ("in-style", "handwritten") else ()) + ("dualpath", "failsafe")
+        lines += [ln for a in answers if (ln := line(mode, a, labels[a]))]
     s = result["summary"]
-    lines += ["", "| target (mean over seeds; fail-safe on unless said) | met |", "|---|---|"]
+    lines += ["", "| target (mean over seeds) | met |", "|---|---|"]
     lines += [f"| {k} | {'yes' if v else 'NO'} |" for k, v in s["targets_met"].items()]
-    lines += ["", f"in-style gain {s['gain_in_style']:+.4f}" +
-              (f"; left-out gain {s['gain_left_out']:+.4f} ({100 * (s['left_out_keeps'] or 0):.0f} % kept)" if "gain_left_out" in s else "") +
-              f"; shuffled minus U-Net: {s['shuffled_failsafe_minus_unet']:+.4f} with the fail-safe, "
-              f"{s['shuffled_dualpath_minus_unet']:+.4f} without"]
-    if "against_unet_same_steps" in s:
-        a = s["against_unet_same_steps"]
-        lines += ["", f"Against the U-Net with the same image steps ({s['unet_same_steps_dsc']:.4f}): in-style gain "
-                  f"{a['in_style_gain']:+.4f}" + (f", left-out {a['left_out_gain']:+.4f}" if a["left_out_gain"] is not None else "") +
-                  f"; shuffled {a['shuffled_failsafe_minus']:+.4f} with the fail-safe, {a['shuffled_dualpath_minus']:+.4f} without; "
-                  f"no report (fail-safe off) {a['no_report_dualpath_minus']:+.4f}; lesion sensitivity in-style "
-                  f"{a['lesion_sensitivity_in_style_minus']:+.3f}"]
+    lines += ["", "| reports | DSC gain served | CPM gain served | DSC gain, fail-safe off | margin served (per seed) |",
+              "|---|---|---|---|---|"]
+    for mode, g in s["gains"].items():
+        mg = s["margins"].get(mode, {})
+        lines.append(f"| {MODE_LABELS[mode]} | {g['dsc']:+.4f} | {g['cpm']:+.4f} | {g['dsc_fail_safe_off']:+.4f} | "
+                     + (f"{mg['served']:+.3f} ({', '.join(f'{x:+.3f}' for x in mg['per_seed'] if x is not None)})" if mg else "-") + " |")
+    if "nonreport_empty" in s:
+        e = s["nonreport_empty"]
+        lines += ["", f"Texts that are no report: {e['names_no_finding']} of {len(seeds) * result['test_scans']} read as naming no "
+                  f"finding; empty served answers on scans with metastases: {e['empty_on_positive']} of {e['positive_scans']} "
+                  f"({e['empty_where_unet_not']} where the U-Net's answer is not empty)."]
+    if "traditional_keeps" in s and s["traditional_keeps"] is not None:
+        g = s["gains"]
+        raw = g.get("traditional-raw", {}).get("dsc")
+        lines += ["", f"Traditional characters keep {100 * s['traditional_keeps']:.0f} % of the in-style DSC gain with the "
+                  f"tokenizer's normalisation" + (f" ({raw:+.4f} without it)." if raw is not None else ".")]
+    lines += ["", "### Ablation of the fail-safe's rules (each taken out of the served setting; same passes)", "",
+              "| rule taken out | " + " | ".join(f"{MODE_LABELS[m_]}: DSC / sens. @ FP / margin" for m_ in ABLATION_MODES) + " |",
+              "|---|" + "---|" * len(ABLATION_MODES)]
+    for name in ABLATIONS:
+        cells = []
+        for mode in ABLATION_MODES:
+            keys = [f"s{s_}/{mode}/ablation:{name}" for s_ in seeds if f"s{s_}/{mode}/ablation:{name}" in rows]
+            if not keys:
+                cells.append("-")
+                continue
+            cells.append(_point({q: float(np.mean([rows[k][q] for k in keys if rows[k].get(q) is not None] or [np.nan]))
+                                 for q in ("dsc", "lesion_sensitivity", "fp_per_scan", "margin")}))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    cal = result.get("calibration", {})
+    if cal:
+        lines += ["", "### The fail-safe's calibration: in sample, out of sample (cross-validated on validation), and on the test scans",
+                  "", "| seed | setting | true reports: DSC / sens. @ FP / margin, in sample | out of sample | test (in-style) | "
+                  "another study's: in sample | out of sample | test |", "|---|---|---|---|---|---|---|---|"]
+        for seed, c in cal.items():
+            if not c.get("in_sample"):
+                continue
+            st = c["settings"]
+            setting = (f"conf {st['min_confidence']:g}, mention {st['mention_threshold']:g}{' kept' if st['keep_unexplained'] else ''}, "
+                       f"allow {st['allow_threshold']:g}{'' if st['add_named_lesions'] else ' (off)'}, negative {st['negative_report_allow']:g}, "
+                       f"whole {st['max_unexplained']:g}")
+            test_true, test_shuf = rows.get(f"s{seed}/in-style/failsafe"), rows.get(f"s{seed}/shuffled/failsafe")
+            lines.append(f"| {seed} | {setting} | {_point(c['in_sample']['true'])} | {_point(c['out_of_sample']['true'])} | "
+                         f"{_point(test_true)} | {_point(c['in_sample']['shuffled'])} | {_point(c['out_of_sample']['shuffled'])} | "
+                         f"{_point(test_shuf)} |")
     return "\n".join(lines)
+
+
+def _point(d: dict[str, Any] | None) -> str:
+    """'DSC / sensitivity @ FP per scan / margin' of a calibration estimate or a row."""
+    if not d:
+        return "-"
+    return f"{d['dsc']:.4f} / {d['lesion_sensitivity']:.3f} @ {d['fp_per_scan']:.2f} / {d.get('margin', float('nan')):+.3f}"
+
+
+def froc_figure(result: dict[str, Any], path: Path) -> None:
+    """The first seed's FROC curves and operating points, in-style and with another scan's report."""
+    from bonescan import viz
+
+    seed = result["seeds"][0]
+    curves, points = {}, {}
+    names = {"unet": "U-Net (same budget)", "unet_short": "U-Net (shorter)", "dualpath": "dual-path, fail-safe off",
+             "failsafe": "served"}
+    for mode, tag in (("in-style", ""), ("shuffled", ", another scan's report")):
+        c = result["curves"].get(f"s{seed}/{mode}", {})
+        for a, curve in c.items():
+            if curve is None or (mode == "shuffled" and a in ("unet", "unet_short")):
+                continue
+            label = names.get(a, a) + tag
+            curves[label] = curve
+            r = result["rows"].get(f"s{seed}/{mode}/{a}")
+            if r and r.get("lesion_sensitivity") is not None:
+                points[label] = (r["fp_per_scan"], r["lesion_sensitivity"])
+    if curves:
+        viz.froc_plot(curves, points, path, title=f"FROC on the test scans, seed {seed}")

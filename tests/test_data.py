@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -211,6 +210,28 @@ def test_report_from_meta_in_every_style(cases):
         report_from_meta(cases[1].meta, "no-such-style", seed=0)
 
 
+def test_a_report_part_is_that_part_of_the_report(cases):
+    """write_report(part=...): the impression alone or the findings alone, with their header, no method
+    line or history; the mentions the part keeps are in it; negative studies keep their negative impression."""
+    for style in STYLE_NAMES:
+        hs = STYLES[style]
+        for k, c in enumerate(cases[:8]):
+            full = report_from_meta(c.meta, style, seed=k)
+            imp, fnd = (report_from_meta(c.meta, style, seed=k, part=p) for p in ("impression", "findings"))
+            assert imp.text.strip() and fnd.text.strip() and len(imp.text) < len(full.text) and len(fnd.text) < len(full.text)
+            for r in (imp, fnd):
+                assert all(m in r.text for m in r.mentions.values()) and set(r.mentions) <= set(full.mentions)
+            if hs.headers:
+                assert hs.headers[1] in imp.text and hs.headers[0] not in imp.text
+                assert hs.headers[0] in fnd.text and hs.headers[1] not in fnd.text
+            if hs.method_header:
+                assert hs.method_header not in imp.text and hs.method_header not in fnd.text
+            if not c.meta["lesions"]:  # a negative study says so in its impression
+                assert any(w in imp.text for w in VOCABULARY["negation"]) or "正常" in imp.text, imp.text
+    with pytest.raises(ValueError, match="part must be one of"):
+        report_from_meta(cases[0].meta, "plain", seed=0, part="summary")
+
+
 def test_findings_from_meta_are_the_ones_the_report_was_written_from(monkeypatch):
     import bonescan.data.synth as synth
 
@@ -237,7 +258,7 @@ def test_house_styles_can_be_restricted():
 
 
 # ----------------------------------------------------------------------------- text corpus
-def test_corpus_follows_the_generator_and_is_fast():
+def test_corpus_follows_the_generator():
     rng = np.random.default_rng(0)
     draws = [sample_findings(rng) for _ in range(5000)]
     n_lesions = np.array([d[3] for d in draws])
@@ -253,13 +274,7 @@ def test_corpus_follows_the_generator_and_is_fast():
     texts = report_corpus(200, 3)
     assert texts == report_corpus(200, 3) and texts[:50] == report_corpus(50, 3) and texts != report_corpus(200, 4)
     assert all(_line_headers(t) == {"所见：", "印象："} for t in report_corpus(50, 3, ["impression"]))
-    report_corpus(200, 0)  # warm up (template cache)
-    rates = []
-    for k in range(3):
-        t0 = time.perf_counter()
-        report_corpus(2000, 100 + k)
-        rates.append(2000 / (time.perf_counter() - t0))
-    assert max(rates) >= 2000, rates
+    # its speed is a benchmark figure: `bonescan bench synth` prints reports a second
 
 
 # ----------------------------------------------------------------------------- augmentation

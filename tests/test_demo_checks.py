@@ -19,6 +19,7 @@ def passing() -> dict:
               for k, d in (("unet", 3.9e-5), ("dualpath", 3.5e-4))}
     results = {k: {"triton": {"dsc": {"mean": m}}, "pytorch": {"dsc": {"mean": m}}, "identical": N}
                for k, m in (("unet", 0.5481), ("dualpath", 0.7038))}
+    results["unet_short"] = {"pytorch": {"dsc": {"mean": 0.51}}}  # the shorter U-Net: a row of its own, no Triton parity
     lat = {k: {c: {"errors": 0, "p50_ms": 60.0} for c in (1, 4)} for k in ("unet", "dualpath")}
     return {"lint": {"unet": {"ok": True, "graphs": {}}, "dualpath": {"ok": True, "graphs": {}}}, "parity": parity,
             "results": results, "lat": lat, "request_errors": {"unet": [], "dualpath": []}, "n": N}

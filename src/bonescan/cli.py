@@ -243,7 +243,7 @@ def _train(a: argparse.Namespace) -> int:
 
 
 def _calibrate(a: argparse.Namespace) -> int:
-    from bonescan.evaluate import recalibrate
+    from bonescan.calibrate import recalibrate
 
     recalibrate(a.checkpoint, a.data, a.split, a.out, progress=not a.quiet)
     print(f"wrote the fail-safe's calibration into {a.out or a.checkpoint}")
@@ -655,8 +655,7 @@ def _bench_storm(a: argparse.Namespace) -> int:
 def _bench_text_gain(a: argparse.Namespace) -> int:
     from bonescan.benchmarks.text_gain import run_text_gain
 
-    res = run_text_gain(a.data, a.out, a.seeds, a.config, a.leave_out, a.pretrain_text, a.tag,
-                        same_steps_unet=not a.no_same_steps_unet)
+    res = run_text_gain(a.data, a.out, a.seeds, a.config, a.leave_out, a.pretrain_text, a.tag, modes=tuple(a.modes))
     return 0 if all(res["summary"]["targets_met"].values()) else 1
 
 
@@ -670,6 +669,8 @@ def _fault_run_args(s: argparse.ArgumentParser) -> None:
 
 def bench_commands(sub: argparse._SubParsersAction) -> None:
     """``bonescan bench synth | latency | parity | soak | kill | storm | text-gain``."""
+    from bonescan.benchmarks.text_gain import MODES
+
     bsub = _group(sub, "bench", "benchmarks that print measured figures")
     s = _command(bsub, "synth", _bench_synth, "time the synthesis of N cases")
     s.add_argument("--n", type=int, default=1000, help="cases")
@@ -721,7 +722,9 @@ def bench_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--rounds", type=int, default=10, help="rounds of bad and good requests")
     s.add_argument("--concurrency", type=int, default=8, help="requests in flight in the mixes")
     s = _command(bsub, "text-gain", _bench_text_gain,
-                 "U-Net vs dual-path over seeds: in-style, left-out-style, hand-written, shuffled and no reports, fail-safe on and off")
+                 "dual-path vs the same-budget U-Net over seeds: DSC, FROC / CPM and safety margins with reports in and out of "
+                 "style, in traditional characters, in shorthand, none, another scan's, texts that are no report; ablation of the "
+                 "fail-safe; calibration in and out of sample")
     DATA.add(s)
     OUT.add(s, required=False, default=Path("runs/text_gain"), help="checkpoints (reused when there) and results")
     s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
@@ -730,8 +733,8 @@ def bench_commands(sub: argparse._SubParsersAction) -> None:
                    help="house style kept out of the dual-path model's training: auto (seed k leaves out style k), none, or a style name")
     s.add_argument("--pretrain-text", type=int, metavar="STEPS", help="MLM pretraining steps (default: the config's)")
     s.add_argument("--tag", default="", help="suffix for the dual-path checkpoints of an ablation")
-    s.add_argument("--no-same-steps-unet", action="store_true",
-                   help="skip the second baseline: the U-Net trained on for the dual-path model's steps (its image budget)")
+    s.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), metavar="MODE",
+                   help=f"report conditions to evaluate (default: {' '.join(MODES)})")
 
 
 # ----------------------------------------------------------------------------- entry point

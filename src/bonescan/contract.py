@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-CONTRACT_VERSION = 3  # 2: the dual-path segmenter carries the fail-safe (text_map, fallback_logits), LESIONS says who answered;
-# 3: the dual-path ensemble takes the study's ACCESSION_NUMBER / STUDY_INSTANCE_UID (optional)
+CONTRACT_VERSION = 4  # 2: the dual-path segmenter carries the fail-safe (text_map, fallback_logits), LESIONS says who answered;
+# 3: the dual-path ensemble takes the study's ACCESSION_NUMBER / STUDY_INSTANCE_UID (optional);
+# 4: reports are normalised before tokenizing (report_text), text_stats also counts the report's finding terms
 
 # ----------------------------------------------------------------------------- image geometry
 #: Whole-body views are 1024 x 256 (H x W) count images, as most gamma cameras write them.
@@ -84,6 +85,9 @@ class TokenizerSettings:
     pad_to_max: bool = True  # fixed length: Triton's dynamic batcher needs equal shapes
     pad_token_id: int = 0  # [PAD] is id 0 in the Chinese BERT vocabulary
     max_report_chars: int = 20000  # larger requests are refused, not truncated
+    #: reports are normalised before tokenizing (bonescan.report_text: traditional characters, full-width
+    #: forms, English shorthand -> the words of the training reports)
+    normalize: bool = True
 
 
 TOKENIZER = TokenizerSettings()
@@ -157,7 +161,8 @@ TEXT_MAP = TensorSpec("text_map", "float32", (2, DYN, DYN),
                       "the report's coarse maps (allow, mention logits), [2, H / s, W / s] with s the coarsest stride")
 FALLBACK_LOGITS = TensorSpec("fallback_logits", "float32", (1, IMAGE_HEIGHT, IMAGE_WIDTH), "the bundled U-Net's logits")
 # tokenizer -> postprocess: how much of the report the model can read
-TEXT_STATS = TensorSpec("text_stats", "int32", (2,), "report tokens, of them unknown to the text encoder")
+TEXT_STATS = TensorSpec("text_stats", "int32", (3,),
+                        "report tokens, of them unknown to the text encoder, and the report's finding terms (report_text)")
 
 TEXT_ENCODER_INPUTS = (INPUT_IDS, ATTENTION_MASK)
 TEXT_ENCODER_OUTPUTS = (TEXT_FEATURES,)

@@ -1,77 +1,88 @@
-"""Which answer a scan gets: the text-guided one, or the image-only U-Net's when the report cannot be trusted.
+"""Which answer a scan gets: the text-guided one, the image-only U-Net's, or the text-guided one with
+the U-Net's hot spots the report cannot explain.
 
 The dual-path model reads the report to explain hot spots away (a degenerative knee, a negative
-study). That is its gain, and its danger: a report the model cannot read, or a report that belongs
-to another study, makes it veto real metastases. So every dual-path answer comes with the answer of
-the image-only U-Net it was trained beside (one graph, see ``model.network.DeployedSegmenter``) and
-measured signals decide, per scan, which one is given:
+study). That is its gain, and its danger: a report the model cannot read, a text that is no report
+at all, or a report that belongs to another study makes it veto real metastases. So every
+dual-path answer comes with the answer of the image-only U-Net it was trained beside (one graph,
+see ``model.network.DeployedSegmenter``), and the decision is made per scan and per hot spot:
 
-* ``unknown share``: the share of the report's tokens the text encoder never saw in training
-  ([UNK], or characters absent from every training text). A report written in other words than
-  any the model learned is not read; it is not guessed at either.
-* ``unexplained lesions``: lesions the image-only U-Net finds with confidence, that the dual-path
-  answer drops, at places the report does not mention at all (the report's ``mention`` map,
-  trained on every finding a report describes: metastases, benign findings, artefacts). A report
-  that explains a hot spot away names it (a degenerative knee, a healed fracture); one that drops
-  confident hot spots it never mentions is not describing this study: another patient's report,
-  or one the model misread. Hot spots the U-Net finds with low confidence are not counted: most of
-  them are its own false positives, which the report rightly does not mention. Counted two ways:
-  how many such lesions, and how many pixels they cover together (``unexplained area``). A true
-  negative report explains away a U-Net false positive here and there, mostly small; another
-  study's negative report put on a scan with metastases drops several, or large, ones. The area
-  tells these apart where the count alone cannot.
+1. **No report**: an empty text gives the U-Net's answer.
+2. **Report names no finding**: a text that states nothing about the skeleton ("see attached",
+   "待复查", a file path, an empty template, a method line alone) is no report: the U-Net answers.
+   Two signals, either suffices: the text holds no word of a finding (a bone, an uptake, a verdict:
+   ``report_text.finding_terms``; checked first, whatever the model could read of the text), or the
+   model reads it as no report (its ``allow`` map, trained to be 1 everywhere for texts without
+   findings, averages at least ``no_finding_allow`` over the scan; checked after rule 3). Such a
+   text never gives an empty answer, whatever the model makes of it.
+3. **Report not read**: more than ``max_unknown_share`` of the report's tokens (after
+   normalisation, bonescan.report_text) are unknown to the text encoder ([UNK], or characters no
+   training text held). A report the model cannot read is not guessed at.
+4. **A negative report** (``allow`` below ``negative_report_allow`` everywhere: an explicit negative
+   statement, "未见骨转移") makes the report-guided answer empty: the dual-path model's veto is soft,
+   and a hot spot it leaves behind on a scan its report calls negative is one the report ruled out.
+5. **Unexplained hot spots are kept**: a confident U-Net lesion (highest probability at least
+   ``min_confidence``) that the report-guided answer drops, at a place the report does not mention
+   at all (its ``mention`` map below ``mention_threshold`` there), is added back. A report explains a
+   hot spot away by naming it (a degenerative knee, a healed fracture); one that drops confident hot
+   spots it never mentions is not describing them: another patient's report, or a misread one. So a
+   wrong report costs what it mentions, not every lesion it does not (``keep_unexplained``).
+   ``max_unexplained`` falls back to the U-Net for the whole scan when more than that many hot spots
+   are unexplained (a report that fits the image leaves few, if any).
+6. **Named hot spots are kept**: with ``add_named_lesions``, a confident U-Net lesion where the report
+   names a metastasis (``allow`` at least ``allow_threshold``) is added too: the report's location
+   guides the answer but does not drop a lesion the image shows where the report puts one.
 
-A report that names no metastasis anywhere (its ``allow`` map below a calibrated level
-everywhere: a negative study) gives an empty answer when it is trusted, with the fail-safe on or
-off: the dual-path model's veto is soft, and a hot spot it leaves behind on a scan its report
-calls negative is a false positive the report has already ruled out. It is reading the report,
-so a wrong negative report costs lesions unless the fail-safe catches it (the hot spots it would
-drop are unexplained, see above), which is why it is calibrated with the fail-safe.
-
-No report (or an empty one) gives the U-Net's answer too. When the report is trusted, the answer
-is the dual-path mask plus any confident U-Net lesion at a place the report allows a metastasis
-(its ``allow`` map high: the report names a metastasis there): the report's location guides the
-answer but does not drop a lesion the image shows where the report puts one. The dual-path model
-explains hot spots away; this keeps it from explaining away the ones the report itself names.
-
-The thresholds are calibrated on the validation split at the end of training (true reports against
-another study's reports) and travel with the checkpoint, the export and the Triton config.
-Needs numpy and scipy only: the Triton ``postprocess`` step runs this file.
+Rules 1-3 and 5-6 are the fail-safe (``enabled``); rule 4 is how the dual-path model answers with
+the fail-safe off as well, but never for a text rule 2 calls no report. The thresholds are
+calibrated on the validation split at the end of training (``evaluate.calibrate_failsafe``: lesion
+detection on or above the U-Net's FROC curve with true reports, other studies' reports and texts
+that are no report; the estimate out of sample beside the one in sample) and travel with the
+checkpoint, the export and the Triton config. Needs numpy and scipy only: the Triton
+``postprocess`` step runs this file.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 DUALPATH = "dualpath"
 UNET = "unet"
+#: the reasons a scan gets the U-Net's answer (the start of ``reason``), and the rest
+NO_REPORT = "no report"
+NOT_READ = "report not read"
+NO_FINDING = "report names no finding"
+DOES_NOT_FIT = "report does not fit the image"
 
 
 @dataclass(frozen=True)
 class FailSafeSettings:
     enabled: bool = True
-    #: more than this share of the report's tokens unknown to the model: the report is not read
-    max_unknown_share: float = 0.15
-    #: more than this many unexplained lesions (see the module docstring): the report does not fit the image
-    max_unexplained: float = 1.0
+    #: more than this share of the report's tokens unknown to the model: the report is not read. Fixed,
+    #: not calibrated: training turns 3 % of the tokens into [UNK]; a report a fifth unknown is not one
+    #: the model learned to read past (traditional characters and English shorthand are normalised first)
+    max_unknown_share: float = 0.2
+    #: the report's allow map averaging at least this over the scan: the model reads the text as no report
+    #: (> 1: the model is not asked)
+    no_finding_allow: float = 0.8
+    #: a text with no word of a skeletal finding (report_text.finding_terms) is no report
+    require_finding_terms: bool = True
     #: a U-Net lesion counts as confident when its highest probability reaches this
     min_confidence: float = 0.8
-    #: a lesion counts as mentioned where sigmoid(mention) reaches this at one of its pixels
+    #: a lesion counts as mentioned where sigmoid(mention) reaches this at one of its pixels; a confident
+    #: U-Net lesion the report-guided answer drops where none does is unexplained
     mention_threshold: float = 0.5
+    #: keep the unexplained hot spots in the answer (rule 5)
+    keep_unexplained: bool = True
+    #: more than this many unexplained hot spots: the U-Net answers the whole scan
+    max_unexplained: float = 1.0e9
     #: the report names a metastasis where sigmoid(allow) reaches this at one of the lesion's pixels
     allow_threshold: float = 0.7
-    #: add confident U-Net lesions at places the report names as metastases to a trusted dual-path answer
+    #: add confident U-Net lesions at places the report names as metastases
     add_named_lesions: bool = True
-    #: more than this many pixels (of the model's 1024 x 256 input grid) covered by unexplained lesions:
-    #: the report does not fit the image
-    max_unexplained_area: float = 1.0e9
-    #: more than this many places the report names as metastases (allow map >= allow_threshold) where
-    #: the image shows no hot spot at all (U-Net probability below 0.5 everywhere there): the report
-    #: does not fit the image
-    max_unseen_named: float = 1000.0
     #: a report whose allow map stays below this everywhere names no metastasis: the report-guided answer
     #: is empty (0 = never; applies with the fail-safe off too, see the module docstring)
     negative_report_allow: float = 0.0
@@ -81,7 +92,8 @@ class FailSafeSettings:
 
     @staticmethod
     def from_dict(d: dict[str, Any] | None, prefix: str = "") -> FailSafeSettings:
-        """From a dict of values, or of strings (a Triton config's parameters, keys ``prefix + field``)."""
+        """From a dict of values, or of strings (a Triton config's parameters, keys ``prefix + field``);
+        keys of fields this version no longer has are ignored."""
         default = FailSafeSettings()
         if not d:
             return default
@@ -143,19 +155,20 @@ class Measured:
     area: np.ndarray  # [n] pixels
     tokens: int
     unknown: int
-    #: per place the report may name (8-connected cells of sigmoid(allow) >= 0.5): its highest allow
-    #: probability and the U-Net's highest probability there
-    place_allow: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    place_prob: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    #: words of a skeletal finding in the normalised report (-1: not known, e.g. stats without the text)
+    terms: int = -1
     #: the highest sigmoid(allow) anywhere: how strongly the report names a metastasis at its most
     allow_max: float = 1.0
+    #: the mean sigmoid(allow) over the scan: near 1 for a text the model reads as no report
+    allow_mean: float = 0.0
 
 
 def measure(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarray, text_map: np.ndarray,
             text_stats: np.ndarray) -> Measured:
     """mask, fallback_mask: [H, W] the dual-path and the U-Net answers, cleaned binary masks;
     fallback_prob: [H, W] the U-Net's probabilities; text_map: [2, h, w] allow / mention logits;
-    text_stats: [2] (report tokens, of them unknown to the model)."""
+    text_stats: [3] (report tokens, of them unknown to the model, finding terms; a [2] of an older
+    tokenizer: terms unknown)."""
     from scipy.ndimage import label
 
     from bonescan.contract import EIGHT
@@ -167,81 +180,80 @@ def measure(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarr
     lab, n = label(fallback_mask, structure=EIGHT)
     kept = label_max(mask, lab, n) > 0
     prob = np.asarray(fallback_prob, np.float32)
-    places, n_places = label(p[0] >= 0.5, structure=EIGHT)
-    place_allow = label_max(p[0], places, n_places)
-    place_prob = label_max(cell_max(prob, p[0].shape), places, n_places)
     area = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    stats = np.asarray(text_stats).ravel()
     return Measured(mask, fallback_mask, lab, label_max(prob, lab, n), label_max(mention, lab, n), label_max(named, lab, n), kept,
-                    area, int(text_stats[0]), int(text_stats[1]), place_allow, place_prob, float(p[0].max()))
+                    area, int(stats[0]), int(stats[1]), int(stats[2]) if len(stats) > 2 else -1, float(p[0].max()), float(p[0].mean()))
+
+
+def says_nothing(m: Measured, s: FailSafeSettings) -> bool:
+    """A text that states no skeletal finding (rule 3 of the module docstring); never an empty text."""
+    return m.tokens > 0 and ((s.require_finding_terms and m.terms == 0) or m.allow_mean >= s.no_finding_allow)
+
+
+def negative_report(m: Measured, s: FailSafeSettings) -> bool:
+    """The report names no metastasis anywhere (rule 4); never without a report, never for a text
+    that states no finding at all."""
+    return m.tokens > 0 and m.allow_max < s.negative_report_allow and not says_nothing(m, s)
 
 
 def choose(m: Measured, s: FailSafeSettings) -> dict[str, Any]:
-    """The decision from the measurements: which path answers, why, the signals, and which U-Net
-    lesions a trusted dual-path answer adds (their labels)."""
+    """The decision from the measurements: which path answers, why, the signals, whether the
+    report-guided answer is empty, and which U-Net lesions it adds (their labels)."""
     confident = m.confidence >= s.min_confidence
-    unexplained = ~m.kept & confident & (m.mention < s.mention_threshold)
-    unseen = (m.place_allow >= s.allow_threshold) & (m.place_prob < 0.5)
+    negative = negative_report(m, s)
+    kept = m.kept & (not negative)  # an empty report-guided answer keeps nothing
+    unexplained = ~kept & confident & (m.mention < s.mention_threshold)
+    named = confident & (m.named >= s.allow_threshold) & (s.add_named_lesions and not negative)
     sig: dict[str, Any] = {
         "report_tokens": m.tokens,
         "unknown_share": round(m.unknown / m.tokens, 4) if m.tokens else None,
-        "unet_lesions": int(len(m.kept)),
-        "dropped_lesions": int((~m.kept).sum()),
-        "unexplained_lesions": int(unexplained.sum()),
-        "unexplained_area_px": int(m.area[unexplained].sum()),
-        "unseen_named_places": int(unseen.sum()),
+        "finding_terms": m.terms,
+        "allow_mean": round(float(m.allow_mean), 4),
         "allow_max": round(float(m.allow_max), 4),
-        "names_no_metastasis": negative_report(m, s),
+        "names_no_finding": says_nothing(m, s),
+        "names_no_metastasis": negative,
+        "unet_lesions": int(len(m.kept)),
+        "dropped_lesions": int((~kept).sum()),
+        "unexplained_lesions": int(unexplained.sum()),
     }
-    info: dict[str, Any] = {"signals": sig, "thresholds": {"max_unknown_share": s.max_unknown_share,
-                                                           "max_unexplained": s.max_unexplained,
-                                                           "max_unexplained_area": s.max_unexplained_area,
-                                                           "min_confidence": s.min_confidence,
-                                                           "max_unseen_named": s.max_unseen_named,
-                                                           "negative_report_allow": s.negative_report_allow}}
+    info: dict[str, Any] = {"signals": sig, "thresholds": {k: v for k, v in s.to_dict().items() if k != "enabled"}}
     reason = None
     if not s.enabled:
         reason = None
     elif m.tokens == 0:
-        reason = "no report: the image-only answer"
+        reason = f"{NO_REPORT}: the image-only answer"
+    elif s.require_finding_terms and m.terms == 0:  # whatever the model could read of it
+        reason = f"{NO_FINDING} (no word of a bone, an uptake or a verdict): the image-only answer"
     elif sig["unknown_share"] > s.max_unknown_share:
-        reason = (f"report not read: {100 * sig['unknown_share']:.0f} % of its characters are unknown to the model "
+        reason = (f"{NOT_READ}: {100 * sig['unknown_share']:.0f} % of its characters are unknown to the model "
                   f"(limit {100 * s.max_unknown_share:.0f} %)")
+    elif sig["names_no_finding"]:
+        reason = (f"{NO_FINDING} (the model reads it as no report: allow map {m.allow_mean:.2f} on average, limit "
+                  f"{s.no_finding_allow:g}): the image-only answer")
     elif sig["unexplained_lesions"] > s.max_unexplained:
-        reason = (f"report does not fit the image: the report-guided answer would drop {sig['unexplained_lesions']} "
-                  f"confident hot spot(s) at places the report does not mention (limit {s.max_unexplained:g})")
-    elif sig["unexplained_area_px"] > s.max_unexplained_area:
-        reason = (f"report does not fit the image: the report-guided answer would drop confident hot spots of "
-                  f"{sig['unexplained_area_px']} pixels at places the report does not mention (limit {s.max_unexplained_area:g})")
-    elif sig["unseen_named_places"] > s.max_unseen_named:
-        reason = (f"report does not fit the image: it names {sig['unseen_named_places']} place(s) as metastases where "
-                  f"the image shows no hot spot (limit {s.max_unseen_named:g})")
+        reason = (f"{DOES_NOT_FIT}: the report-guided answer would drop {sig['unexplained_lesions']} confident hot spot(s) "
+                  f"at places the report does not mention (limit {s.max_unexplained:g})")
     if reason is not None:
-        info.update(answered_by=UNET, reason=reason, add=np.zeros(0, np.int64))
+        info.update(answered_by=UNET, reason=reason, add=np.zeros(0, np.int64), empty=False)
         return info
-    add = np.zeros(0, np.int64)
     reason = "report read and consistent with the image" if s.enabled else "fail-safe off"
-    if sig["names_no_metastasis"]:
-        reason += f"; the report names no metastasis (allow map at most {m.allow_max:.2f}, below {s.negative_report_allow:g}): no lesion"
-        info.update(answered_by=DUALPATH, reason=reason, unet_lesions_added=0, add=add, empty=True)
-        return info
-    if s.enabled and s.add_named_lesions:
-        add = np.nonzero(confident & (m.named >= s.allow_threshold))[0] + 1
-    info.update(answered_by=DUALPATH, reason=reason, unet_lesions_added=int((~m.kept[add - 1]).sum()) if len(add) else 0, add=add)
+    if negative:
+        reason += f"; the report names no metastasis (allow map at most {m.allow_max:.2f}, below {s.negative_report_allow:g})"
+    add = np.nonzero((unexplained & s.keep_unexplained) | named)[0] + 1 if s.enabled else np.zeros(0, np.int64)
+    if s.enabled and s.keep_unexplained and sig["unexplained_lesions"]:
+        reason += f"; {sig['unexplained_lesions']} hot spot(s) the report does not mention kept from the image-only answer"
+    info.update(answered_by=DUALPATH, reason=reason, unet_lesions_added=int((~kept[add - 1]).sum()) if len(add) else 0,
+                add=add, empty=negative)
     return info
 
 
-def negative_report(m: Measured, s: FailSafeSettings) -> bool:
-    """The report names no metastasis anywhere (see the module docstring); never without a report."""
-    return m.tokens > 0 and m.allow_max < s.negative_report_allow
-
-
 def answer_mask(m: Measured, info: dict[str, Any]) -> np.ndarray:
-    """The mask the decision gives: the U-Net's, or the dual-path one plus the added U-Net lesions."""
+    """The mask the decision gives: the U-Net's, or the report-guided one (empty for a negative
+    report) plus the added U-Net lesions."""
     if info["answered_by"] == UNET:
         return m.fallback_mask.astype(np.uint8)
-    if info.get("empty"):
-        return np.zeros(m.mask.shape, np.uint8)
-    out = m.mask.copy()
+    out = np.zeros(m.mask.shape, bool) if info["empty"] else m.mask.copy()
     if len(info["add"]):
         out |= np.isin(m.labels, info["add"])
     return out.astype(np.uint8)
@@ -258,62 +270,75 @@ def decide(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarra
     m = measure(mask, fallback_mask, fallback_prob, text_map, text_stats)
     info = choose(m, s)
     out = answer_mask(m, info)
-    info.pop("add")
-    info.pop("empty", None)
+    info["added_labels"] = info.pop("add")
     return out, info
 
 
-def answer_dsc(m: Measured, info: dict[str, Any], gt: np.ndarray | None, counts: dict[str, Any] | None = None) -> float:
-    """DSC of the decision's answer against a ground-truth mask, from pixel counts (what calibration
-    scores hundreds of threshold settings with; equal to dsc(answer_mask(m, info), gt))."""
-    if counts is None:
-        assert gt is not None, "answer_dsc needs gt or its counts"
-        counts = answer_counts(m, gt)
-    if info["answered_by"] == UNET:
-        a, inter = counts["unet"], counts["unet_gt"]
-    elif info.get("empty"):
-        a, inter = 0, 0
-    else:
-        a, inter = counts["dual"], counts["dual_gt"]
-        if len(info["add"]):
-            a += int(counts["extra"][info["add"]].sum())
-            inter += int(counts["extra_gt"][info["add"]].sum())
-    total = a + counts["gt"]
-    return 1.0 if total == 0 else 2.0 * inter / total
+# ----------------------------------------------------------------------------- scoring many settings at once
 
 
 def answer_counts(m: Measured, gt: np.ndarray) -> dict[str, Any]:
-    """The pixel and lesion counts :func:`answer_dsc` and :func:`answer_hits` need, per scan (once
-    for all settings). A ground-truth lesion (8-connected component) is detected when the answer
-    covers one of its pixels, as in bonescan.metrics."""
+    """Per scan, once for all settings: the pixel and lesion counts :func:`answer_scores` needs. A
+    ground-truth lesion (8-connected component) is detected when the answer covers one of its
+    pixels, as in bonescan.metrics; a lesion of the answer touching none is a false positive."""
     from scipy.ndimage import label
 
     from bonescan.contract import EIGHT
 
     g = np.asarray(gt).astype(bool)
-    extra = m.fallback_mask & ~m.mask  # what an added U-Net lesion brings beyond the dual-path answer
     n = len(m.kept)
     gl, n_gt = label(g, structure=EIGHT)
+    dl, n_d = label(m.mask, structure=EIGHT)
     # hits[k, j]: U-Net lesion k (0 = the dual-path answer) covers a pixel of ground-truth lesion j
     hits = np.zeros((n + 1, n_gt + 1), dtype=bool)
     if n_gt:
         hits[0, np.unique(gl[m.mask & (gl > 0)])] = True
         both = (m.labels > 0) & (gl > 0)
         hits[m.labels[both], gl[both]] = True
+    extra = m.fallback_mask & ~m.mask  # what an added U-Net lesion brings beyond the dual-path answer
+    unet_fp = ~hits[1:, 1:].any(axis=1) if n_gt else np.ones(n, bool)
+    dual_fp = n_d - (len(np.unique(dl[g & (dl > 0)])) if n_d else 0)
     return {"gt": int(g.sum()), "unet": int(m.fallback_mask.sum()), "unet_gt": int((m.fallback_mask & g).sum()),
             "dual": int(m.mask.sum()), "dual_gt": int((m.mask & g).sum()),
+            "lesion_px": np.bincount(m.labels.ravel(), minlength=n + 1), "lesion_gt_px": np.bincount(m.labels[g], minlength=n + 1),
             "extra": np.bincount(m.labels[extra], minlength=n + 1), "extra_gt": np.bincount(m.labels[extra & g], minlength=n + 1),
-            "gt_lesions": int(n_gt), "hits": hits[:, 1:]}
+            "gt_lesions": int(n_gt), "hits": hits[:, 1:], "unet_fp": unet_fp, "unet_fp_count": int(unet_fp.sum()), "dual_fp": int(dual_fp)}
 
 
-def answer_hits(info: dict[str, Any], counts: dict[str, Any]) -> int:
-    """Ground-truth lesions the decision's answer detects (from :func:`answer_counts`)."""
+def answer_scores(m: Measured, info: dict[str, Any], counts: dict[str, Any]) -> tuple[float, int, int]:
+    """(DSC, ground-truth lesions detected, false-positive lesions) of the decision's answer, from the
+    counts of :func:`answer_counts`: what calibration scores hundreds of settings with. DSC and
+    detections are exact; false positives count the dual-path answer's and each added U-Net lesion
+    touching no ground truth (exact unless an added lesion touches a kept one without overlapping it)."""
     hits = counts["hits"]
-    if not counts["gt_lesions"]:
-        return 0
     if info["answered_by"] == UNET:
-        return int(hits[1:].any(axis=0).sum())
-    if info.get("empty"):
-        return 0
-    found = hits[0] | (hits[info["add"]].any(axis=0) if len(info["add"]) else False)
-    return int(np.sum(found))
+        a, inter = counts["unet"], counts["unet_gt"]
+        found = int(hits[1:].any(axis=0).sum()) if counts["gt_lesions"] else 0
+        fp = counts["unet_fp_count"]
+    else:
+        add = info["add"]
+        empty = info["empty"]
+        if empty:
+            a, inter = int(counts["lesion_px"][add].sum()), int(counts["lesion_gt_px"][add].sum())
+            det = hits[add].any(axis=0) if len(add) else np.zeros(hits.shape[1], bool)
+            fp = int(counts["unet_fp"][add - 1].sum())
+        else:
+            a = counts["dual"] + int(counts["extra"][add].sum())
+            inter = counts["dual_gt"] + int(counts["extra_gt"][add].sum())
+            det = hits[0] | (hits[add].any(axis=0) if len(add) else False)
+            new = add[~m.kept[add - 1]] if len(add) else add
+            fp = counts["dual_fp"] + int(counts["unet_fp"][new - 1].sum())
+        found = int(np.sum(det)) if counts["gt_lesions"] else 0
+    total = a + counts["gt"]
+    return (1.0 if total == 0 else 2.0 * inter / total), found, fp
+
+
+def served_probability(prob_dual: np.ndarray, prob_unet: np.ndarray, m: Measured, info: dict[str, Any]) -> np.ndarray:
+    """The probability map behind the decision's answer: the U-Net's when it answers, else the
+    dual-path model's, with the U-Net's where a U-Net lesion was added."""
+    if info["answered_by"] == UNET:
+        return prob_unet
+    add = info.get("added_labels", info.get("add"))
+    if add is None or not len(add):
+        return prob_dual
+    return np.where(np.isin(m.labels, add), np.maximum(prob_dual, prob_unet), prob_dual)

@@ -86,11 +86,12 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
                          ) -> tuple[np.ndarray, np.ndarray, list[str], list[dict[str, Any]]]:
     """The dual-path graph's three answers -> one per scan (bonescan.failsafe decides which).
 
-    logits, fallback_logits float32 [B, 1, H, W]; text_map [B, 2, h, w]; text_stats int32 [B, 2];
-    spacing [B, 2] -> (mask uint8 [B, 1, H, W], probability [B, 1, H, W], B lesion-list JSON strings
-    that also say which path answered and why, B decision dicts).
+    logits, fallback_logits float32 [B, 1, H, W]; text_map [B, 2, h, w]; text_stats int32 [B, 3];
+    spacing [B, 2] -> (mask uint8 [B, 1, H, W], probability [B, 1, H, W] (the map behind each answer:
+    failsafe.served_probability), B lesion-list JSON strings that also say which path answered and
+    why, B decision dicts).
     """
-    from bonescan.failsafe import UNET, decide
+    from bonescan.failsafe import answer_mask, choose, measure, served_probability
 
     logits = np.asarray(logits, dtype=np.float32)
     spacing = np.asarray(spacing, dtype=np.float32).reshape(len(logits), 2)
@@ -104,12 +105,14 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
         sp = (float(spacing[b, 0]), float(spacing[b, 1]))
         keep_d, _ = lesions_of(prob_d[b, 0] >= threshold, prob_d[b, 0], sp)
         keep_u, _ = lesions_of(prob_u[b, 0] >= threshold, prob_u[b, 0], sp)
-        final, info = decide(keep_d, keep_u, prob_u[b, 0], text_map[b], text_stats[b], settings)
-        prob = prob_u[b, 0] if info["answered_by"] == UNET else np.where(keep_d | ~final.astype(bool), prob_d[b, 0],
-                                                                          np.maximum(prob_d[b, 0], prob_u[b, 0]))
+        m = measure(keep_d, keep_u, prob_u[b, 0], text_map[b], text_stats[b])
+        info = choose(m, settings)
+        final = answer_mask(m, info)
+        prob = served_probability(prob_d[b, 0], prob_u[b, 0], m, info)
         keep, lesions = lesions_of(final.astype(bool), prob, sp)
         masks[b, 0] = keep
         probs[b, 0] = prob
+        info["added_labels"] = info.pop("add")
         decisions.append(info)
         out_json.append(json.dumps({"lesions": lesions, "count": len(lesions), "threshold": threshold,
                                     "pixel_spacing_mm": [round(float(v), 4) for v in spacing[b]],

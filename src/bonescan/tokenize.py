@@ -2,9 +2,12 @@
 
 Wraps a HuggingFace ``tokenizers`` WordPiece tokenizer saved as ``tokenizer.json`` (what
 ``BertTokenizerFast.save_pretrained`` writes; MacBERT's own or one trained on the reports) and
-applies :data:`bonescan.contract.TOKENIZER`. Needs numpy and ``tokenizers`` only, so the Triton
-python backend runs this very file (``bonescan repo build`` copies it, with contract.py, into a
-small ``bonescan`` package next to the model).
+applies :data:`bonescan.contract.TOKENIZER`. Every report is normalised first
+(:func:`bonescan.report_text.normalize_report`: traditional characters, full-width forms and English
+shorthand become the words of the training reports), so unknown characters are counted on what the
+model reads. Needs numpy, ``tokenizers`` and OpenCC only, so the Triton python backend runs this
+very file (``bonescan repo build`` copies it, with contract.py, into a small ``bonescan`` package
+next to the model).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bonescan.contract import INPUT_IDS, TOKENIZER
+from bonescan.report_text import finding_terms, normalize_report
 
 
 class ReportError(ValueError):
@@ -50,6 +54,9 @@ class ReportTokenizer:
         from tokenizers import Tokenizer
 
         self.tok = Tokenizer.from_file(str(tokenizer_json))
+        #: normalise reports before tokenizing (contract.TOKENIZER.normalize; benchmarks turn it off to
+        #: measure what it buys)
+        self.normalizing = TOKENIZER.normalize
         self.max_tokens = TOKENIZER.max_tokens
         self.tok.enable_truncation(max_length=self.max_tokens)
         if TOKENIZER.pad_to_max:
@@ -72,28 +79,36 @@ class ReportTokenizer:
         if self.unk_id is not None:
             self.known[self.unk_id] = False
 
+    def normalize(self, reports: Sequence[str]) -> list[str]:
+        """The reports as the model reads them (unchanged when ``normalizing`` is off)."""
+        return [normalize_report(r) for r in reports] if self.normalizing else list(reports)
+
     def __call__(self, reports: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """reports: B strings (may be empty) -> input_ids, attention_mask: int32 [B, T]."""
-        enc = self.tok.encode_batch(list(reports))
+        """reports: B strings (may be empty) -> input_ids, attention_mask: int32 [B, T] of the normalised reports."""
+        enc = self.tok.encode_batch(self.normalize(reports))
         dtype = np.dtype(INPUT_IDS.dtype)
         ids = np.array([e.ids for e in enc], dtype=dtype)
         mask = np.array([e.attention_mask for e in enc], dtype=dtype)
         return ids, mask
 
-    def text_stats(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """int32 [B, 2]: (tokens of the report, of them unknown to the model: [UNK] or never trained on).
+    def text_stats(self, ids: np.ndarray, mask: np.ndarray, reports: Sequence[str] | None = None) -> np.ndarray:
+        """int32 [B, 3]: (tokens of the report, of them unknown to the model: [UNK] or never trained
+        on, words stating a skeletal finding in the normalised report: report_text.finding_terms).
 
-        Special tokens ([CLS], [SEP], padding) are not counted; an empty report has 0 tokens."""
+        Special tokens ([CLS], [SEP], padding) are not counted; an empty report has 0 tokens.
+        Without ``reports`` (the texts ``ids`` were made from) the finding terms are -1 (unknown)."""
         ids = np.asarray(ids)
         content = (np.asarray(mask) > 0) & ~np.isin(ids, self.special_ids[self.special_ids != self.unk_id])
         unknown = content & ~self.known[np.clip(ids, 0, self.vocab_size - 1)]
-        return np.stack([content.sum(1), unknown.sum(1)], axis=1).astype(np.int32)
+        terms = (np.array([finding_terms(t) for t in self.normalize(reports)]) if reports is not None
+                 else np.full(len(ids), -1))
+        return np.stack([content.sum(1), unknown.sum(1), terms], axis=1).astype(np.int32)
 
     def n_tokens(self, report: str) -> int:
         """Tokens the report would have without truncation (for statistics)."""
         self.tok.no_truncation()
         try:
-            return len(self.tok.encode(report).ids)
+            return len(self.tok.encode(self.normalize([report])[0]).ids)
         finally:
             self.tok.enable_truncation(max_length=self.max_tokens)
 

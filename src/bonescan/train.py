@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from bonescan.calibrate import calibrate_failsafe
 from bonescan.data.arrays import SplitArrays, load_split, manifest_hash
 from bonescan.data.rewrite import rewrite_split, training_report
 from bonescan.errors import BonescanError
-from bonescan.evaluate import calibrate_failsafe, evaluate_arrays
+from bonescan.evaluate import evaluate_arrays
 from bonescan.model.checkpoint import Checkpoint, read_tokenizer_files, save_checkpoint, write_tokenizer_files
 from bonescan.model.config import ModelConfig, TrainConfig
 from bonescan.model.network import BoneScanNet
@@ -216,15 +217,22 @@ class ReportSource:
         self.seen: set[int] = set()
 
     def batch(self, idx: np.ndarray, drop: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """(input_ids, attention_mask, no_report [B] bool) for cases ``idx``; ``drop``: report dropout."""
-        texts = ["" if d else training_report(self.arrays.metas[i], self.arrays.reports[i], self.rng, self.styles,
-                                              self.tcfg.text_augment) for i, d in zip(idx, drop)]
+        """(input_ids, attention_mask, no_report [B] bool) for cases ``idx``; ``drop``: report dropout.
+        A dropped report is an empty text, or (``nonreport_share`` of them) a text that is no report
+        (data.nonreport): both train as no report."""
+        from bonescan.data.nonreport import nonreport
+
+        texts = [("" if self.rng.random() >= self.tcfg.nonreport_share else nonreport(self.rng)) if d
+                 else training_report(self.arrays.metas[i], self.arrays.reports[i], self.rng, self.styles, self.tcfg.text_augment,
+                                      self.tcfg.report_part_share)
+                 for i, d in zip(idx, drop)]
         ids, am = self.tokenizer(texts)
         length = max(int(am.sum(1).max()), 2)  # padding changes nothing (it is masked) but costs attention
         ids, am = ids[:, :length], am[:, :length]
         self.seen.update(np.unique(ids[am > 0]).tolist())
         ids = unk_noise(ids, am, self.tokenizer, self.tcfg.unk_noise, self.rng)
-        return torch.from_numpy(ids), torch.from_numpy(am), self.tokenizer.text_stats(ids, am)[:, 0] == 0
+        no_report = np.asarray(drop, bool) | (self.tokenizer.text_stats(ids, am)[:, 0] == 0)
+        return torch.from_numpy(ids), torch.from_numpy(am), no_report
 
 
 def unk_noise(ids: np.ndarray, mask: np.ndarray, tokenizer: ReportTokenizer, share: float,
@@ -544,8 +552,9 @@ def train(
         failsafe, val = None, {}
         if trained and net.fallback is not None and fallback_info is not None:
             # its pass with the true reports (re-written in the training styles) gives the validation metrics too
-            failsafe = calibrate_failsafe(ckpt, val_set, rewrite_split(val_set.metas, val_set.reports, styles, seed), seed=seed,
-                                          progress=progress)
+            # the reports hospitals send: re-written in the training styles, a share as terse as training's (impression or findings only)
+            texts = rewrite_split(val_set.metas, val_set.reports, styles, seed, tcfg.report_part_share)
+            failsafe = calibrate_failsafe(ckpt, val_set, texts, seed=seed, progress=progress)
             val = {"summary": failsafe.pop("validation")}
         elif trained:
             val = evaluate_arrays(ckpt, val_set, progress=progress)

@@ -1,5 +1,6 @@
 """tokenizer: report (UTF-8 bytes, already checked by preprocess) -> input_ids, attention_mask (INT32, fixed
-length) and text_stats (the report's tokens, of them unknown to the text encoder: one of the fail-safe's signals).
+length) and text_stats (the report's tokens, of them unknown to the text encoder, and its words of a skeletal
+finding: signals of the fail-safe). Reports are normalised first (bonescan/report_text.py, as in training).
 
 The tokenizer (tokenizer.json: this project's character vocabulary or MacBERT's, with
 trained_tokens.json beside it when the text encoder was trained here) is loaded once
@@ -45,5 +46,5 @@ class TritonPythonModel:
             texts = [decode_report(raw) for arr in arrays[self.report.name] for raw in arr.reshape(-1)]
             ids, mask = self.tokenizer(texts)
             outputs = {self.ids.name: ids.astype(self.ids.dtype, copy=False), self.mask.name: mask.astype(self.mask.dtype, copy=False),
-                       self.stats.name: self.tokenizer.text_stats(ids, mask).astype(self.stats.dtype, copy=False)}
+                       self.stats.name: self.tokenizer.text_stats(ids, mask, texts).astype(self.stats.dtype, copy=False)}
         return respond(pb_utils, len(requests), good, sizes, errors, outputs)

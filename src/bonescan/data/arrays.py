@@ -82,10 +82,33 @@ def load_split(data: str | Path, split: str | None, progress: bool = True, desc:
     Returns:
         The split's arrays; unreadable cases are skipped and listed in ``.errors``.
     """
+    key = _cache_key(data, split, n)
+    if key is not None and key in _LOADED:
+        return _LOADED[key]
     ds = BoneScanDataset(data, split)
     if n is not None:
         ds.refs = ds.refs[:n]
-    return SplitArrays(ds, progress, desc or f"loading {split or 'all cases'}")
+    arrays = SplitArrays(ds, progress, desc or f"loading {split or 'all cases'}")
+    if key is not None:
+        _LOADED[key] = arrays
+        while len(_LOADED) > _CACHED_SPLITS:
+            _LOADED.pop(next(iter(_LOADED)))
+    return arrays
+
+
+#: the splits loaded last (a process that trains several models on one data folder, as ``make demo``
+#: does, reads each split once); keyed by the manifest's path, size and modification time
+_LOADED: dict[tuple, SplitArrays] = {}
+_CACHED_SPLITS = 2
+
+
+def _cache_key(data: str | Path, split: str | None, n: int | None) -> tuple | None:
+    m = Path(data) / MANIFEST
+    try:
+        st = m.stat()
+    except OSError:
+        return None  # no manifest: nothing says the folder did not change
+    return (str(m.resolve()), st.st_size, st.st_mtime_ns, split, n)
 
 
 def manifest_hash(data: str | Path) -> str:

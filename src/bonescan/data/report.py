@@ -554,9 +554,14 @@ def write_report(
     kidneys_visible: bool = True,
     style: str | HouseStyle = "classic",
     sex: str = "",
+    part: str = "full",
 ) -> Report:
     """Compose the report in a house style. ``mets`` carry lesion ids; ``n_lesions`` = len(case
-    lesions); ``sex`` ("M" / "F" / "") only steers which clinical history a style may add."""
+    lesions); ``sex`` ("M" / "F" / "") only steers which clinical history a style may add.
+    ``part``: the whole report, or only its ``"impression"`` or its ``"findings"`` (with their header),
+    as terse reports and report excerpts come; ``mentions`` then holds the mentions that part keeps."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
     hs = get_style(style)
     d = Dice(rng)
     w = _Writer(hs, d)
@@ -565,11 +570,20 @@ def write_report(
     history, method = w.history(sex), w.method()
     findings_text = w.findings_text(found, history, method, bool(mets), bool(benign), kidneys_visible)
     impression_text = w.impression_text(impression)
+    if part != "full":
+        history, method = "", ""
+        findings_text, impression_text = (findings_text, "") if part == "findings" else ("", impression_text)
     text = w.typed(history, method, findings_text, impression_text, mentions)
     missing = [i for i, m in mentions.items() if m not in text]
-    if missing:  # an invariant of this module, not a user error
+    if part != "full":
+        mentions = {i: m for i, m in mentions.items() if i not in missing}
+    elif missing:  # an invariant of this module, not a user error
         raise RuntimeError(f"report generator lost the mention of lesions {missing}")
     return Report(text=text, mentions=mentions, style=kind, house_style=hs.name)
+
+
+#: what of a report write_report writes
+PARTS = ("full", "impression", "findings")
 
 
 def _layout(hs: HouseStyle, history: str, method: str, findings: str, impression: str) -> str:
@@ -580,10 +594,10 @@ def _layout(hs: HouseStyle, history: str, method: str, findings: str, impression
     if method and hs.method_header:
         out.append(f"{hs.method_header}{method}\n")
     if hs.headers is None:
-        out.append(f"{findings}\n{impression}\n")
+        out.append("".join(f"{t}\n" for t in (findings, impression) if t))
     else:
         brk = "\n" if hs.header_break else ""
-        out.append(f"{hs.headers[0]}{brk}{findings}\n{hs.headers[1]}{brk}{impression}\n")
+        out.append("".join(f"{h}{brk}{t}\n" for h, t in zip(hs.headers, (findings, impression)) if t))
     return "".join(out)
 
 
@@ -609,8 +623,9 @@ def findings_from_meta(meta: Mapping[str, Any]) -> tuple[list[Finding], list[Fin
     return mets, benign, artefacts, len(lesions), kidneys
 
 
-def report_from_meta(meta: Mapping[str, Any], style: str, seed: int) -> Report:
-    """The report of a case (its meta.json) written in ``style``; the same seed gives the same text."""
+def report_from_meta(meta: Mapping[str, Any], style: str, seed: int, part: str = "full") -> Report:
+    """The report of a case (its meta.json) written in ``style`` (``part``: see write_report); the same
+    seed gives the same text."""
     mets, benign, artefacts, n_lesions, kidneys = findings_from_meta(meta)
     sex = str(meta.get("patient", {}).get("sex", ""))
-    return write_report(mets, benign, artefacts, np.random.default_rng(seed), n_lesions, kidneys, style=style, sex=sex)
+    return write_report(mets, benign, artefacts, np.random.default_rng(seed), n_lesions, kidneys, style=style, sex=sex, part=part)

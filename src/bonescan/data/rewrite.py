@@ -22,14 +22,19 @@ def rewritable(meta: dict[str, Any] | None) -> bool:
 
 
 def training_report(meta: dict[str, Any] | None, report: str, rng: np.random.Generator, styles: Sequence[str] | None,
-                    strength: float) -> str:
+                    strength: float, part_share: float = 0.0) -> str:
     """The report a case is trained with this time: re-written in a house style drawn from ``styles``
-    when the case has a report and ground truth, then augmented with ``strength`` (0: as written)."""
+    when the case has a report and ground truth (``part_share`` of them only the impression, or only
+    the findings, as terse reports come), then augmented with ``strength`` (0: as written)."""
     text = report
     if styles and rewritable(meta) and report:
         from bonescan.data.report import report_from_meta
 
-        text = report_from_meta(meta, str(rng.choice(list(styles))), int(rng.integers(2**31))).text  # type: ignore[arg-type]
+        style, seed = str(rng.choice(list(styles))), int(rng.integers(2**31))
+        part = "full"
+        if part_share > 0 and rng.random() < part_share:
+            part = "impression" if rng.random() < 2 / 3 else "findings"
+        text = report_from_meta(meta, style, seed, part).text  # type: ignore[arg-type]
     if strength > 0 and text:
         from bonescan.data.augment import augment_report
 
@@ -38,7 +43,9 @@ def training_report(meta: dict[str, Any] | None, report: str, rng: np.random.Gen
 
 
 def rewrite_split(metas: Sequence[dict[str, Any] | None], reports: Sequence[str], styles: Sequence[str] | None,
-                  seed: int) -> list[str]:
+                  seed: int, part_share: float = 0.0) -> list[str]:
     """Each case's report re-written once in a style drawn from ``styles`` (deterministic in seed;
-    cases without ground truth, and empty reports, stay as they are)."""
-    return [training_report(m, r, np.random.default_rng([seed, k]), styles, 0.0) for k, (m, r) in enumerate(zip(metas, reports))]
+    cases without ground truth, and empty reports, stay as they are); ``part_share`` of them only
+    their impression or their findings (see training_report)."""
+    return [training_report(m, r, np.random.default_rng([seed, k]), styles, 0.0, part_share)
+            for k, (m, r) in enumerate(zip(metas, reports))]

@@ -130,16 +130,17 @@ class Predictor:
         """What the deployed graphs give: logits [B, 1, H, W]; for dualpath also text_map
         [B, 2, h, w], fallback_logits [B, 1, H, W] (unless ``fallback`` is False: it does not
         depend on the report, so passes over the same images with other reports can skip it) and
-        text_stats [B, 2] (see bonescan.failsafe)."""
+        text_stats [B, 3] (see bonescan.failsafe)."""
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         if self.tokenizer is None:
             return {"logits": self.net(x).numpy()}
-        ids, mask = self.tokenizer(reports if reports is not None else [""] * len(images))
+        texts = list(reports) if reports is not None else [""] * len(images)
+        ids, mask = self.tokenizer(texts)
         ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
         assert self.net.text_encoder is not None  # a tokenizer is made for a text encoder only
         feats = self.net.text_encoder(ids_t, mask_t)
         seg = self.net.deployed_segmenter()
-        out: dict[str, np.ndarray] = {"text_stats": self.tokenizer.text_stats(ids, mask)}
+        out: dict[str, np.ndarray] = {"text_stats": self.tokenizer.text_stats(ids, mask, texts)}
         if fallback:
             logits, text_map, fb = seg(x, feats, mask_t)
             out["fallback_logits"] = fb.numpy()

@@ -38,11 +38,12 @@ class OrtPipeline:
         if not self.text_guided:
             return {C.LOGITS.name: self.seg.run([C.LOGITS.name], {C.IMAGE.name: images})[0]}
         assert self.tokenizer is not None and self.text is not None
-        ids, mask = self.tokenizer(reports if reports is not None else [""] * len(images))
+        texts = list(reports) if reports is not None else [""] * len(images)
+        ids, mask = self.tokenizer(texts)
         feats = self.text.run([C.TEXT_FEATURES.name], {C.INPUT_IDS.name: ids, C.ATTENTION_MASK.name: mask})[0]
         names = [t.name for t in C.SEGMENTER_OUTPUTS]
         out = self.seg.run(names, {C.IMAGE.name: images, C.TEXT_FEATURES.name: feats, C.ATTENTION_MASK.name: mask})
-        return {**dict(zip(names, out)), C.TEXT_STATS.name: self.tokenizer.text_stats(ids, mask)}
+        return {**dict(zip(names, out)), C.TEXT_STATS.name: self.tokenizer.text_stats(ids, mask, texts)}
 
     def logits(self, images: np.ndarray, reports: list[str] | None = None) -> np.ndarray:
         """The model's own logits (for the dual-path model: before the fail-safe's choice)."""

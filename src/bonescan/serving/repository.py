@@ -28,11 +28,12 @@ from typing import Any
 
 from bonescan import contract as C
 from bonescan.errors import BonescanError
+from bonescan.report_text import OPENCC_VERSION
 
 FLAVORS = ("embedded", "onnxruntime", "tensorrt")
 REPO_MANIFEST = "bonescan_repo.json"
 #: modules copied next to every python model: the runtime half of the package (numpy, scipy, tokenizers, onnxruntime)
-RUNTIME_MODULES = ("__init__.py", "contract.py", "errors.py", "tokenize.py", "postprocess.py", "failsafe.py", "validate.py",
+RUNTIME_MODULES = ("__init__.py", "contract.py", "errors.py", "tokenize.py", "report_text.py", "postprocess.py", "failsafe.py", "validate.py",
                    "study.py", "serving/__init__.py", "serving/pybackend.py", "serving/onnx_runner.py")
 
 #: files a python model needs beside model.py: model -> {name there: path in the export folder}
@@ -302,7 +303,7 @@ def _build(src: Path, out: Path, opts: RepoOptions, desc: dict[str, Any], baseli
         "baseline": {"export": str(Path(baseline).resolve()), "checkpoint": base_desc["checkpoint"]}
         if baseline is not None and base_desc else None,
         "engines": {k: v for k, v in engines.items() if v},
-        "python_requirements": ["numpy<2", "scipy", "tokenizers"] + (["onnxruntime"] if opts.flavor == "embedded" else []),
+        "python_requirements": ["numpy<2", "scipy", "tokenizers", f"opencc=={OPENCC_VERSION}"] + (["onnxruntime"] if opts.flavor == "embedded" else []),
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (out / REPO_MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")

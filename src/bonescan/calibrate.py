@@ -1,0 +1,337 @@
+"""``bonescan calibrate``: the fail-safe's thresholds (bonescan.failsafe), chosen out of sample.
+
+What a setting must do is judged as lesion detection is judged: by where its answer lies against
+the image-only U-Net's FROC curve (sensitivity against false positives per scan, bonescan.metrics).
+A setting is **safe** on a set of scans when, with each kind of report, its answer's operating
+point (lesion sensitivity at its false positives per scan) lies on or above the U-Net's curve on
+those scans, less :data:`MARGIN`. The kinds of report (:data:`CONDITIONS`): the scans' true reports
+(re-written in the training house styles), other studies' reports (:data:`SHUFFLES` derangements,
+pooled) and texts that are no report (data.nonreport). The true reports are those hospitals send:
+re-written in the training styles, a share of them (the training's ``report_part_share``) only their
+impression or only their findings. Among the safe settings of :data:`GRID` the
+one with the best mean DSC with true reports is chosen (ties: the better DSC with other studies'
+reports, then the fewer rules in use); when none is safe, the one that misses by least.
+
+One of hundreds of settings chosen on a few dozen scans scores better on them than it will on the
+next scans. So the procedure is cross-validated (:data:`FOLDS` folds of the validation split): each
+fold's scans are answered with the setting chosen on the other folds, and those answers give the
+**out-of-sample** estimate stored with the checkpoint beside the in-sample scores of the setting
+served (chosen on the whole split). Both are exact (the real answer masks, bonescan.metrics); the
+grid itself is scored from per-scan counts (failsafe.answer_scores).
+
+One forward pass per scan and kind of report (the U-Net's answer, which does not depend on the
+report, is computed once); every setting is scored from those passes' measurements.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bonescan.contract import THRESHOLD
+from bonescan.data.arrays import load_split
+from bonescan.data.rewrite import rewrite_split
+from bonescan.errors import BonescanError
+from bonescan.evaluate import select_reports
+from bonescan.metrics import froc, scan_metrics, sensitivity_at, summarize
+from bonescan.postprocess import postprocess
+
+#: the settings calibration chooses among (the other fields of FailSafeSettings keep their defaults:
+#: max_unknown_share, no_finding_allow and require_finding_terms are fixed by design). allow_threshold
+#: None: no named lesions added; negative_report_allow 0: no empty answer for a negative report;
+#: max_unexplained 1e9: never the U-Net for the whole scan
+GRID: dict[str, tuple[Any, ...]] = {
+    "min_confidence": (0.5, 0.7, 0.9),
+    "mention_threshold": (0.3, 0.5, 0.7),
+    "keep_unexplained": (True, False),
+    "allow_threshold": (None, 0.5, 0.7, 0.9),
+    "negative_report_allow": (0.0, 0.1, 0.2, 0.3),
+    "max_unexplained": (1.0e9, 1.0, 2.0, 4.0),
+}
+#: a safe setting's operating point may lie this far below the U-Net's FROC curve (in sensitivity)
+#: on the scans it is chosen on: the targets allow 0.02 on new scans; 0.005 of it is kept for the
+#: optimism of choosing on these scans (the cross-validated estimate says how much there was)
+MARGIN = 0.015
+#: other-study report assignments (derangements) per scan
+SHUFFLES = 2
+#: cross-validation folds of the validation split for the out-of-sample estimate
+FOLDS = 5
+#: the kinds of report a setting must be safe with
+CONDITIONS = ("true", "shuffled", "nonreport")
+#: how many of the grid's settings (best first) a checkpoint keeps in its metadata
+GRID_KEPT = 20
+
+
+def collect(pred, arrays, texts: list[str], threshold: float = THRESHOLD, batch: int = 4,
+            dualpath_metrics: list[dict[str, Any]] | None = None, cache: dict[str, Any] | None = None) -> list[tuple[Any, dict[str, Any]]]:
+    """One pass over ``arrays`` with ``texts``: per scan the fail-safe's measurements
+    (failsafe.measure) and the counts that score its answers (failsafe.answer_counts).
+
+    ``dualpath_metrics`` gets the dual-path answer's :func:`scan_metrics` per scan. ``cache`` keeps
+    what does not depend on the report, filled by the first pass and reused by the next: the U-Net's
+    cleaned masks and probabilities per batch (``"unet"``), its FROC rows per scan (``"froc"``)."""
+    from bonescan.failsafe import answer_counts, measure
+    from bonescan.metrics import froc_scan
+    from bonescan.postprocess import sigmoid
+
+    cache = cache if cache is not None else {}
+    unet, frocs = cache.setdefault("unet", {}), cache.setdefault("froc", {})
+    rows = []
+    for i in range(0, len(arrays), batch):
+        imgs = arrays.images[i : i + batch].astype(np.float32)
+        known = i in unet
+        out = pred.outputs(imgs, texts[i : i + batch], fallback=not known)
+        sp = np.array(arrays.spacings[i : i + batch], np.float32)
+        md = postprocess(out["logits"], sp, threshold)[0]
+        if not known:
+            unet[i] = (postprocess(out["fallback_logits"], sp, threshold)[0], sigmoid(out["fallback_logits"]))
+        mu, pu = unet[i]
+        for k in range(len(imgs)):
+            m = measure(md[k, 0], mu[k, 0], pu[k, 0], out["text_map"][k], out["text_stats"][k])
+            gt = arrays.masks[i + k]
+            if i + k not in frocs:
+                f = froc_scan(gt, pu[k, 0], mu[k, 0])
+                frocs[i + k] = {"froc_tp": f["tp"], "froc_fp": f["fp"]}
+            rows.append((m, answer_counts(m, gt)))
+            if dualpath_metrics is not None:
+                dualpath_metrics.append({**scan_metrics(md[k, 0], gt), "case_id": arrays.ids[i + k]})
+    return rows
+
+
+def combos() -> list[dict[str, Any]]:
+    """The grid's settings that change the report-guided answer (all but max_unexplained), as dicts."""
+    keys = [k for k in GRID if k != "max_unexplained"]
+    return [dict(zip(keys, v)) for v in itertools.product(*(GRID[k] for k in keys))]
+
+
+def settings_of(combo: dict[str, Any], max_unexplained: float, base=None):
+    """The FailSafeSettings of one grid point."""
+    from bonescan.failsafe import FailSafeSettings
+
+    base = base if base is not None else FailSafeSettings()
+    allow = combo["allow_threshold"]
+    return replace(base, min_confidence=float(combo["min_confidence"]), mention_threshold=float(combo["mention_threshold"]),
+                   keep_unexplained=bool(combo["keep_unexplained"]), add_named_lesions=allow is not None, allow_threshold=float(allow) if allow is not None else base.allow_threshold,
+                   negative_report_allow=float(combo["negative_report_allow"]), max_unexplained=float(max_unexplained))
+
+
+def tables(rows: list[tuple[Any, dict[str, Any]]], base=None) -> dict[str, np.ndarray]:
+    """Per grid combo (:func:`combos`) and scan, what the answer scores when the report is trusted,
+    and per scan what the U-Net's answer scores and whether a setting-independent rule (no report,
+    report not read, no finding) gives it anyway: the arrays every setting is scored from.
+
+    Returns dsc / found / fp / unexplained [combos, scans] of the trusted answer; unet_dsc /
+    unet_found / unet_fp / forced [scans]; gt [scans] lesions."""
+    from bonescan.failsafe import DUALPATH, UNET, answer_scores, choose
+
+    cs = combos()
+    n = len(rows)
+    t = {k: np.zeros((len(cs), n)) for k in ("dsc", "found", "fp", "unexplained")}
+    u = {k: np.zeros(n) for k in ("unet_dsc", "unet_found", "unet_fp", "gt")}
+    forced = np.zeros(n, bool)
+    for j, (m, counts) in enumerate(rows):
+        u["unet_dsc"][j], u["unet_found"][j], u["unet_fp"][j] = answer_scores(m, {"answered_by": UNET}, counts)
+        u["gt"][j] = counts["gt_lesions"]
+        for c, combo in enumerate(cs):
+            info = choose(m, settings_of(combo, 1.0e9, base))
+            if info["answered_by"] == UNET:  # rules that do not depend on the grid
+                forced[j] = True
+                break
+            assert info["answered_by"] == DUALPATH
+            t["dsc"][c, j], t["found"][c, j], t["fp"][c, j] = answer_scores(m, info, counts)
+            t["unexplained"][c, j] = info["signals"]["unexplained_lesions"]
+    for k in ("dsc", "found", "fp"):
+        t[k][:, forced] = u["unet_" + k][forced]
+    return {**t, **u, "forced": forced}
+
+
+def _points(tab: dict[str, np.ndarray], scans: np.ndarray) -> dict[str, np.ndarray]:
+    """[combos, len(GRID max_unexplained)] DSC mean, sensitivity and false positives per scan of every
+    setting on ``scans`` (indexes into the tables' scans)."""
+    k = np.asarray(GRID["max_unexplained"], np.float64)[None, :, None]
+    whole = tab["unexplained"][:, None, scans] > k  # [combos, k, scans]: the U-Net answers the whole scan
+    pick = lambda name: np.where(whole, tab["unet_" + name][scans], tab[name][:, None, scans])  # noqa: E731
+    n_gt = tab["gt"][scans].sum()
+    return {"dsc": pick("dsc").mean(-1), "sensitivity": pick("found").sum(-1) / max(n_gt, 1),
+            "fp_per_scan": pick("fp").mean(-1)}
+
+
+def unet_curve(cache: dict[str, Any], scans: np.ndarray) -> dict[str, Any]:
+    """The U-Net's FROC curve on ``scans`` (from the FROC rows :func:`collect` cached)."""
+    f = froc([cache["froc"][int(i)] for i in scans])
+    assert f is not None, "the U-Net's FROC curve needs scans with lesions"
+    return f["curve"]
+
+
+def select(tabs: dict[str, list[dict[str, np.ndarray]]], cache: dict[str, Any], scans: np.ndarray,
+           keep: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The setting chosen on ``scans`` (see the module docstring) and, with ``keep``, the first
+    ``keep`` settings of the ranking with their scores.
+
+    tabs: condition -> the :func:`tables` of each of its passes (several for other studies' reports)."""
+    curve = unet_curve(cache, scans)
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    for cond, passes in tabs.items():
+        pts = [_points(t, scans) for t in passes]
+        sens = np.mean([p["sensitivity"] for p in pts], axis=0)
+        fpr = np.mean([p["fp_per_scan"] for p in pts], axis=0)
+        ref = np.interp(fpr, curve["fp_per_scan"], curve["sensitivity"])
+        scores[cond] = {"dsc": np.mean([p["dsc"] for p in pts], axis=0), "sensitivity": sens, "fp_per_scan": fpr,
+                        "margin": sens - ref}
+    miss = np.sum([np.maximum(0.0, -MARGIN - s["margin"]) for s in scores.values()], axis=0)
+    cs = combos()
+    # rules in use: fewer is better at equal scores (the simplest setting that is as good)
+    rules = np.array([[sum((c["keep_unexplained"], c["allow_threshold"] is not None, c["negative_report_allow"] > 0, k < 1e9))
+                       for k in GRID["max_unexplained"]] for c in cs])
+    order = np.lexsort((rules.ravel(), -np.round(scores["shuffled"]["dsc"].ravel(), 4) if "shuffled" in scores else rules.ravel(),
+                        -np.round(scores["true"]["dsc"].ravel(), 4), np.round(miss.ravel(), 5)))
+
+    def entry(flat: int) -> dict[str, Any]:
+        c, k = divmod(int(flat), len(GRID["max_unexplained"]))
+        e: dict[str, Any] = {**cs[c], "max_unexplained": GRID["max_unexplained"][k], "safe": bool(miss.ravel()[flat] == 0),
+                             "miss": round(float(miss.ravel()[flat]), 5)}
+        for cond, s in scores.items():
+            e[cond] = {q: round(float(v.ravel()[flat]), 4) for q, v in s.items()}
+        return e
+
+    return entry(order[0]), [entry(i) for i in order[:keep]]
+
+
+def exact_scores(rows: list[tuple[Any, dict[str, Any]]], settings_per_scan: list, arrays, scans: np.ndarray) -> list[dict[str, Any]]:
+    """The real answers (failsafe.choose + answer_mask) of ``scans`` under each scan's setting, scored
+    with bonescan.metrics."""
+    from bonescan.failsafe import UNET, answer_mask, choose
+
+    out = []
+    for j, s in zip(scans, settings_per_scan):
+        m, _ = rows[int(j)]
+        info = choose(m, s)
+        row = scan_metrics(answer_mask(m, info), arrays.masks[int(j)])
+        row["answered_by_unet"] = info["answered_by"] == UNET
+        out.append(row)
+    return out
+
+
+def _estimate(per: dict[str, list[list[dict[str, Any]]]], curve: dict[str, Any]) -> dict[str, Any]:
+    """Per condition: DSC, lesion sensitivity, false positives per scan, U-Net answers, and the margin
+    to the U-Net's FROC curve at that false-positive rate (the passes of a condition pooled)."""
+    out = {}
+    for cond, passes in per.items():
+        rows = [r for p in passes for r in p]
+        s = summarize(rows)
+        sens, fpr = s["lesion_sensitivity"] or 0.0, s["fp_per_scan"]
+        out[cond] = {"dsc": round(s["dsc"]["mean"], 4), "lesion_sensitivity": round(sens, 4), "fp_per_scan": round(fpr, 3),
+                     "unet_sensitivity_at_fp": round(sensitivity_at(curve, fpr), 4),
+                     "margin": round(sens - sensitivity_at(curve, fpr), 4),
+                     "answered_by_unet": round(float(np.mean([r["answered_by_unet"] for r in rows])), 3)}
+    return out
+
+
+def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int = 0, progress: bool = True,
+                       threshold: float = THRESHOLD, folds: int = FOLDS) -> dict[str, Any]:
+    """The fail-safe's settings from the validation split, with their in-sample and out-of-sample
+    scores (see the module docstring).
+
+    texts: the true reports (e.g. re-written in the training house styles); default the split's own.
+    The result's ``settings`` are what is served; ``in_sample`` scores exactly them on the split,
+    ``out_of_sample`` the cross-validated procedure; ``validation`` summarises the dual-path
+    network's own mask with the true reports (from the same pass).
+    """
+    from bonescan.data.nonreport import nonreport
+    from bonescan.failsafe import FailSafeSettings
+    from bonescan.model.checkpoint import Predictor
+
+    pred = ckpt if isinstance(ckpt, Predictor) else Predictor(ckpt)
+    true = list(texts) if texts is not None else list(arrays.reports)
+    n = len(arrays)
+    base = FailSafeSettings()
+    dual_metrics: list[dict[str, Any]] = []
+    cache: dict[str, Any] = {}
+    rng = np.random.default_rng([seed, 7])
+    passes = {"true": [true], "shuffled": [select_reports(true, "shuffled", seed + 100 * j) for j in range(SHUFFLES)],
+              "nonreport": [[nonreport(rng) for _ in range(n)]]}
+    rows: dict[str, list[list]] = {}
+    from tqdm import tqdm
+
+    with tqdm(total=sum(len(v) for v in passes.values()), desc="calibrating the fail-safe", unit="pass", disable=not progress,
+              leave=False) as bar:
+        for cond, texts_ in passes.items():
+            rows[cond] = []
+            for t in texts_:
+                rows[cond].append(collect(pred, arrays, t, threshold, dualpath_metrics=dual_metrics if not dual_metrics else None,
+                                          cache=cache))
+                bar.update()
+    tabs = {cond: [tables(r, base) for r in rs] for cond, rs in rows.items()}
+    everything = np.arange(n)
+    best, ranking = select(tabs, cache, everything, keep=GRID_KEPT)
+    settings = settings_of(best, best["max_unexplained"], base)
+    curve = unet_curve(cache, everything)
+    in_sample = _estimate({cond: [exact_scores(r, [settings] * n, arrays, everything) for r in rs] for cond, rs in rows.items()}, curve)
+    # out of sample: each fold answered with the setting chosen on the others
+    fold_of = np.random.default_rng([seed, 11]).permutation(n) % max(2, min(folds, n))
+    per: dict[str, list[list[dict[str, Any]]]] = {cond: [[] for _ in rs] for cond, rs in rows.items()}
+    chosen = []
+    for f in np.unique(fold_of):
+        held, rest = np.nonzero(fold_of == f)[0], np.nonzero(fold_of != f)[0]
+        b, _ = select(tabs, cache, rest)
+        s_f = settings_of(b, b["max_unexplained"], base)
+        chosen.append({k: b[k] for k in GRID})
+        for cond, rs in rows.items():
+            for p, r in enumerate(rs):
+                per[cond][p].extend(exact_scores(r, [s_f] * len(held), arrays, held))
+    out_of_sample = _estimate(per, curve)
+    unet_rows = exact_scores(rows["true"][0], [replace(base, max_unknown_share=-1.0)] * n, arrays, everything)
+    u = summarize(unet_rows)
+    res = {"settings": settings.to_dict(), "val_scans": n, "grid_size": len(combos()) * len(GRID["max_unexplained"]),
+           "grid": ranking, "safe": best["safe"], "margin": MARGIN, "folds": int(len(np.unique(fold_of))),
+           "in_sample": in_sample, "out_of_sample": out_of_sample, "fold_settings": chosen,
+           "unet": {"dsc": round(u["dsc"]["mean"], 4), "lesion_sensitivity": round(u["lesion_sensitivity"] or 0.0, 4),
+                    "fp_per_scan": round(u["fp_per_scan"], 3), "froc_curve": curve},
+           "validation": summarize(dual_metrics)}
+    if progress:
+        print(describe(res))
+    return res
+
+
+def describe(res: dict[str, Any]) -> str:
+    """One paragraph: the chosen setting and its scores in and out of sample."""
+    s = res["settings"]
+    unexplained = f"confident (>= {s['min_confidence']:g}) U-Net hot spots the report does not mention (mention < {s['mention_threshold']:g})"
+    rules = [f"keeps {unexplained}" if s["keep_unexplained"] else f"keeps no unexplained hot spot ({unexplained})"]
+    if s["add_named_lesions"]:
+        rules.append(f"adds those where the report names a metastasis (allow >= {s['allow_threshold']:g})")
+    if s["negative_report_allow"] > 0:
+        rules.append(f"no lesion when the report names none (allow map below {s['negative_report_allow']:g})")
+    if s["max_unexplained"] < 1e9:
+        rules.append(f"the U-Net above {s['max_unexplained']:g} unexplained hot spots")
+    ins, oos = res["in_sample"], res["out_of_sample"]
+    line = lambda e: ", ".join(f"{c} DSC {v['dsc']:.4f} sens {v['lesion_sensitivity']:.3f} at {v['fp_per_scan']:.2f} FP/scan "  # noqa: E731
+                               f"(U-Net curve {v['unet_sensitivity_at_fp']:.3f})" for c, v in e.items())
+    return (f"fail-safe calibrated on {res['val_scans']} validation scans: " + "; ".join(rules) +
+            f".\n  in sample: {line(ins)}\n  out of sample ({res['folds']}-fold): {line(oos)}"
+            + ("" if res["safe"] else "\n  NO setting met every safety constraint on these scans: the closest is used"))
+
+
+def recalibrate(checkpoint: str | Path, data: str | Path, split: str = "val", out: str | Path | None = None,
+                progress: bool = True) -> dict[str, Any]:
+    """Calibrate a dual-path checkpoint's fail-safe again on a split (e.g. a hospital's own validation
+    cases and reports) and write it into the checkpoint (or a copy at ``out``); returns the calibration."""
+    from bonescan.model.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt.net.fallback is None:
+        raise BonescanError(f"{checkpoint}: a {ckpt.cfg.model} model has no fail-safe to calibrate")
+    arrays = load_split(data, split, progress)
+    seed = int(ckpt.metadata.get("seed") or 0)
+    part_share = float((ckpt.metadata.get("train_config") or {}).get("report_part_share", 0.0))
+    texts = rewrite_split(arrays.metas, arrays.reports, ckpt.metadata.get("report_styles"), seed, part_share)
+    res = calibrate_failsafe(ckpt, arrays, texts, seed=seed, progress=progress)
+    res["data"], res["split"] = str(data), split
+    metadata = {**ckpt.metadata, "failsafe": json.loads(json.dumps(res))}
+    save_checkpoint(out or checkpoint, ckpt.net, ckpt.tokenizer_files, metadata)
+    return res
