@@ -55,7 +55,6 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "- no-finding rule (model)": {"no_finding_allow": 2.0},
     "- both no-finding rules": {"require_finding_terms": False, "no_finding_allow": 2.0},
     "- negative-report rule": {"negative_report_allow": 0.0},
-    "- keep unexplained hot spots": {"keep_unexplained": False},
     "- add named hot spots": {"add_named_lesions": False},
     "- whole-scan fall-back": {"max_unexplained": 1.0e9},
 }
@@ -336,7 +335,7 @@ def table(result: dict[str, Any]) -> str:
             if not c.get("in_sample"):
                 continue
             st = c["settings"]
-            setting = (f"conf {st['min_confidence']:g}, mention {st['mention_threshold']:g}{' kept' if st['keep_unexplained'] else ''}, "
+            setting = (f"conf {st['min_confidence']:g}, mention {st['mention_threshold']:g}, "
                        f"allow {st['allow_threshold']:g}{'' if st['add_named_lesions'] else ' (off)'}, negative {st['negative_report_allow']:g}, "
                        f"whole {st['max_unexplained']:g}")
             test_true, test_shuf = rows.get(f"s{seed}/in-style/failsafe"), rows.get(f"s{seed}/shuffled/failsafe")

@@ -48,7 +48,6 @@ from bonescan.postprocess import postprocess
 GRID: dict[str, tuple[Any, ...]] = {
     "min_confidence": (0.5, 0.7, 0.9),
     "mention_threshold": (0.3, 0.5, 0.7),
-    "keep_unexplained": (True, False),
     "allow_threshold": (None, 0.5, 0.7, 0.9),
     "negative_report_allow": (0.0, 0.1, 0.2, 0.3),
     "max_unexplained": (1.0e9, 1.0, 2.0, 4.0),
@@ -116,7 +115,7 @@ def settings_of(combo: dict[str, Any], max_unexplained: float, base=None):
     base = base if base is not None else FailSafeSettings()
     allow = combo["allow_threshold"]
     return replace(base, min_confidence=float(combo["min_confidence"]), mention_threshold=float(combo["mention_threshold"]),
-                   keep_unexplained=bool(combo["keep_unexplained"]), add_named_lesions=allow is not None, allow_threshold=float(allow) if allow is not None else base.allow_threshold,
+                   add_named_lesions=allow is not None, allow_threshold=float(allow) if allow is not None else base.allow_threshold,
                    negative_report_allow=float(combo["negative_report_allow"]), max_unexplained=float(max_unexplained))
 
 
@@ -186,7 +185,7 @@ def select(tabs: dict[str, list[dict[str, np.ndarray]]], cache: dict[str, Any], 
     miss = np.sum([np.maximum(0.0, -MARGIN - s["margin"]) for s in scores.values()], axis=0)
     cs = combos()
     # rules in use: fewer is better at equal scores (the simplest setting that is as good)
-    rules = np.array([[sum((c["keep_unexplained"], c["allow_threshold"] is not None, c["negative_report_allow"] > 0, k < 1e9))
+    rules = np.array([[sum((c["allow_threshold"] is not None, c["negative_report_allow"] > 0, k < 1e9))
                        for k in GRID["max_unexplained"]] for c in cs])
     order = np.lexsort((rules.ravel(), -np.round(scores["shuffled"]["dsc"].ravel(), 4) if "shuffled" in scores else rules.ravel(),
                         -np.round(scores["true"]["dsc"].ravel(), 4), np.round(miss.ravel(), 5)))
@@ -301,18 +300,18 @@ def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int =
 def describe(res: dict[str, Any]) -> str:
     """One paragraph: the chosen setting and its scores in and out of sample."""
     s = res["settings"]
-    unexplained = f"confident (>= {s['min_confidence']:g}) U-Net hot spots the report does not mention (mention < {s['mention_threshold']:g})"
-    rules = [f"keeps {unexplained}" if s["keep_unexplained"] else f"keeps no unexplained hot spot ({unexplained})"]
+    rules = []
     if s["add_named_lesions"]:
         rules.append(f"adds those where the report names a metastasis (allow >= {s['allow_threshold']:g})")
     if s["negative_report_allow"] > 0:
         rules.append(f"no lesion when the report names none (allow map below {s['negative_report_allow']:g})")
     if s["max_unexplained"] < 1e9:
-        rules.append(f"the U-Net above {s['max_unexplained']:g} unexplained hot spots")
+        rules.append(f"the U-Net above {s['max_unexplained']:g} unexplained hot spot(s) (confident >= {s['min_confidence']:g}, "
+                     f"mention < {s['mention_threshold']:g})")
     ins, oos = res["in_sample"], res["out_of_sample"]
     line = lambda e: ", ".join(f"{c} DSC {v['dsc']:.4f} sens {v['lesion_sensitivity']:.3f} at {v['fp_per_scan']:.2f} FP/scan "  # noqa: E731
                                f"(U-Net curve {v['unet_sensitivity_at_fp']:.3f})" for c, v in e.items())
-    return (f"fail-safe calibrated on {res['val_scans']} validation scans: " + "; ".join(rules) +
+    return (f"fail-safe calibrated on {res['val_scans']} validation scans: " + ("; ".join(rules) or "the dual-path answer as it is") +
             f".\n  in sample: {line(ins)}\n  out of sample ({res['folds']}-fold): {line(oos)}"
             + ("" if res["safe"] else "\n  NO setting met every safety constraint on these scans: the closest is used"))
 

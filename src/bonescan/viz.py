@@ -161,16 +161,16 @@ def froc_plot(curves: dict[str, dict], points: dict[str, tuple[float, float]], p
     def sensitivity_at_rates(c: dict, rates: np.ndarray) -> list[float]:
         return [sensitivity_at(c, float(r)) for r in rates]
 
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    fig, ax = plt.subplots(figsize=(7.4, 3.8))
     colors = {}
     xs = np.geomspace(FROC_FP_RATES[0] / 2, FROC_FP_RATES[-1] * 1.5, 200)
     for label, c in curves.items():
         # the curve as the CPM reads it: linear between its points, held beyond its last
         (line,) = ax.plot(xs, sensitivity_at_rates(c, xs), label=label)
         colors[label] = line.get_color()
-    for label, (fp, se) in points.items():
+    for label, (fp, se) in points.items():  # in its curve's colour; unlabelled (the title says what circles are)
         ax.plot([max(fp, FROC_FP_RATES[0] / 2)], [se], "o", ms=7, mfc="none", color=colors.get(label, "black"),
-                label=f"{label}: its answer" if label in colors else label)
+                label=None if label in colors else label)
     for r in FROC_FP_RATES:
         ax.axvline(r, color="0.85", lw=0.6, zorder=0)
     ax.set_xscale("log", base=2)
@@ -179,8 +179,8 @@ def froc_plot(curves: dict[str, dict], points: dict[str, tuple[float, float]], p
     ax.set_xticks(FROC_FP_RATES, ["1/8", "1/4", "1/2", "1", "2", "4", "8"])
     ax.set_xlabel("false positives per scan")
     ax.set_ylabel("lesion sensitivity")
-    ax.set_title(title or "FROC: lesion detection", fontsize=9)
-    ax.legend(fontsize=6, loc="lower right")
+    ax.set_title((title or "FROC: lesion detection") + "\n(circles: each answer's own operating point)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
