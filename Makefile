@@ -35,6 +35,8 @@ install: $(STAMP)
 
 lint: install
 	$(BIN)/ruff check src client export benchmarks model_repository tests
+	@# the Dockerfile `bonescan repo build` writes for the NGC container (pinned pip installs, nothing at run time)
+	$(BIN)/python -c "from bonescan.serving.launch import dockerfile; print(dockerfile(), end='')" | $(BIN)/hadolint -
 
 $(VENV)/typings/.ok: tools/trt_stubs.py $(STAMP)
 	@$(BIN)/python tools/trt_stubs.py $(VENV)/typings && touch $@

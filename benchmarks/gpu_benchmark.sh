@@ -16,7 +16,8 @@
 #   1. installs this package with the [train,gpu] extras (TensorRT 10.5 = Triton 24.10);
 #   2. `bonescan export verify-gpu`: ONNX export, TensorRT lint, engines per precision, polygraphy
 #      TRT-vs-onnxruntime comparison and DSC parity against PyTorch;
-#   3. per precision (fp16, int8): `bonescan repo build --flavor tensorrt` from those engines, starts tritonserver,
+#   3. per precision (fp16, int8): `bonescan repo build --flavor tensorrt` from those engines, starts tritonserver
+#      through the repository's launcher (tritonserver.sh: the restrictions of `bonescan serve`),
 #      `bonescan bench latency --server` (concurrency 1..16, perf_analyzer, per-member times) and
 #      `bonescan bench parity --server`, then stops the server.
 #
@@ -53,8 +54,9 @@ bonescan export verify-gpu --checkpoint /ckpt.pt --data /data --work /out/verify
 for p in $PRECISIONS; do
   # verify-gpu built the engines (with model.json and the tokenizer) into /out/verify_gpu/trt_<precision>
   bonescan repo build --from /out/verify_gpu/trt_\$p --flavor tensorrt --max-batch-size $MAX_BATCH --out /out/repo_\$p
-  pip install -q -r /out/repo_\$p/requirements.txt
-  tritonserver --model-repository=/out/repo_\$p --model-control-mode=none --log-file=/out/tritonserver_\$p.log &
+  # the repository's launcher: tritonserver with the restrictions of bonescan serve (model control off,
+  # admin endpoints behind a random key), as the NGC image built from its Dockerfile starts it
+  bash /out/repo_\$p/tritonserver.sh --log-file=/out/tritonserver_\$p.log &
   server=\$!
   for _ in \$(seq 1 300); do curl -sf localhost:8000/v2/health/ready >/dev/null && break; sleep 1; done
   bonescan bench latency --checkpoint /ckpt.pt --data /data --export /out/verify_gpu/onnx --server localhost:8001 --out /out/latency_\$p

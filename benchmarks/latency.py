@@ -403,6 +403,8 @@ def member_stats(url: str, models: list[str], before: dict | None = None) -> dic
 
 
 # ----------------------------------------------------------------------------- perf_analyzer
+# The one place that runs Triton's perf_analyzer: `bench latency` and `bonescan perf -- ARGS` (and
+# `bench perf-analyzer-data` for its --input-data) take everything below from here.
 def perf_analyzer_binary() -> str | None:
     import sys
 
@@ -410,19 +412,47 @@ def perf_analyzer_binary() -> str | None:
     return str(p) if p.exists() else shutil.which("perf_analyzer")
 
 
-def perf_analyzer_env(work: Path) -> dict[str, str]:
-    """perf_analyzer needs libb64 (apt libb64-0d) and libcudart.so.12 (a link to the wheel's copy)."""
-    from bonescan.serving.server import _site_packages
+def perf_analyzer_env(link_dir: Path | None = None) -> dict[str, str]:
+    """perf_analyzer needs libb64 (apt libb64-0d) and libcudart.so.12: the tritonclient wheel's binary
+    finds neither on its own, so a link named libcudart.so.12 to the nvidia-pytriton wheel's copy
+    (in ``link_dir``, default the bonescan cache) and that wheel's libraries go on LD_LIBRARY_PATH."""
+    from bonescan.serving.server import _site_packages, cache_dir
 
     libs = _site_packages() / "nvidia_pytriton.libs"
-    link_dir = work / "pa_libs"
+    link_dir = link_dir or cache_dir() / "perf_analyzer_libs"
     link_dir.mkdir(parents=True, exist_ok=True)
     cudart = next(libs.glob("libcudart-*.so.12*"), None)
-    if cudart is not None and not (link_dir / "libcudart.so.12").exists():
-        (link_dir / "libcudart.so.12").symlink_to(cudart)
+    link = link_dir / "libcudart.so.12"
+    if cudart is not None and (not link.exists() or link.resolve() != cudart.resolve()):
+        tmp = link_dir / f"libcudart.so.12.tmp{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(cudart)
+        tmp.replace(link)  # atomic: another run may be making the same link
     env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join([str(link_dir), str(libs), env.get("LD_LIBRARY_PATH", "")])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(link_dir), str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
     return env
+
+
+#: perf_analyzer's own input data: the ensemble's preprocess step refuses both (zero counts are empty views,
+#: random bytes are no UTF-8 report and no count image)
+SYNTHETIC_INPUT_DATA = ("random", "zero")
+
+
+def perf_analyzer_command(args: list[str]) -> tuple[list[str], dict[str, str], str | None]:
+    """``bonescan perf -- ARGS``: perf_analyzer's argv and environment, and a note for the terminal when
+    ARGS give it no real inputs (without ``--input-data FILE`` it sends random data, which preprocess refuses)."""
+    exe = perf_analyzer_binary()
+    if exe is None:
+        raise BonescanError("perf_analyzer not found: it comes with the tritonclient wheel (the serve extra: pip install '.[serve]')")
+    data = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--input-data"]
+    data += [a.split("=", 1)[1] for a in args if a.startswith("--input-data=")]
+    names_model = any(a in ("-m", "--model-name") or a.startswith("--model-name=") for a in args)
+    note = None
+    if names_model and (not data or any(d in SYNTHETIC_INPUT_DATA for d in data)):
+        note = ("bonescan perf: perf_analyzer's random / zero input data is refused by the ensemble's preprocess step "
+                "(every request fails); give real scans and reports: bonescan bench perf-analyzer-data --data DATA "
+                "--out input.json, then --input-data input.json")
+    return [exe, *args], perf_analyzer_env(), note
 
 
 def perf_analyzer_data(cases: list, path: Path, text_guided: bool, n: int = 4) -> Path:
@@ -460,7 +490,7 @@ def run_perf_analyzer(url: str, model: str, data: Path, concurrency: list[int], 
                 return r
             rows.extend(r["rows"])
         return {"rows": rows, "command": " ".join(cmd)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=perf_analyzer_env(work), timeout=1800)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=perf_analyzer_env(), timeout=1800)
     (work / f"perf_analyzer_{model}_c{'-'.join(map(str, concurrency))}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not csv.exists():
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
@@ -500,6 +530,15 @@ def load_cases(data: Path, n: int) -> list:
     if not out:
         raise BonescanError(f"{data}: no test cases")
     return out
+
+
+def write_perf_analyzer_data(data: Path, out: Path, model: str = C.ENSEMBLE_MODEL, n: int = 4) -> Path:
+    """``bench perf-analyzer-data``: ``n`` held-out scans of ``data`` (its test split), with their reports
+    for the dual-path ensemble, as perf_analyzer's ``--input-data`` JSON (what ``bench latency`` sends it)."""
+    if model not in C.ENSEMBLES:
+        raise BonescanError(f"--model must be one of {', '.join(C.ENSEMBLES)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return perf_analyzer_data(load_cases(data, n), out, model == C.ENSEMBLE_MODEL, n)
 
 
 def bench_latency(checkpoint: Path, data: Path, out: Path, config_name: str | None = None, export: Path | None = None,

@@ -2,8 +2,8 @@
 
     from bonescan.client import BoneScanClient
     with BoneScanClient("localhost:8001") as c:
-        r = c.segment("scan.dcm", report=Path("report.txt"))
-        print(r.summary()); r.save("out")
+        r = c.segment("scan.dcm", report=Path("report.txt"))   # a Path is a file, a str the text
+        print(r.summary()); r.save("out")                      # out/<stem>_mask.png ...; never over a result
 
 Connection handling: server live / ready and model ready are checked when connecting; every request
 has a timeout; only UNAVAILABLE (server down or restarting) is retried, with exponential backoff;
@@ -151,14 +151,15 @@ def _results(res, reqs: Sequence[Request], model: str, t_request: float, want_pr
             timings_ms={"request": round(t_request * 1000, 1)}, anterior=r.image[0],
             answered_by=doc.get("answered_by"), reason=doc.get("reason"), signals=doc.get("signals"),
             pixel_spacing_source=r.pixel_spacing_source,
-            report=("given" if r.report else "no report") if text_guided else "image only", notes=list(r.notes),
-            study=dict(r.study),
+            report=("given" if r.report.strip() else "no report") if text_guided else "image only", notes=list(r.notes),
+            study=dict(r.study), stem=r.stem, report_encoding=r.report_encoding,
         ))
     return out
 
 
 class _Common:
     opts: ClientOptions
+    _http_port: str = ""  # what _what_listens said once it found an HTTP server at the URL
 
     def _grpc_kwargs(self) -> dict[str, Any]:
         o = self.opts
@@ -211,7 +212,9 @@ class _Common:
             return ClientError(f"{o.url}: the server is shutting down, or model {o.model!r} is unloading ({what}); "
                                "try again when it is back")
         if "UNAVAILABLE" in status:
-            return ClientError(f"{o.url}: server unavailable after {o.retries + 1} attempt(s) ({what}); {_what_listens(o.url, o.ssl)}")
+            listens = self._listens()
+            attempts = 1 if "answers HTTP/1" in listens else o.retries + 1
+            return ClientError(f"{o.url}: server unavailable after {attempts} attempt(s) ({what}); {listens}")
         if "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in msg:
             return ClientError(f"{o.url}: no answer within {o.timeout_s:.0f} s ({what})")
         if "CANCELLED" in status:
@@ -220,9 +223,19 @@ class _Common:
             return ClientError(f"{o.url}: {msg} ({what}); this project's ensembles are {_ensembles()}")
         return ClientError(f"{what}: server refused the request: {msg}")
 
+    def _listens(self) -> str:
+        """What listens at the URL (_what_listens); a port once found to be HTTP is not asked again."""
+        if self._http_port:
+            return self._http_port
+        found = _what_listens(self.opts.url, self.opts.ssl)
+        if "answers HTTP/1" in found:
+            self._http_port = found
+        return found
+
     def _retry(self, e: Exception, attempt: int, what: str, delay: float) -> bool:
-        """Whether to try again after ``e`` (only UNAVAILABLE, while attempts are left); logs the retry."""
-        if _status(e) in RETRYABLE and attempt < self.opts.retries:
+        """Whether to try again after ``e`` (only UNAVAILABLE, while attempts are left, and not where an
+        HTTP server answers: retrying a wrong port only delays the message); logs the retry."""
+        if _status(e) in RETRYABLE and attempt < self.opts.retries and "answers HTTP/1" not in self._listens():
             log.info("%s: %s unavailable, retry %d in %.1f s", what, self.opts.url, attempt + 1, delay)
             return True
         return False
@@ -276,10 +289,13 @@ class BoneScanClient(_Common):
                          headers=self.opts.headers or None)
         return _results(res, reqs, self.opts.model, time.perf_counter() - t0, self.opts.want_probability, self.text_guided)
 
-    def segment(self, scan: ScanLike, report: str | Path | None = None, pixel_spacing: tuple[float, float] | None = None) -> SegmentationResult:
-        """One scan (DICOM / PNG pair / NPY / case folder / array) and its report (text or file)."""
+    def segment(self, scan: ScanLike, report: str | Path | None = None, pixel_spacing: tuple[float, float] | None = None,
+                **read: Any) -> SegmentationResult:
+        """One scan (DICOM / PNG pair / NPY / case folder / array) and its report: its text (a ``str``),
+        its file (a ``Path``), or None (a case folder's report.txt, else no report). ``read``:
+        :func:`bonescan.client.prepare`'s keywords (report_encoding=, allow_unusual_spacing=)."""
         t0 = time.perf_counter()
-        req = prepare(scan, report, pixel_spacing)
+        req = prepare(scan, report, pixel_spacing, **read)
         t_read = time.perf_counter() - t0
         r = self.segment_prepared([req])[0]
         r.timings_ms["read"] = round(t_read * 1000, 1)
@@ -287,7 +303,7 @@ class BoneScanClient(_Common):
         return r
 
     def segment_many(self, items: Iterable[tuple[ScanLike, str | Path | None]], concurrency: int = 4,
-                     progress: bool = False, pixel_spacing: tuple[float, float] | None = None
+                     progress: bool = False, pixel_spacing: tuple[float, float] | None = None, **read: Any
                      ) -> list[SegmentationResult | BonescanError]:
         """Many scans with at most ``concurrency`` requests in flight.
 
@@ -296,6 +312,7 @@ class BoneScanClient(_Common):
                 (anterior, posterior) pair of view files is one scan: ``((ant, post), report)``),
                 a report is text, a Path, or None (a case folder's report.txt, else no report).
             pixel_spacing: (row, column) mm for every scan, overriding what the files say.
+            read: :func:`bonescan.client.prepare`'s keywords, for every scan.
 
         Returns:
             One entry per item, in order: the result, or the BonescanError (naming the input and the
@@ -309,7 +326,7 @@ class BoneScanClient(_Common):
 
         def one(item: tuple[ScanLike, str | Path | None]) -> SegmentationResult | BonescanError:
             try:
-                return self.segment(item[0], item[1], pixel_spacing)
+                return self.segment(item[0], item[1], pixel_spacing, **read)
             except BonescanError as e:
                 return e
 
@@ -369,22 +386,24 @@ class AsyncBoneScanClient(_Common):
         return _results(res, reqs, self.opts.model, time.perf_counter() - t0, self.opts.want_probability, self.text_guided)
 
     async def segment(self, scan: ScanLike, report: str | Path | None = None,
-                      pixel_spacing: tuple[float, float] | None = None) -> SegmentationResult:
+                      pixel_spacing: tuple[float, float] | None = None, **read: Any) -> SegmentationResult:
+        """As :meth:`BoneScanClient.segment`."""
         t0 = time.perf_counter()
-        req = await asyncio.to_thread(prepare, scan, report, pixel_spacing)
+        req = await asyncio.to_thread(prepare, scan, report, pixel_spacing, **read)
         r = (await self.segment_prepared([req]))[0]
         r.timings_ms["total"] = round((time.perf_counter() - t0) * 1000, 1)
         return r
 
     async def segment_many(self, items: Iterable[tuple[ScanLike, str | Path | None]], concurrency: int = 4,
-                           pixel_spacing: tuple[float, float] | None = None) -> list[SegmentationResult | BonescanError]:
+                           pixel_spacing: tuple[float, float] | None = None, **read: Any
+                           ) -> list[SegmentationResult | BonescanError]:
         """As :meth:`BoneScanClient.segment_many`: (scan, report) pairs in, one result or error each, in order."""
         sem = asyncio.Semaphore(max(1, concurrency))
 
         async def one(scan, report):
             async with sem:
                 try:
-                    return await self.segment(scan, report, pixel_spacing)
+                    return await self.segment(scan, report, pixel_spacing, **read)
                 except BonescanError as e:
                     return e
 

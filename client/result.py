@@ -10,6 +10,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from bonescan.errors import BonescanError
+
+
+class OutputExistsError(BonescanError):
+    """save() found results of the same name and was not told to overwrite them."""
+
 
 @dataclass
 class SegmentationResult:
@@ -36,6 +42,10 @@ class SegmentationResult:
     notes: list[str] = field(default_factory=list)  # warnings about the input files
     #: the scan's study identifiers ({"accession_number", "study_instance_uid"}, the known ones)
     study: dict[str, str] = field(default_factory=dict)
+    #: the name save() writes under by default (bonescan.client.inputs.result_stem: from the input)
+    stem: str | None = None
+    #: the encoding the report file was read in (None: given as text, or no report)
+    report_encoding: str | None = None
 
     @property
     def spacing_known(self) -> bool:
@@ -56,7 +66,7 @@ class SegmentationResult:
         if self.lesion_area_mm2 is not None:
             area = f"{self.lesion_area_mm2:.0f} mm²"
         else:
-            area = f"{self.lesion_area_px} px (pixel spacing unknown: no mm²; give --pixel-spacing ROW COL)"
+            area = f"{self.lesion_area_px} px (pixel spacing unknown: no mm²; give pixel_spacing=(row, col))"
         extra = ", no report" if self.report == "no report" else ""
         if self.answered_by == "unet" and self.model != "bonescan_unet" and self.report != "no report":
             extra += f", image-only answer ({self.reason})"
@@ -86,16 +96,29 @@ class SegmentationResult:
         draw.text((img.width - 12, 18), "L", fill=(0, 0, 160))
         return img
 
-    def save(self, out_dir: str | Path, stem: str | None = None) -> dict[str, Path]:
-        """mask PNG (0/255) and NPY, overlay PNG, lesions JSON."""
+    def save(self, out_dir: str | Path, stem: str | None = None, overwrite: bool = False) -> dict[str, Path]:
+        """mask PNG (0/255) and NPY, overlay PNG, lesions JSON: ``out_dir/<stem>_mask.png`` etc.
+
+        Args:
+            stem: the files' common name (default: :attr:`stem`, derived from the input: the file's
+                stem, a view pair's common name, the case folder's name, a DICOM's accession number).
+            overwrite: replace existing results of that name; without it an existing one is an
+                error (OutputExistsError) and nothing is written.
+        """
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = stem or Path(self.source).stem or "scan"
+        stem = stem or self.stem or Path(self.source).stem or "scan"
         paths = {
             "mask_png": out / f"{stem}_mask.png",
             "mask_npy": out / f"{stem}_mask.npy",
             "lesions": out / f"{stem}_lesions.json",
         }
+        if self.anterior is not None:
+            paths["overlay"] = out / f"{stem}_overlay.png"
+        existing = [p for p in paths.values() if p.exists()]
+        if existing and not overwrite:
+            raise OutputExistsError(f"{existing[0]}: a result named {stem!r} exists already ({len(existing)} file(s)); "
+                                    "give another stem= or overwrite=True")
+        out.mkdir(parents=True, exist_ok=True)
         Image.fromarray(self.mask.astype(np.uint8) * 255).save(paths["mask_png"])
         np.save(paths["mask_npy"], self.mask.astype(np.uint8))
         body: dict[str, Any] = {
@@ -109,11 +132,12 @@ class SegmentationResult:
             body["pixel_spacing_note"] = ("no pixel spacing in the input: the server was sent the default "
                                           f"{list(self.pixel_spacing)} mm; areas in mm² are not given")
         body.update({"lesions": self.lesions, "timings_ms": self.timings_ms})
+        if self.report_encoding:
+            body["report_encoding"] = self.report_encoding
         if self.notes:
             body["notes"] = self.notes
         body.update({"answered_by": self.answered_by, "reason": self.reason, "signals": self.signals})
         paths["lesions"].write_text(json.dumps(body, indent=1, ensure_ascii=False) + "\n")
-        if self.anterior is not None:
-            paths["overlay"] = out / f"{stem}_overlay.png"
+        if "overlay" in paths:
             self.overlay().save(paths["overlay"])
         return paths

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -123,40 +124,109 @@ def test_without_a_c_compiler_serve_says_what_to_install(tmp_path, monkeypatch):
     assert "apt-get install gcc" in str(e.value) and "ps" in str(e.value)
 
 
-def test_the_printed_docker_command_keeps_the_restrictions(tmp_path):
-    """The GPU command `bonescan serve` prints: a GPU-flavor repository first, then docker run on it
-    with model control off, the admin endpoints restricted by a key read inside the container."""
+def test_the_printed_docker_command_builds_an_image_and_keeps_the_restrictions(tmp_path, monkeypatch):
+    """The GPU commands `bonescan serve` prints: a GPU-flavor repository first, `docker build` of its
+    Dockerfile (the python steps' packages pinned and installed then), then `docker run` of that image on
+    it: nothing installed at start (the old line ran `pip install -r /models/requirements.txt` in the NGC
+    image at every start), the key file mounted, the key never on the host's command line."""
+    import re
     import shlex
 
-    from bonescan.serving.server import ADMIN_ENDPOINTS, ADMIN_HEADER, NGC_IMAGE, docker_command
+    from bonescan.serving.server import IMAGE, NGC_IMAGE, docker_command, tls_args
 
     key = tmp_path / "admin.key"
     key.write_text("0123456789abcdef-secret\n")
-    manifest = {"flavor": "embedded", "dualpath": {"export": "/x/export"}, "baseline": {"export": "/x/export_unet"}}
+    for name in ("export", "export_unet", "REPO"):
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path)
+    manifest = {"flavor": "embedded", "path": str(tmp_path / "REPO"), "dualpath": {"export": "../export"},
+                "baseline": {"export": "../export_unet"}}
     for key_file in (key, None):
         text = docker_command(manifest, 8001, 8000, 8002, admin_key_file=key_file, bind="127.0.0.1")
-        commands_ = [line for line in text.splitlines() if not line.startswith("#")]
-        build, run = commands_
-        a = build_parser().parse_args(shlex.split(build)[1:])
-        assert (a.flavor, str(a.src), str(a.baseline), str(a.out)) == ("onnxruntime", "/x/export", "/x/export_unet", "REPO_GPU")
+        repo_build, build, run = [line for line in text.splitlines() if not line.startswith("#")]
+        a = build_parser().parse_args(shlex.split(repo_build)[1:])
+        assert (a.flavor, str(a.src), str(a.baseline), str(a.out)) == ("onnxruntime", "export", "export_unet", "REPO_GPU")
+        assert shlex.split(build) == ["docker", "build", "-t", IMAGE, "REPO_GPU"]
         argv = shlex.split(run)
-        assert argv[:2] == ["docker", "run"] and NGC_IMAGE in argv
+        assert argv[:2] == ["docker", "run"] and argv[-1] == IMAGE and NGC_IMAGE not in run
+        assert not re.search(r"\bpip3?\b|requirements|apt-get|bash -c", run)  # nothing installed at start
         mounts = [argv[i + 1] for i, x in enumerate(argv) if x == "-v"]
-        assert "$PWD/REPO_GPU:/models:ro" in mounts
-        assert "0123456789abcdef" not in run  # the key is never on the host's command line
-        if key_file:
-            assert f"{key}:/run/secrets/bonescan-admin-key:ro" in mounts
+        assert mounts[0] == "$PWD/REPO_GPU:/models:ro"
+        assert "0123456789abcdef" not in text  # the key is never on the host's command line
+        assert (f"{key}:/run/secrets/bonescan-admin-key:ro" in mounts) == (key_file is not None)
         assert [argv[i + 1] for i, x in enumerate(argv) if x == "-p"] == ["127.0.0.1:8000:8000", "127.0.0.1:8001:8001", "127.0.0.1:8002:8002"]
-        script = argv[argv.index("-c") + 1]
-        triton = shlex.split(script.split("exec ", 1)[1])
-        assert triton[0] == "tritonserver" and "--model-repository=/models" in triton and "--model-control-mode=none" in triton
-        restricted = f"{ADMIN_ENDPOINTS}:{ADMIN_HEADER}=$KEY"
-        assert f"--grpc-restricted-protocol={restricted}" in triton and f"--http-restricted-api={restricted}" in triton
-        assert script.startswith("KEY=$(cat /run/secrets/bonescan-admin-key)" if key_file else "KEY=$(head -c 48 /dev/urandom")
     assert "on the command line of tritonserver inside the container" in text  # said honestly
-    manifest = {"flavor": "tensorrt", "path": str(tmp_path)}
-    (run,) = [line for line in docker_command(manifest).splitlines() if not line.startswith("#")]
-    assert f"-v {tmp_path}:/models:ro" in run and "bonescan repo build" not in run
+    # TLS: the files mounted under /run/secrets/tls, tritonserver's flags after the image (to its entrypoint)
+    cert, tls_key = tmp_path / "server.pem", tmp_path / "server.key"
+    cert.write_text("c")
+    tls_key.write_text("k")
+    run = [line for line in docker_command(manifest, tls=tls_args(cert, tls_key)).splitlines() if line.startswith("docker run")][0]
+    argv = shlex.split(run)
+    assert argv[argv.index(IMAGE) + 1:] == ["--grpc-use-ssl=true", "--grpc-server-cert=/run/secrets/tls/server-cert.pem",
+                                            "--grpc-server-key=/run/secrets/tls/server-key.pem"]
+    assert f"{cert}:/run/secrets/tls/server-cert.pem:ro" in [argv[i + 1] for i, x in enumerate(argv) if x == "-v"]
+    # a GPU-flavor repository: build its image and run it; one without a Dockerfile (an older build) is named
+    gpu = tmp_path / "REPO"
+    lines = docker_command({"flavor": "tensorrt", "path": str(gpu)}).splitlines()
+    assert [line for line in lines if not line.startswith("#")] == [
+        f"docker build -t {IMAGE} {gpu}",
+        f"docker run --rm --gpus all --shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 -v {gpu}:/models:ro {IMAGE}"]
+    assert any("has no Dockerfile" in line and "build it again" in line for line in lines)
+    (gpu / "Dockerfile").write_text("FROM x\n")
+    assert not any("has no Dockerfile" in line for line in docker_command({"flavor": "tensorrt", "path": str(gpu)}).splitlines())
+
+
+def test_serving_a_gpu_flavor_repository_on_the_cpu_says_where_it_runs(tmp_path, capsys, monkeypatch):
+    """`bonescan serve --repo REPO_GPU` here: no tritonserver is started (it could only print Triton's
+    "unable to find backend library for backend 'onnxruntime'"); the message names the flavor, says it
+    runs in the NGC container and prints how."""
+    import json
+
+    from bonescan.cli import main
+    from bonescan.serving import server
+
+    dist = tmp_path / "dist"
+    (dist / "backends" / "python").mkdir(parents=True)  # the wheel's tritonserver: the python backend only
+    monkeypatch.setattr(server, "triton_dist", lambda: dist)
+    monkeypatch.setattr(server.TritonServer, "start",
+                        lambda self, *a, **k: pytest.fail("a tritonserver was started for a flavor it cannot serve"))
+    for flavor, backend in (("onnxruntime", "onnxruntime"), ("tensorrt", "tensorrt")):
+        repo = tmp_path / f"REPO_{flavor}"
+        repo.mkdir()
+        (repo / "bonescan_repo.json").write_text(json.dumps({"flavor": flavor, "models": ["bonescan"],
+                                                             "dualpath": {"export": "../gone"}, "baseline": None}))
+        assert main(["serve", "--repo", str(repo)]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"is a repository of the {flavor} flavor" in err and f"Triton's {backend} backend" in err
+        assert "runs in the NGC Triton container (nvcr.io/nvidia/tritonserver:24.10-py3)" in err
+        assert f"docker build -t {server.IMAGE} {repo}" in err and f"-v {repo}:/models:ro {server.IMAGE}" in err
+        assert "bonescan repo build --flavor embedded --from EXPORT --out REPO, then bonescan serve --repo REPO" in err
+    server.check_backends(tmp_path, {"flavor": "embedded"}, "")  # the embedded flavor is served here
+
+
+def test_a_copied_repository_names_no_folder_of_the_machine_it_was_built_on(exports, tmp_path, monkeypatch):
+    """bonescan_repo.json records the export folders relative to the repository; the printed `--from`
+    is a folder of this machine (relative to the current one) or EXPORT, never the building machine's path."""
+    import shlex
+    import shutil
+
+    from bonescan.serving.repository import RepoOptions, build_repository, read_manifest
+    from bonescan.serving.server import docker_command
+
+    repo = tmp_path / "site" / "REPO"
+    build_repository(exports["dualpath"], repo, RepoOptions(), baseline=exports["unet"])
+    manifest = read_manifest(repo)
+    assert not Path(manifest["dualpath"]["export"]).is_absolute() and not Path(manifest["baseline"]["export"]).is_absolute()
+    monkeypatch.chdir(tmp_path)
+    (line,) = [x for x in docker_command({**manifest, "path": str(repo)}).splitlines() if x.startswith("bonescan repo build")]
+    a = build_parser().parse_args(shlex.split(line)[1:])
+    assert not a.src.is_absolute() and (tmp_path / a.src).resolve() == exports["dualpath"].resolve()
+    assert (tmp_path / a.baseline).resolve() == exports["unet"].resolve()
+    copy = tmp_path / "elsewhere" / "deeper" / "REPO"  # carried to another machine (another depth: the exports stay behind)
+    shutil.copytree(repo, copy)
+    text = docker_command({**read_manifest(copy), "path": str(copy)})
+    assert "--from EXPORT --baseline EXPORT_UNET --out REPO_GPU" in text
+    assert str(exports["dualpath"].resolve().parent) not in text
 
 
 def test_train_overrides_change_only_their_field():

@@ -220,10 +220,11 @@ def test_pixel_spacing_comes_from_the_input_and_says_where_from(server, case_dir
     np.save(tmp_path / "scan.npy", np.stack([scan.anterior, scan.posterior]))
     write_dicom_scan(tmp_path / "scan.dcm", scan.anterior, scan.posterior, (2.3, 2.1))
     out = tmp_path / "out"
-    url = ["--server", server.grpc_url, "--out", str(out)]
+    url = ["--server", server.grpc_url, "--out", str(out), "--overwrite"]
     assert main(["infer", str(case_dir), *url]) == 0
     folder = _lesions_json(out, case_dir.name)
     assert tuple(folder["pixel_spacing_mm"]) == meta_spacing and folder["pixel_spacing_source"] == "meta.json"
+    url += ["--stem", "scan"]  # a DICOM is named after its accession number / SOP Instance UID otherwise
     assert main(["infer", str(tmp_path / "scan.dcm"), *url]) == 0
     dcm = _lesions_json(out, "scan")
     assert dcm["pixel_spacing_mm"] == pytest.approx([2.3, 2.1]) and dcm["pixel_spacing_source"] == "dicom"
@@ -256,7 +257,8 @@ def test_a_scan_without_report_says_no_report(server, case_dir, tmp_path, capsys
     assert _lesions_json(out, "scan")["report"] == "no report"
     assert main(["infer", str(case_dir), "--server", server.grpc_url, "--out", str(out)]) == 0
     assert "no report" not in capsys.readouterr().out and _lesions_json(out, case_dir.name)["report"] == "given"
-    assert main(["infer", str(case_dir), "--model", "bonescan_unet", "--server", server.grpc_url, "--out", str(out)]) == 0
+    assert main(["infer", str(case_dir), "--model", "bonescan_unet", "--server", server.grpc_url, "--out", str(out),
+                 "--overwrite"]) == 0
     assert _lesions_json(out, case_dir.name)["report"] == "image only"
 
 

@@ -94,3 +94,34 @@ def test_readme_parity_paragraph_counts_the_scans_the_code_checks():
     assert int(m.group(2)) == default
     assert f"(`--n {default}` by default;" in FLAT  # the export check bullet says the same
 
+
+
+def test_readme_token_lengths_are_the_contracts():
+    """Every token length the README states is the contract's (it said 256 where the tokenizer, the
+    TensorRT profiles and the server use 384): "N tokens", the tokenizer's row of the repository table
+    and the TensorRT profile's token range."""
+    from bonescan import contract as C
+
+    n = C.TOKENIZER.max_tokens
+    # the tokenizer's length as the README states it: "padded to N tokens", "cells x N tokens", "(N tokens)"
+    stated = [int(x) for x in re.findall(r"(?:padded to|x|\() ?(\d+) tokens\b", FLAT)]
+    assert len(stated) >= 2 and set(stated) == {n}, f"README states {sorted(set(stated))} tokens; the contract has {n}"
+    row = re.search(r"^\| `tokenizer` \|.*?input_ids, attention_mask \((\w+), (\d+)\)", README, re.M)
+    assert row and (row.group(1), int(row.group(2))) == (C.INPUT_IDS.config_dtype.removeprefix("TYPE_"), n)
+    lo, opt, hi = C.axis_range(C.TOKENS)
+    ranges = re.findall(r"tokens (\d+)\.\.(\d+), optimum (\d+)", FLAT)
+    assert ranges and all(tuple(map(int, r)) == (lo, hi, opt) for r in ranges)
+
+
+def test_readme_shows_the_gpu_commands_bonescan_serve_prints():
+    """The NGC container block of the README is what `bonescan serve` prints for a copied embedded
+    repository (its `#` lines aside): docker build of the repository's image, docker run of it."""
+    from bonescan.serving.server import docker_command
+
+    printed = docker_command({"flavor": "embedded", "path": "/nonexistent/REPO", "dualpath": {"export": "../gone"},
+                              "baseline": {"export": "../gone_unet"}})
+    commands = [line for line in printed.splitlines() if not line.startswith("#")]
+    block = re.search(r"\*\*On a GPU \(NGC container\)\*\*.*?```\n(.*?)```", README, re.S)
+    assert block, "README: the NGC container section has no command block"
+    assert block.group(1).splitlines() == commands
+    assert "pip install" not in block.group(1)

@@ -64,6 +64,36 @@ FOLDS = 5
 CONDITIONS = ("true", "shuffled", "nonreport")
 #: how many of the grid's settings (best first) a checkpoint keeps in its metadata
 GRID_KEPT = 20
+#: the fewest validation scans calibration runs on: other studies' reports are a derangement (every
+#: scan gets another scan's report), and cross-validation needs a scan to hold out
+MIN_SCANS = 2
+
+
+def fold_assignment(n: int, seed: int, folds: int = FOLDS) -> np.ndarray:
+    """The cross-validation fold of each of ``n`` scans (at least 2 folds, at most ``n``)."""
+    return np.random.default_rng([seed, 11]).permutation(n) % max(2, min(folds, n))
+
+
+def calibration_problem(masks, seed: int = 0, folds: int = FOLDS) -> str | None:
+    """Why the fail-safe cannot be calibrated on scans with these lesion masks ([N, H, W]), or None.
+
+    A setting is judged against the U-Net's FROC curve on the scans it is chosen on, so those need
+    a metastasis: the whole split, and for the out-of-sample estimate every fold's complement."""
+    n = len(masks)
+    if n < MIN_SCANS:
+        return (f"{n} scan{'s' if n != 1 else ''}; calibrating the fail-safe needs {MIN_SCANS} or more (every scan gets "
+                "another scan's report)")
+    lesion = np.array([bool(np.any(m)) for m in masks])
+    if not lesion.any():
+        return (f"none of its {n} scans has a metastasis (mask.png); the fail-safe is calibrated against the U-Net's FROC "
+                "curve, which needs lesions")
+    fold_of = fold_assignment(n, seed, folds)
+    k = len(np.unique(fold_of))
+    if any(not lesion[fold_of != f].any() for f in range(k)):
+        m = int(lesion.sum())
+        return (f"its {m} scan{'s' if m != 1 else ''} with metastases {'all fall' if m != 1 else 'falls'} in one of the {k} "
+                "cross-validation folds; every fold's complement needs one (more validation cases with metastases)")
+    return None
 
 
 def collect(pred, arrays, texts: list[str], threshold: float = THRESHOLD, batch: int = 4,
@@ -245,9 +275,12 @@ def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int =
     from bonescan.failsafe import FailSafeSettings
     from bonescan.model.checkpoint import Predictor
 
+    n = len(arrays)
+    problem = calibration_problem(arrays.masks, seed, folds)
+    if problem:
+        raise BonescanError(f"cannot calibrate the fail-safe on these scans: {problem}")
     pred = ckpt if isinstance(ckpt, Predictor) else Predictor(ckpt)
     true = list(texts) if texts is not None else list(arrays.reports)
-    n = len(arrays)
     base = FailSafeSettings()
     dual_metrics: list[dict[str, Any]] = []
     cache: dict[str, Any] = {}
@@ -272,7 +305,7 @@ def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int =
     curve = unet_curve(cache, everything)
     in_sample = _estimate({cond: [exact_scores(r, [settings] * n, arrays, everything) for r in rs] for cond, rs in rows.items()}, curve)
     # out of sample: each fold answered with the setting chosen on the others
-    fold_of = np.random.default_rng([seed, 11]).permutation(n) % max(2, min(folds, n))
+    fold_of = fold_assignment(n, seed, folds)
     per: dict[str, list[list[dict[str, Any]]]] = {cond: [[] for _ in rs] for cond, rs in rows.items()}
     chosen = []
     for f in np.unique(fold_of):

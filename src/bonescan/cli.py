@@ -97,8 +97,27 @@ def _data_preview(a: argparse.Namespace) -> int:
     return 0
 
 
+def _split_counts(n: int, val: float, test: float) -> dict[str, int]:
+    """How many of n cases ``assign_splits`` puts in each split at these shares."""
+    n_test = min(int(round(test * n)), n)
+    n_val = min(int(round(val * n)), n - n_test)
+    return {"train": n - n_test - n_val, "val": n_val, "test": n_test}
+
+
+def _share_hint(n: int, split: str, need: int, val: float, test: float) -> str:
+    """``; --val 0.17 gives 1``: the smallest share that gives ``split`` ``need`` cases and leaves
+    every other split one at least (empty when none does)."""
+    for k in range(1, 100):
+        share = k / 100
+        c = _split_counts(n, share if split == "val" else val, share if split == "test" else test)
+        if c[split] >= need:
+            return f"; --{split} {share:g} gives {c[split]}" if all(v >= 1 for v in c.values()) else ""
+    return ""
+
+
 def _data_manifest(a: argparse.Namespace) -> int:
-    from bonescan.data.dataset import MANIFEST, CaseRef, assign_splits, write_manifest
+    from bonescan.calibrate import MIN_SCANS
+    from bonescan.data.dataset import MANIFEST, BoneScanDataset, CaseRef, assign_splits, write_manifest
 
     root = Path(a.data)
     cases = root / "cases" if (root / "cases").is_dir() else root
@@ -109,10 +128,50 @@ def _data_manifest(a: argparse.Namespace) -> int:
     if (root / MANIFEST).exists() and not a.force:
         print(f"{root / MANIFEST} exists; use --force to replace it", file=sys.stderr)
         return 2
-    splits = assign_splits(ids, a.seed, a.val, a.test)
-    path = write_manifest(root, [CaseRef(i, splits[i], cases / i) for i in ids], {"format": "bonescan-dataset/1"})
+    # every case is read first: one that cannot be used goes into no split (in a split it fails training or
+    # evaluation later, or leaves a split emptier than it looks)
+    ds = BoneScanDataset.of_folders(root, [cases / i for i in ids], require_mask=not a.no_mask)
+    lesions = {smp.case_id: smp.mask is not None and bool(smp.mask.any())
+               for smp in ds.samples(progress=not a.quiet, desc="reading cases", log_skipped=False)}
+    readable = list(lesions)
+    for e in ds.errors:
+        print(f"WARNING {e.case_id}: left out: {e}", file=sys.stderr)
+    if not readable:
+        print(f"{root}: none of the {len(ids)} cases is readable; no manifest written", file=sys.stderr)
+        return 2
+
+    def rel(path: str) -> str:
+        try:
+            return str(Path(path).relative_to(cases))
+        except ValueError:
+            return path
+
+    left_out = [{"id": e.case_id, "problem": f"{rel(e.path)}: {e.problem}"} for e in ds.errors]
+    splits = assign_splits(readable, a.seed, a.val, a.test)
+    extra: dict[str, Any] = {"format": "bonescan-dataset/1"}
+    if left_out:
+        extra["left_out"] = left_out
+    path = write_manifest(root, [CaseRef(i, splits[i], cases / i) for i in readable], extra)
     counts = {s: sum(1 for v in splits.values() if v == s) for s in SPLITS}
-    print(f"wrote {path}: {counts}")
+    gone = f"; {len(left_out)} unreadable case{'s' if len(left_out) != 1 else ''} left out (listed above)" if left_out else ""
+    print(f"wrote {path}: {counts} of {len(readable)} readable cases{gone}")
+    n = len(readable)
+    at = f"{n} readable case{'s' if n != 1 else ''} at --val {a.val:g} --test {a.test:g}"
+    if counts["train"] == 0:
+        print(f"WARNING split 'train' is empty ({at}): `bonescan train` has nothing to train on; lower --val / --test",
+              file=sys.stderr)
+    if counts["val"] < MIN_SCANS:
+        what = "is empty" if counts["val"] == 0 else f"has {counts['val']} case"
+        hint = _share_hint(n, "val", MIN_SCANS, a.val, a.test) or _share_hint(n, "val", 1, a.val, a.test)
+        print(f"WARNING split 'val' {what} ({at}): `bonescan train` validates on it, and calibrating the dual-path model's "
+              f"fail-safe needs {MIN_SCANS} cases or more{hint}", file=sys.stderr)
+    elif not a.no_mask and (k := sum(lesions[i] for i in readable if splits[i] == "val")) < 2:
+        print(f"WARNING split 'val' has {k} case{'s' if k != 1 else ''} with metastases: calibrating the dual-path model's "
+              "fail-safe needs 2 at least (it is judged against the U-Net's FROC curve, cross-validated); another --seed "
+              "or a larger --val changes that", file=sys.stderr)
+    if counts["test"] == 0:
+        print(f"WARNING split 'test' is empty ({at}): `bonescan eval` (its default --split test) has nothing to "
+              f"evaluate{_share_hint(n, 'test', 1, a.val, a.test)}", file=sys.stderr)
     return 0
 
 
@@ -173,6 +232,8 @@ def data_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--val", type=float, default=0.1, help="share of the cases in the val split")
     s.add_argument("--test", type=float, default=0.2, help="share of the cases in the test split")
     s.add_argument("--force", action="store_true", help="replace an existing manifest.json")
+    s.add_argument("--no-mask", action="store_true", help="masks are not required (cases for inference only)")
+    QUIET.add(s)
     s = _command(dsub, "check", _data_check, "read every case and list the ones that cannot be used")
     DATA.add(s)
     SPLIT.add(s, default=None, help="check this split only (default: all cases)")
@@ -262,8 +323,17 @@ def _eval(a: argparse.Namespace) -> int:
     from bonescan.evaluate import evaluate
 
     split = a.split or (None if a.reports_dir else "test")  # a reports folder picks its cases from every split
-    evaluate(a.checkpoint, a.data, split, a.reports, a.json, seed=a.seed, progress=not a.quiet, reports_dir=a.reports_dir,
-             style=a.style, answer=a.answer, n=a.n)
+    res = evaluate(a.checkpoint, a.data, split, a.reports, a.json, seed=a.seed, progress=not a.quiet, reports_dir=a.reports_dir,
+                   style=a.style, answer=a.answer, n=a.n)
+    skipped = res["skipped_cases"]
+    if skipped and not a.allow_skipped:
+        # metrics on the readable cases only are not the split's: a non-zero exit, unless the caller accepts that
+        scans = res["summary"]["scans"]
+        print(f"bonescan: error: {len(skipped)} of {len(skipped) + scans} cases were skipped as unreadable; the metrics "
+              f"cover the other {scans}" + (f" (written to {a.json})" if a.json else "") + ":\n  "
+              + "\n  ".join(skipped) + f"\nfix them (`bonescan data check --data {a.data}` lists every problem) or pass "
+              "--allow-skipped", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -323,6 +393,9 @@ def model_commands(sub: argparse._SubParsersAction) -> None:
                    help="which answer of a dual-path model the summary line gives (all three go into --json)")
     s.add_argument("--json", type=Path, help="write per-scan and summary metrics here (default: not written)")
     s.add_argument("--seed", type=int, default=0, help="seed of the report shuffle")
+    s.add_argument("--allow-skipped", action="store_true",
+                   help="exit 0 although unreadable cases were skipped (the metrics cover the readable cases only; without "
+                        "it the exit status is 1 when any was)")
     QUIET.add(s)
 
 
@@ -509,28 +582,44 @@ def _infer(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from bonescan.client import BoneScanClient
-    from bonescan.errors import BonescanError
+    from bonescan.errors import BonescanError, cli_wording
 
     headers = dict(h.split("=", 1) for h in (a.header or []))
     opts = {"model": a.model, "timeout_s": a.timeout, "retries": a.retries, "headers": headers,
             "ssl": bool(a.root_cert), "root_certificates": a.root_cert, "private_key": a.client_key,
             "certificate_chain": a.client_cert, "expected_model_sha256": a.expect_model}
     items, skipped = _infer_items(a)
+    if a.stem and len(items) > 1:
+        raise BonescanError(f"--stem names the results of one scan; {a.input} holds {len(items)} scans (each is named "
+                            "after its file, case folder, or DICOM accession number)")
+    read = {"report_encoding": a.report_encoding, "allow_unusual_spacing": bool(a.allow_unusual_spacing)}
     out = Path(a.out)
     failures = 0
+    used: dict[str, str] = {}
     with BoneScanClient(a.server, **opts) as client:
         bar = tqdm(total=len(items), desc="segmenting", unit="scan", disable=len(items) < 2)
-        results = client.segment_many(items, concurrency=a.concurrency, pixel_spacing=a.pixel_spacing)
-        for (scan, _), res in zip(items, results):
-            name = Path(scan[0]).parent.name if isinstance(scan, tuple) else Path(scan).stem
+        results = client.segment_many(items, concurrency=a.concurrency, pixel_spacing=a.pixel_spacing, **read)
+        for res in results:
             if isinstance(res, BonescanError):
                 failures += 1
-                bar.write(f"FAILED {res}")
-            else:
-                for note in res.notes:
-                    bar.write(f"WARNING {name}: {note}")
-                res.save(out, name)
-                bar.write(res.summary().replace(Path(res.source).name or res.source, name, 1))
+                bar.write(cli_wording(f"FAILED {res}"))
+                bar.update()
+                continue
+            name = a.stem or res.stem or "scan"
+            try:
+                if name in used:  # two inputs of this run with one name: neither result may replace the other
+                    raise BonescanError(f"{res.source}: its results would be named {name!r} like those of {used[name]}; "
+                                        "segment it on its own with stem=")
+                res.save(out, name, overwrite=bool(a.overwrite))
+            except BonescanError as e:
+                failures += 1
+                bar.write(cli_wording(f"FAILED {e}"))
+                bar.update()
+                continue
+            used[name] = res.source
+            for note in res.notes:
+                bar.write(cli_wording(f"WARNING {name}: {note}"))
+            bar.write(cli_wording(res.summary().replace(Path(res.source).name or res.source, name, 1)))
             bar.update()
         bar.close()
     done = len(items) - failures
@@ -545,9 +634,20 @@ def infer_command(sub: argparse._SubParsersAction) -> None:
     s.add_argument("input", nargs="?", help="DICOM / NPY file, case folder, or a folder of cases (default: none, give --views)")
     s.add_argument("--views", nargs=2, metavar=("ANTERIOR", "POSTERIOR"), help="two view files, 16-bit PNG or DICOM (default: none)")
     s.add_argument("--report", type=Path,
-                   help="UTF-8 report file of the one scan given; refused with a folder of several scans, whose "
-                        "reports are each case folder's report.txt (default: the case folder's report.txt, else no report)")
+                   help="report file of the one scan given (UTF-8, else GB18030 / Big5 / UTF-16 detected); refused with a "
+                        "folder of several scans, whose reports are each case folder's report.txt (default: the case "
+                        "folder's report.txt, else no report)")
+    s.add_argument("--report-encoding", metavar="ENCODING",
+                   help="the report files' encoding, e.g. gb18030, big5, utf-16 (default: UTF-8, else detected among "
+                        "GB18030, Big5 and UTF-16; the one used is in _lesions.json)")
     PIXEL_SPACING.add(s)
+    s.add_argument("--allow-unusual-spacing", action="store_true", default=None,
+                   help="send a pixel spacing outside what whole-body gamma cameras produce (1-4 mm, square within 10 %%) "
+                        "anyway (default: refused)")
+    s.add_argument("--stem", help="name of the one scan's result files (default: from the input: file stem, view pair's "
+                                  "common name, case folder, DICOM accession number)")
+    s.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace existing results of the same name (default: refused)")
     s.add_argument("--server", default="localhost:8001", help="gRPC address")
     s.add_argument("--model", choices=[C.ENSEMBLE_MODEL, C.ENSEMBLE_UNET_MODEL], default=C.ENSEMBLE_MODEL,
                    help=f"{C.ENSEMBLE_MODEL} (with report) or {C.ENSEMBLE_UNET_MODEL} (image only)")
@@ -598,6 +698,27 @@ def _bench_latency(a: argparse.Namespace) -> int:
                         use_perf_analyzer=not a.no_perf_analyzer, server_url=a.server, n_cases=a.cases)
     print(f"wrote {write_latency_report(res, a.out)}")
     return 0 if all(res["verdicts"].values()) else 1
+
+
+def _bench_perf_analyzer_data(a: argparse.Namespace) -> int:
+    from bonescan.benchmarks.latency import write_perf_analyzer_data
+
+    out = write_perf_analyzer_data(a.data, a.out, a.model, a.n)
+    print(f"wrote {out}: {a.n} held-out scans of {a.data}" + (" with their reports" if a.model == C.ENSEMBLE_MODEL else "")
+          + f" for {a.model}; give it to perf_analyzer as --input-data {out}")
+    return 0
+
+
+def _perf(a: argparse.Namespace) -> int:
+    import os
+
+    from bonescan.benchmarks.latency import perf_analyzer_command
+
+    argv, env, note = perf_analyzer_command(a.perf_args)
+    if note:
+        print(note, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os.execve(argv[0], argv, env)  # perf_analyzer's output, exit code and Ctrl-C are the command's
 
 
 def _bench_parity(a: argparse.Namespace) -> int:
@@ -690,6 +811,13 @@ def bench_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--cases", type=int, default=8, help="distinct held-out scans to cycle through")
     s.add_argument("--threads", type=int, default=2, help="threads per engine, the same for all")
     s.add_argument("--no-perf-analyzer", action="store_true", help="skip perf_analyzer")
+    s = _command(bsub, "perf-analyzer-data", _bench_perf_analyzer_data,
+                 "held-out scans and reports as perf_analyzer's --input-data JSON (preprocess refuses its random / zero data)")
+    DATA.add(s, help="data folder; the scans come from its test split")
+    s.add_argument("--out", type=Path, required=True, help="JSON file to write (e.g. input.json)")
+    s.add_argument("--model", choices=list(C.ENSEMBLES), default=C.ENSEMBLE_MODEL,
+                   help="the ensemble it is for (bonescan_unet takes no report)")
+    s.add_argument("--n", type=int, default=4, help="scans (perf_analyzer cycles through them)")
     s = _command(bsub, "parity", _bench_parity, "DSC and max difference: PyTorch, onnxruntime, Triton (TensorRT on a GPU)")
     CHECKPOINT.add(s)
     EXPORT.add(s)
@@ -737,6 +865,19 @@ def bench_commands(sub: argparse._SubParsersAction) -> None:
                    help=f"report conditions to evaluate (default: {' '.join(MODES)})")
 
 
+# ----------------------------------------------------------------------------- perf_analyzer
+
+
+def perf_command(sub: argparse._SubParsersAction) -> None:
+    """``bonescan perf -- ARGS``: Triton's perf_analyzer, with the libraries it cannot find on its own."""
+    s = _command(sub, "perf", _perf, "run Triton's perf_analyzer (from the tritonclient wheel) with the library path it "
+                 "needs; its flags go after `--`", usage="bonescan perf -- PERF_ANALYZER_ARGS ...")
+    s.add_argument("perf_args", nargs="*", metavar="-- PERF_ANALYZER_ARGS",
+                   help="perf_analyzer's own flags, e.g. -- -m bonescan -u localhost:8001 -i grpc --input-data input.json "
+                        "(make input.json with bonescan bench perf-analyzer-data: preprocess refuses random / zero data; default: none, "
+                        "perf_analyzer then prints its usage)")
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -751,6 +892,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer_command(sub)
     demo_command(sub)
     bench_commands(sub)
+    perf_command(sub)
     return p
 
 
@@ -759,7 +901,8 @@ def main(argv: list[str] | None = None) -> int:
     a, unknown = parser.parse_known_args(argv)
     if unknown:
         hint = ("; tritonserver's own flags go after `--` (bonescan serve --repo REPO -- --flag=value), TLS is "
-                "--tls-cert / --tls-key / --tls-root" if a.command == "serve" else "")
+                "--tls-cert / --tls-key / --tls-root" if a.command == "serve" else
+                "; perf_analyzer's flags go after `--` (bonescan perf -- -m bonescan ...)" if a.command == "perf" else "")
         parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("matplotlib", "PIL"):
@@ -775,7 +918,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = user_error_message(e)
         if msg is None or a.verbose:
             raise
-        print(f"bonescan: error: {msg}", file=sys.stderr)
+        from bonescan.errors import cli_wording
+
+        print(f"bonescan: error: {cli_wording(msg)}", file=sys.stderr)
         return 2
 
 

@@ -148,7 +148,9 @@ def report_texts(arrays: SplitArrays, reports_dir: str | Path | None = None, sty
         keep = [i for i, cid in enumerate(arrays.ids) if cid in given]
         if not keep:
             raise BonescanError(f"{reports_dir}: none of its <case_id>.txt names a case of this split")
+        errors = [e for e in arrays.errors if getattr(e, "case_id", None) in given]  # unreadable cases it has a report for
         arrays = arrays.select(keep)
+        arrays.errors = errors
         return arrays, [given[cid] for cid in arrays.ids]
     if style is not None:
         from bonescan.data.rewrite import rewritable
@@ -170,6 +172,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = "test
 
     ckpt = load_checkpoint(checkpoint)
     arrays, texts = report_texts(load_split(data, split, progress, n=n), reports_dir, style, seed)
+    skipped = arrays.errors  # the cases meant for this evaluation that could not be read
     if reports == "shuffled" and len(arrays) < 2:
         raise BonescanError(f"--reports shuffled needs two scans or more (every scan gets another scan's report); "
                             f"split {split!r} of {data} gives {len(arrays)}")
@@ -184,12 +187,12 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = "test
         "split": split,
         "reports_source": str(reports_dir) if reports_dir else (f"re-written in style {style}" if style else "the cases' own"),
         "data_manifest_sha256_16": manifest_hash(Path(data)),
-        "skipped_cases": [str(e) for e in arrays.errors],
+        "skipped_cases": [str(e) for e in skipped],
     })
     s = res["summary"]
     print(f"{ckpt.cfg.model:8s} reports={reports:8s} {split or 'all'} ({res['answer']} answer): DSC {s['dsc']['mean']:.4f} "
           f"+- {s['dsc']['sd']:.4f} IoU {s['iou']['mean']:.4f} lesion sens {s['lesion_sensitivity'] or 0:.3f} "
-          f"FP/scan {s['fp_per_scan']:.2f} CPM {cpm(s)} ({s['scans']} scans)")
+          f"FP/scan {s['fp_per_scan']:.2f} CPM {cpm(s)} ({s['scans']} scans, {len(skipped)} skipped as unreadable)")
     if "failsafe" in res:
         a_ = res["answers"]
         print(f"  dual-path {a_['dualpath']['dsc']['mean']:.4f} (CPM {cpm(a_['dualpath'])}), fail-safe {a_['failsafe']['dsc']['mean']:.4f} "

@@ -32,7 +32,7 @@ from functools import lru_cache
 
 #: OpenCC's configuration: traditional characters (any region's) to simplified
 OPENCC_CONFIG = "t2s"
-#: the OpenCC release pinned in pyproject.toml and written into a model repository's requirements.txt
+#: the OpenCC release pinned in pyproject.toml, requirements/lock.txt and the NGC container (serving/ngc_requirements.txt)
 OPENCC_VERSION = "1.4.2"
 
 

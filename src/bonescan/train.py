@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import sys
 import tempfile
@@ -116,6 +117,114 @@ def lr_lambda(warmup: int, total: list[int]):
 
 
 # ----------------------------------------------------------------------------- the jobs of a run
+
+
+@dataclass
+class Preflight:
+    """What :func:`preflight` loaded: the splits a run trains and validates on."""
+
+    train_set: SplitArrays
+    val_set: SplitArrays
+
+
+def _load_for_preflight(data: Path, split: str, progress: bool, problems: list[str]) -> SplitArrays | None:
+    try:
+        return load_split(data, split, progress)
+    except BonescanError as e:
+        problems.append(str(e))
+        return None
+
+
+def _checkpoint_problem(path: Path, option: str, model: str | None = None) -> tuple[Any, str | None]:
+    """(the checkpoint's config, None) or (None, the problem) for ``--init-from`` / ``--fallback``."""
+    from bonescan.model.checkpoint import load_checkpoint
+
+    try:
+        cfg = load_checkpoint(path).cfg
+    except BonescanError as e:
+        return None, f"{option} {e}"
+    if model is not None and cfg.model != model:
+        return None, f"{option} {path}: holds a {cfg.model} model; {option} takes a {model} checkpoint"
+    return cfg, None
+
+
+def preflight(data: str | Path, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, *,
+              text_encoder_dir: str | Path | None = None, init_from: str | Path | None = None,
+              fallback: str | Path | None = None, styles: list[str] | None = None, seed: int = 0,
+              progress: bool = True) -> Preflight:
+    """Everything a run needs, checked before its first step (pretraining included); raises one
+    BonescanError listing every problem found (never report text).
+
+    A run fails late, after minutes of training, on: an empty or unreadable train / val split; a
+    dual-path fail-safe calibration (``fallback`` and steps > 0) on validation scans it cannot run
+    on (calibrate.calibration_problem: fewer than two, or too few with metastases); a dual-path
+    model whose training cases carry no report (or whose validation cases carry none, to
+    calibrate with); an ``init_from`` / ``fallback`` checkpoint that is missing, unreadable, of
+    another kind or of another U-Net shape; a missing ``text_encoder_dir``; unknown house
+    ``styles``; a crop height the U-Net cannot take; an ``out`` that cannot be written.
+    Returns the loaded splits.
+    """
+    from bonescan.calibrate import calibration_problem
+
+    data, out = Path(data), Path(out)
+    problems: list[str] = []
+    dual = mcfg.model == "dualpath"
+    # files first: cheap, and a wrong path is the commonest mistake
+    if out.is_dir():
+        problems.append(f"--out {out}: is a folder; give the checkpoint file to write (.pt)")
+    else:
+        parent = next((p for p in out.absolute().parents if p.exists()), None)
+        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
+            problems.append(f"--out {out}: cannot be written ({parent} is not a writable folder)")
+    if init_from is not None:
+        cfg, problem = _checkpoint_problem(Path(init_from), "--init-from")
+        if problem:
+            problems.append(problem)
+        elif (cfg.width, cfg.depth, cfg.stem_stride) != (mcfg.width, mcfg.depth, mcfg.stem_stride):
+            problems.append(f"--init-from {init_from}: its U-Net (width {cfg.width}, depth {cfg.depth}, stem stride "
+                            f"{cfg.stem_stride}) differs from this configuration's (width {mcfg.width}, depth {mcfg.depth}, "
+                            f"stem stride {mcfg.stem_stride})")
+    if fallback is not None:
+        if not dual:
+            problems.append("--fallback: only the dual-path model carries a fallback U-Net")
+        else:
+            _, problem = _checkpoint_problem(Path(fallback), "--fallback", "unet")
+            if problem:
+                problems.append(problem)
+    if dual and text_encoder_dir is not None and not (Path(text_encoder_dir) / "config.json").is_file():
+        problems.append(f"--text-encoder {text_encoder_dir}: no config.json there (a local pretrained BERT folder)")
+    if dual and styles is not None:
+        from bonescan.data.styles import STYLE_NAMES
+
+        unknown = sorted(set(styles) - set(STYLE_NAMES))
+        if unknown:
+            problems.append(f"--styles: unknown house style {', '.join(unknown)}; known: {', '.join(STYLE_NAMES)}")
+    if tcfg.steps < 0:
+        problems.append(f"--steps {tcfg.steps}: must be 0 (initialise only) or more")
+    if tcfg.batch_size < 1:
+        problems.append(f"--batch-size {tcfg.batch_size}: must be 1 or more")
+    multiple = mcfg.stem_stride * 2**mcfg.depth
+    if tcfg.crop_rows and tcfg.crop_rows % multiple:
+        problems.append(f"--crop-rows {tcfg.crop_rows}: must be a multiple of {multiple} (the U-Net's coarsest stride) or 0")
+    # the data: every split the run reads, and what the model needs from it
+    train_set = _load_for_preflight(data, "train", progress, problems)
+    val_set = _load_for_preflight(data, "val", progress, problems)
+    calibrating = dual and fallback is not None and tcfg.steps > 0
+    problem = calibration_problem(val_set.masks, seed) if val_set is not None and calibrating else None
+    if problem and val_set is not None:
+        problems.append(f"{data}: split 'val' (readable cases: {len(val_set)}) cannot calibrate the dual-path model's "
+                        f"fail-safe (--fallback): {problem}; re-split with `bonescan data manifest --data {data} --force "
+                        "--val SHARE`")
+    if dual and train_set is not None and tcfg.steps > 0 and not any(train_set.reports):
+        problems.append(f"{data}: no case of split 'train' has a report (report.txt); the dual-path model learns from "
+                        "reports (train --model unet for an image-only model)")
+    if val_set is not None and calibrating and not any(val_set.reports):
+        problems.append(f"{data}: no case of split 'val' has a report (report.txt); the fail-safe is calibrated with them")
+    if problems:
+        raise BonescanError(f"cannot train, {len(problems)} problem{'s' if len(problems) > 1 else ''} found before the first "
+                            "step (nothing was trained or written):\n  - " + "\n  - ".join(problems))
+    assert train_set is not None and val_set is not None
+    return Preflight(train_set, val_set)
 
 
 def setup_tokenizer(mcfg: ModelConfig, text_encoder_dir: str | Path | None,
@@ -369,7 +478,7 @@ def pretrain_text_encoder(net: BoneScanNet, tokenizer: ReportTokenizer, tcfg: Tr
     if net.text_encoder is None or tcfg.pretrain_text_steps <= 0 or tcfg.steps <= 0:
         return None, set()
     from bonescan.data.corpus import report_corpus
-    from bonescan.model.text_pretrain import pretrain_text
+    from bonescan.model.text_pretrain import describe_stage, pretrain_text
 
     def corpus(n: int, rng: np.random.Generator) -> list[str]:
         texts = report_corpus(n, int(rng.integers(2**31)), styles)
@@ -378,8 +487,7 @@ def pretrain_text_encoder(net: BoneScanNet, tokenizer: ReportTokenizer, tcfg: Tr
     info = pretrain_text(net.text_encoder, tokenizer, corpus, tcfg.pretrain_text_steps, tcfg.pretrain_text_batch,
                          lr=tcfg.pretrain_text_lr, seed=seed, progress=progress)
     seen = set(info.pop("token_ids_seen"))
-    print(f"text encoder pretrained as a masked language model: loss {info['loss_first']} -> {info['loss_last']} "
-          f"in {info['seconds']} s")
+    print(f"text encoder pretrained as a masked language model: {describe_stage(info)}")
     return info, seen
 
 
@@ -406,7 +514,15 @@ def pretrain_report_maps(net: BoneScanNet, reports: ReportSource, tcfg: TrainCon
         return None
     from tqdm import tqdm
 
-    from bonescan.model.text_pretrain import loss_curve, take_step, warmup_linear
+    from bonescan.model.text_pretrain import (
+        describe_stage,
+        stage_record,
+        take_step,
+        warmup_linear,
+        warmup_steps,
+        weight_sample,
+        weights_moved,
+    )
 
     steps, arrays = tcfg.pretrain_maps_steps, reports.arrays
     lesion, findings = pooled_cells(arrays.masks, seg.prior.hw), pooled_cells(arrays.findings, seg.prior.hw)
@@ -417,6 +533,8 @@ def pretrain_report_maps(net: BoneScanNet, reports: ReportSource, tcfg: TrainCon
     net.text_encoder.train()
     seg.prior.train()
     losses: list[float] = []
+    lrs: list[float] = []
+    before = weight_sample(params)
     t0 = time.perf_counter()
     bar = tqdm(range(steps), desc="pretrain report maps", unit="step", disable=not progress)
     for step in bar:
@@ -425,14 +543,14 @@ def pretrain_report_maps(net: BoneScanNet, reports: ReportSource, tcfg: TrainCon
         ids, am, no_report = reports.batch(idx, drop)
         maps, _ = seg.report_maps(net.text_encoder(ids, am), am)
         loss = grounding_loss(maps, lesion[idx], findings[idx], torch.from_numpy(no_report), mention_weight=tcfg.mention_weight)
+        lrs.append(float(opt.param_groups[0]["lr"]))
         losses.append(take_step(loss, opt, sched, params))
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
     net.eval()
-    curve = loss_curve(losses, 50)
-    info = {"steps": steps, "batch_size": tcfg.pretrain_maps_batch, "loss_first": curve[0], "loss_last": curve[-1],
-            "loss_curve": curve, "seconds": round(time.perf_counter() - t0, 1)}
-    print(f"report maps pretrained from the reports alone: loss {info['loss_first']} -> {info['loss_last']} in {info['seconds']} s")
+    info = {**stage_record(losses, lrs, tcfg.pretrain_maps_lr, warmup_steps(steps), weights_moved(before, params),
+                           time.perf_counter() - t0), "batch_size": tcfg.pretrain_maps_batch}
+    print(f"report maps pretrained from the reports alone: {describe_stage(info)}")
     return info
 
 
@@ -521,8 +639,10 @@ def train(
     rng = np.random.default_rng(seed)
     torch.set_num_threads(tcfg.threads)
     data = Path(data)
-    train_set = load_split(data, "train", progress)
-    val_set = load_split(data, "val", progress)
+    # everything the run needs, before its first step: a problem found after minutes of training saves nothing
+    loaded = preflight(data, out, mcfg, tcfg, text_encoder_dir=text_encoder_dir, init_from=init_from, fallback=fallback,
+                       styles=styles, seed=seed, progress=progress)
+    train_set, val_set = loaded.train_set, loaded.val_set
     if mcfg.model == "dualpath" and tcfg.rerender_reports:
         from bonescan.data.styles import STYLES
 
@@ -566,6 +686,10 @@ def train(
         path = save_checkpoint(out, net, tok_files, metadata)
     v = metadata["validation"]
     took = f"{result.steps} steps in {result.seconds / 60:.1f} min"
+    if 0 < result.steps < tcfg.warmup_steps:
+        from bonescan.model.text_pretrain import lr_state
+
+        took += f"; {lr_state(result.steps, tcfg.warmup_steps)}"
     if v:
         print(f"saved {path}: val DSC {v['dsc']['mean']:.4f} (sd {v['dsc']['sd']:.3f}, {v['scans']} scans), {took}")
     else:

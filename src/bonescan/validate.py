@@ -25,6 +25,19 @@ from bonescan.tokenize import ReportError, decode_report
 MIN_SPACING_MM = 0.1
 MAX_SPACING_MM = 20.0
 
+#: What a whole-body bone scan in the model's frame (1024 x 256 pixels) can have: the EANM bone
+#: scintigraphy guideline (Van den Wyngaert et al., Eur J Nucl Med Mol Imaging 2016;43:1723-38)
+#: acquires whole-body scans into a 256 x 1024 matrix; 256 columns across a gamma camera's useful
+#: field of view (about 400-540 mm wide, e.g. 533 mm Siemens Symbia, 540 mm GE Discovery NM/CT 670)
+#: give 1.6-2.4 mm at zoom 1 (1.1 mm at zoom 2, rarely used for whole-body), and 1024 rows over a
+#: bed travel of up to 2 m (some tables go further) give up to 2.0-2.5 mm. The range below is a
+#: generous envelope around that; the pixel is square on these cameras (the row spacing follows
+#: the scan speed, set so that it is): rows and columns may differ by MAX_SPACING_ASPECT at most.
+#: The client refuses a spacing outside it unless the caller forces it (allow_unusual_spacing);
+#: the server checks only MIN_SPACING_MM / MAX_SPACING_MM (someone forced it on purpose).
+PLAUSIBLE_SPACING_MM = (1.0, 4.0)
+MAX_SPACING_ASPECT = 1.10
+
 
 def image_problem(image: np.ndarray, field: str = ENS_IMAGE.name) -> str | None:
     """One image in the model frame, float32 [2, H, W] raw counts."""
@@ -51,6 +64,21 @@ def spacing_problem(spacing: np.ndarray, field: str = ENS_PIXEL_SPACING.name) ->
         return f"{field} must hold 2 values (row, column mm), got {s.size}"
     if not np.isfinite(s).all() or (s < MIN_SPACING_MM).any() or (s > MAX_SPACING_MM).any():
         return f"{field} must be between {MIN_SPACING_MM} and {MAX_SPACING_MM} mm"
+    return None
+
+
+def spacing_implausible(spacing: tuple[float, ...] | np.ndarray, field: str = "pixel spacing") -> str | None:
+    """A spacing no whole-body gamma camera produces for the model's frame (see PLAUSIBLE_SPACING_MM):
+    outside the range, or rows and columns differing by more than MAX_SPACING_ASPECT."""
+    row, col = (float(v) for v in np.asarray(spacing, dtype=np.float64).reshape(-1)[:2])
+    lo, hi = PLAUSIBLE_SPACING_MM
+    if not (lo <= row <= hi and lo <= col <= hi):
+        return (f"{field} ({row:g}, {col:g}) mm is outside {lo:g}-{hi:g} mm, the range of whole-body bone scans "
+                f"in a 1024 x 256 matrix (a pixel of {row * col:.1f} mm² instead of about 5)")
+    if max(row, col) / min(row, col) > MAX_SPACING_ASPECT:
+        return (f"{field} ({row:g}, {col:g}) mm is not square: rows and columns differ by "
+                f"{100 * (max(row, col) / min(row, col) - 1):.0f} % (at most {100 * (MAX_SPACING_ASPECT - 1):.0f} % on "
+                "whole-body gamma cameras)")
     return None
 
 

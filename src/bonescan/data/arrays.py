@@ -24,7 +24,12 @@ class SplitArrays:
     def __init__(self, ds: BoneScanDataset, progress: bool = True, desc: str = "loading"):
         samples = ds.load_all(progress=progress, desc=desc)
         if not samples:
-            raise BonescanError(f"{ds.root}: no readable case in split {ds.split!r}")
+            split = f"split {ds.split!r}" if ds.split else "the data folder"
+            if not len(ds):
+                raise BonescanError(f"{ds.root}: no case in {split} (`bonescan data manifest --data {ds.root} --force` "
+                                    "re-splits; its --val / --test set the shares)")
+            check = f"`bonescan data check --data {ds.root}" + (f" --split {ds.split}`" if ds.split else "`")
+            raise BonescanError(f"{ds.root}: no readable case in {split}: all {len(ds)} unreadable ({check} says why)")
         self._fill(samples, list(ds.errors))
 
     @classmethod

@@ -134,6 +134,15 @@ class BoneScanDataset:
         self.require_mask = require_mask
         self.errors: list[CaseError] = []
 
+    @classmethod
+    def of_folders(cls, root: str | Path, folders: list[Path], require_mask: bool = True) -> BoneScanDataset:
+        """The case folders given, whatever a manifest says (``bonescan data manifest`` reads them
+        all before it splits them); their split is "test" until one is assigned."""
+        ds = cls.__new__(cls)
+        ds.root, ds.split, ds.require_mask, ds.errors = Path(root), None, require_mask, []
+        ds.refs = [CaseRef(f.name, "test", f) for f in folders]
+        return ds
+
     def __len__(self) -> int:
         return len(self.refs)
 
@@ -176,6 +185,7 @@ class BoneScanDataset:
             try:
                 yield self.load(i)
             except CaseError as e:
+                e.case_id = self.refs[i].case_id  # which case it made unusable (the path may name one of its files)
                 self.errors.append(e)
                 if log_skipped:
                     log.warning("skipping case %s: %s", self.refs[i].case_id, e)

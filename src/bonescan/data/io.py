@@ -10,7 +10,8 @@ Conventions (see the README's "Bring your own data"):
 * the posterior view is stored **as acquired** (seen from behind, the patient's left on the
   image's left); :func:`bonescan.contract.to_model_frame` mirrors it into the anterior frame;
 * masks are in the anterior frame; any non-zero pixel is lesion;
-* reports are UTF-8 text; a missing report is an empty report.
+* reports are text files, UTF-8 (else GB18030, Big5 or UTF-16, detected); a missing report is an empty
+  report.
 
 Every failure is a :class:`CaseError` naming the file and the problem, never the file's content.
 """
@@ -41,6 +42,7 @@ class CaseError(BonescanError):
     def __init__(self, path: str | Path, problem: str):
         self.path = str(path)
         self.problem = problem
+        self.case_id: str | None = None  # set by the data set that skipped the case
         super().__init__(f"{self.path}: {problem}")
 
 
@@ -135,25 +137,91 @@ def write_mask(path: str | Path, mask: np.ndarray) -> None:
     Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255).save(path, format="PNG", compress_level=PNG_LEVEL)
 
 
-def read_report(path: str | Path | None) -> str:
-    """UTF-8 report text (a leading BOM is dropped); a missing file is an empty report. Never echoes
-    the content. The limits are :func:`bonescan.tokenize.decode_report`'s, the check Triton runs."""
+#: the encodings a report file is tried in when it has no byte-order mark and is not UTF-8 (Chinese
+#: hospital systems write GBK / GB18030 (mainland) or Big5 (Taiwan, Hong Kong)); charset-normalizer
+#: picks the likelier. UTF-16 (Windows "Unicode" text) and UTF-32 are known by their byte-order mark.
+REPORT_ENCODINGS = ("gb18030", "big5")
+#: characters of bone-scan reports, simplified and traditional: when a file decodes in both
+#: encodings (short texts often do), the decoding with more of them is the report; charset-normalizer
+#: decides only a tie (its statistics need longer texts than "骨转移")
+REPORT_HINT_CHARS = frozenset("骨椎肋髂胸腰颈頸盆肩膝股胫脛颅顱转轉移放射性浓濃聚显顯像异異常未见見考虑慮左右侧側第节節"
+                              "摄攝取增高灶多发發处處病变變报報告检檢查诊診断斷意")
+_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def decode_report_bytes(raw: bytes, encoding: str | None = None, field: str = "report") -> tuple[str, str]:
+    """A report file's bytes -> (text, the encoding it was read in). ``encoding`` given: that one,
+    strictly. Else a BOM, else UTF-8, else the likeliest of :data:`REPORT_ENCODINGS`. What none of
+    them decodes is refused naming the encodings tried, never the bytes."""
+    if encoding:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ReportError(f"{field} encoding {encoding!r} is not an encoding Python knows") from None
+        try:
+            return raw.decode(encoding), encoding
+        except UnicodeDecodeError as e:
+            raise ReportError(f"{field} is not valid {encoding} (bad byte at offset {e.start})") from None
+    for bom, enc in _BOMS:
+        if raw.startswith(bom):
+            try:
+                return raw[len(bom):].decode(enc if enc == "utf-8" else enc + ("-le" if bom[0] == 0xFF else "-be")), enc
+            except UnicodeDecodeError as e:
+                raise ReportError(f"{field} starts with a {enc} byte-order mark but is not valid {enc} "
+                                  f"(bad byte at offset {e.start + len(bom)})") from None
+    try:
+        return raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError as e:
+        first_bad = e.start
+    decoded = {}
+    for enc in REPORT_ENCODINGS:
+        try:
+            decoded[enc] = raw.decode(enc)
+        except UnicodeDecodeError:
+            continue
+    if len(decoded) > 1:  # both decode: the one that reads like a bone-scan report, else charset-normalizer's pick
+        score = {enc: sum(ch in REPORT_HINT_CHARS for ch in text) for enc, text in decoded.items()}
+        top = max(score.values())
+        decoded = {enc: text for enc, text in decoded.items() if score[enc] == top}
+    if len(decoded) > 1:
+        import charset_normalizer
+
+        best = charset_normalizer.from_bytes(raw, cp_isolation=list(decoded)).best()
+        decoded = {best.encoding: decoded[best.encoding]} if best is not None and best.encoding in decoded else {}
+    if not decoded:
+        raise ReportError(f"{field} is not valid UTF-8 (bad byte at offset {first_bad}), GB18030 or Big5, and has no "
+                          "UTF-16 / UTF-32 byte-order mark; give its encoding (report_encoding=)")
+    enc, text = next(iter(decoded.items()))
+    return text, enc
+
+
+def read_report_file(path: str | Path | None, encoding: str | None = None) -> tuple[str, str | None]:
+    """(report text, the encoding its file was read in); a missing file is an empty report (None).
+    Never echoes the content. The limits are :func:`bonescan.tokenize.decode_report`'s, the check
+    Triton runs."""
     if path is None:
-        return ""
+        return "", None
     path = Path(path)
     if not path.exists():
-        return ""
-    # Checked by its size before it is read: UTF-8 needs at most 4 bytes per character, so a larger
-    # file cannot hold a report within the limit, and a stray huge file (an image or an archive
-    # named report.txt) is refused without being read into memory. The character limit itself is
-    # decode_report's.
+        return "", None
+    # Checked by its size before it is read: no encoding here needs more than 4 bytes per character,
+    # so a larger file cannot hold a report within the limit, and a stray huge file (an image or an
+    # archive named report.txt) is refused without being read into memory. The character limit
+    # itself is decode_report's.
     size = path.stat().st_size
     if size > TOKENIZER.max_report_chars * 4:
         raise CaseError(path, f"report is {size} bytes; the limit is {TOKENIZER.max_report_chars} characters")
     try:
-        return decode_report(path.read_bytes().removeprefix(codecs.BOM_UTF8), field="report")
+        text, used = decode_report_bytes(path.read_bytes(), encoding)
+        return decode_report(text, field="report"), used
     except ReportError as e:
         raise CaseError(path, str(e)) from None
+
+
+def read_report(path: str | Path | None, encoding: str | None = None) -> str:
+    """Report text (UTF-8, or see :func:`read_report_file`); a missing file is an empty report."""
+    return read_report_file(path, encoding)[0]
 
 
 def load_reports(folder: str | Path) -> dict[str, str]:

@@ -18,6 +18,7 @@ repository holds, and how their tensors connect, is declared there; the other mo
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import string
 import time
@@ -28,7 +29,7 @@ from typing import Any
 
 from bonescan import contract as C
 from bonescan.errors import BonescanError
-from bonescan.report_text import OPENCC_VERSION
+from bonescan.serving.launch import container_requirements, write_container_files
 
 FLAVORS = ("embedded", "onnxruntime", "tensorrt")
 REPO_MANIFEST = "bonescan_repo.json"
@@ -299,16 +300,40 @@ def _build(src: Path, out: Path, opts: RepoOptions, desc: dict[str, Any], baseli
         "models": models,
         "contract": C.spec_table(),
         "text_hidden": hidden,
-        "dualpath": {"export": str(src.resolve()), "checkpoint": desc["checkpoint"]},
-        "baseline": {"export": str(Path(baseline).resolve()), "checkpoint": base_desc["checkpoint"]}
+        # export folders relative to the repository: a copied repository names no folder of the machine it was built on
+        "dualpath": {"export": _relative_to_repo(src, out), "checkpoint": desc["checkpoint"]},
+        "baseline": {"export": _relative_to_repo(Path(baseline), out), "checkpoint": base_desc["checkpoint"]}
         if baseline is not None and base_desc else None,
         "engines": {k: v for k, v in engines.items() if v},
-        "python_requirements": ["numpy<2", "scipy", "tokenizers", f"opencc=={OPENCC_VERSION}"] + (["onnxruntime"] if opts.flavor == "embedded" else []),
+        "python_requirements": python_requirements(opts.flavor),
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (out / REPO_MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     (out / "requirements.txt").write_text("\n".join(manifest["python_requirements"]) + "\n", encoding="utf-8")
+    if opts.flavor != "embedded":  # the NGC container's image (pinned packages, installed at build time) and launcher
+        write_container_files(out)
     return manifest
+
+
+def _relative_to_repo(path: Path, out: Path) -> str:
+    """``path`` relative to the repository ``out`` builds (``out`` is built aside as ``NAME.partial``, same parent)."""
+    final = out.with_name(out.name.removesuffix(".partial"))
+    return os.path.relpath(Path(path).resolve(), final.resolve())
+
+
+#: what the python steps import beyond the standard library (the embedded flavor's graphs: onnxruntime too)
+RUNTIME_PACKAGES = ("numpy", "scipy", "tokenizers", "opencc")
+
+
+def python_requirements(flavor: str) -> list[str]:
+    """The python steps' packages, pinned: for the NGC container (GPU flavors) its pins, installed when
+    the repository's image is built; for the embedded flavor, the versions of the environment that
+    builds (and serves) it."""
+    if flavor != "embedded":
+        return container_requirements()
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in (*RUNTIME_PACKAGES, "onnxruntime")]
 
 
 def read_manifest(repo: str | Path) -> dict[str, Any]:

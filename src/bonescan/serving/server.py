@@ -33,12 +33,24 @@ from typing import TextIO
 
 from bonescan.errors import BonescanError
 
-NGC_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51.0, TensorRT 10.5
-#: endpoints that need the admin header (gRPC protocols / HTTP APIs of the same names)
-ADMIN_ENDPOINTS = "model-repository,shared-memory,trace,logging"
-ADMIN_HEADER = "bonescan-admin-key"  # the HTTP header; over gRPC Triton expects it with a prefix:
-ADMIN_HEADER_GRPC = "triton-grpc-protocol-" + ADMIN_HEADER
-MIN_ADMIN_KEY_CHARS = 16
+#: the restrictions every tritonserver of the project carries, and the names they go by, are defined once
+#: in bonescan.serving.launch (also used by the NGC container's launcher and benchmarks/gpu_benchmark.sh)
+from bonescan.serving.launch import (  # noqa: F401 - some re-exported: the names bonescan serve's users know
+    ADMIN_ENDPOINTS,
+    ADMIN_HEADER,
+    ADMIN_HEADER_GRPC,
+    IMAGE,
+    KEY_FILE_IN_CONTAINER,
+    LAUNCHER,
+    MIN_ADMIN_KEY_CHARS,
+    NGC_IMAGE,
+    RESTRICTION_FLAGS,
+    SECRETS,
+    docker_build_line,
+    quote,
+    restriction_args,
+)
+
 #: environment variables the shim reads in the child (and unsets before tritonserver's main())
 KEY_VAR, PLACEHOLDER_VAR = "BONESCAN_ADMIN_KEY", "BONESCAN_ADMIN_KEY_PLACEHOLDER"
 SHIM_SOURCE = Path(__file__).with_name("argv_key.c")
@@ -47,16 +59,10 @@ SHIM_SOURCE = Path(__file__).with_name("argv_key.c")
 #: reads its flags with getopt_long, which takes any unambiguous abbreviation (``--model-control=``
 #: is ``--model-control-mode=``), so a flag is refused when it is a prefix of one of these.
 REFUSED_FLAGS = {
-    "--model-control-mode": "model control stays off (no remote load / unload)",
-    "--load-model": "model control stays off (no remote load / unload)",
-    "--repository-poll-secs": "model control stays off (no remote load / unload)",
-    "--grpc-restricted-protocol": "the admin endpoints stay restricted; give the key with --admin-key-file",
-    "--http-restricted-api": "the admin endpoints stay restricted; give the key with --admin-key-file",
+    **RESTRICTION_FLAGS,
     "--model-repository": "the repository is --repo",
     "--model-store": "the repository is --repo",
     "--backend-directory": "the backends are those of the copied tritonserver",
-    "--allow-sagemaker": "it opens an endpoint the admin key does not guard",
-    "--allow-vertex-ai": "it opens an endpoint the admin key does not guard",
     "--allow-http": "bonescan serve checks readiness over HTTP; keep it local with --bind 127.0.0.1",
     "--grpc-port": "use --grpc-port",
     "--http-port": "use --http-port",
@@ -261,7 +267,6 @@ class TritonServer:
         dist = triton_dist()
         if self.admin_key is None:
             self.admin_key = secrets.token_urlsafe(24)
-        restricted = f"{ADMIN_ENDPOINTS}:{ADMIN_HEADER}={self.placeholder}"
         return [
             str(dist / "bin" / "tritonserver"),
             f"--model-repository={Path(self.repo).resolve()}",
@@ -271,11 +276,7 @@ class TritonServer:
             f"--metrics-port={self.metrics_port}",
             f"--grpc-address={self.bind}",
             f"--http-address={self.bind}",
-            "--model-control-mode=none",
-            f"--grpc-restricted-protocol={restricted}",
-            f"--http-restricted-api={restricted}",
-            "--disable-auto-complete-config",
-            "--strict-readiness=true",
+            *restriction_args(self.placeholder),
             f"--exit-timeout-secs={self.exit_timeout}",
             f"--log-verbose={self.log_verbose}",
             "--log-info=true",
@@ -417,58 +418,93 @@ class TritonServer:
 
 
 
-SECRETS = "/run/secrets"  # where the container sees the files it is given
+#: the Triton backend that runs each flavor's text_encoder / segmenter
+FLAVOR_BACKENDS = {"embedded": "python", "onnxruntime": "onnxruntime", "tensorrt": "tensorrt"}
+
+
+def export_arg(manifest: dict, which: str, placeholder: str) -> str | None:
+    """An export folder the repository was built from (``manifest[which]["export"]``), as a path valid
+    here: the manifest records it relative to the repository; shown relative to the current folder when
+    it exists on this machine, else as ``placeholder``: a copied repository names no folder of the
+    machine it was built on. None: the repository has no such model."""
+    entry = manifest.get(which)
+    if not entry:
+        return None
+    recorded, repo = entry.get("export"), manifest.get("path")
+    if recorded and repo and (Path(repo) / recorded).is_dir():  # an absolute (older) record joins as itself
+        return quote(os.path.relpath((Path(repo) / recorded).resolve()))
+    return placeholder
 
 
 def docker_command(manifest: dict, grpc_port: int = 8001, http_port: int = 8000, metrics_port: int = 8002,
                    admin_key_file: Path | None = None, bind: str = "0.0.0.0", tls: list[str] | None = None) -> str:
     """How to serve the same models on a GPU in the NGC container, with the restrictions of ``bonescan
     serve``: a repository of a GPU flavor first (the embedded one runs onnxruntime inside the python
-    backend on the CPU), then ``docker run`` mounting it read-only, model control off, the admin
-    endpoints restricted with a key that the container reads from a mounted file (``admin_key_file``)
-    or makes at random, never written on the host's command line. Lines starting with ``#`` say why.
+    backend on the CPU), ``docker build`` of its Dockerfile (the python steps' packages pinned and
+    installed then, not at every start), then ``docker run`` mounting it read-only; the image's
+    entrypoint (the repository's ``tritonserver.sh``) starts tritonserver with model control off and
+    the admin endpoints restricted by a key read from a mounted file (``admin_key_file``) or made at
+    random, never written on the host's command line. Lines starting with ``#`` say why.
     """
     lines = []
-    repo = "$PWD/REPO_GPU"
     if manifest.get("flavor") == "embedded":
-        src = (manifest.get("dualpath") or {}).get("export", "EXPORT")
-        base = (manifest.get("baseline") or {}).get("export")
+        src = export_arg(manifest, "dualpath", "EXPORT")
+        base = export_arg(manifest, "baseline", "EXPORT_UNET")
         lines += ["# 1. a repository of a GPU flavor (onnxruntime here; for TensorRT: engines from `bonescan export trt` "
                   "inside the container, then --flavor tensorrt --from ENGINES):",
                   f"bonescan repo build --flavor onnxruntime --from {src}" + (f" --baseline {base}" if base else "")
-                  + " --out REPO_GPU",
-                  "# 2. serve it in the NGC container, with model control off and the admin endpoints restricted:"]
+                  + " --out REPO_GPU"]
+        context, mount, step = "REPO_GPU", "$PWD/REPO_GPU", 2
     else:
-        repo = str(Path(manifest["path"]).resolve()) if manifest.get("path") else repo
-    mounts = [f"-v {repo}:/models:ro"]
-    key_file = f"{SECRETS}/bonescan-admin-key"
+        here = Path(manifest["path"]).resolve() if manifest.get("path") else None
+        context = mount = quote(str(here)) if here else "$PWD/REPO_GPU"
+        step = 1
+        if here is not None and not (here / "Dockerfile").is_file():
+            lines.append(f"# {here} has no Dockerfile or {LAUNCHER} (an older bonescan repo build made it): build it again")
+    lines += [f"# {step}. its image: the NGC Triton container with the python steps' packages pinned and installed now, at "
+              "build time (REPO/Dockerfile); a container start installs nothing and needs no network (for an air-gapped "
+              "host: docker save where it was built, docker load there):",
+              docker_build_line(context),
+              f"# {step + 1}. serve the repository in it; the image's entrypoint (REPO/{LAUNCHER}) starts tritonserver with "
+              "model control off and the admin endpoints restricted:"]
+    mounts = [f"-v {mount}:/models:ro"]
     if admin_key_file is not None:
-        mounts.append(f"-v {Path(admin_key_file).resolve()}:{key_file}:ro")
-        make_key = f"KEY=$(cat {key_file})"
-    else:  # a random key made inside the container: the admin endpoints stay closed
-        make_key = "KEY=$(head -c 48 /dev/urandom | base64 | tr -dc A-Za-z0-9)"
+        mounts.append(f"-v {quote(str(Path(admin_key_file).resolve()))}:{KEY_FILE_IN_CONTAINER}:ro")
     triton_tls = []
     for arg in tls or []:
         flag, _, value = arg.partition("=")
         if flag in ("--grpc-server-cert", "--grpc-server-key", "--grpc-root-cert"):
             inside = f"{SECRETS}/tls/{flag.removeprefix('--grpc-')}.pem"
-            mounts.append(f"-v {value}:{inside}:ro")
+            mounts.append(f"-v {quote(value)}:{inside}:ro")
             arg = f"{flag}={inside}"
         triton_tls.append(arg)
     publish = "" if bind == "0.0.0.0" else f"{bind}:"
-    restricted = f"{ADMIN_ENDPOINTS}:{ADMIN_HEADER}=$KEY"
-    script = " ".join([
-        f"{make_key} && pip install -q -r /models/requirements.txt && exec tritonserver --model-repository=/models",
-        "--model-control-mode=none", f'--grpc-restricted-protocol="{restricted}"', f'--http-restricted-api="{restricted}"',
-        "--disable-auto-complete-config", "--strict-readiness=true", *triton_tls,
-    ])
     lines.append(
         f"docker run --rm --gpus all --shm-size=1g -p {publish}{http_port}:8000 -p {publish}{grpc_port}:8001 "
-        f"-p {publish}{metrics_port}:8002 {' '.join(mounts)} {NGC_IMAGE} bash -c '{script}'")
+        f"-p {publish}{metrics_port}:8002 {' '.join(mounts)} {IMAGE}" + "".join(f" {a}" for a in triton_tls))
     lines.append("# the key stays off the host's command line, but it is on the command line of tritonserver inside the "
                  "container, which `ps` on the host also shows: on a shared host, build the LD_PRELOAD shim of "
                  "src/bonescan/serving/argv_key.c in the container and start tritonserver through it as bonescan serve does")
     return "\n".join(lines)
+
+
+def check_backends(repo: Path, manifest: dict, docker: str) -> None:
+    """A repository whose flavor needs a backend the wheel's tritonserver lacks (onnxruntime, tensorrt):
+    say where it runs, and how, before starting a server that could only fail."""
+    flavor = manifest.get("flavor", "embedded")
+    backend = FLAVOR_BACKENDS.get(flavor, flavor)
+    if (triton_dist() / "backends" / backend).is_dir():
+        return
+    here = {**manifest, "path": str(repo)}
+    raise BonescanError(
+        f"{repo} is a repository of the {flavor} flavor: its text_encoder / segmenter run on Triton's {backend} backend, "
+        "which the tritonserver here (from the nvidia-pytriton wheel: python backend only) does not have. This flavor runs in "
+        f"the NGC Triton container ({NGC_IMAGE}) on a host with an NVIDIA GPU, Docker and the NVIDIA container toolkit:\n  "
+        + docker.replace("\n", "\n  ")
+        + "\nOn this machine, serve a repository of the embedded flavor: bonescan repo build --flavor embedded --from "
+        + f"{export_arg(here, 'dualpath', 'EXPORT')} "
+        + (f"--baseline {export_arg(here, 'baseline', 'EXPORT_UNET')} " if here.get("baseline") else "")
+        + "--out REPO, then bonescan serve --repo REPO")
 
 
 def serve(repo: Path, grpc_port: int, http_port: int, metrics_port: int, log_file: Path | None = None,
@@ -488,6 +524,8 @@ def serve(repo: Path, grpc_port: int, http_port: int, metrics_port: int, log_fil
     if not Path(repo).is_dir():
         raise BonescanError(f"{repo}: not a folder (give the repository folder `bonescan repo build` wrote)")
     manifest = read_manifest(repo)
+    docker = docker_command({**manifest, "path": str(repo)}, grpc_port, http_port, metrics_port, admin_key_file, bind, tls)
+    check_backends(repo, manifest, docker)
     admin_key = read_admin_key(admin_key_file) if admin_key_file is not None else None
     server = TritonServer(Path(repo), grpc_port, http_port, metrics_port, log_file=log_file, admin_key=admin_key, bind=bind,
                           log_verbose=log_verbose, extra_args=[*(tls or []), *extra])
@@ -513,9 +551,7 @@ def serve(repo: Path, grpc_port: int, http_port: int, metrics_port: int, log_fil
         note = log_file_note(log_file)
         if note:
             print(note, flush=True)
-    print("the same models on a GPU, in the NGC container:\n  "
-          + docker_command({**manifest, "path": str(repo)}, grpc_port, http_port, metrics_port, admin_key_file, bind,
-                           tls).replace("\n", "\n  "), flush=True)
+    print("the same models on a GPU, in the NGC container:\n  " + docker.replace("\n", "\n  "), flush=True)
     print("Ctrl-C or SIGTERM stops it.", flush=True)
     try:
         while not stop["now"]:
