@@ -74,7 +74,7 @@ def spacing_implausible(spacing: tuple[float, ...] | np.ndarray, field: str = "p
     lo, hi = PLAUSIBLE_SPACING_MM
     if not (lo <= row <= hi and lo <= col <= hi):
         return (f"{field} ({row:g}, {col:g}) mm is outside {lo:g}-{hi:g} mm, the range of whole-body bone scans "
-                f"in a 1024 x 256 matrix (a pixel of {row * col:.1f} mm² instead of about 5)")
+                f"in a 1024 x 256 matrix (a pixel of {row * col:.3g} mm² instead of about 5)")
     if max(row, col) / min(row, col) > MAX_SPACING_ASPECT:
         return (f"{field} ({row:g}, {col:g}) mm is not square: rows and columns differ by "
                 f"{100 * (max(row, col) / min(row, col) - 1):.0f} % (at most {100 * (MAX_SPACING_ASPECT - 1):.0f} % on "
