@@ -133,6 +133,23 @@ def test_dual_path_training_needs_reports_lesions_and_a_u_net_fallback(six, unet
     assert f"--out {tmp_path}: is a folder" in msg
 
 
+def test_preflight_leaves_the_training_random_stream_alone(six, unet, tmp_path):
+    """Checking --init-from / --fallback loads them, which builds a network (a random init): the run's
+    random stream (the text encoder's initial weights come from it) must be the one it had without
+    the check, or a run is not reproduced by the same seed."""
+    import torch
+
+    from bonescan.model.config import preset
+    from bonescan.train import preflight
+
+    data = make_data(tmp_path / "d", six, {0: "train", 1: "train", 2: "val", 4: "val", 5: "val"})
+    mcfg, tcfg = preset("tiny", "dualpath")
+    torch.manual_seed(7)
+    before = torch.random.get_rng_state()
+    preflight(data, tmp_path / "dual.pt", mcfg, tcfg, init_from=unet[0], progress=False)
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
 # ----------------------------------------------------------------------------- item 13
 
 

@@ -140,7 +140,8 @@ def _checkpoint_problem(path: Path, option: str, model: str | None = None) -> tu
     from bonescan.model.checkpoint import load_checkpoint
 
     try:
-        cfg = load_checkpoint(path).cfg
+        with torch.random.fork_rng(devices=[]):  # loading builds a network: its random init must not move training's RNG
+            cfg = load_checkpoint(path).cfg
     except BonescanError as e:
         return None, f"{option} {e}"
     if model is not None and cfg.model != model:
