@@ -15,7 +15,7 @@ help:
 	@echo "make demo   - synthesise data, train, export, serve with Triton, segment, report ($(DEMO_OUT)/report.md)"
 	@echo "make test   - lint, type-check (incl. the TensorRT code against tensorrt-stubs), all tests with a real Triton server"
 
-$(APT_STAMP):
+$(APT_STAMP): tools/apt.sh
 	@bash tools/apt.sh
 	@mkdir -p $(VENV) && touch $@
 
@@ -37,6 +37,8 @@ lint: install
 	$(BIN)/ruff check src client export benchmarks model_repository tests
 	@# the Dockerfile `bonescan repo build` writes for the NGC container (pinned pip installs, nothing at run time)
 	$(BIN)/python -c "from bonescan.serving.launch import dockerfile; print(dockerfile(), end='')" | $(BIN)/hadolint -
+	@# the CPU image of the Kubernetes cpu overlay (deploy/docker/Dockerfile.cpu)
+	$(BIN)/hadolint deploy/docker/Dockerfile.cpu
 
 $(VENV)/typings/.ok: tools/trt_stubs.py $(STAMP)
 	@$(BIN)/python tools/trt_stubs.py $(VENV)/typings && touch $@

@@ -42,7 +42,7 @@ class ClientError(BonescanError):
 
 @dataclass
 class ClientOptions:
-    url: str = "localhost:8001"
+    url: str = "localhost:8001"  # or several servers, comma-separated: round robin (grpc_target)
     model: str = C.ENSEMBLE_MODEL
     model_version: str = ""  # "" = the server's latest
     timeout_s: float = 60.0  # per request
@@ -94,6 +94,79 @@ def _what_listens(url: str, ssl: bool = False, timeout: float = 1.0) -> str:
         return (f"the server on port {port} hung up on plaintext gRPC: if it uses TLS, give its CA certificate "
                 "(--root-cert, or ssl=True and root_certificates=...)")
     return default
+
+
+def addresses(url: str | Sequence[str]) -> list[str]:
+    """``"host:p1,host:p2"`` or ``["host:p1", "host:p2"]`` -> the server addresses, in order."""
+    parts = url.split(",") if isinstance(url, str) else [u for item in url for u in str(item).split(",")]
+    found = [u.strip() for u in parts if u.strip()]
+    if not found:
+        raise ClientError("no server address given")
+    return found
+
+
+def grpc_target(url: str | Sequence[str], ssl: bool = False) -> tuple[str, list[tuple[str, Any]] | None]:
+    """The gRPC channel target and channel arguments for one or several server addresses.
+
+    One address: itself and None (tritonclient's own channel arguments, today's behaviour). Several:
+    client-side load balancing, gRPC's ``round_robin`` policy over a multi-address target
+    (``ipv4:10.0.0.1:8001,10.0.0.2:8001``; names are resolved here), with tritonclient's default
+    channel arguments (message sizes, keepalive) and the policy added: a plain channel to several
+    servers sends everything to one of them. A server that stops answering drops out of the
+    rotation (its requests in flight fail with UNAVAILABLE, which the client retries on the others)
+    and comes back when it answers again.
+    """
+    import socket
+
+    found = addresses(url)
+    if len(found) == 1:
+        return found[0], None
+    import tritonclient.grpc as grpcclient
+
+    resolved, names = [], []
+    for a in found:
+        host, _, port = a.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit():
+            raise ClientError(f"{a}: a server address is host:port")
+        try:
+            info = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except OSError as e:
+            raise ClientError(f"{a}: cannot resolve {host} ({e.strerror or e})") from None
+        v4 = [i for i in info if i[0] == socket.AF_INET]
+        family, _, _, _, sockaddr = (v4 or info)[0]
+        resolved.append((family, sockaddr[0], int(port)))
+        names.append(host)
+    families = {f for f, _, _ in resolved}
+    if len(families) > 1:
+        raise ClientError(f"{','.join(found)}: give all servers as IPv4 or all as IPv6 addresses")
+    if families == {socket.AF_INET}:
+        target = "ipv4:" + ",".join(f"{h}:{p}" for _, h, p in resolved)
+    else:
+        target = "ipv6:" + ",".join(f"[{h}]:{p}" for _, h, p in resolved)
+    ka = grpcclient.KeepAliveOptions()
+    args: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", ka.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", ka.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", ka.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", ka.http2_max_pings_without_data),
+        ("grpc.lb_policy_name", "round_robin"),
+    ]
+    if ssl and not _is_ip(names[0]):  # the servers' certificate names the host, not the addresses
+        args.append(("grpc.ssl_target_name_override", names[0]))
+    return target, args
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
 
 
 def _status(e: Exception) -> str:
@@ -163,8 +236,12 @@ class _Common:
 
     def _grpc_kwargs(self) -> dict[str, Any]:
         o = self.opts
-        return {"url": o.url, "ssl": o.ssl, "root_certificates": o.root_certificates, "private_key": o.private_key,
-                "certificate_chain": o.certificate_chain}
+        target, channel_args = grpc_target(o.url, o.ssl)
+        kwargs = {"url": target, "ssl": o.ssl, "root_certificates": o.root_certificates, "private_key": o.private_key,
+                  "certificate_chain": o.certificate_chain}
+        if channel_args is not None:  # several servers: round robin (one server: tritonclient's defaults, as before)
+            kwargs["channel_args"] = channel_args
+        return kwargs
 
     @property
     def text_guided(self) -> bool:
@@ -244,10 +321,12 @@ class _Common:
 class BoneScanClient(_Common):
     """Synchronous client. Thread-safe for concurrent segment() calls (one gRPC channel)."""
 
-    def __init__(self, url: str = "localhost:8001", **options: Any):
+    def __init__(self, url: str | Sequence[str] = "localhost:8001", **options: Any):
+        """``url``: one server's gRPC address, or several (a list, or comma-separated): requests then
+        go round robin over those that answer (see :func:`grpc_target`)."""
         import tritonclient.grpc as grpcclient
 
-        self.opts = ClientOptions(url=url, **options)
+        self.opts = ClientOptions(url=",".join(addresses(url)), **options)
         self._g = grpcclient
         self.client = grpcclient.InferenceServerClient(**self._grpc_kwargs())
         if self.opts.check_on_connect:
@@ -346,10 +425,10 @@ class BoneScanClient(_Common):
 class AsyncBoneScanClient(_Common):
     """asyncio client: ``async with AsyncBoneScanClient(url) as c: r = await c.segment(...)``."""
 
-    def __init__(self, url: str = "localhost:8001", **options: Any):
+    def __init__(self, url: str | Sequence[str] = "localhost:8001", **options: Any):
         import tritonclient.grpc.aio as aioclient
 
-        self.opts = ClientOptions(url=url, **options)
+        self.opts = ClientOptions(url=",".join(addresses(url)), **options)
         self._g = aioclient
         self.client = aioclient.InferenceServerClient(**self._grpc_kwargs())
 

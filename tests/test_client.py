@@ -424,7 +424,11 @@ def test_serve_hides_the_cuda_messages_of_a_machine_without_gpu(served):
     if has_gpu():
         pytest.skip("the CUDA messages are real on a machine with a GPU: they are shown")
     text = served["terminal"].read_text()
-    triton_lines = [line for line in text.splitlines() if line[:1] in "IWE" and line[1:5].isdigit()]
+    import re
+
+    # tritonserver's lines: "I1203 19:20:27..." (default) or "2026-12-03T19:20:27Z I 20919 ..." (--log-format=ISO8601)
+    own = re.compile(r"^([IWE]\d{4} |\d{4}-\d\d-\d\dT[\d:.]+Z [IWE] )")
+    triton_lines = [line for line in text.splitlines() if own.match(line)]
     assert any("model_lifecycle" in line for line in triton_lines)  # tritonserver's own output does reach the terminal
     for noise in ("CudaDriverHelper has not been initialized", "unable to create stream", "CUDA driver version is insufficient"):
         assert not any(noise in line for line in triton_lines)

@@ -4,8 +4,10 @@
 #   libb64-0d           perf_analyzer (Triton's benchmark client) needs libb64.so.0d
 #   fonts-wqy-microhei  a CJK font so pictures can show Chinese report text
 #   gcc                 builds the LD_PRELOAD shim that keeps the admin key off tritonserver's command line
+#   prometheus          ships promtool: make test checks and unit-tests deploy/prometheus's rules
+#   nginx               the gRPC load balancer of `bonescan serve --replicas N` (started by bonescan with its own config, not as a service)
 set -euo pipefail
-PKGS=(libpython3.11 libb64-0d fonts-wqy-microhei gcc)
+PKGS=(libpython3.11 libb64-0d fonts-wqy-microhei gcc prometheus nginx)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

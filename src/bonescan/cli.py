@@ -492,7 +492,7 @@ def _repo_build(a: argparse.Namespace) -> int:
     opts = RepoOptions(flavor=a.flavor, max_batch_size=a.max_batch_size, instances=a.instances,
                        python_instances=a.python_instances, queue_delay_us=a.queue_delay_us,
                        python_queue_delay_us=a.python_queue_delay_us,
-                       intra_op_threads=a.threads, run_batch=a.run_batch, device=a.device)
+                       intra_op_threads=a.threads, run_batch=a.run_batch, device=a.device, warmup=not a.no_warmup)
     m = build_repository(a.src, a.out, opts, baseline=a.baseline)
     print(f"wrote {a.out} ({m['flavor']} flavor): {', '.join(m['models'])}")
     return 0
@@ -501,6 +501,13 @@ def _repo_build(a: argparse.Namespace) -> int:
 def _serve(a: argparse.Namespace) -> int:
     from bonescan.serving.server import serve, tls_args
 
+    if a.replicas > 1:  # N tritonservers on free loopback ports behind nginx on --bind:--grpc-port
+        from bonescan.serving.cluster import BalancerTLS, serve_cluster
+
+        tls_args(a.tls_cert, a.tls_key, a.tls_root)  # the same checks of the TLS files
+        tls = BalancerTLS(a.tls_cert, a.tls_key, a.tls_root) if a.tls_cert else None
+        return serve_cluster(a.repo, a.replicas, a.grpc_port, a.bind, a.admin_key_file, tls, a.log_dir, a.log_verbose,
+                             a.triton_args)
     return serve(a.repo, a.grpc_port, a.http_port, a.metrics_port, a.log_file, a.admin_key_file, a.bind,
                  a.log_verbose, tls_args(a.tls_cert, a.tls_key, a.tls_root), a.triton_args)
 
@@ -524,10 +531,18 @@ def serving_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--run-batch", type=int, default=1,
                    help="embedded: scans per onnxruntime run within a dynamic batch (0: all; see README)")
     s.add_argument("--device", choices=["gpu", "cpu"], default="gpu", help="instance kind for onnxruntime flavor")
+    s.add_argument("--no-warmup", action="store_true",
+                   help="build without model_warmup (with it, every model runs a synthetic scan and report before it is ready)")
     s = _command(sub, "serve", _serve, "run tritonserver on a repository until Ctrl-C / SIGTERM",
                  usage="bonescan serve --repo REPO [options] [-- TRITONSERVER_FLAG=VALUE ...]")
     s.add_argument("--repo", required=True, type=Path, help="a built repository (`bonescan repo build`)")
-    s.add_argument("--grpc-port", type=int, default=8001, help="gRPC port")
+    s.add_argument("--replicas", type=positive_int, default=1,
+                   help="tritonserver processes; above 1 they listen on free loopback ports behind an nginx gRPC load "
+                        "balancer on --bind:--grpc-port, which terminates TLS (--http-port / --metrics-port are then the "
+                        "replicas' own, printed; --log-file is replaced by --log-dir)")
+    s.add_argument("--log-dir", type=Path, help="with --replicas: folder for the replicas' and nginx's logs and config "
+                                                "(default: a new temporary folder, printed)")
+    s.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (with --replicas: the load balancer's)")
     s.add_argument("--http-port", type=int, default=8000, help="HTTP port")
     s.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port")
     s.add_argument("--log-file", type=Path, help="server log (default: the terminal)")
@@ -689,6 +704,13 @@ def _bench_synth(a: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_first_request(a: argparse.Namespace) -> int:
+    from bonescan.benchmarks.first_request import format_table, run_first_request
+
+    print(format_table(run_first_request(a.export, a.baseline, a.out, restarts=a.restarts, steady=a.steady)))
+    return 0
+
+
 def _bench_latency(a: argparse.Namespace) -> int:
     from bonescan.benchmarks.latency import bench_latency
     from bonescan.benchmarks.report import write_latency_report
@@ -773,6 +795,15 @@ def _bench_storm(a: argparse.Namespace) -> int:
     return 0 if res["ok"] else 1
 
 
+def _bench_cluster(a: argparse.Namespace) -> int:
+    from bonescan.benchmarks.cluster import bench_cluster
+
+    res = bench_cluster(a.repo, a.data, a.out, a.export, a.replicas, a.concurrency, tuple(a.throughput_replicas),
+                        a.throughput_seconds, restart_after_s=a.restart_after, slow_stopped=a.slow, timeout_s=a.timeout,
+                        retries=a.retries, deadline_s=a.deadline)
+    return 0 if res["ok"] else 1
+
+
 def _bench_text_gain(a: argparse.Namespace) -> int:
     from bonescan.benchmarks.text_gain import run_text_gain
 
@@ -789,7 +820,7 @@ def _fault_run_args(s: argparse.ArgumentParser) -> None:
 
 
 def bench_commands(sub: argparse._SubParsersAction) -> None:
-    """``bonescan bench synth | latency | parity | soak | kill | storm | text-gain``."""
+    """``bonescan bench synth | first-request | latency | parity | soak | kill | storm | cluster | text-gain``."""
     from bonescan.benchmarks.text_gain import MODES
 
     bsub = _group(sub, "bench", "benchmarks that print measured figures")
@@ -797,6 +828,13 @@ def bench_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--n", type=int, default=1000, help="cases")
     s.add_argument("--workers", type=int, default=2, help="processes")
     OUT.add(s, required=False, help="keep the data set here (default: a temporary folder)")
+    s = _command(bsub, "first-request", _bench_first_request,
+                 "latency of the first request after a server start, with and without model_warmup")
+    EXPORT.add(s, help="the dual-path model's ONNX export")
+    s.add_argument("--baseline", type=Path, help="the U-Net's export, adds the first bonescan_unet request (default: none, the dual-path model only)")
+    OUT.add(s, help="results folder (both repositories, server logs, first_request.json)")
+    s.add_argument("--restarts", type=int, default=3, help="server starts per mode")
+    s.add_argument("--steady", type=int, default=5, help="requests after the first (their median: the warm figure)")
     s = _command(bsub, "latency", _bench_latency,
                  "Triton ensemble vs in-process PyTorch / onnxruntime, perf_analyzer, memory")
     CHECKPOINT.add(s, help="the dual-path checkpoint (demo or paper config)")
@@ -849,6 +887,23 @@ def bench_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--baseline", type=Path, help="ONNX export of the U-Net: adds U-Net requests to the mixes (default: none)")
     s.add_argument("--rounds", type=int, default=10, help="rounds of bad and good requests")
     s.add_argument("--concurrency", type=int, default=8, help="requests in flight in the mixes")
+    s = _command(bsub, "cluster", _bench_cluster,
+                 "replicas behind nginx: one slowed, one SIGKILLed and restarted under load (answers, errors, executions "
+                 "per request id, retries, failover times), then throughput and cores busy with 1, 2, 3 replicas")
+    s.add_argument("--repo", type=Path, required=True, help="a built repository of the embedded flavor")
+    DATA.add(s, help="data folder; held-out scans come from its test split")
+    OUT.add(s, required=False, default=Path("bench_out"), help="results folder (cluster.md, cluster.json, logs)")
+    EXPORT.add(s, required=False, help="the dual-path export, for the expected masks (default: the one the repository "
+                                       "was built from)")
+    s.add_argument("--replicas", type=positive_int, default=3, help="replicas of the fault run")
+    s.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    s.add_argument("--restart-after", type=float, default=2.0, help="seconds between the SIGKILL and the restart")
+    s.add_argument("--slow", type=float, default=0.75, help="share of the time the slow replica is stopped (SIGSTOP)")
+    s.add_argument("--timeout", type=float, default=120.0, help="each attempt's deadline, seconds")
+    s.add_argument("--retries", type=int, default=6, help="the client's retries after UNAVAILABLE")
+    s.add_argument("--deadline", type=float, default=900.0, help="the fault run's deadline: a request without an outcome by then is lost")
+    s.add_argument("--throughput-replicas", type=int, nargs="*", default=[1, 2, 3], help="replica counts of the throughput part")
+    s.add_argument("--throughput-seconds", type=float, default=30.0, help="measuring time per replica count")
     s = _command(bsub, "text-gain", _bench_text_gain,
                  "dual-path vs the same-budget U-Net over seeds: DSC, FROC / CPM and safety margins with reports in and out of "
                  "style, in traditional characters, in shorthand, none, another scan's, texts that are no report; ablation of the "

@@ -218,6 +218,17 @@ SEGMENTER_MODEL = "segmenter"
 SEGMENTER_UNET_MODEL = "segmenter_unet"
 POSTPROCESS_MODEL = "postprocess"
 
+# ----------------------------------------------------------------------------- custom metrics
+#: The python steps' own Prometheus metrics (Triton's custom-metrics API, on Triton's metrics port beside
+#: the nv_* ones): name -> (type, labels, what it counts). The Grafana dashboard and the alert rules in
+#: deploy/ (bonescan.serving.deploy) use these names and no others.
+BONESCAN_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "bonescan_requests_refused_total": ("counter", ("reason",), "requests preprocess refused, by reason"),
+    "bonescan_lesions_per_scan": ("histogram", (), "lesions in one answer"),
+    "bonescan_reports_total": ("counter", ("present",), "requests with / without a report"),
+    "bonescan_tokenizer_truncations_total": ("counter", (), "reports cut at the tokenizer's max_tokens"),
+}
+
 # ----------------------------------------------------------------------------- dynamic axes
 #: Names of the dynamic axes (the ONNX graphs' symbolic dims). Axis 0 of every tensor is the batch;
 #: axis 1 of the text tensors is the token axis (the tokenizer pads to a fixed length, but the graphs

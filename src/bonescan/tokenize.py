@@ -89,6 +89,8 @@ class ReportTokenizer:
         dtype = np.dtype(INPUT_IDS.dtype)
         ids = np.array([e.ids for e in enc], dtype=dtype)
         mask = np.array([e.attention_mask for e in enc], dtype=dtype)
+        #: per report of this call: longer than max_tokens, so the model reads only its start
+        self.last_truncated = [bool(e.overflowing) for e in enc]
         return ids, mask
 
     def text_stats(self, ids: np.ndarray, mask: np.ndarray, reports: Sequence[str] | None = None) -> np.ndarray:

@@ -12,20 +12,27 @@ U-Net ensemble those inputs are absent and the logits are the answer.
 
 Tensor names and dtypes come from the model's config (generated from contract.POSTPROCESS_INPUTS /
 POSTPROCESS_OUTPUTS, in that order).
+
+Metrics (bonescan/serving/telemetry.py): the lesions of every answered scan go into the histogram
+``bonescan_lesions_per_scan`` (its _count is scans, its _sum lesions); one JSON
+log line per request on stderr. Triton's warm-up requests are left out.
 """
 
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the bonescan runtime copied here by `bonescan repo build`
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
+from bonescan.contract import ENSEMBLE_MODEL, ENSEMBLE_UNET_MODEL  # noqa: E402
 from bonescan.failsafe import FailSafeSettings  # noqa: E402
 from bonescan.postprocess import postprocess, postprocess_failsafe  # noqa: E402
 from bonescan.serving.pybackend import concat_padded, config_tensors, gather, respond  # noqa: E402
+from bonescan.serving.telemetry import LESIONS_PER_SCAN, StepTelemetry, outcomes_of  # noqa: E402
 
 IMAGE_ONLY = {"answered_by": "unet", "reason": "image-only ensemble"}
 
@@ -39,6 +46,7 @@ class TritonPythonModel:
         params = {k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()}
         self.settings = FailSafeSettings.from_dict(params, prefix="failsafe_")
         pb_utils.Logger.log_info(f"postprocess: fail-safe {self.settings.to_dict()}")
+        self.telemetry = StepTelemetry(pb_utils, cfg, [LESIONS_PER_SCAN])
 
     def _answer(self, arrays, idx):
         """Rows of one group of requests: with the fail-safe's inputs, or without (the U-Net ensemble)."""
@@ -51,15 +59,17 @@ class TritonPythonModel:
         return masks, prob, lesions
 
     def execute(self, requests):
+        started = time.perf_counter()
+        warmup = self.telemetry.warming_up()
         names = [t.name for t in (self.logits, self.spacing, self.text_map, self.fallback, self.stats)]
         optional = [t.name for t in (self.text_map, self.fallback, self.stats)]
         arrays, good, sizes, errors = gather(pb_utils, requests, names, optional=optional)
         outputs = {}
+        parts = {}
         if good:
             # one dynamic batch may hold requests of both ensembles: answer each kind in one call, keep the order
             with_text = [k for k in range(len(good)) if arrays[self.text_map.name][k] is not None]
             without = [k for k in range(len(good)) if arrays[self.text_map.name][k] is None]
-            parts = {}
             for idx in (with_text, without):
                 if idx:
                     masks, prob, lesions = self._answer(arrays, idx)
@@ -73,4 +83,14 @@ class TritonPythonModel:
                 self.probability.name: np.concatenate([parts[k][1] for k in order]).astype(self.probability.dtype, copy=False),
                 self.lesions.name: np.array([[s.encode("utf-8")] for k in order for s in parts[k][2]], dtype=self.lesions.dtype),
             }
-        return respond(pb_utils, len(requests), good, sizes, errors, outputs)
+        responses = respond(pb_utils, len(requests), good, sizes, errors, outputs)
+        if not warmup:
+            ensembles = [None] * len(requests)
+            for k, i in enumerate(good):
+                ensembles[i] = ENSEMBLE_MODEL if arrays[self.text_map.name][k] is not None else ENSEMBLE_UNET_MODEL
+                for text in parts[k][2]:  # this request's scans: the LESIONS JSON postprocess just wrote
+                    answer = json.loads(text)
+                    self.telemetry.observe(LESIONS_PER_SCAN, answer["count"])
+            self.telemetry.log_requests(requests, outcomes_of(len(requests), errors), started, ensembles=ensembles,
+                                        scans=[sizes[good.index(i)] if i in good else None for i in range(len(requests))])
+        return responses

@@ -35,7 +35,7 @@ FLAVORS = ("embedded", "onnxruntime", "tensorrt")
 REPO_MANIFEST = "bonescan_repo.json"
 #: modules copied next to every python model: the runtime half of the package (numpy, scipy, tokenizers, onnxruntime)
 RUNTIME_MODULES = ("__init__.py", "contract.py", "errors.py", "tokenize.py", "report_text.py", "postprocess.py", "failsafe.py", "validate.py",
-                   "study.py", "serving/__init__.py", "serving/pybackend.py", "serving/onnx_runner.py")
+                   "study.py", "serving/__init__.py", "serving/pybackend.py", "serving/onnx_runner.py", "serving/telemetry.py")
 
 #: files a python model needs beside model.py: model -> {name there: path in the export folder}
 #: (files that an export may lack, such as trained_tokens.json of a pretrained MacBERT's tokenizer, are skipped)
@@ -65,6 +65,8 @@ class RepoOptions:
     intra_op_threads: int = 2
     run_batch: int = 1  # embedded flavor: rows per onnxruntime run (0: the whole dynamic batch); see onnx_runner.py
     device: str = "gpu"  # for onnxruntime / tensorrt flavors: KIND_GPU (or cpu for onnxruntime)
+    #: model_warmup on every composing model (a synthetic scan and report, serving/warmup.py): ready = warm
+    warmup: bool = True
 
     def network_queue_delay_us(self) -> int:
         if self.queue_delay_us is not None:
@@ -234,8 +236,11 @@ def failsafe_parameters(desc: dict[str, Any]) -> dict[str, str]:
 
 
 def _chain(out: Path, chain: C.EnsembleSpec, opts: RepoOptions, src: Path, desc: dict[str, Any],
-           overrides: dict[str, tuple[int, ...]], models: list[str], engines: dict[str, Any]) -> None:
-    """Every model of a chain not built yet (graphs from ``src``), then the ensemble itself."""
+           overrides: dict[str, tuple[int, ...]], models: list[str], engines: dict[str, Any], warmup=None) -> None:
+    """Every model of a chain not built yet (graphs from ``src``), then the ensemble itself; with
+    ``warmup`` (serving.warmup.WarmupData) each model's config gets its model_warmup."""
+    from bonescan.serving.warmup import add_warmup
+
     for s in chain.steps:
         if s.model.name in models:
             continue
@@ -245,6 +250,8 @@ def _chain(out: Path, chain: C.EnsembleSpec, opts: RepoOptions, src: Path, desc:
             params = failsafe_parameters(desc) if s.model.name == C.POSTPROCESS_MODEL else None
             _python_model(out, s.model, opts, {n: src / f for n, f in PYTHON_MODEL_FILES.get(s.model.name, {}).items()},
                           overrides, params)
+        if warmup is not None:
+            add_warmup(out / s.model.name, s.model, warmup, overrides)
         models.append(s.model.name)
     _ensemble(out, chain, opts, desc)
     models.append(chain.name)
@@ -286,13 +293,18 @@ def _build(src: Path, out: Path, opts: RepoOptions, desc: dict[str, Any], baseli
     overrides = {C.TEXT_FEATURES.name: (C.DYN, hidden), C.TEXT_MAP.name: (2, *desc["text_map_hw"])}
     engines: dict[str, Any] = {}
     models: list[str] = []
-    _chain(out, C.ENSEMBLE_CHAIN, opts, src, desc, overrides, models, engines)
+    warmup = None
+    if opts.warmup:
+        from bonescan.serving.warmup import WarmupData
+
+        warmup = WarmupData.synthetic(src / PYTHON_MODEL_FILES[C.TOKENIZER_MODEL]["tokenizer.json"])
+    _chain(out, C.ENSEMBLE_CHAIN, opts, src, desc, overrides, models, engines, warmup)
     base_desc = None
     if baseline is not None:
         base_desc = read_description(baseline)
         if base_desc["model"] != "unet":
             raise BonescanError(f"{baseline}: holds a {base_desc['model']} export; --baseline takes the U-Net")
-        _chain(out, C.ENSEMBLE_UNET_CHAIN, opts, Path(baseline), base_desc, overrides, models, engines)
+        _chain(out, C.ENSEMBLE_UNET_CHAIN, opts, Path(baseline), base_desc, overrides, models, engines, warmup)
     manifest: dict[str, Any] = {
         "format": "bonescan-repository/1",
         "flavor": opts.flavor,

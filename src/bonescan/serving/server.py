@@ -260,6 +260,8 @@ class TritonServer:
     placeholder: str = field(default_factory=lambda: "BONESCAN-ADMIN-KEY-PLACEHOLDER-" + secrets.token_hex(8))
     #: the python backend's /dev/shm regions this server mapped (removed after a SIGKILL)
     shm_regions: list[Path] = field(default_factory=list, repr=False)
+    #: environment variables of this server alone, over os.environ (e.g. one $BONESCAN_REQUEST_LOG per replica)
+    environment: dict[str, str] = field(default_factory=dict)
     _tail: deque = field(default_factory=lambda: deque(maxlen=25), repr=False)
 
     def command(self) -> list[str]:
@@ -280,6 +282,9 @@ class TritonServer:
             f"--exit-timeout-secs={self.exit_timeout}",
             f"--log-verbose={self.log_verbose}",
             "--log-info=true",
+            # Triton 2.51 has no JSON log format (default | ISO8601): its own lines get full UTC timestamps; the
+            # python steps write one JSON line per request themselves (serving/telemetry.py)
+            "--log-format=ISO8601",
             "--allow-gpu-metrics=false",
             f"--cache-directory={dist / 'caches'}",
             *self.extra_args,
@@ -296,7 +301,7 @@ class TritonServer:
         if not Path(self.repo).is_dir():
             raise BonescanError(f"{self.repo}: model repository not found")
         command = self.command()
-        env = server_env()
+        env = {**server_env(), **self.environment}
         env["LD_PRELOAD"] = " ".join(p for p in (str(key_shim()), env.get("LD_PRELOAD", "")) if p)
         env[KEY_VAR], env[PLACEHOLDER_VAR] = str(self.admin_key), self.placeholder
         out = open(self.log_file, "ab") if self.log_file else subprocess.PIPE  # noqa: SIM115 - closed with the process
