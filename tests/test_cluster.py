@@ -195,10 +195,10 @@ def test_a_killed_replica_is_skipped_and_taken_back_after_its_restart(cluster, s
         down = [t for t, what in cluster.events if what == "replica 1 not ready: down in nginx" and t >= t_kill]
         assert down and down[0] - t_kill < 3.0, cluster.events  # the health check marked it down
 
+        t_restart = time.time()  # the health monitor may put it back before restart() returns
         cluster.restart(1, timeout=240)
-        t_ready = time.time()
         deadline = time.monotonic() + 10
-        while not any(w == "replica 1 ready: back in nginx" and t >= t_ready for t, w in cluster.events):
+        while not any(w == "replica 1 ready: back in nginx" and t >= t_restart for t, w in cluster.events):
             assert time.monotonic() < deadline, cluster.events
             time.sleep(0.1)
         before = cluster.successes()
@@ -268,3 +268,25 @@ def test_bonescan_serve_replicas_prints_the_balancer_and_ctrl_c_stops_all(repo, 
         assert not os.path.exists(f"/proc/{pid}")
     for _, grpc_port, http_port in replicas:  # the replicas' ports are free again
         assert port_free(int(grpc_port)) and port_free(int(http_port))
+
+
+@needs_nginx
+def test_demo_cluster_prints_the_query_that_shows_every_replica_answered(repo, dataset, tmp_path, capsys):
+    """`make demo-cluster` on a demo folder: scans through nginx, a real Prometheus counts each replica's
+    answers, and the counts add up to what the client got."""
+    from bonescan.benchmarks.demo_cluster import QUERY, run_demo_cluster
+    from bonescan.errors import BonescanError
+
+    with pytest.raises(BonescanError, match="run `make demo` first"):
+        run_demo_cluster(tmp_path / "nothing")
+    out = tmp_path / "demo_out"
+    out.mkdir()
+    (out / "model_repository").symlink_to(repo)
+    (out / "data").symlink_to(dataset)
+    result = run_demo_cluster(out, replicas=2, scans=8, concurrency=4, progress=False)
+    said = capsys.readouterr().out
+    assert result["ok"], said
+    n = len(BoneScanDataset(dataset, "test").refs[:8])
+    assert n >= 4 and result["answered"] == n and result["failed"] == 0 and sum(result["per_replica"].values()) == n
+    assert len(result["per_replica"]) == 2 and all(n > 0 for n in result["per_replica"].values())
+    assert f"Prometheus query: {QUERY}" in said and "all 2 replicas answered" in said

@@ -27,10 +27,10 @@ from bonescan import contract as C
 from bonescan.benchmarks.faults import grpc_inputs
 from bonescan.data.dataset import BoneScanDataset
 from bonescan.serving import telemetry as T
+from bonescan.serving.prometheus import JOB, Prometheus, scrape_config
 from bonescan.serving.repository import parse_config
 from bonescan.serving.server import TritonServer, free_ports
 from bonescan.serving.warmup import WARMUP_DIR
-from tests.prometheus_server import JOB, Prometheus, scrape_config
 
 MARKER_ID = "ACC-MARKER-55012"  # an accession-like request id: must be redacted in the log
 MARKER_TEXT = "标记METRICMARKER9931"  # report text: never in a log or a metric

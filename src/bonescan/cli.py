@@ -697,6 +697,22 @@ def demo_command(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--dual-steps", type=int, help="training steps of the dual-path model (default: the demo preset's)")
 
 
+def _demo_cluster(a: argparse.Namespace) -> int:
+    from bonescan.benchmarks.demo_cluster import run_demo_cluster
+
+    return 0 if run_demo_cluster(a.out, replicas=a.replicas, scans=a.scans, concurrency=a.concurrency)["ok"] else 1
+
+
+def demo_cluster_command(sub: argparse._SubParsersAction) -> None:
+    """``bonescan demo-cluster`` (``make demo-cluster``)."""
+    s = _command(sub, "demo-cluster", _demo_cluster,
+                 "after make demo: its repository on replicas behind nginx, scraped by Prometheus (make demo-cluster)")
+    OUT.add(s, required=False, default=Path("demo_out"), help="the folder `bonescan demo` wrote")
+    s.add_argument("--replicas", type=int, default=2, help="tritonserver replicas behind nginx")
+    s.add_argument("--scans", type=int, help="held-out scans to send (default: the whole test split)")
+    s.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+
+
 def _bench_synth(a: argparse.Namespace) -> int:
     from bonescan.benchmarks.synth import bench_synth
 
@@ -946,6 +962,7 @@ def build_parser() -> argparse.ArgumentParser:
     serving_commands(sub)
     infer_command(sub)
     demo_command(sub)
+    demo_cluster_command(sub)
     bench_commands(sub)
     perf_command(sub)
     return p

@@ -1,6 +1,7 @@
-"""A real Prometheus (Debian's ``prometheus`` 2.42) for the tests: a generated scrape config over the
-tritonserver replicas' metrics ports, on a free loopback port, its TSDB in a temporary folder, stopped
-afterwards. The tests query it through its HTTP API, as a dashboard or an alert rule would."""
+"""A real Prometheus (Debian's ``prometheus`` 2.42, installed by tools/apt.sh) for the tests and
+``make demo-cluster``: a generated scrape config over the tritonserver replicas' metrics ports, on a
+free loopback port, its TSDB in a folder of the run, stopped afterwards. Queried through its HTTP
+API, as a dashboard or an alert rule would."""
 
 from __future__ import annotations
 
