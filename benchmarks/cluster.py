@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import threading
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from bonescan.benchmarks.faults import _AttemptCounter, account
+from bonescan.benchmarks.faults import _AttemptCounter, account, run_requests
 from bonescan.benchmarks.latency import cpu_info, load_cases, run_info
 from bonescan.benchmarks.report import provenance
 from bonescan.errors import BonescanError
@@ -57,35 +58,7 @@ def run_until(send: Callable[[int], str], concurrency: int, stop: threading.Even
     """``send(0), send(1), ...`` on ``concurrency`` threads until ``stop`` is set (no new request
     starts), at most ``deadline_s`` in all -> (requests started, {i: outcome} of those that ended by
     the deadline). A started request without an outcome is lost; the run never waits longer."""
-    outcomes: dict[int, str] = {}
-    started = [0]
-    closed = [False]
-    lock = threading.Lock()
-
-    def worker() -> None:
-        while True:
-            with lock:
-                if closed[0] or stop.is_set():
-                    return
-                i = started[0]
-                started[0] += 1
-            try:
-                verdict = send(i)
-            except Exception as e:  # noqa: BLE001 - every failure is an outcome
-                verdict = f"error: {type(e).__name__}: {str(e)[:160]}"
-            with lock:
-                if not closed[0]:
-                    outcomes[i] = verdict
-
-    threads = [threading.Thread(target=worker, daemon=True, name=f"request-{k}") for k in range(max(1, concurrency))]
-    deadline = time.monotonic() + deadline_s
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=max(0.0, deadline - time.monotonic()))
-    with lock:
-        closed[0] = True
-        return started[0], dict(outcomes)
+    return run_requests(send, itertools.count(), concurrency, deadline_s, stop)
 
 
 def failover_figures(entries: list[dict], replica_addr: str, t_kill: float, t_ready: float | None,

@@ -283,15 +283,25 @@ def run_with_deadline(send: Callable[[int], str], n: int, concurrency: int, dead
     started then are not sent, and an outcome that arrives after the deadline is not counted.
     An exception out of ``send`` is an outcome: ``"error: ..."``.
     """
+    return run_requests(send, iter(range(n)), concurrency, deadline_s)[1]
+
+
+def run_requests(send: Callable[[int], str], todo: Iterator[int], concurrency: int, deadline_s: float,
+                 stop: threading.Event | None = None) -> tuple[int, dict[int, str]]:
+    """The one load loop of the fault runs: ``send(i)`` for each i of ``todo`` on ``concurrency``
+    daemon threads until ``todo`` ends or ``stop`` is set (no new request starts), returning at
+    ``deadline_s`` at the latest -> (requests started, {i: outcome} of those that ended by then)."""
     outcomes: dict[int, str] = {}
     lock = threading.Lock()
-    todo = iter(range(n))
+    started = [0]
     closed = [False]
 
     def worker() -> None:
         while True:
             with lock:
-                i = None if closed[0] else next(todo, None)
+                i = None if closed[0] or (stop is not None and stop.is_set()) else next(todo, None)
+                if i is not None:
+                    started[0] += 1
             if i is None:
                 return
             try:
@@ -310,7 +320,7 @@ def run_with_deadline(send: Callable[[int], str], n: int, concurrency: int, dead
         t.join(timeout=max(0.0, deadline - time.monotonic()))
     with lock:
         closed[0] = True
-        return dict(outcomes)
+        return started[0], dict(outcomes)
 
 
 def account(ids: list[str], outcomes: dict[int, str], executed: Counter[str], attempts: Counter[str]) -> dict[str, Any]:
