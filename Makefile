@@ -9,11 +9,12 @@ APT_STAMP := $(VENV)/.apt
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: install test lint typecheck unit demo demo-cluster clean help
+.PHONY: install test lint typecheck unit demo demo-cluster demo-pacs clean help
 
 help:
 	@echo "make demo   - synthesise data, train, export, serve with Triton, segment, report ($(DEMO_OUT)/report.md)"
 	@echo "make demo-cluster - after make demo: two Triton replicas behind nginx, Prometheus, the query that shows both answered"
+	@echo "make demo-pacs - after make demo: a study through a local Orthanc and the DICOM node, its SEG and SR back in Orthanc"
 	@echo "make test   - lint, type-check (incl. the TensorRT code against tensorrt-stubs), all tests with a real Triton server"
 
 $(APT_STAMP): tools/apt.sh
@@ -59,6 +60,10 @@ demo: install
 # after `make demo`: its repository on two replicas behind nginx, scraped by a real Prometheus
 demo-cluster: install
 	$(BIN)/bonescan demo-cluster --out $(DEMO_OUT)
+
+# after `make demo`: a study C-STOREd into a local Orthanc, forwarded to the DICOM node, SEG + SR back
+demo-pacs: install
+	$(BIN)/bonescan demo-pacs --out $(DEMO_OUT)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache build *.egg-info src/*.egg-info

@@ -6,9 +6,13 @@ charset-normalizer, tritonclient; no torch, no transformers).
 Errors to catch: :class:`BonescanError` (all of the below), :class:`InputError` (a file or argument
 cannot be used; ``bonescan.data.io.CaseError``), :class:`ClientError` (the server could not serve
 the request), :class:`OutputExistsError` (``save()`` would write over a result).
+
+DICOM output: :func:`to_dicom` / :func:`write_dicom` (``bonescan.client.dicom``) turn a result and its
+NM scan into a Segmentation and a TID 1500 measurement SR (pydicom, highdicom: imported on use).
 """
 
 from bonescan.client.core import AsyncBoneScanClient, BoneScanClient, ClientError, ClientOptions
+from bonescan.client.dicom import to_dicom, write_dicom
 from bonescan.client.inputs import InputError, Request, load_report, load_scan, prepare, result_stem
 from bonescan.client.result import OutputExistsError, SegmentationResult
 from bonescan.errors import BonescanError
@@ -31,4 +35,6 @@ __all__ = [
     "load_scan",
     "prepare",
     "result_stem",
+    "to_dicom",
+    "write_dicom",
 ]

@@ -208,7 +208,7 @@ def _outputs(module, want_probability: bool) -> list:
 
 
 def _results(res, reqs: Sequence[Request], model: str, t_request: float, want_probability: bool,
-             text_guided: bool) -> list[SegmentationResult]:
+             text_guided: bool, model_sha256: str | None = None) -> list[SegmentationResult]:
     masks = res.as_numpy(C.ENS_MASK.name)
     lesions = res.as_numpy(C.ENS_LESIONS.name)
     probs = res.as_numpy(C.ENS_PROBABILITY.name) if want_probability else None
@@ -225,7 +225,8 @@ def _results(res, reqs: Sequence[Request], model: str, t_request: float, want_pr
             answered_by=doc.get("answered_by"), reason=doc.get("reason"), signals=doc.get("signals"),
             pixel_spacing_source=r.pixel_spacing_source,
             report=("given" if r.report.strip() else "no report") if text_guided else "image only", notes=list(r.notes),
-            study=dict(r.study), stem=r.stem, report_encoding=r.report_encoding,
+            study=dict(r.study), stem=r.stem, report_encoding=r.report_encoding, model_sha256=model_sha256,
+            report_source=r.report_source,
         ))
     return out
 
@@ -233,6 +234,9 @@ def _results(res, reqs: Sequence[Request], model: str, t_request: float, want_pr
 class _Common:
     opts: ClientOptions
     _http_port: str = ""  # what _what_listens said once it found an HTTP server at the URL
+    #: the served checkpoint's sha256 (16 hex digits) from the ensemble's config, once check() read it:
+    #: results carry it so a DICOM SEG / SR names the checkpoint that made it (None: not checked)
+    _model_sha256: str | None = None
 
     def _grpc_kwargs(self) -> dict[str, Any]:
         o = self.opts
@@ -274,6 +278,7 @@ class _Common:
         if got != str(C.CONTRACT_VERSION):
             raise ClientError(f"{self.opts.url}: model {self.opts.model} speaks contract version {got}, this client {C.CONTRACT_VERSION}; "
                               "upgrade the client or the server so they match")
+        self._model_sha256 = params.get("bonescan_model_sha256") or None
         want = self.opts.expected_model_sha256
         if want and params.get("bonescan_model_sha256") != want[:16]:
             raise ClientError(f"{self.opts.url}: model {self.opts.model} serves checkpoint {params.get('bonescan_model_sha256')}, "
@@ -366,7 +371,8 @@ class BoneScanClient(_Common):
                          self.opts.model, _build_inputs(g, reqs, self.text_guided), model_version=self.opts.model_version,
                          outputs=_outputs(g, self.opts.want_probability), client_timeout=self.opts.timeout_s,
                          headers=self.opts.headers or None)
-        return _results(res, reqs, self.opts.model, time.perf_counter() - t0, self.opts.want_probability, self.text_guided)
+        return _results(res, reqs, self.opts.model, time.perf_counter() - t0, self.opts.want_probability, self.text_guided,
+                        self._model_sha256)
 
     def segment(self, scan: ScanLike, report: str | Path | None = None, pixel_spacing: tuple[float, float] | None = None,
                 **read: Any) -> SegmentationResult:
@@ -462,7 +468,8 @@ class AsyncBoneScanClient(_Common):
         res = await self._call(self.client.infer, reqs[0].source, self.opts.model, _build_inputs(g, reqs, self.text_guided),
                                model_version=self.opts.model_version, outputs=_outputs(g, self.opts.want_probability),
                                client_timeout=self.opts.timeout_s, headers=self.opts.headers or None)
-        return _results(res, reqs, self.opts.model, time.perf_counter() - t0, self.opts.want_probability, self.text_guided)
+        return _results(res, reqs, self.opts.model, time.perf_counter() - t0, self.opts.want_probability, self.text_guided,
+                        self._model_sha256)
 
     async def segment(self, scan: ScanLike, report: str | Path | None = None,
                       pixel_spacing: tuple[float, float] | None = None, **read: Any) -> SegmentationResult:

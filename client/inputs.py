@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bonescan.contract import ENS_REPORT, to_model_frame
+from bonescan.data.dicom import DicomStudy, dicom_files, is_study_folder, read_dicom_study
 from bonescan.data.io import (
     NO_SCAN,
     CaseError,
@@ -53,6 +54,9 @@ class Request:
     stem: str = "scan"
     #: the encoding the report file was read in (None: the report was given as text, or none)
     report_encoding: str | None = None
+    #: where the report came from, never its text: "given" (text), "file <name>", "report.txt" (the
+    #: case folder's), "sr <SOPInstanceUID>" (a DICOM study's report SR), "sidecar report.txt"; None: no report
+    report_source: str | None = None
 
 
 def load_scan(scan: ScanLike, pixel_spacing: tuple[float, float] | None = None) -> Scan:
@@ -82,7 +86,15 @@ def load_scan(scan: ScanLike, pixel_spacing: tuple[float, float] | None = None) 
     p = Path(scan)
     if not p.exists():
         raise CaseError(p, "file or folder does not exist")
+    if dicom_study_folder(p):
+        return decide_spacing(read_dicom_study(p).scan, pixel_spacing)
     return read_scan(p, pixel_spacing)
+
+
+def dicom_study_folder(p: Path) -> bool:
+    """A folder that is one DICOM study as a PACS exports it (instances under any names, maybe in
+    subfolders), not a case folder (scan.dcm, anterior.png + posterior.png, ...)."""
+    return p.is_dir() and not find_scan_files(p) and not (p / "cases").is_dir() and bool(dicom_files(p))
 
 
 #: a report given as text that is a single line ending like a file name: most likely a path
@@ -175,6 +187,8 @@ def result_stem(scan: ScanLike, s: Scan | None = None) -> str:
                 uid = ""
             if uid:
                 return _safe(uid)
+        if p.is_dir() and s is not None and s.study.get(ACCESSION) and dicom_study_folder(p):
+            return _safe(s.study[ACCESSION]) or "scan"  # a PACS export's folder name says nothing
         return _safe(p.stem if p.is_file() else p.name) or "scan"
     return "scan"
 
@@ -196,9 +210,7 @@ def prepare(scan: ScanLike, report: str | Path | None = None, pixel_spacing: tup
         allow_unusual_spacing: send a pixel spacing outside what whole-body gamma cameras produce
             (bonescan.validate.PLAUSIBLE_SPACING_MM, square within MAX_SPACING_ASPECT) anyway.
     """
-    s = load_scan(scan, pixel_spacing)
-    case_dir = Path(scan) if isinstance(scan, (str, Path)) and Path(scan).is_dir() else None
-    text, encoding = read_report_input(report, case_dir, report_encoding)
+    s, text, encoding, report_source = _scan_and_report(scan, report, pixel_spacing, report_encoding)
     image = to_model_frame(s.anterior, s.posterior)
     problem = image_problem(image, "scan")
     if problem:
@@ -223,14 +235,49 @@ def prepare(scan: ScanLike, report: str | Path | None = None, pixel_spacing: tup
     if encoding not in (None, "utf-8"):
         notes.append(f"report file read as {encoding} (not UTF-8)")
     return Request(image, text, spacing, s.source or str(scan), s.spacing_source, notes,  # type: ignore[arg-type]
-                   dict(s.study), result_stem(scan, s), encoding)
+                   dict(s.study), result_stem(scan, s), encoding, report_source if text else None)
+
+
+def _scan_and_report(scan: ScanLike, report: str | Path | None, pixel_spacing: tuple[float, float] | None,
+                     encoding: str | None) -> tuple[Scan, str, str | None, str | None]:
+    """(scan, report text, the encoding its file was read in, where the report came from). The
+    caller's report wins; else a DICOM study folder's report SR, else the folder's report.txt."""
+    folder = Path(scan) if isinstance(scan, (str, Path)) and Path(scan).is_dir() else None
+    if folder is not None and dicom_study_folder(folder):
+        study = read_dicom_study(folder)
+        s = decide_spacing(study.scan, pixel_spacing)
+        if report is None and study.report_source and study.report_source.startswith("sr "):
+            return s, _sr_text(study), None, study.report_source
+        if report is not None and study.report_source:
+            s.notes.append(f"the study's report ({study.report_source}) was not used: a report was given")
+        text, used = read_report_input(report, folder, encoding)
+        return s, text, used, _report_source(report, "sidecar report.txt")
+    s = load_scan(scan, pixel_spacing)
+    text, used = read_report_input(report, folder, encoding)
+    return s, text, used, _report_source(report, "report.txt")
+
+
+def _sr_text(study: DicomStudy) -> str:
+    """The report SR's text under the limits a report file has (bonescan.tokenize.decode_report)."""
+    try:
+        text = decode_report(study.report or "", field="report SR")
+    except ReportError as e:
+        raise CaseError(study.scan.source or "<study>", f"{study.report_source}: {e}") from None
+    return text if text.strip() else ""
+
+
+def _report_source(report: str | Path | None, folder_file: str) -> str:
+    """Where a report came from, for the result (never the text)."""
+    if isinstance(report, Path):
+        return f"file {report.name}"
+    return "given" if report is not None else folder_file
 
 
 def find_cases(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     """The scans under a folder, for batch processing: (case folders or scan files, [(folder, why
     it was skipped)]). A folder that holds a scan itself is one case."""
     folder = Path(folder)
-    if find_scan_files(folder):
+    if find_scan_files(folder) or is_study_folder(folder):
         return [folder], []
     root = folder / "cases" if (folder / "cases").is_dir() else folder
     items, skipped = [], []
@@ -238,7 +285,7 @@ def find_cases(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
         if p.name.startswith("."):
             continue
         if p.is_dir():
-            if find_scan_files(p):
+            if find_scan_files(p) or is_study_folder(p):
                 items.append(p)
             else:
                 skipped.append((p, NO_SCAN))

@@ -46,6 +46,11 @@ class SegmentationResult:
     stem: str | None = None
     #: the encoding the report file was read in (None: given as text, or no report)
     report_encoding: str | None = None
+    #: where the report came from, never its text (bonescan.client.inputs.Request.report_source)
+    report_source: str | None = None
+    #: the served checkpoint's sha256, 16 hex digits (the ensemble config's bonescan_model_sha256; None:
+    #: the client did not read the config). A DICOM SEG / SR names it and derives its UIDs from it
+    model_sha256: str | None = None
 
     @property
     def spacing_known(self) -> bool:
@@ -96,6 +101,23 @@ class SegmentationResult:
         draw.text((img.width - 12, 18), "L", fill=(0, 0, 160))
         return img
 
+    def to_dicom(self, source: Any) -> tuple[Any, Any]:
+        """(SEG, SR) pydicom Datasets over ``source``, the NM scan this result was computed from: a
+        DICOM file, a Dataset, or the two single-frame views. See :func:`bonescan.client.dicom.to_dicom`;
+        imported here on use, so the client needs pydicom / highdicom only for DICOM output."""
+        from bonescan.client.dicom import to_dicom
+
+        return to_dicom(self, source)
+
+    @staticmethod
+    def check_outputs(paths: dict[str, Path], stem: str, overwrite: bool) -> None:
+        """Refuse to write over existing results (OutputExistsError) unless told to: one check for
+        save() and for bonescan.client.dicom.write_dicom, which reaches it through the result."""
+        existing = [p for p in paths.values() if p.exists()]
+        if existing and not overwrite:
+            raise OutputExistsError(f"{existing[0]}: a result named {stem!r} exists already ({len(existing)} file(s)); "
+                                    "give another stem= or overwrite=True")
+
     def save(self, out_dir: str | Path, stem: str | None = None, overwrite: bool = False) -> dict[str, Path]:
         """mask PNG (0/255) and NPY, overlay PNG, lesions JSON: ``out_dir/<stem>_mask.png`` etc.
 
@@ -114,10 +136,7 @@ class SegmentationResult:
         }
         if self.anterior is not None:
             paths["overlay"] = out / f"{stem}_overlay.png"
-        existing = [p for p in paths.values() if p.exists()]
-        if existing and not overwrite:
-            raise OutputExistsError(f"{existing[0]}: a result named {stem!r} exists already ({len(existing)} file(s)); "
-                                    "give another stem= or overwrite=True")
+        self.check_outputs(paths, stem, overwrite)
         out.mkdir(parents=True, exist_ok=True)
         Image.fromarray(self.mask.astype(np.uint8) * 255).save(paths["mask_png"])
         np.save(paths["mask_npy"], self.mask.astype(np.uint8))
@@ -134,6 +153,8 @@ class SegmentationResult:
         body.update({"lesions": self.lesions, "timings_ms": self.timings_ms})
         if self.report_encoding:
             body["report_encoding"] = self.report_encoding
+        if self.report_source:
+            body["report_source"] = self.report_source
         if self.notes:
             body["notes"] = self.notes
         body.update({"answered_by": self.answered_by, "reason": self.reason, "signals": self.signals})

@@ -6,8 +6,9 @@
 #   gcc                 builds the LD_PRELOAD shim that keeps the admin key off tritonserver's command line
 #   prometheus          ships promtool: make test checks and unit-tests deploy/prometheus's rules
 #   nginx               the gRPC load balancer of `bonescan serve --replicas N` (started by bonescan with its own config, not as a service)
+#   orthanc orthanc-dicomweb  a real PACS for the DICOM node's tests and demo (started with its own config, not as a service)
 set -euo pipefail
-PKGS=(libpython3.11 libb64-0d fonts-wqy-microhei gcc prometheus nginx)
+PKGS=(libpython3.11 libb64-0d fonts-wqy-microhei gcc prometheus nginx orthanc orthanc-dicomweb)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

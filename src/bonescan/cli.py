@@ -85,6 +85,10 @@ def _data_synth(a: argparse.Namespace) -> int:
     if unknown:  # before any work starts
         raise BonescanError(f"unknown house style {', '.join(unknown)}; known: {', '.join(STYLE_NAMES)}")
     stats = generate_dataset(a.out, a.n, a.seed, a.workers, progress=not a.quiet, cfg=SynthConfig(house_styles=styles))
+    if a.dicom:  # beside the PNGs, which the data set keeps reading
+        from bonescan.data.dicom import write_synthetic_studies
+
+        stats["dicom_studies"] = write_synthetic_studies(a.out, a.seed)
     print(json.dumps(stats, ensure_ascii=False, indent=1))
     return 0
 
@@ -218,6 +222,9 @@ def data_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--workers", type=int, default=2, help="processes")
     s.add_argument("--house-styles", nargs="+", metavar="STYLE",
                    help="write reports only in these house styles (default: all; see bonescan.data.styles)")
+    s.add_argument("--dicom", action="store_true",
+                   help="also write each case as a DICOM study in cases/<id>/dicom/ (NM whole-body scan + Basic Text SR "
+                        "report; every 4th case as two single-frame instances, the others as one two-frame instance)")
     QUIET.add(s)
     s = _command(dsub, "preview", _data_preview, "draw a grid of cases (views, mask, report) into a PNG")
     DATA.add(s)
@@ -402,6 +409,17 @@ def model_commands(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------- export
 
 
+def _export_quantize(a: argparse.Namespace) -> int:
+    from bonescan.export.quantize import format_gate, quantize_export
+
+    keep = {"names": a.keep_fp32 or [], "types": a.keep_fp32_types or []}
+    info = quantize_export(a.export, a.data, a.out, max_delta_dsc=a.max_delta_dsc, calibration_cases=a.calibration_cases,
+                           test_cases=a.test_cases, runtime=a.runtime, keep_fp32=keep, retry=not a.no_retry, threads=a.threads)
+    print(format_gate(info))
+    print(f"wrote {a.out}" + ("" if info["passed"] else " (for inspection: it failed the gate, do not serve it)"))
+    return 0 if info["passed"] else 1
+
+
 def _export_onnx(a: argparse.Namespace) -> int:
     from bonescan.export.onnx_export import export_onnx
 
@@ -450,7 +468,7 @@ def _export_verify_gpu(a: argparse.Namespace) -> int:
 
 
 def export_commands(sub: argparse._SubParsersAction) -> None:
-    """``bonescan export onnx | check | lint | trt | verify-gpu``."""
+    """``bonescan export onnx | check | lint | trt | quantize | verify-gpu``."""
     esub = _group(sub, "export", "ONNX export, parity checks, TensorRT engines")
     s = _command(esub, "onnx", _export_onnx, "checkpoint -> text_encoder.onnx + segmenter.onnx + model.json")
     CHECKPOINT.add(s)
@@ -473,6 +491,19 @@ def export_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-batch", type=int, default=8, help="= the Triton max_batch_size")
     s.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file, read and updated (default: none)")
     s.add_argument("--calibration-cases", type=int, default=64, help="synthetic cases for INT8 calibration")
+    s = _command(esub, "quantize", _export_quantize,
+                 "static INT8 of the segmenter graph, calibrated on the train split, gated on the test split (exit 1: gate failed)")
+    EXPORT.add(s, help="the fp32 ONNX export folder (dual-path or U-Net)")
+    DATA.add(s, help="data folder: calibration from its train split, the gate on its test split")
+    OUT.add(s, help="INT8 export folder to write (same layout: `repo build --from` takes it)")
+    s.add_argument("--max-delta-dsc", type=float, default=0.005, help="the gate: mean DSC fp32 - INT8 on the held-out scans")
+    s.add_argument("--calibration-cases", type=int, default=64, help="train-split scans to calibrate on")
+    s.add_argument("--test-cases", type=int, default=None, help="held-out scans the gate scores (default: the whole test split)")
+    s.add_argument("--runtime", choices=["openvino", "onnxruntime"], default="openvino", help="runtime that scores fp32 and INT8")
+    s.add_argument("--keep-fp32", nargs="*", metavar="NODE", help="ONNX node names left fp32 from the start (default: none)")
+    s.add_argument("--keep-fp32-types", nargs="*", metavar="OP", help="ONNX op types left fp32 from the start, e.g. MatMul (default: none)")
+    s.add_argument("--no-retry", action="store_true", help="no second try keeping the attention and the output heads fp32")
+    s.add_argument("--threads", type=int, default=2, help="threads of the runtime scoring the gate")
     s = _command(esub, "verify-gpu", _export_verify_gpu,
                  "one command for a GPU machine: build, compare with onnxruntime, DSC parity")
     CHECKPOINT.add(s)
@@ -492,7 +523,8 @@ def _repo_build(a: argparse.Namespace) -> int:
     opts = RepoOptions(flavor=a.flavor, max_batch_size=a.max_batch_size, instances=a.instances,
                        python_instances=a.python_instances, queue_delay_us=a.queue_delay_us,
                        python_queue_delay_us=a.python_queue_delay_us,
-                       intra_op_threads=a.threads, run_batch=a.run_batch, device=a.device, warmup=not a.no_warmup)
+                       intra_op_threads=a.threads, run_batch=a.run_batch, device=a.device, warmup=not a.no_warmup,
+                       performance_hint=a.performance_hint, ov_cache_dir=a.ov_cache_dir)
     m = build_repository(a.src, a.out, opts, baseline=a.baseline)
     print(f"wrote {a.out} ({m['flavor']} flavor): {', '.join(m['models'])}")
     return 0
@@ -519,7 +551,9 @@ def serving_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--from", dest="src", required=True, type=Path,
                    help="export folder of the dual-path model (ONNX, or engines for --flavor tensorrt)")
     s.add_argument("--baseline", type=Path, help="export folder of the U-Net, adds bonescan_unet (default: none)")
-    s.add_argument("--flavor", choices=["embedded", "onnxruntime", "tensorrt"], default="embedded", help="how Triton runs the graphs")
+    s.add_argument("--flavor", choices=["embedded", "onnxruntime", "tensorrt", "openvino", "openvino-ngc"], default="embedded",
+                   help="how Triton runs the graphs (openvino: OpenVINO in the python backend, served here; openvino-ngc: "
+                        "Triton's OpenVINO backend in the NGC container)")
     OUT.add(s, help="repository folder to write")
     s.add_argument("--max-batch-size", type=int, default=8, help="Triton max_batch_size of every model")
     s.add_argument("--instances", type=int, default=1, help="instances of text_encoder / segmenter")
@@ -527,7 +561,10 @@ def serving_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--queue-delay-us", type=int, default=None,
                    help="dynamic batching delay of text_encoder / segmenter (default: 2000, 0 for the embedded CPU flavor)")
     s.add_argument("--python-queue-delay-us", type=int, default=0, help="dynamic batching delay of the python steps")
-    s.add_argument("--threads", type=int, default=2, help="onnxruntime threads per instance (embedded)")
+    s.add_argument("--threads", type=int, default=2, help="onnxruntime / OpenVINO threads per instance (embedded, openvino)")
+    s.add_argument("--performance-hint", choices=["LATENCY", "THROUGHPUT"], default="LATENCY", help="OpenVINO's hint (openvino flavors)")
+    s.add_argument("--ov-cache-dir", default="ov_cache",
+                   help="openvino: compiled-model cache, relative to each model's folder or absolute (a read-only repository needs one)")
     s.add_argument("--run-batch", type=int, default=1,
                    help="embedded: scans per onnxruntime run within a dynamic batch (0: all; see README)")
     s.add_argument("--device", choices=["gpu", "cpu"], default="gpu", help="instance kind for onnxruntime flavor")
@@ -592,6 +629,41 @@ def _infer_items(a: argparse.Namespace) -> tuple[list[tuple[Any, Path | None]], 
     return [(p, a.report) for p in scans], len(skipped)
 
 
+def _dicom_source(scan: Any) -> Any:
+    """The DICOM file(s) an infer input was read from (a file, a view pair, a case folder's), or None:
+    a SEG is drawn over the NM scan itself, so PNG / NPY inputs have none."""
+    from bonescan.data.dicom import is_study_folder, read_dicom_study
+    from bonescan.data.io import find_scan_files
+
+    def is_dicom(p: Any) -> bool:
+        return Path(p).suffix.lower() in (".dcm", ".dicom")
+
+    if isinstance(scan, tuple):
+        return list(scan) if all(is_dicom(v) for v in scan) else None
+    p = Path(scan)
+    if p.is_file():
+        return p if is_dicom(p) else None
+    if p.is_dir() and is_study_folder(p):  # a PACS export: the study's NM instance(s)
+        return read_dicom_study([p]).view_sources()
+    found = find_scan_files(p) if p.is_dir() else {}
+    if "dicom" in found:
+        return found["dicom"]
+    views = [found.get("anterior"), found.get("posterior")]
+    return views if all(v is not None and is_dicom(v) for v in views) else None
+
+
+def _infer_dicom_out(res: Any, scan: Any, out: Path, name: str, overwrite: bool) -> str:
+    """`infer --dicom-out`: the SEG and SR of one result (bonescan.client.dicom), or why it has none."""
+    from bonescan.client.dicom import write_dicom
+
+    src = _dicom_source(scan)
+    if src is None:
+        return (f"WARNING {name}: no DICOM SEG / SR: --dicom-out needs a DICOM source (an NM scan), this input is "
+                "PNG / NPY")
+    paths = write_dicom(res, src, out, overwrite=overwrite, stem=name)
+    return f"{name}: DICOM SEG {paths['seg'].name} and SR {paths['sr'].name} in {out}"
+
+
 def _infer(a: argparse.Namespace) -> int:
     """Client command line: one scan or a folder of cases -> masks, overlays, lesion lists."""
     from tqdm import tqdm
@@ -614,7 +686,7 @@ def _infer(a: argparse.Namespace) -> int:
     with BoneScanClient(a.server, **opts) as client:
         bar = tqdm(total=len(items), desc="segmenting", unit="scan", disable=len(items) < 2)
         results = client.segment_many(items, concurrency=a.concurrency, pixel_spacing=a.pixel_spacing, **read)
-        for res in results:
+        for (scan, _), res in zip(items, results):
             if isinstance(res, BonescanError):
                 failures += 1
                 bar.write(cli_wording(f"FAILED {res}"))
@@ -626,6 +698,8 @@ def _infer(a: argparse.Namespace) -> int:
                     raise BonescanError(f"{res.source}: its results would be named {name!r} like those of {used[name]}; "
                                         "segment it on its own with stem=")
                 res.save(out, name, overwrite=bool(a.overwrite))
+                if a.dicom_out:
+                    bar.write(cli_wording(_infer_dicom_out(res, scan, a.dicom_out, name, bool(a.overwrite))))
             except BonescanError as e:
                 failures += 1
                 bar.write(cli_wording(f"FAILED {e}"))
@@ -646,7 +720,9 @@ def _infer(a: argparse.Namespace) -> int:
 def infer_command(sub: argparse._SubParsersAction) -> None:
     """``bonescan infer``: the gRPC client."""
     s = _command(sub, "infer", _infer, "segment scans with a running server (gRPC client)")
-    s.add_argument("input", nargs="?", help="DICOM / NPY file, case folder, or a folder of cases (default: none, give --views)")
+    s.add_argument("input", nargs="?", help="DICOM / NPY file, case folder, a folder of cases, or a folder of the DICOM "
+                   "instances of one study (the NM scan and its report SR, as a PACS export gives them; any file "
+                   "names, subfolders allowed) (default: none, give --views)")
     s.add_argument("--views", nargs=2, metavar=("ANTERIOR", "POSTERIOR"), help="two view files, 16-bit PNG or DICOM (default: none)")
     s.add_argument("--report", type=Path,
                    help="report file of the one scan given (UTF-8, else GB18030 / Big5 / UTF-16 detected); refused with a "
@@ -675,6 +751,47 @@ def infer_command(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--client-key", help="PEM client key, mutual TLS (default: none)")
     s.add_argument("--header", action="append", help="extra gRPC header NAME=VALUE, repeatable, e.g. authorization=Bearer ... (default: none)")
     s.add_argument("--expect-model", help="refuse a server whose model hash differs, 16 hex digits (default: any)")
+    s.add_argument("--dicom-out", type=Path, metavar="DIR",
+                   help="also write each DICOM input's results as a DICOM Segmentation (<stem>_seg.dcm) and a TID 1500 "
+                        "measurement SR (<stem>_sr.dcm) into DIR, beside the PNG / JSON results (default: none)")
+
+
+# ----------------------------------------------------------------------------- DICOM node
+
+
+def _dicom_node(a: argparse.Namespace) -> int:
+    from bonescan.client.dicom.node import Destination, DicomNode, NodeConfig
+
+    cfg = NodeConfig(spool=a.spool, server=a.server, ae_title=a.ae_title, bind=a.bind, port=a.port,
+                     send_to=Destination.parse(a.send_to) if a.send_to else None, stow_url=a.stow_url,
+                     wait_report_s=a.wait_report, wait_scan_s=a.wait_scan, retry_interval_s=a.retry_interval,
+                     workers=a.workers, pause_before_send_s=a.pause_before_send)
+    DicomNode(cfg).serve_forever()
+    return 0
+
+
+def dicom_node_command(sub: argparse._SubParsersAction) -> None:
+    """``bonescan dicom-node``: a Storage SCP for a PACS (bonescan.client.dicom.node)."""
+    s = _command(sub, "dicom-node", _dicom_node,
+                 "a DICOM node: receives NM bone scans and report SRs (C-STORE), segments each study through Triton, "
+                 "sends a SEG and an SR back (C-STORE and / or STOW-RS); a spool on disk keeps every study until delivered")
+    s.add_argument("--ae-title", default="BONESCAN", help="the node's AE title (register it in the PACS)")
+    s.add_argument("--port", type=int, default=11112, help="DICOM port to listen on")
+    s.add_argument("--bind", default="0.0.0.0", help="address to listen on")
+    s.add_argument("--server", default="localhost:8001", help="Triton's gRPC address")
+    s.add_argument("--send-to", metavar="HOST:PORT:AET", help="C-STORE the SEG and SR there (default: no C-STORE)")
+    s.add_argument("--stow-url", metavar="URL", help="STOW-RS the SEG and SR to this DICOMweb root, e.g. "
+                                                      "http://pacs:8042/dicom-web (default: no STOW-RS)")
+    s.add_argument("--spool", type=Path, required=True, help="spool folder (incoming/, retry/, done/, failed/)")
+    s.add_argument("--wait-report", type=float, default=300.0, metavar="SECONDS",
+                   help="how long a scan waits for its report SR before it is segmented image-only (bonescan_unet)")
+    s.add_argument("--wait-scan", type=float, default=3600.0, metavar="SECONDS",
+                   help="a study without a complete scan this long after its last instance goes to failed/")
+    s.add_argument("--retry-interval", type=float, default=60.0, metavar="SECONDS",
+                   help="first wait before a study in retry/ is tried again (doubles, up to 30 min)")
+    s.add_argument("--workers", type=int, default=1, help="studies segmented and sent at once")
+    s.add_argument("--pause-before-send", type=float, default=0.0, metavar="SECONDS",
+                   help="tests: wait this long between segmenting a study and sending its results")
 
 
 # ----------------------------------------------------------------------------- demo and benchmarks
@@ -713,10 +830,35 @@ def demo_cluster_command(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--concurrency", type=int, default=4, help="requests in flight")
 
 
+def _demo_pacs(a: argparse.Namespace) -> int:
+    from bonescan.benchmarks.demo_pacs import run_demo_pacs
+
+    return 0 if run_demo_pacs(a.out, keep=a.keep)["ok"] else 1
+
+
+def demo_pacs_command(sub: argparse._SubParsersAction) -> None:
+    """``bonescan demo-pacs`` (``make demo-pacs``)."""
+    s = _command(sub, "demo-pacs", _demo_pacs,
+                 "after make demo: a study C-STOREd into a local Orthanc, forwarded to the DICOM node, its SEG and SR "
+                 "back in Orthanc (make demo-pacs)")
+    OUT.add(s, required=False, default=Path("demo_out"), help="the folder `bonescan demo` wrote")
+    s.add_argument("--keep", action="store_true", help="keep Orthanc, the node and Triton up until Ctrl-C")
+
+
 def _bench_synth(a: argparse.Namespace) -> int:
     from bonescan.benchmarks.synth import bench_synth
 
     bench_synth(a.n, a.workers, a.out)
+    return 0
+
+
+def _bench_postprocess(a: argparse.Namespace) -> int:
+    from bonescan.benchmarks.postprocess_speed import bench_postprocess, format_result
+
+    res = bench_postprocess(a.n, a.seed)
+    print(format_result(res))
+    if a.out:
+        a.out.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
     return 0
 
 
@@ -827,6 +969,13 @@ def _bench_text_gain(a: argparse.Namespace) -> int:
     return 0 if all(res["summary"]["targets_met"].values()) else 1
 
 
+def _bench_pacs(a: argparse.Namespace) -> int:
+    from bonescan.benchmarks.pacs import bench_pacs
+
+    bench_pacs(a.data, a.out, repo=a.repo, server=a.server, n=a.n)
+    return 0
+
+
 def _fault_run_args(s: argparse.ArgumentParser) -> None:
     """The arguments `bench soak`, `bench kill` and `bench storm` share."""
     EXPORT.add(s, help="ONNX export of the dual-path model")
@@ -836,7 +985,7 @@ def _fault_run_args(s: argparse.ArgumentParser) -> None:
 
 
 def bench_commands(sub: argparse._SubParsersAction) -> None:
-    """``bonescan bench synth | first-request | latency | parity | soak | kill | storm | cluster | text-gain``."""
+    """``bonescan bench synth | first-request | latency | parity | soak | kill | storm | cluster | pacs | text-gain``."""
     from bonescan.benchmarks.text_gain import MODES
 
     bsub = _group(sub, "bench", "benchmarks that print measured figures")
@@ -844,6 +993,10 @@ def bench_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--n", type=int, default=1000, help="cases")
     s.add_argument("--workers", type=int, default=2, help="processes")
     OUT.add(s, required=False, help="keep the data set here (default: a temporary folder)")
+    s = _command(bsub, "postprocess", _bench_postprocess, "the fail-safe's postprocess per scan, in-process (CPU model printed)")
+    s.add_argument("--n", type=int, default=50, help="synthetic scans, one per call")
+    s.add_argument("--seed", type=int, default=0, help="seed of the synthetic segmenter outputs")
+    s.add_argument("--out", type=Path, help="also write the result as JSON here (default: not written)")
     s = _command(bsub, "first-request", _bench_first_request,
                  "latency of the first request after a server start, with and without model_warmup")
     EXPORT.add(s, help="the dual-path model's ONNX export")
@@ -920,6 +1073,14 @@ def bench_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--deadline", type=float, default=900.0, help="the fault run's deadline: a request without an outcome by then is lost")
     s.add_argument("--throughput-replicas", type=int, nargs="*", default=[1, 2, 3], help="replica counts of the throughput part")
     s.add_argument("--throughput-seconds", type=float, default=30.0, help="measuring time per replica count")
+    s = _command(bsub, "pacs", _bench_pacs,
+                 "a real Orthanc forwards studies to the DICOM node: time from the last C-STORE into the node to the SEG "
+                 "visible in Orthanc (p50), next to the ensemble's own round trip on the same scans")
+    DATA.add(s, help="data folder; the studies are written from its test split")
+    OUT.add(s, required=False, default=Path("bench_out/pacs"), help="results folder (pacs.json, Orthanc, spool, logs)")
+    s.add_argument("--repo", type=Path, help="a built repository to serve (default: none; give this or --server)")
+    s.add_argument("--server", help="a running tritonserver's gRPC address (default: none; give this or --repo)")
+    s.add_argument("--n", type=positive_int, default=20, help="studies measured (one more goes first as a warm-up)")
     s = _command(bsub, "text-gain", _bench_text_gain,
                  "dual-path vs the same-budget U-Net over seeds: DSC, FROC / CPM and safety margins with reports in and out of "
                  "style, in traditional characters, in shorthand, none, another scan's, texts that are no report; ablation of the "
@@ -961,8 +1122,10 @@ def build_parser() -> argparse.ArgumentParser:
     export_commands(sub)
     serving_commands(sub)
     infer_command(sub)
+    dicom_node_command(sub)
     demo_command(sub)
     demo_cluster_command(sub)
+    demo_pacs_command(sub)
     bench_commands(sub)
     perf_command(sub)
     return p

@@ -160,29 +160,36 @@ class Measured:
     allow_max: float = 1.0
     #: the mean sigmoid(allow) over the scan: near 1 for a text the model reads as no report
     allow_mean: float = 0.0
+    #: ``labels`` indexed by component (bonescan.components.Components): added lesions' pixels without a
+    #: pass over the image
+    components: Any = None
 
 
 def measure(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarray, text_map: np.ndarray,
-            text_stats: np.ndarray) -> Measured:
+            text_stats: np.ndarray, fallback=None) -> Measured:
     """mask, fallback_mask: [H, W] the dual-path and the U-Net answers, cleaned binary masks;
     fallback_prob: [H, W] the U-Net's probabilities; text_map: [2, h, w] allow / mention logits;
     text_stats: [3] (report tokens, of them unknown to the model, finding terms; a [2] of an older
-    tokenizer: terms unknown)."""
-    from scipy.ndimage import label
+    tokenizer: terms unknown); fallback: ``fallback_mask``'s components (bonescan.components) when the
+    caller labelled it already (postprocess does, to clean the mask): not labelled twice."""
+    from bonescan.components import components
 
-    from bonescan.contract import EIGHT
-
-    mask, fallback_mask = np.asarray(mask).astype(bool), np.asarray(fallback_mask).astype(bool)
+    mask = np.asarray(mask).astype(bool)
+    comps = fallback if fallback is not None else components(fallback_mask, min_pixels=1)
     p = _sigmoid(np.asarray(text_map, np.float32))
-    mention = upsample(p[1], mask.shape)
-    named = upsample(p[0], mask.shape)
-    lab, n = label(fallback_mask, structure=EIGHT)
-    kept = label_max(mask, lab, n) > 0
-    prob = np.asarray(fallback_prob, np.float32)
-    area = np.bincount(lab.ravel(), minlength=n + 1)[1:]
     stats = np.asarray(text_stats).ravel()
-    return Measured(mask, fallback_mask, lab, label_max(prob, lab, n), label_max(mention, lab, n), label_max(named, lab, n), kept,
-                    area, int(stats[0]), int(stats[1]), int(stats[2]) if len(stats) > 2 else -1, float(p[0].max()), float(p[0].mean()))
+    return Measured(mask, np.asarray(fallback_mask).astype(bool), comps.labels, comps.max_of(np.asarray(fallback_prob, np.float32)),
+                    comps.gather_max(p[1]), comps.gather_max(p[0]), comps.max_of(mask), comps.area,
+                    int(stats[0]), int(stats[1]), int(stats[2]) if len(stats) > 2 else -1, float(p[0].max()), float(p[0].mean()),
+                    comps)
+
+
+def added_pixels(m: Measured, add: np.ndarray) -> np.ndarray:
+    """Flat indices of the pixels of U-Net lesions ``add`` (labels 1..n): what ``np.isin(m.labels, add)``
+    marks, from the components' index instead of a pass (and a sort) over the image."""
+    if m.components is not None:
+        return m.components.pixels_of(add)
+    return np.flatnonzero(np.isin(m.labels, add))
 
 
 def says_nothing(m: Measured, s: FailSafeSettings) -> bool:
@@ -250,10 +257,10 @@ def answer_mask(m: Measured, info: dict[str, Any]) -> np.ndarray:
     report) plus the added U-Net lesions."""
     if info["answered_by"] == UNET:
         return m.fallback_mask.astype(np.uint8)
-    out = np.zeros(m.mask.shape, bool) if info["empty"] else m.mask.copy()
+    out = np.zeros(m.mask.shape, np.uint8) if info["empty"] else m.mask.astype(np.uint8)
     if len(info["add"]):
-        out |= np.isin(m.labels, info["add"])
-    return out.astype(np.uint8)
+        out.ravel()[added_pixels(m, info["add"])] = 1
+    return out
 
 
 def decide(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarray, text_map: np.ndarray,
@@ -338,4 +345,7 @@ def served_probability(prob_dual: np.ndarray, prob_unet: np.ndarray, m: Measured
     add = info.get("added_labels", info.get("add"))
     if add is None or not len(add):
         return prob_dual
-    return np.where(np.isin(m.labels, add), np.maximum(prob_dual, prob_unet), prob_dual)
+    idx = added_pixels(m, add)
+    out = np.array(prob_dual, dtype=np.result_type(prob_dual, prob_unet), copy=True)
+    out.ravel()[idx] = np.maximum(np.ravel(prob_dual)[idx], np.ravel(prob_unet)[idx])
+    return out

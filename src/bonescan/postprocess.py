@@ -13,52 +13,57 @@ from typing import Any
 
 import numpy as np
 
-from bonescan.contract import EIGHT, IMAGE_WIDTH, MIN_LESION_PIXELS, THRESHOLD
+from bonescan.components import Components, components
+from bonescan.contract import IMAGE_WIDTH, THRESHOLD
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     out = np.empty_like(x, dtype=np.float32)
     np.negative(x, out=out)
-    np.exp(np.clip(out, -80, 80), out=out)
+    np.exp(np.clip(out, -80, 80, out=out), out=out)
     out += 1.0
     np.reciprocal(out, out=out)
     return out
 
 
-def lesions_of(mask: np.ndarray, prob: np.ndarray, spacing: tuple[float, float]) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """mask [H, W] bool, prob [H, W] -> (mask without specks, lesion list sorted by area, largest first)."""
-    from scipy.ndimage import find_objects, label
-
-    lab, n = label(mask, structure=EIGHT)
-    keep = np.zeros(mask.shape, dtype=bool)
-    lesions: list[dict[str, Any]] = []
-    if n == 0:
-        return keep, lesions
+def lesions_of(mask: np.ndarray, prob: np.ndarray, spacing: tuple[float, float],
+               comps: Components | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """mask [H, W] bool, prob [H, W] -> (mask without specks, lesion list sorted by area, largest first);
+    ``comps``: the mask's components when the caller has them already (then ``mask`` is not read)."""
+    c = comps if comps is not None else components(mask)
+    keep = c.mask
+    if c.n == 0:
+        return keep, []
+    ys, xs = np.divmod(c.order, c.labels.shape[1])
+    y0, y1 = np.minimum.reduceat(ys, c.starts), np.maximum.reduceat(ys, c.starts)
+    x0, x1 = np.minimum.reduceat(xs, c.starts), np.maximum.reduceat(xs, c.starts)
+    # centroid as the per-component loop had it: mean of bbox-local coordinates, plus the corner
+    cy = (np.add.reduceat(ys, c.starts) - y0 * c.area) / c.area + y0
+    cx = (np.add.reduceat(xs, c.starts) - x0 * c.area) / c.area + x0
+    p = np.asarray(prob).ravel()[c.order]
+    pmax = c.max_of_flat(p)
+    ends = c.starts + c.area
     px_area = float(spacing[0]) * float(spacing[1])
-    for k, sl in enumerate(find_objects(lab), start=1):
-        if sl is None:
-            continue
-        comp = lab[sl] == k
-        area = int(comp.sum())
-        if area < MIN_LESION_PIXELS:
-            continue
-        keep[sl] |= comp
-        ys, xs = np.nonzero(comp)
-        p = prob[sl][comp]
-        cy, cx = float(ys.mean() + sl[0].start), float(xs.mean() + sl[1].start)
-        lesions.append({
-            "area_px": area,
-            "area_mm2": round(area * px_area, 1),
-            "bbox": [int(sl[0].start), int(sl[1].start), int(sl[0].stop - 1), int(sl[1].stop - 1)],  # y0, x0, y1, x1
-            "centroid": [round(cy, 1), round(cx, 1)],
-            "mean_probability": round(float(p.mean()), 4),
-            "max_probability": round(float(p.max()), 4),
-            "side": "right" if cx < IMAGE_WIDTH / 2 else "left",  # patient's side
-        })
+    lesions = [_lesion(int(c.area[k]), px_area, (y0[k], x0[k], y1[k], x1[k]), float(cy[k]), float(cx[k]),
+                       float(p[c.starts[k]:ends[k]].mean()), float(pmax[k])) for k in range(c.n)]
     lesions.sort(key=lambda d: -d["area_px"])
     for i, les in enumerate(lesions):
         les["id"] = i
     return keep, lesions
+
+
+def _lesion(area: int, px_area: float, bbox: tuple, cy: float, cx: float, mean_p: float, max_p: float) -> dict[str, Any]:
+    """One lesion's JSON entry. The mean probability is numpy's float32 mean of the component's pixels in
+    raster order (the same summation as before, so the rounded figures are identical)."""
+    return {
+        "area_px": area,
+        "area_mm2": round(area * px_area, 1),
+        "bbox": [int(v) for v in bbox],  # y0, x0, y1, x1
+        "centroid": [round(cy, 1), round(cx, 1)],
+        "mean_probability": round(mean_p, 4),
+        "max_probability": round(max_p, 4),
+        "side": "right" if cx < IMAGE_WIDTH / 2 else "left",  # patient's side
+    }
 
 
 def postprocess(logits: np.ndarray, spacing: np.ndarray, threshold: float = THRESHOLD,
@@ -103,13 +108,12 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
     decisions: list[dict[str, Any]] = []
     for b in range(len(logits)):
         sp = (float(spacing[b, 0]), float(spacing[b, 1]))
-        keep_d, _ = lesions_of(prob_d[b, 0] >= threshold, prob_d[b, 0], sp)
-        keep_u, _ = lesions_of(prob_u[b, 0] >= threshold, prob_u[b, 0], sp)
-        m = measure(keep_d, keep_u, prob_u[b, 0], text_map[b], text_stats[b])
+        comp_d, comp_u = components(prob_d[b, 0] >= threshold), components(prob_u[b, 0] >= threshold)
+        m = measure(comp_d.mask, comp_u.mask, prob_u[b, 0], text_map[b], text_stats[b], fallback=comp_u)
         info = choose(m, settings)
         final = answer_mask(m, info)
         prob = served_probability(prob_d[b, 0], prob_u[b, 0], m, info)
-        keep, lesions = lesions_of(final.astype(bool), prob, sp)
+        keep, lesions = lesions_of(final.astype(bool), prob, sp, _answer_components(info, comp_d, comp_u))
         masks[b, 0] = keep
         probs[b, 0] = prob
         info["added_labels"] = info.pop("add")
@@ -119,3 +123,16 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
                                     "answered_by": info["answered_by"], "reason": info["reason"],
                                     "signals": info["signals"]}, ensure_ascii=False))
     return masks, probs, out_json, decisions
+
+
+def _answer_components(info: dict[str, Any], comp_d: Components, comp_u: Components) -> Components | None:
+    """The answer's components when they are one of the two already labelled (the U-Net's mask, or the
+    report-guided one alone); None when lesions were added (they may join a kept one: label again).
+    The cleaned masks hold no speck, so their components are the answer's as they are."""
+    from bonescan.failsafe import UNET
+
+    if info["answered_by"] == UNET:
+        return comp_u
+    if len(info["add"]):
+        return None
+    return None if info["empty"] else comp_d

@@ -27,11 +27,15 @@ import numpy as np
 from PIL import Image
 
 from bonescan.contract import DEFAULT_PIXEL_SPACING_MM, IMAGE_HEIGHT, IMAGE_WIDTH, MAX_COUNT, TOKENIZER
+from bonescan.data.nmimage import NM_IMAGE_STORAGE as NM_IMAGE_STORAGE  # re-exported (readers, client.dicom)
+from bonescan.data.nmimage import NMStudy, nm_dataset
 from bonescan.errors import BonescanError
 from bonescan.study import study_ids
 from bonescan.tokenize import ReportError, decode_report
 
-NM_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
+#: write_dicom_scan's patient, and the Manufacturer it writes
+ANONYMOUS = "Anonymous^"  # family name only (without the "^" dciodvfy calls the name form retired)
+WRITER = "BoneScan-Triton"
 #: the problem of a case folder without a scan file
 NO_SCAN = "no scan found (expected scan.dcm, anterior.png + posterior.png, anterior.dcm + posterior.dcm or scan.npy)"
 
@@ -353,52 +357,22 @@ def write_dicom_scan(
 
     ``pixel_spacing=None`` (not known) leaves PixelSpacing empty (it is type 2 in the NM image
     module) rather than writing a default as if it had been measured. ``study_instance_uid`` None:
-    one derived from the path; ``accession_number`` None: AccessionNumber left empty (type 2)."""
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.sequence import Sequence
-    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+    one derived from the path; ``accession_number`` None: AccessionNumber left empty (type 2).
+    The patient is anonymous (PatientName "Anonymous^", PatientID ``patient_id``); what nothing says (the
+    patient's birth date and sex, the study's date, the camera) is written empty or left out.
+    The attributes are :func:`bonescan.data.nmimage.nm_dataset`'s, as in the synthetic studies,
+    so the file passes dciodvfy without errors."""
+    from pydicom.uid import generate_uid
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(NM_IMAGE_STORAGE)
-    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(path), patient_id])
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = NM_IMAGE_STORAGE
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = study_instance_uid or generate_uid(entropy_srcs=[str(path), "study"])
-    ds.AccessionNumber = accession_number or ""
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[str(path), "series"])
-    ds.Modality = "NM"
-    ds.PatientID = patient_id
-    ds.PatientName = "Anonymous"
-    ds.SeriesDescription = "WB bone scan ANT/POST"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "WHOLE BODY", "EMISSION"]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.NumberOfFrames = 2
-    ds.FrameIncrementPointer = pydicom.tag.Tag(0x0054, 0x0020)  # Detector Vector
-    ds.DetectorVector = [1, 2]
-    ds.NumberOfDetectors = 2
-    det = []
-    for view in ("anterior", "posterior"):
-        item = Dataset()
-        code = Dataset()
-        code.CodeValue = view[:4].upper()
-        code.CodingSchemeDesignator = "99BONESCAN"
-        code.CodeMeaning = view
-        item.ViewCodeSequence = Sequence([code])
-        det.append(item)
-    ds.DetectorInformationSequence = Sequence(det)
-    ds.Rows, ds.Columns = anterior.shape
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.PixelSpacing = [f"{pixel_spacing[0]:.4f}", f"{pixel_spacing[1]:.4f}"] if pixel_spacing is not None else None
+    study = NMStudy(study_instance_uid=study_instance_uid or generate_uid(entropy_srcs=[str(path), "study"]),
+                    patient_id=patient_id, patient_name=ANONYMOUS, accession_number=accession_number or "",
+                    manufacturer=WRITER)
     frames = np.stack([np.asarray(anterior, np.uint16), np.asarray(posterior, np.uint16)])
-    ds.PixelData = frames.tobytes()
+    ds = nm_dataset(study, ("anterior", "posterior"), frames,
+                    sop_instance_uid=generate_uid(entropy_srcs=[str(path), patient_id]),
+                    series_instance_uid=generate_uid(entropy_srcs=[str(path), "series"]),
+                    frame_of_reference_uid=generate_uid(entropy_srcs=[str(path), "frame of reference"]),
+                    series_number=1, spacing=pixel_spacing, camera=False)
     ds.save_as(path, enforce_file_format=True)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 
 def cpu_session(path: str | Path, threads: int = 2, spinning: bool = False):
@@ -69,7 +70,6 @@ def config_mismatches(session, inputs: list, outputs: list) -> list[str]:
 
 class OnnxRunnerModel:
     def initialize(self, args: dict) -> None:
-        import onnxruntime as ort
         import triton_python_backend_utils as pb_utils
 
         from bonescan.serving.pybackend import config_tensors
@@ -79,15 +79,22 @@ class OnnxRunnerModel:
         self.name = cfg["name"]
         self.inputs, self.outputs = config_tensors(cfg)
         params = {k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()}
-        threads = int(params.get("intra_op_threads", "2") or 2)
         path = Path(args["model_repository"]) / args["model_version"] / params.get("onnx_file", "model.onnx")
-        self.session = cpu_session(path, threads, spinning=params.get("allow_spinning", "0") == "1")
+        self.session, runtime = self.open(path, params, Path(args["model_repository"]))
         problems = config_mismatches(self.session, self.inputs, self.outputs)
         if problems:  # a repository built from another export than the one beside it: refuse to load
             raise ValueError(f"{self.name}: {path.name} does not match config.pbtxt: " + "; ".join(problems))
         self.run_batch = int(params.get("run_batch", "0") or 0)
-        pb_utils.Logger.log_info(f"{self.name}: onnxruntime {ort.__version__}, {threads} threads, "
-                                 f"run batch {self.run_batch or 'whole'}, {path.name}")
+        pb_utils.Logger.log_info(f"{self.name}: {runtime}, run batch {self.run_batch or 'whole'}, {path.name}")
+
+    def open(self, path: Path, params: dict[str, str], model_dir: Path) -> tuple[Any, str]:
+        """The session that runs ``path`` (``run``, ``get_inputs``, ``get_outputs`` as onnxruntime's) and how
+        it runs, for the log: onnxruntime here; the openvino flavor overrides only this."""
+        import onnxruntime as ort
+
+        threads = int(params.get("intra_op_threads", "2") or 2)
+        session = cpu_session(path, threads, spinning=params.get("allow_spinning", "0") == "1")
+        return session, f"onnxruntime {ort.__version__}, {threads} threads"
 
     def execute(self, requests: list) -> list:
         from bonescan.serving.pybackend import concat_padded, fail_all, gather, respond

@@ -1,12 +1,16 @@
 """``bonescan repo build``: fill the model-repository templates with artifacts and configs.
 
-Flavors of the two network graphs (the python steps are the same in all three):
+Flavors of the two network graphs (the python steps are the same in all of them):
 
 * ``embedded``: python-backend models running the ONNX files with onnxruntime on the CPU, for the
   Triton that ships in the ``nvidia-pytriton`` wheel (python backend only). Served and tested here.
 * ``onnxruntime``: ``onnxruntime_onnx`` models for the NGC Triton container (CPU or GPU).
 * ``tensorrt``: ``tensorrt_plan`` engines from ``bonescan export trt`` for the NGC container on a
   GPU; each engine's TensorRT version is checked against the container's.
+* ``openvino``: python-backend models running the same ONNX files with the OpenVINO runtime on the CPU
+  (``serving/openvino_runner.py``; latency hint, compiled models cached on disk). Served and tested here.
+* ``openvino-ngc``: Triton's own ``openvino`` backend reading model.onnx, for the NGC container on a CPU
+  (generated and parsed in the tests; the wheel's tritonserver has no such backend).
 
 Every tensor block of every config.pbtxt is generated from :mod:`bonescan.contract` (and the text
 width from the export's model.json), so configs, graphs, python models and client agree. The two
@@ -31,11 +35,16 @@ from bonescan import contract as C
 from bonescan.errors import BonescanError
 from bonescan.serving.launch import container_requirements, write_container_files
 
-FLAVORS = ("embedded", "onnxruntime", "tensorrt")
+FLAVORS = ("embedded", "onnxruntime", "tensorrt", "openvino", "openvino-ngc")
+#: flavors whose graphs run inside python-backend models: served by the wheel's tritonserver here
+PYTHON_FLAVORS = ("embedded", "openvino")
+#: flavors on the CPU, where waiting to grow a batch costs every request more than a batch saves
+CPU_FLAVORS = ("embedded", "openvino", "openvino-ngc")
 REPO_MANIFEST = "bonescan_repo.json"
 #: modules copied next to every python model: the runtime half of the package (numpy, scipy, tokenizers, onnxruntime)
-RUNTIME_MODULES = ("__init__.py", "contract.py", "errors.py", "tokenize.py", "report_text.py", "postprocess.py", "failsafe.py", "validate.py",
-                   "study.py", "serving/__init__.py", "serving/pybackend.py", "serving/onnx_runner.py", "serving/telemetry.py")
+RUNTIME_MODULES = ("__init__.py", "contract.py", "errors.py", "tokenize.py", "report_text.py", "postprocess.py", "components.py", "failsafe.py", "validate.py",
+                   "study.py", "serving/__init__.py", "serving/pybackend.py", "serving/onnx_runner.py", "serving/openvino_runner.py",
+                   "serving/telemetry.py")
 
 #: files a python model needs beside model.py: model -> {name there: path in the export folder}
 #: (files that an export may lack, such as trained_tokens.json of a pretrained MacBERT's tokenizer, are skipped)
@@ -47,6 +56,8 @@ FLAVOR_NOTES = {
     "embedded": "python backend running model.onnx with onnxruntime on the CPU (pip-installed Triton)",
     "onnxruntime": "onnxruntime_onnx backend (NGC Triton container)",
     "tensorrt": "tensorrt_plan engine (NGC Triton container on a GPU; the engine's TensorRT must match the container's)",
+    "openvino": "python backend running model.onnx with the OpenVINO runtime on the CPU (compiled model cached on disk)",
+    "openvino-ngc": "openvino backend (NGC Triton container, CPU): Triton's own OpenVINO backend reading model.onnx",
 }
 
 
@@ -67,11 +78,34 @@ class RepoOptions:
     device: str = "gpu"  # for onnxruntime / tensorrt flavors: KIND_GPU (or cpu for onnxruntime)
     #: model_warmup on every composing model (a synthetic scan and report, serving/warmup.py): ready = warm
     warmup: bool = True
+    #: openvino flavors: OpenVINO's PERFORMANCE_HINT (LATENCY: one stream per instance, what Triton's one request at a time needs)
+    performance_hint: str = "LATENCY"
+    #: openvino flavor: where compiled models are cached (relative to each model's folder, or absolute; a
+    #: read-only repository needs an absolute writable one)
+    ov_cache_dir: str = "ov_cache"
 
     def network_queue_delay_us(self) -> int:
         if self.queue_delay_us is not None:
             return self.queue_delay_us
-        return 0 if self.flavor == "embedded" else 2000
+        return 0 if self.flavor in CPU_FLAVORS else 2000
+
+
+#: the openvino flavor's model.py (the same three lines for every graph: the runner does the work)
+OPENVINO_MODEL_PY = '''"""{model} (openvino flavor, written by `bonescan repo build`): runs model.onnx with the OpenVINO
+runtime inside Triton's python backend; the runner is bonescan/serving/openvino_runner.py.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the bonescan runtime copied here by `bonescan repo build`
+
+from bonescan.serving.openvino_runner import OpenVinoRunnerModel  # noqa: E402
+
+
+class TritonPythonModel(OpenVinoRunnerModel):
+    pass
+'''
 
 
 def templates() -> Path:
@@ -153,6 +187,19 @@ def _network_model(out: Path, graph: C.GraphSpec, opts: RepoOptions, src_dir: Pa
         kind = "KIND_CPU"
         params = (f'parameters [ {{ key: "intra_op_threads" value: {{ string_value: "{opts.intra_op_threads}" }} }}, '
                   f'{{ key: "run_batch" value: {{ string_value: "{opts.run_batch}" }} }} ]')
+    elif opts.flavor == "openvino":
+        runtime = 'backend: "python"'
+        shutil.copy(src_dir / graph.onnx_file, d / "1" / "model.onnx")
+        (d / "1" / "model.py").write_text(OPENVINO_MODEL_PY.format(model=model), encoding="utf-8")
+        _copy_runtime(d / "1")
+        kind = "KIND_CPU"
+        params = parameters_block({"inference_num_threads": opts.intra_op_threads, "performance_hint": opts.performance_hint,
+                                   "inference_precision": "f32", "cache_dir": opts.ov_cache_dir, "run_batch": opts.run_batch})
+    elif opts.flavor == "openvino-ngc":
+        runtime = 'backend: "openvino"\ndefault_model_filename: "model.onnx"'
+        shutil.copy(src_dir / graph.onnx_file, d / "1" / "model.onnx")
+        kind = "KIND_CPU"
+        params = parameters_block({"PERFORMANCE_HINT": opts.performance_hint, "INFERENCE_NUM_THREADS": opts.intra_op_threads})
     elif opts.flavor == "onnxruntime":
         runtime = 'platform: "onnxruntime_onnx"'
         shutil.copy(src_dir / graph.onnx_file, d / "1" / "model.onnx")
@@ -322,7 +369,7 @@ def _build(src: Path, out: Path, opts: RepoOptions, desc: dict[str, Any], baseli
     }
     (out / REPO_MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     (out / "requirements.txt").write_text("\n".join(manifest["python_requirements"]) + "\n", encoding="utf-8")
-    if opts.flavor != "embedded":  # the NGC container's image (pinned packages, installed at build time) and launcher
+    if opts.flavor not in PYTHON_FLAVORS:  # the NGC container's image (pinned packages, installed at build time) and launcher
         write_container_files(out)
     return manifest
 
@@ -341,11 +388,11 @@ def python_requirements(flavor: str) -> list[str]:
     """The python steps' packages, pinned: for the NGC container (GPU flavors) its pins, installed when
     the repository's image is built; for the embedded flavor, the versions of the environment that
     builds (and serves) it."""
-    if flavor != "embedded":
+    if flavor not in PYTHON_FLAVORS:
         return container_requirements()
     from importlib.metadata import version
 
-    return [f"{name}=={version(name)}" for name in (*RUNTIME_PACKAGES, "onnxruntime")]
+    return [f"{name}=={version(name)}" for name in (*RUNTIME_PACKAGES, "openvino" if flavor == "openvino" else "onnxruntime")]
 
 
 def read_manifest(repo: str | Path) -> dict[str, Any]:

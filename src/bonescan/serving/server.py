@@ -424,7 +424,8 @@ class TritonServer:
 
 
 #: the Triton backend that runs each flavor's text_encoder / segmenter
-FLAVOR_BACKENDS = {"embedded": "python", "onnxruntime": "onnxruntime", "tensorrt": "tensorrt"}
+FLAVOR_BACKENDS = {"embedded": "python", "openvino": "python", "onnxruntime": "onnxruntime", "tensorrt": "tensorrt",
+                   "openvino-ngc": "openvino"}
 
 
 def export_arg(manifest: dict, which: str, placeholder: str) -> str | None:
@@ -452,7 +453,7 @@ def docker_command(manifest: dict, grpc_port: int = 8001, http_port: int = 8000,
     random, never written on the host's command line. Lines starting with ``#`` say why.
     """
     lines = []
-    if manifest.get("flavor") == "embedded":
+    if FLAVOR_BACKENDS.get(manifest.get("flavor", "")) == "python":  # served here: the container needs another flavor
         src = export_arg(manifest, "dualpath", "EXPORT")
         base = export_arg(manifest, "baseline", "EXPORT_UNET")
         lines += ["# 1. a repository of a GPU flavor (onnxruntime here; for TensorRT: engines from `bonescan export trt` "
