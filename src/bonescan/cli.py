@@ -880,6 +880,18 @@ def _bench_latency(a: argparse.Namespace) -> int:
     return 0 if all(res["verdicts"].values()) else 1
 
 
+def _bench_flavors(a: argparse.Namespace) -> int:
+    from bonescan.benchmarks.flavors import bench_flavors
+
+    res = bench_flavors(a.export, a.data, a.out, tuple(a.flavors), baseline=a.baseline, int8_export=a.int8_export,
+                        int8_baseline=a.int8_baseline, threads=a.threads, concurrency=tuple(a.concurrency),
+                        requests=a.requests, n_cases=a.cases, isa=a.isa, perf_analyzer=not a.no_perf_analyzer)
+    errors = sum(lv["errors"] for row in res["flavors"].values() for m in (C.ENSEMBLE_MODEL, C.ENSEMBLE_UNET_MODEL)
+                 for lv in row[m]["levels"])
+    print(f"wrote {a.out / 'flavors.md'} and flavors.json")
+    return 0 if errors == 0 else 1
+
+
 def _bench_perf_analyzer_data(a: argparse.Namespace) -> int:
     from bonescan.benchmarks.latency import write_perf_analyzer_data
 
@@ -985,7 +997,7 @@ def _fault_run_args(s: argparse.ArgumentParser) -> None:
 
 
 def bench_commands(sub: argparse._SubParsersAction) -> None:
-    """``bonescan bench synth | first-request | latency | parity | soak | kill | storm | cluster | pacs | text-gain``."""
+    """``bonescan bench synth | first-request | latency | flavors | parity | soak | kill | storm | cluster | pacs | text-gain``."""
     from bonescan.benchmarks.text_gain import MODES
 
     bsub = _group(sub, "bench", "benchmarks that print measured figures")
@@ -1004,6 +1016,22 @@ def bench_commands(sub: argparse._SubParsersAction) -> None:
     OUT.add(s, help="results folder (both repositories, server logs, first_request.json)")
     s.add_argument("--restarts", type=int, default=3, help="server starts per mode")
     s.add_argument("--steady", type=int, default=5, help="requests after the first (their median: the warm figure)")
+    s = _command(bsub, "flavors", _bench_flavors,
+                 "the CPU flavors (embedded, openvino, openvino-int8) served one after the other on the same scans, one run")
+    EXPORT.add(s, help="the dual-path model's ONNX export")
+    s.add_argument("--baseline", type=Path, help="the U-Net's export (adds the bonescan_unet ensemble to every flavor)")
+    DATA.add(s, help="data folder; held-out scans from its test split (and the train split to calibrate INT8)")
+    OUT.add(s, help="results folder (repositories, INT8 exports, server logs, flavors.json / .md)")
+    s.add_argument("--flavors", nargs="+", default=["embedded", "openvino", "openvino-int8"],
+                   help="flavors to serve, the first is the reference of the ratios (default: embedded openvino openvino-int8)")
+    s.add_argument("--int8-export", type=Path, help="an INT8 export of --export from `bonescan export quantize` (default: quantized here)")
+    s.add_argument("--int8-baseline", type=Path, help="an INT8 export of --baseline (default: quantized here)")
+    s.add_argument("--isa", choices=["avx2", "avx512_core"], help="limit oneDNN (OpenVINO) to this ISA, as on an older CPU")
+    s.add_argument("--threads", type=int, default=2, help="threads per engine, the same for all")
+    s.add_argument("--concurrency", type=int, nargs="+", default=[1, 4], help="concurrency levels")
+    s.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
+    s.add_argument("--cases", type=int, default=8, help="distinct held-out scans to cycle through")
+    s.add_argument("--no-perf-analyzer", action="store_true", help="skip perf_analyzer")
     s = _command(bsub, "latency", _bench_latency,
                  "Triton ensemble vs in-process PyTorch / onnxruntime, perf_analyzer, memory")
     CHECKPOINT.add(s, help="the dual-path checkpoint (demo or paper config)")
