@@ -1,0 +1,39 @@
+"""bench flavors' arithmetic (issue 25, item 3): ratios and agreement against the first flavor, and a
+U-Net whose INT8 graph missed its gate shown as served in fp32. The serving itself is measured by the
+command (three servers one after the other: not a unit test's job)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bonescan import contract as C
+from bonescan.benchmarks.flavors import _compare, flavor_table
+
+
+def _row(p50: float, masks: list[np.ndarray], dsc: float) -> dict:
+    levels = [{"concurrency": 1, "p50_ms": p50, "p99_ms": p50 * 1.5, "throughput_per_s": 1000 / p50, "errors": 0,
+               "members": {"segmenter": {"compute_infer_ms": p50 * 0.8}, "postprocess": {"compute_infer_ms": 3.0}}}]
+    return {"levels": levels, "masks": masks, "dsc": dsc}
+
+
+def test_ratios_and_agreement_are_against_the_first_flavor():
+    a = np.zeros((4, 4), np.uint8)
+    b = a.copy()
+    b[0, 0] = 1  # one pixel of 16 differs
+    res = {"machine": {"cpu": "test", "cores": 2, "simd": ["avx2"], "threads_per_engine": 2, "isa_limit": None},
+           "run": {"measured_at": "now", "commit": "x"}, "scans": 1, "requests_per_level": 4,
+           "int8_gates": {"unet": {"served": "fp32 (INT8 missed the gate)", "passed": False, "max_delta_dsc": 0.005,
+                                   "attempts": [{"scans": 1, "dsc_fp32": 0.5, "dsc_int8": 0.4, "delta_dsc": 0.1,
+                                                 "mask_agreement": 0.9, "kept_fp32": {}}]}},
+           "flavors": {"embedded": {C.ENSEMBLE_MODEL: _row(120.0, [a], 0.70), C.ENSEMBLE_UNET_MODEL: _row(60.0, [a], 0.6),
+                                    "memory_peak_mib": 1000.0},
+                       "openvino-int8": {C.ENSEMBLE_MODEL: _row(60.0, [b], 0.69), C.ENSEMBLE_UNET_MODEL: _row(60.0, [a], 0.6),
+                                         "memory_peak_mib": 1100.0}}}
+    _compare(res, ("embedded", "openvino-int8"))
+    int8 = res["flavors"]["openvino-int8"][C.ENSEMBLE_MODEL]
+    assert int8["speedup_p50_c1"] == 2.0 and int8["delta_dsc"] == 0.01
+    assert int8["mask_agreement"] == round(15 / 16, 6) and "masks" not in int8
+    table = flavor_table(res)
+    assert "| openvino-int8 (U-Net fp32: gate) | bonescan_unet |" in table
+    assert "| openvino-int8 | bonescan | 60.0 |" in table and "2.00x" in table
+    assert "FAIL: fp32 (INT8 missed the gate)" in table
