@@ -82,7 +82,7 @@ def _int8_exports(export: Path, baseline: Path | None, data: Path, out: Path, gi
 
 
 def _serve_and_measure(repo: Path, out: Path, name: str, cases: list, masks: list, concurrency: tuple[int, ...],
-                       requests: int, env: dict[str, str], perf_analyzer: bool) -> dict[str, Any]:
+                       requests: int, env: dict[str, str], perf_analyzer: bool, models: tuple[str, ...]) -> dict[str, Any]:
     from bonescan.benchmarks.latency import (
         MemorySampler,
         harness,
@@ -103,7 +103,7 @@ def _serve_and_measure(repo: Path, out: Path, name: str, cases: list, masks: lis
     row: dict[str, Any] = {"ready_s": round(time.perf_counter() - t0, 1)}
     try:
         with MemorySampler(server.proc.pid) as mem:
-            for model in (C.ENSEMBLE_MODEL, C.ENSEMBLE_UNET_MODEL):
+            for model in models:
                 guided = model == C.ENSEMBLE_MODEL
                 harness(server.grpc_url, model, cases, 1, 4, guided)  # warm-up
                 levels = []
@@ -145,6 +145,7 @@ def bench_flavors(export: Path, data: Path, out: Path, flavors: tuple[str, ...] 
     res: dict[str, Any] = {"machine": {**cpu_info(), "threads_per_engine": threads, "isa_limit": env.get("ONEDNN_MAX_CPU_ISA")},
                            "run": run_info(), "scans": len(cases), "requests_per_level": requests, "flavors": {}}
     sources = {f: (export, baseline) for f in flavors}
+    models = (C.ENSEMBLE_MODEL, C.ENSEMBLE_UNET_MODEL) if baseline is not None else (C.ENSEMBLE_MODEL,)
     if "openvino-int8" in flavors:
         e8, b8, res["int8_gates"] = _int8_exports(export, baseline, data, out, int8_export, int8_baseline)
         sources["openvino-int8"] = (e8, b8)
@@ -154,7 +155,7 @@ def bench_flavors(export: Path, data: Path, out: Path, flavors: tuple[str, ...] 
         opts = RepoOptions(flavor="embedded" if f == "embedded" else "openvino", intra_op_threads=threads)
         print(f"[flavors] {f}: building {repo} ...", flush=True)
         build_repository(src, repo, opts, baseline=base)
-        res["flavors"][f] = _serve_and_measure(repo, out, f, cases, masks, concurrency, requests, env, perf_analyzer)
+        res["flavors"][f] = _serve_and_measure(repo, out, f, cases, masks, concurrency, requests, env, perf_analyzer, models)
     _compare(res, flavors)
     (out / "flavors.json").write_text(json.dumps(res, indent=1, default=_plain) + "\n")
     table = flavor_table(res)
@@ -174,7 +175,7 @@ def _compare(res: dict[str, Any], flavors: tuple[str, ...]) -> None:
     ref = res["flavors"][flavors[0]]
     for f in flavors:
         row = res["flavors"][f]
-        for model in (C.ENSEMBLE_MODEL, C.ENSEMBLE_UNET_MODEL):
+        for model in _ensembles(row):
             mine, base = row[model], ref[model]
             c1 = lambda r: next(x for x in r["levels"] if x["concurrency"] == 1)  # noqa: E731
             mine["speedup_p50_c1"] = round(c1(base)["p50_ms"] / c1(mine)["p50_ms"], 3)
@@ -182,8 +183,13 @@ def _compare(res: dict[str, Any], flavors: tuple[str, ...]) -> None:
             agree = [float((a == b).mean()) for a, b in zip(mine["masks"], base["masks"])]
             mine["mask_agreement"] = round(float(np.mean(agree)), 6)
     for f in flavors:
-        for model in (C.ENSEMBLE_MODEL, C.ENSEMBLE_UNET_MODEL):
+        for model in _ensembles(res["flavors"][f]):
             res["flavors"][f][model].pop("masks")
+
+
+def _ensembles(row: dict[str, Any]) -> list[str]:
+    """The ensembles a flavor's row measured (bonescan_unet only when a U-Net export was given)."""
+    return [m for m in (C.ENSEMBLE_MODEL, C.ENSEMBLE_UNET_MODEL) if m in row]
 
 
 def flavor_table(res: dict[str, Any]) -> str:
@@ -197,7 +203,7 @@ def flavor_table(res: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     unet_fp32 = bool((res.get("int8_gates") or {}).get("unet", {}).get("served"))
     for f, row in res["flavors"].items():
-        for model in (C.ENSEMBLE_MODEL, C.ENSEMBLE_UNET_MODEL):
+        for model in _ensembles(row):
             r = row[model]
             shown = f"{f} (U-Net fp32: gate)" if f == "openvino-int8" and model == C.ENSEMBLE_UNET_MODEL and unet_fp32 else f
             by_c = {x["concurrency"]: x for x in r["levels"]}

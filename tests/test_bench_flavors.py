@@ -37,3 +37,15 @@ def test_ratios_and_agreement_are_against_the_first_flavor():
     assert "| openvino-int8 (U-Net fp32: gate) | bonescan_unet |" in table
     assert "| openvino-int8 | bonescan | 60.0 |" in table and "2.00x" in table
     assert "FAIL: fp32 (INT8 missed the gate)" in table
+
+
+def test_without_a_unet_export_only_the_dual_path_ensemble_is_measured():
+    a = np.zeros((4, 4), np.uint8)
+    res = {"machine": {"cpu": "test", "cores": 2, "simd": ["avx2"], "threads_per_engine": 2, "isa_limit": "AVX2"},
+           "run": {"measured_at": "now", "commit": "x"}, "scans": 1, "requests_per_level": 4,
+           "flavors": {f: {C.ENSEMBLE_MODEL: _row(p50, [a], 0.7), "memory_peak_mib": 900.0}
+                       for f, p50 in (("embedded", 100.0), ("openvino", 80.0))}}
+    _compare(res, ("embedded", "openvino"))
+    table = flavor_table(res)
+    assert "bonescan_unet" not in table and "| openvino | bonescan | 80.0 |" in table and "1.25x" in table
+    assert "oneDNN limited to AVX2" in table

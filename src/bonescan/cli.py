@@ -887,7 +887,7 @@ def _bench_flavors(a: argparse.Namespace) -> int:
                         int8_baseline=a.int8_baseline, threads=a.threads, concurrency=tuple(a.concurrency),
                         requests=a.requests, n_cases=a.cases, isa=a.isa, perf_analyzer=not a.no_perf_analyzer)
     errors = sum(lv["errors"] for row in res["flavors"].values() for m in (C.ENSEMBLE_MODEL, C.ENSEMBLE_UNET_MODEL)
-                 for lv in row[m]["levels"])
+                 if m in row for lv in row[m]["levels"])
     print(f"wrote {a.out / 'flavors.md'} and flavors.json")
     return 0 if errors == 0 else 1
 
@@ -1019,14 +1019,15 @@ def bench_commands(sub: argparse._SubParsersAction) -> None:
     s = _command(bsub, "flavors", _bench_flavors,
                  "the CPU flavors (embedded, openvino, openvino-int8) served one after the other on the same scans, one run")
     EXPORT.add(s, help="the dual-path model's ONNX export")
-    s.add_argument("--baseline", type=Path, help="the U-Net's export (adds the bonescan_unet ensemble to every flavor)")
+    s.add_argument("--baseline", type=Path, help="the U-Net's export (adds the bonescan_unet ensemble to every flavor; default: none, "
+                                                  "the dual-path ensemble only)")
     DATA.add(s, help="data folder; held-out scans from its test split (and the train split to calibrate INT8)")
     OUT.add(s, help="results folder (repositories, INT8 exports, server logs, flavors.json / .md)")
     s.add_argument("--flavors", nargs="+", default=["embedded", "openvino", "openvino-int8"],
                    help="flavors to serve, the first is the reference of the ratios (default: embedded openvino openvino-int8)")
     s.add_argument("--int8-export", type=Path, help="an INT8 export of --export from `bonescan export quantize` (default: quantized here)")
     s.add_argument("--int8-baseline", type=Path, help="an INT8 export of --baseline (default: quantized here)")
-    s.add_argument("--isa", choices=["avx2", "avx512_core"], help="limit oneDNN (OpenVINO) to this ISA, as on an older CPU")
+    s.add_argument("--isa", choices=["avx2", "avx512_core"], help="limit oneDNN (OpenVINO) to this ISA, as on an older CPU (default: what the CPU has)")
     s.add_argument("--threads", type=int, default=2, help="threads per engine, the same for all")
     s.add_argument("--concurrency", type=int, nargs="+", default=[1, 4], help="concurrency levels")
     s.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
