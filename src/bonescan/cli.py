@@ -892,6 +892,18 @@ def _bench_flavors(a: argparse.Namespace) -> int:
     return 0 if errors == 0 else 1
 
 
+def _bench_sweep(a: argparse.Namespace) -> int:
+    from bonescan.benchmarks.sweep import bench_sweep
+
+    res = bench_sweep(a.export, a.data, a.out, tuple(a.flavors), instances=tuple(a.instances), threads=tuple(a.threads),
+                      max_batch=tuple(a.max_batch), concurrency=tuple(a.concurrency), p99_ms=a.p99_ms, baseline=a.baseline,
+                      int8_export=a.int8_export, model=a.model, n_cases=a.cases, measurement_ms=a.measurement_ms,
+                      isa=a.isa, keep_repos=a.keep_repos)
+    failed = [p["name"] for p in res["points"] if p.get("error")]
+    print(f"wrote {a.out / 'sweep.md'}, sweep.json and pareto.png" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 0 if not failed else 1
+
+
 def _bench_perf_analyzer_data(a: argparse.Namespace) -> int:
     from bonescan.benchmarks.latency import write_perf_analyzer_data
 
@@ -997,7 +1009,7 @@ def _fault_run_args(s: argparse.ArgumentParser) -> None:
 
 
 def bench_commands(sub: argparse._SubParsersAction) -> None:
-    """``bonescan bench synth | first-request | latency | flavors | parity | soak | kill | storm | cluster | pacs | text-gain``."""
+    """``bonescan bench synth | first-request | latency | flavors | sweep | parity | soak | kill | storm | cluster | pacs | text-gain``."""
     from bonescan.benchmarks.text_gain import MODES
 
     bsub = _group(sub, "bench", "benchmarks that print measured figures")
@@ -1033,6 +1045,29 @@ def bench_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
     s.add_argument("--cases", type=int, default=8, help="distinct held-out scans to cycle through")
     s.add_argument("--no-perf-analyzer", action="store_true", help="skip perf_analyzer")
+    s = _command(bsub, "sweep", _bench_sweep,
+                 "the Model-Analyzer job: flavor x instances x threads x max batch, each served and measured by perf_analyzer; "
+                 "table, Pareto plot, the best configuration as a `repo build` command")
+    EXPORT.add(s, help="the dual-path model's ONNX export")
+    DATA.add(s, help="data folder; held-out scans from its test split (and the train split to calibrate INT8)")
+    OUT.add(s, help="results folder (sweep.json / .md, pareto.png, per-point perf_analyzer and server logs)")
+    s.add_argument("--baseline", type=Path, help="the U-Net's export, needed with --model bonescan_unet (default: none)")
+    s.add_argument("--model", choices=list(C.ENSEMBLES), default=C.ENSEMBLE_MODEL, help="the ensemble measured")
+    s.add_argument("--flavors", nargs="+", choices=["embedded", "openvino", "openvino-int8"], default=["embedded", "openvino-int8"],
+                   help="CPU flavors in the grid")
+    s.add_argument("--int8-export", type=Path, help="an INT8 export of --export from `bonescan export quantize` "
+                                                     "(default: quantized here when openvino-int8 is in the grid)")
+    s.add_argument("--instances", type=int, nargs="+", default=[1, 2], help="instances of text_encoder / segmenter")
+    s.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="onnxruntime / OpenVINO threads per instance")
+    s.add_argument("--max-batch", type=int, nargs="+", default=[1, 4], help="Triton max_batch_size (1: no batching)")
+    s.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4], help="perf_analyzer concurrency levels")
+    s.add_argument("--p99-ms", type=float, help="latency budget: the best configuration is the highest throughput with p99 "
+                                                "within it (default: no budget, the highest throughput)")
+    s.add_argument("--cases", type=int, default=8, help="distinct held-out scans in perf_analyzer's input data")
+    s.add_argument("--measurement-ms", type=int, default=3000, help="perf_analyzer's measurement window")
+    s.add_argument("--isa", choices=["avx2", "avx512_core"], help="limit oneDNN (OpenVINO) to this ISA, as on an older CPU "
+                                                                  "(default: what the CPU has)")
+    s.add_argument("--keep-repos", action="store_true", help="keep every point's repository (removed after measuring when unset)")
     s = _command(bsub, "latency", _bench_latency,
                  "Triton ensemble vs in-process PyTorch / onnxruntime, perf_analyzer, memory")
     CHECKPOINT.add(s, help="the dual-path checkpoint (demo or paper config)")
