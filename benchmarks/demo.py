@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-STEPS = 9
+STEPS = 10
 STAGE_SECONDS: dict[str, float] = {}  # stage -> seconds, printed at the end
 _current: list[str] = [""]
 
@@ -184,7 +184,14 @@ def run_demo(out: Path, n: int = 800, seed: int = 0, workers: int = 2, unet_step
     finally:
         server.stop()
 
-    t = step(9, "PyTorch on the same scans (parity), the shorter U-Net, lesion detection (FROC), report")
+    t = step(9, "the fastest CPU flavor: the segmenter quantized to INT8 (gate on the held-out scans), served by OpenVINO, "
+                "its latency on the same scans")
+    fast = fastest_flavor(exports["dualpath"], data, out, cases)
+    if "levels" in fast:
+        lat["dualpath_openvino_int8"] = fast["levels"]
+    done(t, fast.get("note", ""))
+
+    t = step(10, "PyTorch on the same scans (parity), the shorter U-Net, lesion detection (FROC), report")
     for k in ("unet", "dualpath"):
         results[k] = pytorch_parity(ck[k], samples, served[k])
         results[k]["handwritten"] = summarize([scan_metrics(r.mask, s.mask, r.probability) for s, r in zip(hand, served_hand[k])])
@@ -193,11 +200,11 @@ def run_demo(out: Path, n: int = 800, seed: int = 0, workers: int = 2, unet_step
     froc_png = froc_figure(out, results)
     from bonescan.benchmarks.demo_report import write_demo_report
 
-    table = demo_table(results, lat, parity, len(samples), len(hand))
+    table = demo_table(results, lat, parity, len(samples), len(hand)) + "\n\n" + flavor_rows(lat, fast)
     print(table)
     report = write_demo_report(out, samples, served, results, lat, table, froc_png)
     done(t, str(report))
-    (out / "demo.json").write_text(json.dumps({"results": results, "latency": lat, "parity": {k: {kk: v[kk] for kk in ("max_abs_logit_diff", "mean_mask_dsc")} for k, v in parity.items()}}, indent=1, default=str) + "\n")
+    (out / "demo.json").write_text(json.dumps({"results": results, "latency": lat, "fastest_flavor": {k: v for k, v in fast.items() if k != "levels"}, "parity": {k: {kk: v[kk] for kk in ("max_abs_logit_diff", "mean_mask_dsc")} for k, v in parity.items()}}, indent=1, default=str) + "\n")
     total = time.perf_counter() - t_total
     print("\n" + stage_table(total))
     print(f"\nmake demo finished in {total / 60:.1f} min; open {report}")
@@ -255,6 +262,61 @@ def finish(fails: list[str]) -> int:
     for line in fails:
         print(f"FAILED: {line}")
     return 1
+
+
+def fastest_flavor(export: Path, data: Path, out: Path, cases: list) -> dict[str, Any]:
+    """The dual-path segmenter quantized to INT8 (`bonescan export quantize`, its accuracy gate on the
+    held-out scans), served as the openvino flavor, timed on the same scans as the embedded one.
+
+    Returns the gate and, when it passed, the latency rows (concurrency -> harness row); a gate that
+    fails is reported, not served (the embedded flavor stays the answer)."""
+    from bonescan.benchmarks.latency import cpu_info, harness
+    from bonescan.export.quantize import format_gate, quantize_export
+    from bonescan.serving.repository import RepoOptions, build_repository
+    from bonescan.serving.server import TritonServer, free_ports
+
+    target = out / "export_dualpath_int8"
+    info = quantize_export(export, data, target)
+    print(format_gate(info), flush=True)
+    a = info["attempts"][-1]
+    res: dict[str, Any] = {"isa": cpu_info()["simd"], "gate_passed": bool(info["passed"]), "scans": a["scans"],
+                           "dsc_fp32": a["dsc_fp32"], "dsc_int8": a["dsc_int8"], "delta_dsc": a["delta_dsc"],
+                           "mask_agreement": a["mask_agreement"]}
+    if not info["passed"]:
+        res["note"] = "INT8 missed its accuracy gate: not served"
+        return res
+    repo = out / "model_repository_openvino_int8"
+    build_repository(target, repo, RepoOptions(flavor="openvino", intra_op_threads=2))
+    g, h, m = free_ports(3)
+    server = TritonServer(repo, g, h, m, log_file=out / "tritonserver_openvino_int8.log")
+    server.start(timeout=300)
+    try:
+        harness(server.grpc_url, "bonescan", cases, 1, 4, True)  # warm-up
+        res["levels"] = {c: harness(server.grpc_url, "bonescan", cases, c, 24, True) for c in (1, 4)}
+    finally:
+        server.stop()
+    res["repository"] = str(repo)
+    return res
+
+
+def flavor_rows(lat: dict[str, Any], fast: dict[str, Any]) -> str:
+    """The dual-path ensemble's latency in the embedded flavor and in the fastest CPU flavor, one run."""
+    isa = " ".join(fast.get("isa", []))
+    lines = [f"| dual-path ensemble, by flavor (2 threads per engine; ISA {isa}) | p50 ms c=1 | p50 ms c=4 | scans/s c=4 | "
+             "speed-up p50 c=1 | DSC fp32 -> INT8 (gate, held-out scans) |", "|---|---|---|---|---|---|"]
+    e = lat["dualpath"]
+    lines.append(f"| embedded (onnxruntime fp32) | {e[1]['p50_ms']:.0f} | {e[4]['p50_ms']:.0f} | {e[4]['throughput_per_s']:.1f} | 1.00x | - |")
+    gate = (f"{fast['dsc_fp32']:.4f} -> {fast['dsc_int8']:.4f} (delta {fast['delta_dsc']:+.4f}, {fast['scans']} scans, "
+            f"mask agreement {100 * fast['mask_agreement']:.3f} %)")
+    f = lat.get("dualpath_openvino_int8")
+    if f:
+        lines.append(f"| openvino-int8 | {f[1]['p50_ms']:.0f} | {f[4]['p50_ms']:.0f} | {f[4]['throughput_per_s']:.1f} | "
+                     f"{e[1]['p50_ms'] / f[1]['p50_ms']:.2f}x | {gate} |")
+    else:
+        lines.append(f"| openvino-int8 | not served: missed its gate | - | - | - | {gate} |")
+    lines.append("\nINT8 pays on CPUs with AVX-512 VNNI or AMX; on an AVX2-only CPU serve the embedded or openvino flavor "
+                 "(README, \"Which flavor when\").")
+    return "\n".join(lines)
 
 
 def shorter_unet(checkpoint: Path, samples: list) -> dict[str, Any]:

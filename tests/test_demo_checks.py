@@ -73,3 +73,18 @@ def test_the_parity_target_is_the_one_check_parity_reports():
     a["parity"]["dualpath"]["targets"]["max_abs_logit_diff"] = 1e-4
     fails = demo_checks(**a)
     assert fails == ["dualpath: ONNX vs PyTorch max |logit diff| 3.50e-04 > target 1e-04"]
+
+
+def test_the_fastest_flavor_rows_show_int8_only_when_its_gate_passed():
+    from bonescan.benchmarks.demo import flavor_rows
+
+    row = lambda p50, tput: {"p50_ms": p50, "throughput_per_s": tput, "errors": 0}  # noqa: E731
+    lat = {"dualpath": {1: row(104.0, 9.0), 4: row(410.0, 9.7)}, "dualpath_openvino_int8": {1: row(65.0, 15.0), 4: row(240.0, 16.4)}}
+    gate = {"isa": ["avx2", "avx512_vnni"], "dsc_fp32": 0.7448, "dsc_int8": 0.7446, "delta_dsc": 0.0002, "scans": 160,
+            "mask_agreement": 0.99998, "gate_passed": True}
+    text = flavor_rows(lat, gate)
+    assert "| openvino-int8 | 65 | 240 | 16.4 | 1.60x | 0.7448 -> 0.7446 (delta +0.0002, 160 scans" in text
+    assert "ISA avx2 avx512_vnni" in text
+    del lat["dualpath_openvino_int8"]
+    text = flavor_rows(lat, {**gate, "gate_passed": False, "delta_dsc": 0.04, "dsc_int8": 0.7048})
+    assert "not served: missed its gate" in text and "delta +0.0400" in text
