@@ -8,8 +8,9 @@ the CPU model and ISA flags), ``sweep.md`` (the table), ``pareto.png`` (p99 late
 throughput, the Pareto front drawn) and the best configuration under a latency budget (``--p99-ms``)
 as the ``bonescan repo build`` command that produces it.
 
-Why not Triton's own ``model-analyzer``: see the README ("Sweeping serving configurations"); it was
-tried first, and what it could not do here is recorded there.
+Why not Triton's own ``model-analyzer``: it was tried first (README, "Sweeping serving configurations"):
+it profiles the ensemble here, but its search varies instance counts, max batch size and concurrency
+only, not the threads of the runtime inside the python backend nor the flavor (another repository).
 """
 
 from __future__ import annotations
