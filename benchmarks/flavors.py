@@ -47,13 +47,13 @@ def _cases(data: Path, n: int) -> tuple[list, list[np.ndarray]]:
 
 
 def _int8_exports(export: Path, baseline: Path | None, data: Path, out: Path, given: Path | None,
-                  given_baseline: Path | None) -> tuple[Path, Path | None, dict[str, Any]]:
+                  given_baseline: Path | None, isa: str | None = None) -> tuple[Path, Path | None, dict[str, Any]]:
     """The INT8 exports to serve: the ones given, else quantized here (gate included, recorded).
 
     The dual-path export must pass its gate (it is what the flavor is about). A U-Net export that
     misses its gate is not served: the flavor's bonescan_unet ensemble keeps the fp32 U-Net, and
     the table says so (a gate that could be waved through would not be a gate)."""
-    from bonescan.export.quantize import format_gate, quantize_export
+    from bonescan.export.quantize import format_gate, quantize_export_isa
 
     gates: dict[str, Any] = {}
     pairs = (("dualpath", export, given, out / "export_int8"), ("unet", baseline, given_baseline, out / "export_unet_int8"))
@@ -66,7 +66,7 @@ def _int8_exports(export: Path, baseline: Path | None, data: Path, out: Path, gi
             info = json.loads((ready / "model.json").read_text()).get("quantization") or {}
         else:
             print(f"[flavors] quantizing the {name} export (calibration on the train split, gate on the test split) ...", flush=True)
-            info = quantize_export(src, data, target)
+            info = quantize_export_isa(src, data, target, isa)  # the gate scored on the ISA the run serves on
             print(format_gate(info), flush=True)
         gates[name] = info
         if info.get("passed"):
@@ -147,7 +147,7 @@ def bench_flavors(export: Path, data: Path, out: Path, flavors: tuple[str, ...] 
     sources = {f: (export, baseline) for f in flavors}
     models = (C.ENSEMBLE_MODEL, C.ENSEMBLE_UNET_MODEL) if baseline is not None else (C.ENSEMBLE_MODEL,)
     if "openvino-int8" in flavors:
-        e8, b8, res["int8_gates"] = _int8_exports(export, baseline, data, out, int8_export, int8_baseline)
+        e8, b8, res["int8_gates"] = _int8_exports(export, baseline, data, out, int8_export, int8_baseline, isa)
         sources["openvino-int8"] = (e8, b8)
     for f in flavors:
         src, base = sources[f]

@@ -136,7 +136,7 @@ def bench_sweep(export: Path, data: Path, out: Path, flavors: tuple[str, ...] = 
     int8 = None
     if "openvino-int8" in flavors:
         unet = baseline if model == C.ENSEMBLE_UNET_MODEL else None  # quantize only the network measured
-        e8, b8, res["int8_gates"] = _int8_exports(export, unet, data, out, int8_export, None)
+        e8, b8, res["int8_gates"] = _int8_exports(export, unet, data, out, int8_export, None, isa)
         int8 = (e8, b8)
     for p in tqdm(points, desc="sweep", unit="config"):
         src, base = int8 if p.flavor == "openvino-int8" and int8 else (export, baseline)

@@ -203,7 +203,13 @@ def quantize_export(export: str | Path, data: str | Path, out: str | Path, max_d
         log.info("quantize %s keeping %s fp32: %s", graph.export_name, scope or "nothing", result)
         if result["passed"]:
             break
-    info = {"graph": graph.export_name, "method": "onnxruntime quantize_static, QDQ, int8 weights per channel, uint8 activations, "
+    import os
+
+    from bonescan.benchmarks.latency import cpu_info
+
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    info = {"gate_isa": f"{limit} (ONEDNN_MAX_CPU_ISA)" if limit else "full: " + " ".join(cpu_info()["simd"]),
+            "graph": graph.export_name, "method": "onnxruntime quantize_static, QDQ, int8 weights per channel, uint8 activations, "
                                                   f"{' / '.join(QUANTIZED_TYPES)} layers",
             "calibration": f"train split, {len(items)} scans",
             "max_delta_dsc": max_delta_dsc, "attempts": attempts, "passed": attempts[-1]["passed"],
@@ -212,8 +218,30 @@ def quantize_export(export: str | Path, data: str | Path, out: str | Path, max_d
     return info
 
 
+def quantize_export_isa(export: str | Path, data: str | Path, out: str | Path, isa: str | None = None,
+                        **kwargs: Any) -> dict[str, Any]:
+    """:func:`quantize_export` with its gate scored as on a CPU limited to ``isa`` (``avx2``,
+    ``avx512_core``): INT8 answers differ between ISAs (u8 x s8 products saturate without VNNI), so the
+    gate must see the CPU the model will be served on. oneDNN reads ``ONEDNN_MAX_CPU_ISA`` once per
+    process, so the work runs in a child process with it set (here, when it is set already)."""
+    import os
+    import subprocess
+    import sys
+
+    if not isa or os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() == isa.upper():
+        return quantize_export(export, data, out, **kwargs)
+    code = ("from bonescan.export.quantize import quantize_export; "
+            f"quantize_export({str(export)!r}, {str(data)!r}, {str(out)!r}, **{kwargs!r})")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": isa.upper()}
+    proc = subprocess.run([sys.executable, "-c", code], env=env)
+    if proc.returncode != 0:
+        raise BonescanError(f"quantizing under ONEDNN_MAX_CPU_ISA={isa.upper()} failed (exit {proc.returncode}); see the messages above")
+    return json.loads((Path(out) / "model.json").read_text(encoding="utf-8"))["quantization"]
+
+
 def format_gate(info: dict[str, Any]) -> str:
-    lines = [f"INT8 {info['graph']} ({info['method']}, calibration: {info['calibration']}); gate: delta DSC <= {info['max_delta_dsc']}"]
+    lines = [f"INT8 {info['graph']} ({info['method']}, calibration: {info['calibration']}); gate: delta DSC <= {info['max_delta_dsc']}, "
+             f"scored on ISA {info.get('gate_isa', 'unknown')}"]
     for a in info["attempts"]:
         kept = ", ".join(f"{k} {v}" for k, v in a["kept_fp32"].items() if v) or "nothing"
         lines.append(f"  kept fp32: {kept}\n    {a['scans']} held-out scans ({a['runtime']}): DSC fp32 {a['dsc_fp32']:.4f}, "

@@ -52,3 +52,13 @@ def test_quantize_gate_fails_when_it_should(exports, dataset, work, capsys):
     assert not info["passed"] and len(info["attempts"]) == 2
     kept = info["attempts"][1]["kept_fp32"]
     assert {"MatMul", "Softmax"} <= set(kept["types"]) and kept["names"]
+
+
+def test_the_gate_can_be_scored_as_on_an_avx2_cpu(exports, dataset, work, capsys):
+    """--isa avx2: the gate runs in a child process with ONEDNN_MAX_CPU_ISA=AVX2 and says so."""
+    out = work / "export_int8_avx2"
+    assert main(_args(exports, dataset, out, "--max-delta-dsc", "0.05", "--isa", "avx2")) == 0
+    text = capsys.readouterr().out
+    assert "scored on ISA AVX2 (ONEDNN_MAX_CPU_ISA)" in text
+    info = json.loads((out / "model.json").read_text(encoding="utf-8"))["quantization"]
+    assert info["gate_isa"] == "AVX2 (ONEDNN_MAX_CPU_ISA)" and info["attempts"]

@@ -410,11 +410,11 @@ def model_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _export_quantize(a: argparse.Namespace) -> int:
-    from bonescan.export.quantize import format_gate, quantize_export
+    from bonescan.export.quantize import format_gate, quantize_export_isa
 
     keep = {"names": a.keep_fp32 or [], "types": a.keep_fp32_types or []}
-    info = quantize_export(a.export, a.data, a.out, max_delta_dsc=a.max_delta_dsc, calibration_cases=a.calibration_cases,
-                           test_cases=a.test_cases, runtime=a.runtime, keep_fp32=keep, retry=not a.no_retry, threads=a.threads)
+    info = quantize_export_isa(a.export, a.data, a.out, a.isa, max_delta_dsc=a.max_delta_dsc, calibration_cases=a.calibration_cases,
+                               test_cases=a.test_cases, runtime=a.runtime, keep_fp32=keep, retry=not a.no_retry, threads=a.threads)
     print(format_gate(info))
     print(f"wrote {a.out}" + ("" if info["passed"] else " (for inspection: it failed the gate, do not serve it)"))
     return 0 if info["passed"] else 1
@@ -504,6 +504,9 @@ def export_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--keep-fp32-types", nargs="*", metavar="OP", help="ONNX op types left fp32 from the start, e.g. MatMul (default: none)")
     s.add_argument("--no-retry", action="store_true", help="no second try keeping the attention and the output heads fp32")
     s.add_argument("--threads", type=int, default=2, help="threads of the runtime scoring the gate")
+    s.add_argument("--isa", choices=["avx2", "avx512_core"],
+                   help="score the gate as on a CPU with only this ISA (ONEDNN_MAX_CPU_ISA; OpenVINO runtime): INT8 answers "
+                        "move without VNNI, so gate for the CPU you serve on (default: this CPU's full ISA)")
     s = _command(esub, "verify-gpu", _export_verify_gpu,
                  "one command for a GPU machine: build, compare with onnxruntime, DSC parity")
     CHECKPOINT.add(s)
