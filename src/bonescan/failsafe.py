@@ -165,20 +165,24 @@ class Measured:
     components: Any = None
 
 
-def measure(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarray, text_map: np.ndarray,
-            text_stats: np.ndarray, fallback=None) -> Measured:
+def measure(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarray | None, text_map: np.ndarray,
+            text_stats: np.ndarray, fallback=None, confidence: np.ndarray | None = None) -> Measured:
     """mask, fallback_mask: [H, W] the dual-path and the U-Net answers, cleaned binary masks;
     fallback_prob: [H, W] the U-Net's probabilities; text_map: [2, h, w] allow / mention logits;
     text_stats: [3] (report tokens, of them unknown to the model, finding terms; a [2] of an older
     tokenizer: terms unknown); fallback: ``fallback_mask``'s components (bonescan.components) when the
-    caller labelled it already (postprocess does, to clean the mask): not labelled twice."""
+    caller labelled it already (postprocess does, to clean the mask): not labelled twice; confidence: the
+    U-Net's highest probability per component of ``fallback`` when the caller has it (then ``fallback_prob``
+    is not read: postprocess computes it from the components' pixels alone)."""
     from bonescan.components import components
 
     mask = np.asarray(mask).astype(bool)
     comps = fallback if fallback is not None else components(fallback_mask, min_pixels=1)
     p = _sigmoid(np.asarray(text_map, np.float32))
     stats = np.asarray(text_stats).ravel()
-    return Measured(mask, np.asarray(fallback_mask).astype(bool), comps.labels, comps.max_of(np.asarray(fallback_prob, np.float32)),
+    if confidence is None:
+        confidence = comps.max_of(np.asarray(fallback_prob, np.float32))
+    return Measured(mask, np.asarray(fallback_mask).astype(bool), comps.labels, confidence,
                     comps.gather_max(p[1]), comps.gather_max(p[0]), comps.max_of(mask), comps.area,
                     int(stats[0]), int(stats[1]), int(stats[2]) if len(stats) > 2 else -1, float(p[0].max()), float(p[0].mean()),
                     comps)

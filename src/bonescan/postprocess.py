@@ -26,6 +26,21 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return out
 
 
+#: logits this far below logit(threshold) are below the threshold whatever float32 rounding the sigmoid does
+_BAND = 1e-3
+
+
+def above(logits: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
+    """``sigmoid(logits) >= threshold`` as :func:`sigmoid` computes it, with the sigmoid evaluated only where
+    the logit is within :data:`_BAND` of logit(threshold) or above (the few lesion pixels), not over the whole map."""
+    x = np.asarray(logits, dtype=np.float32)
+    cut = float(np.log(threshold / (1.0 - threshold))) - _BAND
+    idx = np.flatnonzero(x >= cut)
+    out = np.zeros(x.shape, dtype=bool)
+    out.ravel()[idx[sigmoid(x.ravel()[idx]) >= threshold]] = True
+    return out
+
+
 def lesions_of(mask: np.ndarray, prob: np.ndarray, spacing: tuple[float, float],
                comps: Components | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """mask [H, W] bool, prob [H, W] -> (mask without specks, lesion list sorted by area, largest first);
@@ -96,26 +111,34 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
     failsafe.served_probability), B lesion-list JSON strings that also say which path answered and
     why, B decision dicts).
     """
-    from bonescan.failsafe import answer_mask, choose, measure, served_probability
+    from bonescan.failsafe import UNET, added_pixels, answer_mask, choose, measure
 
     logits = np.asarray(logits, dtype=np.float32)
+    fallback_logits = np.asarray(fallback_logits, dtype=np.float32)
     spacing = np.asarray(spacing, dtype=np.float32).reshape(len(logits), 2)
-    prob_d = sigmoid(logits)
-    prob_u = sigmoid(np.asarray(fallback_logits, dtype=np.float32))
     masks = np.zeros(logits.shape, dtype=np.uint8)
     probs = np.zeros(logits.shape, dtype=np.float32)
     out_json: list[str] = []
     decisions: list[dict[str, Any]] = []
     for b in range(len(logits)):
+        # one sigmoid over the whole map per scan (the answer's); the masks and the U-Net's confidence need
+        # it only at the few pixels near or above the threshold
+        d, u = logits[b, 0], fallback_logits[b, 0]
         sp = (float(spacing[b, 0]), float(spacing[b, 1]))
-        comp_d, comp_u = components(prob_d[b, 0] >= threshold), components(prob_u[b, 0] >= threshold)
-        m = measure(comp_d.mask, comp_u.mask, prob_u[b, 0], text_map[b], text_stats[b], fallback=comp_u)
+        comp_d, comp_u = components(above(d, threshold)), components(above(u, threshold))
+        confidence = comp_u.max_of_flat(sigmoid(u.ravel()[comp_u.order]))
+        m = measure(comp_d.mask, comp_u.mask, None, text_map[b], text_stats[b], fallback=comp_u, confidence=confidence)
         info = choose(m, settings)
         final = answer_mask(m, info)
-        prob = served_probability(prob_d[b, 0], prob_u[b, 0], m, info)
+        # failsafe.served_probability, computed from the logits: the U-Net's map, or the dual-path one with
+        # the U-Net's probability where it added a lesion
+        prob = probs[b, 0]
+        prob[...] = sigmoid(u if info["answered_by"] == UNET else d)
+        if info["answered_by"] != UNET and len(info["add"]):
+            idx = added_pixels(m, info["add"])
+            prob.ravel()[idx] = np.maximum(prob.ravel()[idx], sigmoid(u.ravel()[idx]))
         keep, lesions = lesions_of(final.astype(bool), prob, sp, _answer_components(info, comp_d, comp_u))
         masks[b, 0] = keep
-        probs[b, 0] = prob
         info["added_labels"] = info.pop("add")
         decisions.append(info)
         out_json.append(json.dumps({"lesions": lesions, "count": len(lesions), "threshold": threshold,
