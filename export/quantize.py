@@ -2,7 +2,8 @@
 
 Issue 25: on a CPU the segmenter is most of a request's time, and INT8 is where the gain lies (VNNI /
 AMX run INT8 several times faster than fp32; AVX2 alone less so). onnxruntime's static quantizer
-(``quantize_static``, QDQ format: int8 weights per output channel, uint8 activations, min / max
+(``quantize_static``, QDQ format: int8 weights per output channel (7-bit where the CPU has no VNNI:
+:func:`int8_saturates`), uint8 activations, min / max
 calibration) inserts QuantizeLinear / DequantizeLinear pairs around the convolutions and matrix products (QUANTIZED_TYPES), calibrated on TRAINING-split scans (never
 the held-out ones the gate scores); OpenVINO runs the QDQ graph with INT8 kernels, onnxruntime runs it
 too. (NNCF 3.4.0, the issue's first choice, installs beside numpy 1.26 but its ONNX backend fails at
@@ -96,17 +97,39 @@ class _Feeds:
         return next(self.items, None)
 
 
+#: oneDNN ISA names (``ONEDNN_MAX_CPU_ISA``) whose INT8 products do not saturate: VNNI and everything above it
+_VNNI_ISAS = ("VNNI", "BF16", "FP16", "AMX")
+#: CPU flags of the same
+_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_saturates(limit: str | None = None, flags: list[str] | None = None) -> bool:
+    """Whether INT8 convolutions on this CPU (or under the oneDNN ISA ``limit``) go through AVX2's / AVX-512's
+    u8 x s8 -> s16 pair products (``vpmaddubsw``), which saturate at 32767: 255 x 127 x 2 overflows. With VNNI
+    the products accumulate in 32 bits. Weights quantized to 7 bits (onnxruntime's ``reduce_range``, NNCF's
+    "overflow fix") keep every pair below the limit (255 x 64 x 2 = 32640)."""
+    import os
+
+    from bonescan.benchmarks.latency import cpu_info
+
+    limit = (os.environ.get("ONEDNN_MAX_CPU_ISA") or "") if limit is None else limit
+    if limit and limit.upper() != "ALL":
+        return not any(k in limit.upper() for k in _VNNI_ISAS)
+    flags = cpu_info()["simd"] if flags is None else flags
+    return not any(f in flags for f in _VNNI_FLAGS)
+
+
 def quantize_graph(src: Path, dst: Path, items: list[dict[str, np.ndarray]], keep_fp32: dict[str, list[str]],
-                   quantized_types: tuple[str, ...] = QUANTIZED_TYPES) -> None:
+                   quantized_types: tuple[str, ...] = QUANTIZED_TYPES, reduce_range: bool = False) -> None:
     """Static INT8 (QDQ) of one ONNX graph's ``quantized_types`` layers; ``keep_fp32``: {"names": [...],
-    "types": [...]} left fp32."""
+    "types": [...]} left fp32; ``reduce_range``: 7-bit weights (see :func:`int8_saturates`)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     model = onnx.load(str(src))
     types = set(keep_fp32.get("types", []))
     exclude = sorted(set(keep_fp32.get("names", [])) | {n.name for n in model.graph.node if n.op_type in types})
-    quantize_static(str(src), str(dst), _Feeds(items), quant_format=QuantFormat.QDQ, per_channel=True,
+    quantize_static(str(src), str(dst), _Feeds(items), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                     op_types_to_quantize=[t for t in quantized_types if t not in types], calibrate_method=CalibrationMethod.MinMax)
 
@@ -160,7 +183,8 @@ def _write_export(src: Path, out: Path, graph: C.GraphSpec, info: dict[str, Any]
 
 def quantize_export(export: str | Path, data: str | Path, out: str | Path, max_delta_dsc: float = 0.005,
                     calibration_cases: int = 64, test_cases: int | None = None, runtime: str = "openvino",
-                    keep_fp32: dict[str, list[str]] | None = None, retry: bool = True, threads: int = 2) -> dict[str, Any]:
+                    keep_fp32: dict[str, list[str]] | None = None, retry: bool = True, threads: int = 2,
+                    weight_bits: int | None = None) -> dict[str, Any]:
     """Quantize ``export``'s segmenter into ``out`` (an export folder) and gate it; returns the result,
     whose ``passed`` says whether the gate held (the folder is written either way, for inspection).
 
@@ -173,6 +197,8 @@ def quantize_export(export: str | Path, data: str | Path, out: str | Path, max_d
         runtime: which runtime scores both graphs (``openvino``, the one that serves INT8; or ``onnxruntime``).
         keep_fp32: layers left fp32 from the start ({"names": [...], "types": [...]}).
         retry: on a failed gate, try again keeping the attention and the output heads fp32.
+        weight_bits: 8, or 7 (for CPUs without VNNI, see :func:`int8_saturates`); None: 7 when the gate's
+            ISA has no VNNI, else 8.
     """
     import onnx
 
@@ -181,6 +207,9 @@ def quantize_export(export: str | Path, data: str | Path, out: str | Path, max_d
     export, data, out = Path(export), Path(data), Path(out)
     if runtime not in ("openvino", "onnxruntime"):
         raise BonescanError("--runtime must be openvino or onnxruntime")
+    if weight_bits not in (None, 7, 8):
+        raise BonescanError(f"--weight-bits must be 7 or 8, got {weight_bits}")
+    reduce_range = int8_saturates() if weight_bits is None else weight_bits == 7
     desc = read_description(export)
     graph = _segmenter(desc)
     if out.resolve() == export.resolve():
@@ -196,7 +225,7 @@ def quantize_export(export: str | Path, data: str | Path, out: str | Path, max_d
                        "types": sorted(set(scopes[0].get("types", [])) | set(SENSITIVE_TYPES))})
     attempts = []
     for scope in scopes:
-        quantize_graph(export / graph.onnx_file, out / graph.onnx_file, items, scope)
+        quantize_graph(export / graph.onnx_file, out / graph.onnx_file, items, scope, reduce_range=reduce_range)
         result = gate(export, out, data, runtime, test_cases, threads)
         result.update(kept_fp32=scope, passed=result["delta_dsc"] <= max_delta_dsc)
         attempts.append(result)
@@ -209,9 +238,9 @@ def quantize_export(export: str | Path, data: str | Path, out: str | Path, max_d
 
     limit = os.environ.get("ONEDNN_MAX_CPU_ISA")
     info = {"gate_isa": f"{limit} (ONEDNN_MAX_CPU_ISA)" if limit else "full: " + " ".join(cpu_info()["simd"]),
-            "graph": graph.export_name, "method": "onnxruntime quantize_static, QDQ, int8 weights per channel, uint8 activations, "
+            "graph": graph.export_name, "method": f"onnxruntime quantize_static, QDQ, {7 if reduce_range else 8}-bit weights per channel, uint8 activations, "
                                                   f"{' / '.join(QUANTIZED_TYPES)} layers",
-            "calibration": f"train split, {len(items)} scans",
+            "weight_bits": 7 if reduce_range else 8, "calibration": f"train split, {len(items)} scans",
             "max_delta_dsc": max_delta_dsc, "attempts": attempts, "passed": attempts[-1]["passed"],
             "seconds": round(time.perf_counter() - t0, 1)}
     _write_export(export, out, graph, info)

@@ -20,12 +20,33 @@ def _args(exports, dataset, out, *extra: str) -> list[str]:
             "--calibration-cases", "6", *extra]
 
 
+def _weight_range(path) -> int:
+    """The largest |int8 weight| of a QDQ graph (the int8 initializers DequantizeLinear reads)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    reads = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return max(int(np.abs(numpy_helper.to_array(inits[k]).astype(np.int16)).max()) for k in reads & set(inits))
+
+
+def test_int8_saturates_without_vnni():
+    from bonescan.export.quantize import int8_saturates
+
+    assert int8_saturates("AVX2") and int8_saturates("avx512_core") and int8_saturates("SSE41")
+    assert not int8_saturates("AVX512_CORE_VNNI") and not int8_saturates("AVX512_CORE_BF16") and not int8_saturates("AVX2_VNNI")
+    assert not int8_saturates("AVX512_CORE_AMX")
+    assert int8_saturates("", ["avx2", "fma", "avx512f"]) and not int8_saturates("", ["avx2", "avx512f", "avx512_vnni"])
+    assert not int8_saturates("ALL", ["avx2", "amx_int8"])
+
+
 def test_quantize_writes_an_export_folder_that_repo_build_takes(exports, dataset, work, capsys):
     from bonescan.export.onnx_export import read_description, sha256
     from bonescan.serving.repository import RepoOptions, build_repository
 
     out = work / "export_int8"
-    assert main(_args(exports, dataset, out, "--max-delta-dsc", "0.05")) == 0
+    assert main(_args(exports, dataset, out, "--max-delta-dsc", "0.05", "--weight-bits", "8")) == 0
     text = capsys.readouterr().out
     assert "mask agreement" in text and "gate passed" in text
     desc = read_description(out)
@@ -34,6 +55,7 @@ def test_quantize_writes_an_export_folder_that_repo_build_takes(exports, dataset
     assert desc["quantization"]["passed"] and desc["quantization"]["calibration"].startswith("train split")
     ops = {n.op_type for n in onnx.load(str(out / C.SEGMENTER_GRAPH.onnx_file)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert desc["quantization"]["weight_bits"] == 8 and _weight_range(out / C.SEGMENTER_GRAPH.onnx_file) == 127
     # the text encoder and the tokenizer come over as they were
     assert sha256(out / C.TEXT_ENCODER_GRAPH.onnx_file) == sha256(exports["dualpath"] / C.TEXT_ENCODER_GRAPH.onnx_file)
     assert (out / "tokenizer" / "tokenizer.json").is_file()
@@ -55,10 +77,13 @@ def test_quantize_gate_fails_when_it_should(exports, dataset, work, capsys):
 
 
 def test_the_gate_can_be_scored_as_on_an_avx2_cpu(exports, dataset, work, capsys):
-    """--isa avx2: the gate runs in a child process with ONEDNN_MAX_CPU_ISA=AVX2 and says so."""
+    """--isa avx2: the gate runs in a child process with ONEDNN_MAX_CPU_ISA=AVX2 and says so, and the weights
+    are 7-bit (AVX2's u8 x s8 pair products would saturate with 8-bit ones)."""
     out = work / "export_int8_avx2"
     assert main(_args(exports, dataset, out, "--max-delta-dsc", "0.05", "--isa", "avx2")) == 0
     text = capsys.readouterr().out
     assert "scored on ISA AVX2 (ONEDNN_MAX_CPU_ISA)" in text
     info = json.loads((out / "model.json").read_text(encoding="utf-8"))["quantization"]
     assert info["gate_isa"] == "AVX2 (ONEDNN_MAX_CPU_ISA)" and info["attempts"]
+    assert info["weight_bits"] == 7 and "7-bit weights" in text
+    assert _weight_range(out / C.SEGMENTER_GRAPH.onnx_file) <= 64
