@@ -134,19 +134,6 @@ def quantize_graph(src: Path, dst: Path, items: list[dict[str, np.ndarray]], kee
                     op_types_to_quantize=[t for t in quantized_types if t not in types], calibrate_method=CalibrationMethod.MinMax)
 
 
-def _runtime_pipeline(export_dir: Path, runtime: str, threads: int):
-    """An OrtPipeline over ``export_dir``; with ``openvino`` its graphs run by OpenVINO (the deployed runtime)."""
-    from bonescan.serving.openvino_runner import OpenVinoSession
-    from bonescan.serving.ort_pipeline import OrtPipeline
-
-    pipe = OrtPipeline(export_dir, threads)
-    if runtime == "openvino":
-        pipe.seg = OpenVinoSession(export_dir / _segmenter(pipe.desc).onnx_file, threads)
-        if pipe.text is not None:
-            pipe.text = OpenVinoSession(export_dir / C.TEXT_ENCODER_GRAPH.onnx_file, threads)
-    return pipe
-
-
 def gate(fp32_dir: Path, int8_dir: Path, data: Path, runtime: str = "openvino", n: int | None = None,
          threads: int = 2) -> dict[str, Any]:
     """Served answers of fp32 and INT8 on the held-out scans: mean DSC of each against the ground
@@ -155,7 +142,9 @@ def gate(fp32_dir: Path, int8_dir: Path, data: Path, runtime: str = "openvino", 
     from bonescan.metrics import dsc
 
     arrays = load_split(data, "test", progress=False, n=n)
-    pipes = {"fp32": _runtime_pipeline(fp32_dir, runtime, threads), "int8": _runtime_pipeline(int8_dir, runtime, threads)}
+    from bonescan.serving.ort_pipeline import runtime_pipeline
+
+    pipes = {"fp32": runtime_pipeline(fp32_dir, runtime, threads), "int8": runtime_pipeline(int8_dir, runtime, threads)}
     scores: dict[str, list[float]] = {k: [] for k in pipes}
     agree = 0
     for k in range(len(arrays)):

@@ -79,3 +79,26 @@ def test_reports_say_when_where_and_how_they_were_measured(tmp_path: Path):
     assert line.startswith(f"Measured {run['measured_at']} by `bonescan bench kill --requests 3` on {res['machine']['cpu']}")
     md = write_fault_report("kill", res, tmp_path, "kill/restart: 3 requests").read_text()
     assert line in md and "| lost | 0 |" in md
+
+
+def test_the_serving_tax_is_measured_against_the_served_runtime(exports, tmp_path: Path):
+    """An openvino repository is compared with OpenVINO in-process, and must serve --export's graph."""
+    import pytest
+
+    from bonescan.benchmarks.latency import check_repo_serves, served_runtime
+    from bonescan.errors import BonescanError
+    from bonescan.serving.repository import RepoOptions, build_repository
+
+    repo = tmp_path / "repo_ov"
+    build_repository(exports["dualpath"], repo, RepoOptions(flavor="openvino", warmup=False))
+    assert served_runtime(repo) == "openvino" and served_runtime(None) == "onnxruntime"
+    check_repo_serves(repo, exports["dualpath"])  # the same graph: no error
+    (repo / "segmenter" / "1" / "model.onnx").write_bytes(b"another graph")
+    with pytest.raises(BonescanError, match="another segmenter graph"):
+        check_repo_serves(repo, exports["dualpath"])
+    res = _result(triton_p50_ms=100.0, flops=8e9, ceiling_gflops=100.0)
+    res["same_runtime"] = {"p50_ms": 80.0}  # OpenVINO in-process, faster than onnxruntime's 100 ms
+    r = ratios(res)
+    assert r["triton_c1_p50_over_onnxruntime_p50"] == 1.0 and r["triton_c1_p50_over_same_runtime_p50"] == 1.25
+    res["ratios"] = r
+    assert not verdicts(res)["serving_overhead"]  # 1.25 > 1.10: measured against the served runtime, it fails

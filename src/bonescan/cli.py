@@ -1081,8 +1081,10 @@ def bench_commands(sub: argparse._SubParsersAction) -> None:
     DATA.add(s, help="data folder; held-out scans come from its test split")
     OUT.add(s, help="results folder")
     s.add_argument("--config", choices=["demo", "paper"], help="which targets apply (default: from the checkpoint)")
-    EXPORT.add(s, required=False, help="its ONNX export (default: exported into --out)")
-    s.add_argument("--repo", type=Path, help="a built repository (default: built into --out)")
+    EXPORT.add(s, required=False, help="its ONNX export; with --repo, the export the repository was built from, e.g. the INT8 one "
+                                       "(default: exported into --out)")
+    s.add_argument("--repo", type=Path, help="a built repository; an openvino-flavor one is also timed against OpenVINO in-process, "
+                                             "the runtime it serves (default: an embedded one built into --out)")
     s.add_argument("--server", help="benchmark a running server instead of starting one (default: start one)")
     s.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="concurrency levels")
     s.add_argument("--requests", type=int, default=0, help="requests per concurrency level (0, the default: 48 demo, 8 paper)")

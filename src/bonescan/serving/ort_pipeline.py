@@ -63,3 +63,23 @@ class OrtPipeline:
         masks, prob, lesions, _ = postprocess_failsafe(out[C.LOGITS.name], out[C.FALLBACK_LOGITS.name], out[C.TEXT_MAP.name],
                                                        out[C.TEXT_STATS.name], spacing, settings)
         return masks, prob, lesions
+
+
+#: the runtimes an export's graphs can run with in-process: the embedded flavor's and the openvino flavor's
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def runtime_pipeline(export_dir: str | Path, runtime: str = "onnxruntime", threads: int = 2) -> OrtPipeline:
+    """An :class:`OrtPipeline` over ``export_dir`` whose graphs run by ``runtime``: ``onnxruntime`` (the embedded
+    flavor's) or ``openvino`` (the openvino flavor's ``OpenVinoSession``, what the served steps run)."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    pipe = OrtPipeline(export_dir, threads)
+    if runtime == "openvino":
+        from bonescan.serving.openvino_runner import OpenVinoSession
+
+        seg = C.SEGMENTER_GRAPH if pipe.text_guided else C.SEGMENTER_UNET_GRAPH
+        pipe.seg = OpenVinoSession(pipe.dir / seg.onnx_file, threads)
+        if pipe.text is not None:
+            pipe.text = OpenVinoSession(pipe.dir / C.TEXT_ENCODER_GRAPH.onnx_file, threads)
+    return pipe
