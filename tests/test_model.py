@@ -260,3 +260,17 @@ def test_froc_on_a_hand_computed_case():
     s = summarize([m1, scan_metrics(answer2, gt2, p2)])
     assert s["froc"]["cpm"] == pytest.approx(f["cpm"])
     assert summarize([scan_metrics(p1 >= 0.5, gt1)])["froc"] is None  # no probabilities, no curve
+
+
+def test_the_paper_config_builds_from_scratch_with_this_tokenizer(dataset, tmp_path: Path):
+    """README: `bonescan train --config paper --steps 0` gives a paper-sized checkpoint for cost measurements.
+    Without a MacBERT folder the text encoder's vocabulary is the project's tokenizer's (every CJK character):
+    a fixed 21128 (MacBERT's) failed at the first id past it."""
+    from bonescan.cli import main
+
+    out = tmp_path / "paper.pt"
+    assert main(["train", "--config", "paper", "--steps", "0", "--data", str(dataset), "--out", str(out), "--quiet"]) == 0
+    ckpt = load_checkpoint(out)
+    assert ckpt.net.text_encoder is not None and ckpt.net.text_encoder.hidden == 768
+    rows = ckpt.net.text_encoder.bert.get_input_embeddings().num_embeddings
+    assert rows == ckpt.report_tokenizer().vocab_size > 21128

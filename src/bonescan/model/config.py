@@ -114,7 +114,9 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
             stem_stride=1,
             fusion_stages=3,
             fusion_heads=8,
-            text=TextConfig(hidden=768, layers=12, heads=12, intermediate=3072, vocab_size=21128, max_positions=512),
+            # the vocabulary is the tokenizer's: MacBERT's 21128 with --text-encoder (read from its folder), this
+            # project's one-token-per-CJK-character one without (a fixed 21128 here broke training from scratch)
+            text=TextConfig(hidden=768, layers=12, heads=12, intermediate=3072, max_positions=512),
         ),
         TrainConfig(steps=20000, batch_size=8, lr=3e-4, text_lr=3e-5),
     ),
