@@ -10,8 +10,9 @@ too. (NNCF 3.4.0, the issue's first choice, installs beside numpy 1.26 but its O
 import there: ``onnx.TensorProto.DataType | np.dtype`` in a class annotation needs numpy 2, which
 nvidia-pytriton's numpy<2 pin rules out.)
 
-The text encoder stays fp32: 8 of the 159 ms per request (issue 25's per-step figures), too little to
-pay for a second accuracy risk.
+The text encoder stays fp32 by default: 4-8 ms of a demo request (issue 25's per-step figures), too little
+to pay for a second accuracy risk. The paper configuration's MacBERT-sized one takes ~370 ms, a fifth of
+an INT8 request: ``--text-encoder`` quantizes its MatMuls too, under the same gate.
 
 The gate: the served answer (postprocess with the fail-safe, as Triton gives it) of every held-out
 (test split) scan, fp32 graph against INT8 graph, both run by the same runtime; the mean DSC against
@@ -70,6 +71,21 @@ def calibration_items(export_dir: Path, data: Path, n: int) -> list[dict[str, np
         ids, mask = pipe.tokenizer([arrays.reports[k]])
         feats = pipe.text.run([C.TEXT_FEATURES.name], {C.INPUT_IDS.name: ids, C.ATTENTION_MASK.name: mask})[0]
         items.append({C.IMAGE.name: image, C.TEXT_FEATURES.name: feats, C.ATTENTION_MASK.name: mask})
+    return items
+
+
+def text_calibration_items(export_dir: Path, data: Path, n: int) -> list[dict[str, np.ndarray]]:
+    """The text encoder's feeds for ``n`` training-split reports, one each (the served tokenizer's ids)."""
+    from bonescan.data.arrays import load_split
+    from bonescan.serving.ort_pipeline import OrtPipeline
+
+    arrays = load_split(data, "train", progress=False, n=n)
+    pipe = OrtPipeline(export_dir)
+    assert pipe.tokenizer is not None
+    items = []
+    for k in range(len(arrays)):
+        ids, mask = pipe.tokenizer([arrays.reports[k]])
+        items.append({C.INPUT_IDS.name: ids, C.ATTENTION_MASK.name: mask})
     return items
 
 
@@ -160,12 +176,13 @@ def gate(fp32_dir: Path, int8_dir: Path, data: Path, runtime: str = "openvino", 
             "delta_dsc": round(fp32 - int8, 5), "mask_agreement": round(agree / (len(arrays) * arrays.masks[0].size), 6)}
 
 
-def _write_export(src: Path, out: Path, graph: C.GraphSpec, info: dict[str, Any]) -> None:
-    """model.json of the INT8 folder: the input's, with the new graph's description and how it was made."""
+def _write_export(src: Path, out: Path, graphs: list[C.GraphSpec], info: dict[str, Any]) -> None:
+    """model.json of the INT8 folder: the input's, with the new graphs' descriptions and how they were made."""
     from bonescan.export.onnx_export import DESCRIPTION, describe_graph, read_description
 
     desc = read_description(src)
-    desc["graphs"][graph.export_name] = describe_graph(out / graph.onnx_file)
+    for graph in graphs:
+        desc["graphs"][graph.export_name] = describe_graph(out / graph.onnx_file)
     desc["quantization"] = info
     (out / DESCRIPTION).write_text(json.dumps(desc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
@@ -173,7 +190,7 @@ def _write_export(src: Path, out: Path, graph: C.GraphSpec, info: dict[str, Any]
 def quantize_export(export: str | Path, data: str | Path, out: str | Path, max_delta_dsc: float = 0.005,
                     calibration_cases: int = 64, test_cases: int | None = None, runtime: str = "openvino",
                     keep_fp32: dict[str, list[str]] | None = None, retry: bool = True, threads: int = 2,
-                    weight_bits: int | None = None) -> dict[str, Any]:
+                    weight_bits: int | None = None, text_encoder: bool = False) -> dict[str, Any]:
     """Quantize ``export``'s segmenter into ``out`` (an export folder) and gate it; returns the result,
     whose ``passed`` says whether the gate held (the folder is written either way, for inspection).
 
@@ -188,6 +205,9 @@ def quantize_export(export: str | Path, data: str | Path, out: str | Path, max_d
         retry: on a failed gate, try again keeping the attention and the output heads fp32.
         weight_bits: 8, or 7 (for CPUs without VNNI, see :func:`int8_saturates`); None: 7 when the gate's
             ISA has no VNNI, else 8.
+        text_encoder: quantize the dual-path model's text encoder too (its MatMuls; the gate then scores
+            both): it pays where the encoder is big (the paper configuration's MacBERT-sized one is ~20 % of
+            a request once the segmenter is INT8), not for the demo's 4 ms one.
     """
     import onnx
 
@@ -207,6 +227,10 @@ def quantize_export(export: str | Path, data: str | Path, out: str | Path, max_d
     shutil.copytree(export, out)
     t0 = time.perf_counter()
     items = calibration_items(export, data, calibration_cases)
+    text_graph = C.TEXT_ENCODER_GRAPH if C.TEXT_ENCODER_GRAPH.export_name in desc["graphs"] else None
+    if text_encoder and text_graph is None:
+        raise BonescanError("--text-encoder: this export has no text encoder (a U-Net export)")
+    text_items = text_calibration_items(export, data, calibration_cases) if text_encoder else []
     scopes = [keep_fp32 or {}]
     if retry:
         heads = output_heads(onnx.load(str(export / graph.onnx_file), load_external_data=False))
@@ -215,6 +239,12 @@ def quantize_export(export: str | Path, data: str | Path, out: str | Path, max_d
     attempts = []
     for scope in scopes:
         quantize_graph(export / graph.onnx_file, out / graph.onnx_file, items, scope, reduce_range=reduce_range)
+        if text_encoder and text_graph is not None:
+            if {"MatMul"} <= set(scope.get("types", [])):  # the retry keeps attention fp32: the whole encoder stays fp32
+                shutil.copyfile(export / text_graph.onnx_file, out / text_graph.onnx_file)
+            else:
+                quantize_graph(export / text_graph.onnx_file, out / text_graph.onnx_file, text_items, scope,
+                               quantized_types=("MatMul",), reduce_range=reduce_range)
         result = gate(export, out, data, runtime, test_cases, threads)
         result.update(kept_fp32=scope, passed=result["delta_dsc"] <= max_delta_dsc)
         attempts.append(result)
@@ -227,12 +257,13 @@ def quantize_export(export: str | Path, data: str | Path, out: str | Path, max_d
 
     limit = os.environ.get("ONEDNN_MAX_CPU_ISA")
     info = {"gate_isa": f"{limit} (ONEDNN_MAX_CPU_ISA)" if limit else "full: " + " ".join(cpu_info()["simd"]),
-            "graph": graph.export_name, "method": f"onnxruntime quantize_static, QDQ, {7 if reduce_range else 8}-bit weights per channel, uint8 activations, "
+            "graph": graph.export_name + (" + " + text_graph.export_name if text_encoder and text_graph else ""),
+            "graphs": [graph.export_name] + ([text_graph.export_name] if text_encoder and text_graph else []), "method": f"onnxruntime quantize_static, QDQ, {7 if reduce_range else 8}-bit weights per channel, uint8 activations, "
                                                   f"{' / '.join(QUANTIZED_TYPES)} layers",
             "weight_bits": 7 if reduce_range else 8, "calibration": f"train split, {len(items)} scans",
             "max_delta_dsc": max_delta_dsc, "attempts": attempts, "passed": attempts[-1]["passed"],
             "seconds": round(time.perf_counter() - t0, 1)}
-    _write_export(export, out, graph, info)
+    _write_export(export, out, [graph] + ([text_graph] if text_encoder and text_graph else []), info)
     return info
 
 

@@ -87,3 +87,18 @@ def test_the_gate_can_be_scored_as_on_an_avx2_cpu(exports, dataset, work, capsys
     assert info["gate_isa"] == "AVX2 (ONEDNN_MAX_CPU_ISA)" and info["attempts"]
     assert info["weight_bits"] == 7 and "7-bit weights" in text
     assert _weight_range(out / C.SEGMENTER_GRAPH.onnx_file) <= 64
+
+
+def test_the_text_encoder_can_be_quantized_too(exports, dataset, work, capsys):
+    """--text-encoder: the text encoder's graph gets QDQ MatMuls, model.json describes both new graphs."""
+    from bonescan.export.onnx_export import read_description, sha256
+
+    out = work / "export_int8_text"
+    assert main(_args(exports, dataset, out, "--max-delta-dsc", "0.05", "--text-encoder")) == 0
+    assert "INT8 segmenter + text_encoder" in capsys.readouterr().out
+    desc = read_description(out)
+    for graph in (C.SEGMENTER_GRAPH, C.TEXT_ENCODER_GRAPH):
+        assert desc["graphs"][graph.export_name]["sha256"] == sha256(out / graph.onnx_file)
+    text = onnx.load(str(out / C.TEXT_ENCODER_GRAPH.onnx_file))
+    assert any(n.op_type == "DequantizeLinear" for n in text.graph.node)
+    assert desc["quantization"]["graphs"] == [C.SEGMENTER_GRAPH.export_name, C.TEXT_ENCODER_GRAPH.export_name]

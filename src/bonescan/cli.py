@@ -415,7 +415,7 @@ def _export_quantize(a: argparse.Namespace) -> int:
     keep = {"names": a.keep_fp32 or [], "types": a.keep_fp32_types or []}
     info = quantize_export_isa(a.export, a.data, a.out, a.isa, max_delta_dsc=a.max_delta_dsc, calibration_cases=a.calibration_cases,
                                test_cases=a.test_cases, runtime=a.runtime, keep_fp32=keep, retry=not a.no_retry, threads=a.threads,
-                               weight_bits=a.weight_bits)
+                               weight_bits=a.weight_bits, text_encoder=a.text_encoder)
     print(format_gate(info))
     print(f"wrote {a.out}" + ("" if info["passed"] else " (for inspection: it failed the gate, do not serve it)"))
     return 0 if info["passed"] else 1
@@ -511,6 +511,9 @@ def export_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--weight-bits", type=int, choices=[7, 8],
                    help="weight precision: 7 keeps AVX2's u8 x s8 pair products from saturating on CPUs without VNNI "
                         "(default: 7 when the gate's ISA has no VNNI, else 8)")
+    s.add_argument("--text-encoder", action="store_true",
+                   help="quantize the text encoder's MatMuls too, gated with the segmenter: pays for a MacBERT-sized encoder "
+                        "(paper configuration), not the demo's (default: the text encoder stays fp32)")
     s = _command(esub, "verify-gpu", _export_verify_gpu,
                  "one command for a GPU machine: build, compare with onnxruntime, DSC parity")
     CHECKPOINT.add(s)
