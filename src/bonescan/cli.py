@@ -101,6 +101,13 @@ def _data_preview(a: argparse.Namespace) -> int:
     return 0
 
 
+def _data_regions(a: argparse.Namespace) -> int:
+    from bonescan.data.preview import region_preview
+
+    print(f"wrote {region_preview(a.data, a.case, a.out)}")
+    return 0
+
+
 def _split_counts(n: int, val: float, test: float) -> dict[str, int]:
     """How many of n cases ``assign_splits`` puts in each split at these shares."""
     n_test = min(int(round(test * n)), n)
@@ -213,7 +220,7 @@ def _data_to_dicom(a: argparse.Namespace) -> int:
 
 
 def data_commands(sub: argparse._SubParsersAction) -> None:
-    """``bonescan data synth | preview | manifest | check | to-dicom``."""
+    """``bonescan data synth | preview | regions | manifest | check | to-dicom``."""
     dsub = _group(sub, "data", "synthetic data set, previews, hospital data checks")
     s = _command(dsub, "synth", _data_synth, "write a synthetic SPECT + report data set")
     OUT.add(s, help="data folder to write")
@@ -233,6 +240,10 @@ def data_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--ids", nargs="*", help="case ids to draw (default: the first --n)")
     SPLIT.add(s, default=None, help="draw from this split only (default: all cases)")
     s.add_argument("--no-report", action="store_true", help="leave the report text out of the picture")
+    s = _command(dsub, "regions", _data_regions, "draw one case's skeleton region label map (both views, named) into a PNG")
+    DATA.add(s)
+    s.add_argument("--case", required=True, help="case id (e.g. case_00003)")
+    OUT.add(s, help="PNG file to write")
     s = _command(dsub, "manifest", _data_manifest, "write manifest.json with a fixed split for a folder of cases")
     DATA.add(s)
     s.add_argument("--seed", type=int, default=0, help="seed of the split")

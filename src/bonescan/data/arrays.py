@@ -19,7 +19,7 @@ from bonescan.errors import BonescanError
 class SplitArrays:
     """A split held in memory: counts (uint16 when they fit), masks, the findings masks that train
     the report's mention map (data.dataset.findings_mask), reports, ground truth (meta.json) when
-    the cases carry it."""
+    the cases carry it, and the skeleton's region label maps when every case has one (``regions``)."""
 
     def __init__(self, ds: BoneScanDataset, progress: bool = True, desc: str = "loading"):
         samples = ds.load_all(progress=progress, desc=desc)
@@ -52,6 +52,20 @@ class SplitArrays:
         self.ids = [s.case_id for s in samples]
         self.spacings = [s.pixel_spacing for s in samples]
         self.errors = errors
+        maps = [s.regions for s in samples if s.regions is not None]
+        have = [s.regions is not None for s in samples]
+        #: uint8 [N, 2, H, W] region label maps (bonescan.anatomy) when every case has one, else None
+        self.regions: np.ndarray | None = np.stack(maps) if len(maps) == len(samples) else None
+        #: ids of the cases without regions.png (all of them for hospital data or a folder written before them)
+        self.regions_missing = [s.case_id for s, h in zip(samples, have, strict=True) if not h]
+
+    def require_regions(self) -> np.ndarray:
+        """The region label maps, or an error saying how many cases lack them (what needs anatomy cannot run)."""
+        if self.regions is None:
+            raise BonescanError(f"{len(self.regions_missing)} of {len(self)} cases have no regions.png (skeleton region "
+                                "label maps: synthetic data written by `bonescan data synth` since issue 26 has them; "
+                                "hospital data has none)")
+        return self.regions
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -69,6 +83,8 @@ class SplitArrays:
         sub.ids = [self.ids[i] for i in ix]
         sub.spacings = [self.spacings[i] for i in ix]
         sub.metas = [self.metas[i] for i in ix]
+        sub.regions = None if self.regions is None else self.regions[ix]
+        sub.regions_missing = [i for i in self.regions_missing if i in set(sub.ids)]
         sub.errors = []
         return sub
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from bonescan.contract import IMAGE_HEIGHT, IMAGE_WIDTH
 from bonescan.data.dataset import CaseRef, assign_splits, write_manifest
-from bonescan.data.io import write_mask, write_png16
+from bonescan.data.io import REGIONS_FILE, write_mask, write_png16, write_regions
 from bonescan.data.synth import GENERATOR_VERSION, SynthConfig, meta_json, synth_case
 
 
@@ -22,6 +22,8 @@ def write_case(root: Path, seed: int, index: int, cfg: SynthConfig) -> dict[str,
     write_png16(d / "anterior.png", case.anterior)
     write_png16(d / "posterior.png", case.posterior)
     write_mask(d / "mask.png", case.mask)
+    if case.regions is not None:  # not in manifest.json: its bytes (and hash, which results quote) stay as they were
+        write_regions(d / REGIONS_FILE, case.regions)
     (d / "report.txt").write_text(case.report, encoding="utf-8")
     (d / "meta.json").write_text(meta_json(case.meta), encoding="utf-8")
     return {

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from bonescan.anatomy import GROUP_ZH, SIDE_ZH
 from bonescan.data.atlas import REGIONS
 from bonescan.data.styles import (
     DELAYS_H,
@@ -42,13 +43,6 @@ from bonescan.data.textnoise import FULLWIDTH_DIGITS, HALFWIDTH_PUNCT, add_slips
 ZH_DIGITS = ["零", "一", "二", "三", "四", "五", "六", "七", "八", "九", "十", "十一", "十二"]
 CIRCLED = "①②③④⑤⑥⑦⑧⑨⑩⑪⑫⑬⑭⑮⑯⑰⑱⑲⑳"
 SEG_ZH = {"C": "颈", "T": "胸", "L": "腰"}
-SIDE_ZH = {"R": "右", "L": "左"}
-GROUP_ZH = {
-    "skull": "颅骨", "mandible": "下颌骨", "cervical": "颈椎", "thoracic": "胸椎", "lumbar": "腰椎",
-    "sacrum": "骶骨", "rib": "肋骨", "sternum": "胸骨", "clavicle": "锁骨", "scapula": "肩胛骨",
-    "humerus": "肱骨", "forearm": "尺桡骨", "hand": "手部", "ilium": "髂骨", "ischium": "坐骨",
-    "pubis": "耻骨", "femur": "股骨", "patella": "髌骨", "tibia": "胫骨", "fibula": "腓骨", "foot": "足部",
-}
 #: coarse anatomical groups used by vague reports (多发骨转移); a style may use its own word for one
 COARSE = {
     "skull": "颅骨", "mandible": "颅骨", "cervical": "脊柱", "thoracic": "脊柱", "lumbar": "脊柱",

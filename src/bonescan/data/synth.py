@@ -1,7 +1,8 @@
 """Synthetic whole-body SPECT bone scans (99mTc-MDP) with Chinese reports and lesion masks.
 
 One case = anterior + posterior views (1024 x 256 uint16 counts), a metastasis mask in the
-anterior frame, a report and a metadata JSON. Image formation, in this order:
+anterior frame, the skeleton's region label map per view (``bonescan.anatomy``; drawn from the
+skeleton after everything else, with no random draw), a report and a metadata JSON. Image formation, in this order:
 
 1. a skeleton atlas per patient (``atlas.py``) weighted by physiological uptake and by how close
    each bone lies to the anterior / posterior detector;
@@ -29,7 +30,7 @@ from scipy.ndimage import gaussian_filter, maximum_filter
 
 from bonescan.contract import IMAGE_HEIGHT, IMAGE_WIDTH, MAX_COUNT
 from bonescan.data import raster
-from bonescan.data.atlas import REGIONS, SHAPE, Patient, Skeleton, build_skeleton, soft_tissue
+from bonescan.data.atlas import REGIONS, SHAPE, Patient, Skeleton, build_skeleton, region_labels, soft_tissue
 from bonescan.data.raster import Patch
 from bonescan.data.report import Finding, write_report
 from bonescan.data.styles import pick_style
@@ -154,6 +155,8 @@ class Case:
     mask: np.ndarray  # uint8 [H, W], 1 = metastasis, anterior frame
     report: str
     meta: dict[str, Any] = field(default_factory=dict)
+    #: uint8 [2, H, W]: the region class each view shows per pixel, model frame (atlas.region_labels)
+    regions: np.ndarray | None = None
 
 
 def _region_site(region: str) -> str:
@@ -537,7 +540,7 @@ def synth_case(seed: int, index: int, cfg: SynthConfig | None = None) -> Case:
         "artefacts": artefacts,
         "report": {"style": report.style, "house_style": report.house_style, "chars": len(report.text)},
     }
-    return Case(case_id, anterior, posterior, scene.mask, report.text, meta)
+    return Case(case_id, anterior, posterior, scene.mask, report.text, meta, region_labels(sk))
 
 
 def meta_json(meta: dict[str, Any]) -> str:
