@@ -229,6 +229,9 @@ AXIAL_GROUPS = ("ribs", "spine_sacrum", "pelvis")
 
 
 # ----------------------------------------------------------------------------- naming lesions
+#: a region holding this share of a lesion's pixels in one view is a candidate place of the lesion
+CANDIDATE_SHARE = 0.25
+
 @dataclass(frozen=True)
 class LesionSite:
     """Where one lesion is: the region class holding most of its pixels and that class's share."""
@@ -236,6 +239,9 @@ class LesionSite:
     lesion: int  # the lesion's label (1..n)
     cls: int  # region class (0: the lesion lies on no labelled bone)
     share: float  # the class's share of the lesion's pixels (both views pooled, weighted)
+    #: every atlas region holding at least CANDIDATE_SHARE of the lesion's pixels in one view, the named one
+    #: first: where bones overlap in projection, the places the lesion may be (a second reader accepts any)
+    candidates: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -260,7 +266,7 @@ class LesionSite:
 
     def to_dict(self) -> dict:
         return {"region": self.name, "share": round(self.share, 3), "name_en": self.english, "name_zh": self.chinese,
-                "side": self.side}
+                "side": self.side, "candidates": list(self.candidates)}
 
 
 def check_regions(regions: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -315,7 +321,17 @@ def lesion_sites(labels: np.ndarray, n: int, regions: np.ndarray, view_weights: 
     got = votes[np.arange(n), best]
     best = np.where(got > 0, best, 0)
     share = np.where(total > 0, np.where(got > 0, got, votes[:, 0]) / np.maximum(total, 1e-12), 0.0)
-    return [LesionSite(k + 1, int(best[k]), float(share[k])) for k in range(n)]
+    per_view = [class_votes(labels, n, regions, np.tile(w, (n, 1)))[1:] for w in ((1.0, 0.0), (0.0, 1.0))]
+    out = []
+    for k in range(n):
+        cands = [CLASS_REGION[int(best[k])]] if best[k] else []
+        for v in per_view:
+            area = v[k].sum()
+            for c in np.nonzero(v[k][1:] >= CANDIDATE_SHARE * max(area, 1e-12))[0] + 1:
+                if CLASS_REGION[c] not in cands and area > 0:
+                    cands.append(CLASS_REGION[c])
+        out.append(LesionSite(k + 1, int(best[k]), float(share[k]), tuple(cands)))
+    return out
 
 
 def view_weights(image: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:

@@ -602,10 +602,15 @@ def findings_from_meta(meta: Mapping[str, Any]) -> tuple[list[Finding], list[Fin
     Returns (mets, benign, artefacts, n_lesions, kidneys_visible), the arguments of
     :func:`write_report`, so any case can be re-reported in any house style. Rib fractures
     written before meta.json kept their arc come back without one (the report then names no arc).
+    A case written with the report-truth options (meta ``report_truth``) comes back as its report was:
+    without the lesions it left out, with the site it invented (lesion id -1).
     """
     lesions = meta.get("lesions", [])
+    truth = meta.get("report_truth") or {}  # a report written with lesions left out / a site invented on purpose
+    omitted = set(truth.get("omitted", []))
     mets = [Finding("met", [les["region"]], arc=les.get("part", "") if REGIONS[les["region"]].group == "rib" else "",
-                    ids=[int(les["id"])]) for les in lesions]
+                    ids=[int(les["id"])]) for les in lesions if int(les["id"]) not in omitted]
+    mets += [Finding("met", [inv["region"]], arc=inv.get("arc", ""), ids=[-1]) for inv in truth.get("invented", [])]
     benign = [Finding(b["type"], list(b["regions"]), arc=b.get("arc", "")) for b in meta.get("benign", [])]
     artefacts = []
     for a in meta.get("artefacts", []):
@@ -614,7 +619,7 @@ def findings_from_meta(meta: Mapping[str, Any]) -> tuple[list[Finding], list[Fin
         else:
             artefacts.append(Finding(a["type"], []))
     kidneys = bool(meta.get("physiology", {}).get("kidneys_visible", True))
-    return mets, benign, artefacts, len(lesions), kidneys
+    return mets, benign, artefacts, len(lesions) - len(omitted), kidneys
 
 
 def report_from_meta(meta: Mapping[str, Any], style: str, seed: int, part: str = "full") -> Report:
