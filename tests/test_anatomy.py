@@ -93,13 +93,14 @@ def test_regions_files_round_trip_and_are_optional(tmp_path: Path):
     assert np.array_equal(r, synth_case(1, 1).regions)
     write_regions(tmp_path / "r.png", r)
     assert np.array_equal(read_regions(tmp_path / "r.png"), r)
-    arr = load_split(tmp_path / "d", None, progress=False)
+    assert load_split(tmp_path / "d", None, progress=False).regions is None  # not asked for: not read
+    arr = load_split(tmp_path / "d", None, progress=False, regions=True)
     assert arr.regions.shape == (3, 2, IMAGE_HEIGHT, IMAGE_WIDTH) and arr.require_regions() is arr.regions
     assert arr.select([2, 0]).regions.shape[0] == 2
     for c in (tmp_path / "d" / "cases").iterdir():  # a folder written before label maps existed
         (c / "regions.png").unlink()
     (tmp_path / "d" / "manifest.json").touch()
-    old = load_split(tmp_path / "d", None, progress=False)
+    old = load_split(tmp_path / "d", None, progress=False, regions=True)
     assert old.regions is None and len(old.regions_missing) == 3
     with pytest.raises(BonescanError, match="3 of 3 cases have no regions.png"):
         old.require_regions()

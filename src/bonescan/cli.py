@@ -113,7 +113,7 @@ def _data_second_reader(a: argparse.Namespace) -> int:
     from bonescan.data.arrays import load_split
     from bonescan.data.second_reader import score_cases
 
-    arr = load_split(a.data, a.split, progress=not a.quiet)
+    arr = load_split(a.data, a.split, progress=not a.quiet, regions=True)
     result = score_cases(arr.images, arr.masks, arr.require_regions(), arr.reports, arr.metas)
     print(json.dumps(result, ensure_ascii=False, indent=1))
     return 0

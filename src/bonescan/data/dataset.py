@@ -135,9 +135,11 @@ class BoneScanDataset:
     """Cases of one split (or all) of a data folder, loaded on demand.
 
     ``require_mask``: a case without mask.png is an error (training, evaluation).
+    ``with_regions``: also read regions.png where a case has one (off by default: nothing that trains or
+    serves today reads the label maps, and decoding them adds a few ms per case).
     """
 
-    def __init__(self, root: str | Path, split: str | None = None, require_mask: bool = True):
+    def __init__(self, root: str | Path, split: str | None = None, require_mask: bool = True, with_regions: bool = False):
         self.root = Path(root)
         refs = read_manifest(self.root)
         if split is not None and split not in SPLITS:
@@ -145,6 +147,7 @@ class BoneScanDataset:
         self.refs = [r for r in refs if split is None or r.split == split]
         self.split = split
         self.require_mask = require_mask
+        self.with_regions = with_regions
         self.errors: list[CaseError] = []
 
     @classmethod
@@ -152,7 +155,7 @@ class BoneScanDataset:
         """The case folders given, whatever a manifest says (``bonescan data manifest`` reads them
         all before it splits them); their split is "test" until one is assigned."""
         ds = cls.__new__(cls)
-        ds.root, ds.split, ds.require_mask, ds.errors = Path(root), None, require_mask, []
+        ds.root, ds.split, ds.require_mask, ds.errors, ds.with_regions = Path(root), None, require_mask, [], False
         ds.refs = [CaseRef(f.name, "test", f) for f in folders]
         return ds
 
@@ -181,7 +184,7 @@ class BoneScanDataset:
             raise CaseError(mpath, "mask file is missing")
         report = read_report(ref.path / "report.txt")
         rpath = ref.path / REGIONS_FILE
-        regions = read_regions(rpath) if rpath.exists() else None
+        regions = read_regions(rpath) if self.with_regions and rpath.exists() else None
         return Sample(ref.case_id, to_model_frame(scan.anterior, scan.posterior), mask, report, scan.pixel_spacing, meta,
                       scan.spacing_source, scan.notes, regions)
 

@@ -120,7 +120,7 @@ def region_preview(data: str | Path, case_id: str, out: str | Path, scale: float
     import matplotlib.pyplot as plt
     import numpy as np
 
-    ds = BoneScanDataset(data, require_mask=False)
+    ds = BoneScanDataset(data, require_mask=False, with_regions=True)
     if case_id not in ds.ids:
         raise BonescanError(f"{data}: no case {case_id!r}")
     s = ds.load(ds.ids.index(case_id))
