@@ -59,6 +59,8 @@ def test_names():
                      "femur_L_proximal": ("left proximal femur", "左侧股骨近端"), "sacrum": ("sacrum", "骶骨"),
                      "C2": ("C2", "第2颈椎"), "rib_L1_anterior": ("left 1st rib, anterior", "左侧第1肋前段")}
     assert A.snomed_site(A.CLASS_INDEX["T7"]) == ("122495006", "Thoracic spine")
+    assert A.snomed_laterality(A.CLASS_INDEX["T7"]) is None
+    assert A.snomed_laterality(A.CLASS_INDEX["femur_L_proximal"]) == ("7771000", "Left")
 
 
 def _at(regions: np.ndarray, view: int, yx: tuple[float, float]) -> str:

@@ -187,6 +187,16 @@ def snomed_site(cls: int) -> tuple[str, str] | None:
     return SNOMED_BY_GROUP[REGIONS[region].group] if region else None
 
 
+#: the laterality modifier of a sided finding site (DICOM CID 244 "Laterality": SNOMED CT Right / Left)
+SNOMED_LATERALITY: dict[str, tuple[str, str]] = {"R": ("24028007", "Right"), "L": ("7771000", "Left")}
+
+
+def snomed_laterality(cls: int) -> tuple[str, str] | None:
+    """(SNOMED CT code, meaning) of a class's side; None for midline bones and the background."""
+    region = CLASS_REGION[cls]
+    return SNOMED_LATERALITY.get(REGIONS[region].side) if region else None
+
+
 # ----------------------------------------------------------------------------- skeletal mass (Bone Scan Index)
 #: Percent of the adult skeleton's weight per bone, the table the Bone Scan Index uses (Imbriaco M, Larson SM,
 #: Yeung HW et al. "A new parameter for measuring metastatic bone involvement by prostate cancer: the Bone Scan
