@@ -99,6 +99,10 @@ def test_regions_files_round_trip_and_are_optional(tmp_path: Path):
     arr = load_split(tmp_path / "d", None, progress=False, regions=True)
     assert arr.regions.shape == (3, 2, IMAGE_HEIGHT, IMAGE_WIDTH) and arr.require_regions() is arr.regions
     assert arr.select([2, 0]).regions.shape[0] == 2
+    from bonescan.data.preview import region_preview
+
+    png = region_preview(tmp_path / "d", "case_00001", tmp_path / "regions.png", scale=1.0)
+    assert png.stat().st_size > 10_000
     for c in (tmp_path / "d" / "cases").iterdir():  # a folder written before label maps existed
         (c / "regions.png").unlink()
     (tmp_path / "d" / "manifest.json").touch()
