@@ -3,8 +3,8 @@
 One source of truth for anatomy, shared by the synthetic data (the atlas draws these regions, the
 generator writes a label map of them beside each mask), the model's anatomy output later (one
 channel per entry of :data:`REGION_CLASSES`) and the runtime that names lesions (postprocess).
-It needs numpy only and imports nothing else of the package, so the Triton python steps and the
-torch-free client can carry it.
+It needs numpy only (and scipy for :func:`view_weights`, as ``components`` does) and imports nothing
+else of the package, so the Triton python steps and the torch-free client can carry it.
 
 **Classes.** Class 0 is the background. Every atlas region (:data:`REGIONS`) is one class, except
 the ribs: each rib's posterior and anterior arcs are two classes (``rib_R5_posterior``,
@@ -344,20 +344,44 @@ def lesion_sites(labels: np.ndarray, n: int, regions: np.ndarray, view_weights: 
     return out
 
 
-def view_weights(image: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
-    """[n, 2]: each lesion's mean counts in each view relative to that view's mean counts, to the fourth
-    power, so the view in which the lesion stands out more names it (a vertebral lesion under the sternum
-    is brighter in the posterior view, which labels the vertebra; a sternal one in the anterior view).
-    On 200 synthetic scans (true masks, true label maps) the region was right for 87.5 % of lesions with
-    equal weights, 88.8 % with the ratio squared, 90.2 % to the fourth power (no gain beyond)."""
+#: view weights: the ring around a lesion its background is read in (px beyond a 1-px gap), and the power
+#: that makes the clearer view decide (measured on 200 synthetic scans, see view_weights)
+RING_PX = 3
+VIEW_POWER = 8
+
+
+def view_weights(image: np.ndarray, labels: np.ndarray, n: int, ring: int = RING_PX, power: float = VIEW_POWER) -> np.ndarray:
+    """[n, 2]: how clearly each view shows each lesion, so that view names it.
+
+    A lesion's excess counts over a ring around it (relative to the view's mean counts) scale with how
+    close its bone lies to that view's detector: a vertebral lesion under the sternum stands out in the
+    posterior view, which labels the vertebra; a sternal one in the anterior view. Raised to ``power``
+    so the clearer view decides. With true masks and label maps the region was named as the generator
+    placed the lesion for 87.5 % of 713 lesions (200 scans, seed 0) with equal weights, 90.2 % with the mean
+    brightness to the fourth power, 92.3 % with this excess to the eighth (94.4 % with rib and vertebra
+    numbers within one); 85.2 % -> 90.4 % (93.0 %) on 1234 lesions of seed 2. The rest lie where bones
+    overlap in both views (anterior rib arcs crossing each other, rib heads over the vertebrae, L5 over the
+    sacrum). Needs scipy (as ``components`` does) for the ring.
+    """
+    from scipy.ndimage import maximum_filter
+
     image = np.asarray(image, dtype=np.float64)
+    labels = np.asarray(labels)
     sel = labels > 0
     lab = labels[sel].astype(np.int64) - 1
+    near = maximum_filter(labels, size=3)
+    far = maximum_filter(labels, size=2 * (ring + 1) + 1)
+    in_ring = (far > 0) & (near == 0)
+    ring_lab = far[in_ring].astype(np.int64) - 1
     area = np.maximum(np.bincount(lab, minlength=n), 1)
+    ring_area = np.bincount(ring_lab, minlength=n)
     out = np.empty((n, 2))
     for v in range(2):
-        out[:, v] = np.bincount(lab, weights=image[v][sel], minlength=n) / area / max(float(image[v].mean()), 1e-9)
-    return out ** 4
+        inside = np.bincount(lab, weights=image[v][sel], minlength=n) / area
+        around = np.bincount(ring_lab, weights=image[v][in_ring], minlength=n) / np.maximum(ring_area, 1)
+        mean = max(float(image[v].mean()), 1e-9)
+        out[:, v] = np.maximum(inside - around, 1e-3 * mean) / mean
+    return out ** power
 
 
 # ----------------------------------------------------------------------------- Bone Scan Index, extent of disease
