@@ -41,7 +41,7 @@ def test_same_seed_same_bytes(tmp_path: Path):
     b = generate_dataset(tmp_path / "b", 6, seed=3, workers=1, progress=False)
     assert a["splits"] == b["splits"]
     da, db = _tree_digest(tmp_path / "a"), _tree_digest(tmp_path / "b")
-    assert da == db and len(da) == 6 * 5 + 1
+    assert da == db and len(da) == 6 * 6 + 1  # per case: two views, mask, regions, report, meta
     c = generate_dataset(tmp_path / "c", 6, seed=4, workers=1, progress=False)
     assert _tree_digest(tmp_path / "c") != da
     assert c["cases"] == 6

@@ -84,7 +84,8 @@ def _data_synth(a: argparse.Namespace) -> int:
     unknown = sorted(set(styles) - set(STYLE_NAMES))
     if unknown:  # before any work starts
         raise BonescanError(f"unknown house style {', '.join(unknown)}; known: {', '.join(STYLE_NAMES)}")
-    stats = generate_dataset(a.out, a.n, a.seed, a.workers, progress=not a.quiet, cfg=SynthConfig(house_styles=styles))
+    cfg = SynthConfig(house_styles=styles, omit_lesion_rate=a.omit_lesion_rate, invent_site_rate=a.invent_site_rate)
+    stats = generate_dataset(a.out, a.n, a.seed, a.workers, progress=not a.quiet, cfg=cfg)
     if a.dicom:  # beside the PNGs, which the data set keeps reading
         from bonescan.data.dicom import write_synthetic_studies
 
@@ -98,6 +99,23 @@ def _data_preview(a: argparse.Namespace) -> int:
 
     out = preview(a.data, a.out, n=a.n, ids=a.ids, split=a.split, show_report=not a.no_report)
     print(f"wrote {out}")
+    return 0
+
+
+def _data_regions(a: argparse.Namespace) -> int:
+    from bonescan.data.preview import region_preview
+
+    print(f"wrote {region_preview(a.data, a.case, a.out)}")
+    return 0
+
+
+def _data_second_reader(a: argparse.Namespace) -> int:
+    from bonescan.data.arrays import load_split
+    from bonescan.data.second_reader import score_cases
+
+    arr = load_split(a.data, a.split, progress=not a.quiet, regions=True)
+    result = score_cases(arr.images, arr.masks, arr.require_regions(), arr.reports, arr.metas)
+    print(json.dumps(result, ensure_ascii=False, indent=1))
     return 0
 
 
@@ -213,7 +231,7 @@ def _data_to_dicom(a: argparse.Namespace) -> int:
 
 
 def data_commands(sub: argparse._SubParsersAction) -> None:
-    """``bonescan data synth | preview | manifest | check | to-dicom``."""
+    """``bonescan data synth | preview | regions | second-reader | manifest | check | to-dicom``."""
     dsub = _group(sub, "data", "synthetic data set, previews, hospital data checks")
     s = _command(dsub, "synth", _data_synth, "write a synthetic SPECT + report data set")
     OUT.add(s, help="data folder to write")
@@ -222,6 +240,10 @@ def data_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--workers", type=int, default=2, help="processes")
     s.add_argument("--house-styles", nargs="+", metavar="STYLE",
                    help="write reports only in these house styles (default: all; see bonescan.data.styles)")
+    s.add_argument("--omit-lesion-rate", type=float, default=0.0,
+                   help="share of metastases the report leaves out (meta.json report_truth; scores the second reader)")
+    s.add_argument("--invent-site-rate", type=float, default=0.0,
+                   help="share of reports naming one metastasis the scan does not show (meta.json report_truth)")
     s.add_argument("--dicom", action="store_true",
                    help="also write each case as a DICOM study in cases/<id>/dicom/ (NM whole-body scan + Basic Text SR "
                         "report; every 4th case as two single-frame instances, the others as one two-frame instance)")
@@ -233,6 +255,15 @@ def data_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--ids", nargs="*", help="case ids to draw (default: the first --n)")
     SPLIT.add(s, default=None, help="draw from this split only (default: all cases)")
     s.add_argument("--no-report", action="store_true", help="leave the report text out of the picture")
+    s = _command(dsub, "regions", _data_regions, "draw one case's skeleton region label map (both views, named) into a PNG")
+    DATA.add(s)
+    s.add_argument("--case", required=True, help="case id (e.g. case_00003)")
+    OUT.add(s, help="PNG file to write")
+    s = _command(dsub, "second-reader", _data_second_reader,
+                 "score the second reader (lesions the report left out, sites it named wrongly) from the ground truth")
+    DATA.add(s)
+    SPLIT.add(s, default=None, help="score this split only (default: all cases)")
+    QUIET.add(s)
     s = _command(dsub, "manifest", _data_manifest, "write manifest.json with a fixed split for a folder of cases")
     DATA.add(s)
     s.add_argument("--seed", type=int, default=0, help="seed of the split")

@@ -5,9 +5,10 @@ RIGHT side is on the image's LEFT (the reader faces the patient). Bones are buil
 anthropometric fractions of the patient's height, so height, build, pose, arm and leg position,
 scoliosis and a small tilt vary per patient.
 
-Each bone is a named region (``T7``, ``rib_L5``, ``ilium_R`` ...) made of parts; every part has
-a coverage patch, a physiological uptake and a visibility per view (depth: the spine is close to
-the posterior detector, the sternum to the anterior one).
+Each bone is a named region (``T7``, ``rib_L5``, ``ilium_R`` ...; the catalogue lives in
+``bonescan.anatomy``) made of parts; every part has a coverage patch, a physiological uptake and a
+visibility per view (depth: the spine is close to the posterior detector, the sternum to the anterior
+one). :func:`region_labels` turns the parts into the per-view label map of ``bonescan.anatomy``'s classes.
 """
 
 from __future__ import annotations
@@ -16,50 +17,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# the regions (names, groups, sides, numbers) are defined once, in the numpy-only module that also
+# numbers them as classes; the atlas draws them (and re-exports the names its users import from here)
+from bonescan.anatomy import ANTERIOR_ARC_RIBS, CERVICAL, LUMBAR, SIDES, THORACIC, VERTEBRAE, class_of
+from bonescan.anatomy import REGIONS as REGIONS
+from bonescan.anatomy import RegionInfo as RegionInfo
+from bonescan.anatomy import region_catalogue as region_catalogue
 from bonescan.contract import IMAGE_HEIGHT, IMAGE_WIDTH
 from bonescan.data import raster
 from bonescan.data.raster import Patch
 
 SHAPE = (IMAGE_HEIGHT, IMAGE_WIDTH)
-
-CERVICAL = [f"C{i}" for i in range(1, 8)]
-THORACIC = [f"T{i}" for i in range(1, 13)]
-LUMBAR = [f"L{i}" for i in range(1, 6)]
-VERTEBRAE = CERVICAL + THORACIC + LUMBAR
-SIDES = ("R", "L")  # patient's right / left
-
-
-@dataclass(frozen=True)
-class RegionInfo:
-    """What a region is, for placement statistics and report wording."""
-
-    group: str  # skull, cervical, thoracic, lumbar, sacrum, rib, sternum, clavicle, scapula,
-    # humerus, forearm, hand, ilium, ischium, pubis, femur, patella, tibia, fibula, foot, mandible
-    side: str = ""  # "R", "L" or "" (midline)
-    index: int = 0  # vertebra / rib number
-    segment: str = ""  # proximal / shaft / distal for long bones
-
-
-def region_catalogue() -> dict[str, RegionInfo]:
-    """Every named region of the atlas."""
-    cat: dict[str, RegionInfo] = {"skull": RegionInfo("skull"), "mandible": RegionInfo("mandible")}
-    for name in VERTEBRAE:
-        group = {"C": "cervical", "T": "thoracic", "L": "lumbar"}[name[0]]
-        cat[name] = RegionInfo(group, index=int(name[1:]))
-    cat["sacrum"] = RegionInfo("sacrum")
-    cat["sternum"] = RegionInfo("sternum")
-    for s in SIDES:
-        for i in range(1, 13):
-            cat[f"rib_{s}{i}"] = RegionInfo("rib", s, i)
-        for bone in ("clavicle", "scapula", "ilium", "ischium", "pubis", "patella", "tibia", "fibula", "forearm", "hand", "foot"):
-            cat[f"{bone}_{s}"] = RegionInfo(bone, s)
-        for bone in ("humerus", "femur"):
-            for seg in ("proximal", "shaft", "distal"):
-                cat[f"{bone}_{s}_{seg}"] = RegionInfo(bone, s, segment=seg)
-    return cat
-
-
-REGIONS = region_catalogue()
 
 
 @dataclass
@@ -254,7 +222,7 @@ def build_skeleton(p: Patient, rng: np.random.Generator) -> Skeleton:
             r = 0.0034 * h if i > 1 else 0.004 * h
             post = raster.polyline(F.pts(_smooth_curve(post_ctrl, 8)), r, SHAPE)
             add(f"rib_{side}{i}", "posterior", post, 0.5, (0.4, 1.0))
-            if i <= 10:
+            if i <= ANTERIOR_ARC_RIBS:
                 # anterior arcs end at the costal cartilage (no uptake) short of the sternum
                 end_u = sg * (0.03 + 0.004 * i) * h
                 end_v = v0 + (0.036 + 0.0045 * i) * h if i <= 7 else v0 + (0.05 + 0.002 * i) * h
@@ -400,3 +368,29 @@ def soft_tissue(p: Patient) -> np.ndarray:
         knee = (sg * (0.052 * h + 0.22 * h * np.sin(p.leg_spread)), 0.728 * h)
         raster.paste(img, raster.polyline(F.pts([(sg * 0.06 * h, 0.52 * h), knee, (knee[0], 0.95 * h)]), np.array([0.045 * b, 0.03, 0.022]) * h, SHAPE), 0.7)
     return img
+
+
+#: a pixel belongs to a part where the part covers at least this much of it (the lesion mask's rule too)
+LABEL_COVERAGE = 0.5
+
+
+def region_labels(sk: Skeleton) -> np.ndarray:
+    """uint8 [2, H, W]: the region class each view shows at each pixel, in the model frame.
+
+    Both channels are drawn in the anterior frame (the posterior view mirrored, as the model sees it).
+    Where parts overlap, the one adding the most counts in that view (coverage x uptake x visibility)
+    names the pixel; ties go to the part drawn first. Deterministic in the skeleton: no random draw.
+    """
+    out = np.zeros((2, *SHAPE), np.uint8)
+    best = np.zeros((2, *SHAPE), np.float32)
+    for part in sk.parts:
+        cls = class_of(part.region, part.name)
+        p = part.patch
+        cover = p.data >= LABEL_COVERAGE
+        for v in range(2):
+            score = p.data * np.float32(part.uptake * part.depth[v])
+            b = best[v, p.y0 : p.y1, p.x0 : p.x1]
+            win = cover & (score > b)
+            b[win] = score[win]
+            out[v, p.y0 : p.y1, p.x0 : p.x1][win] = cls
+    return out

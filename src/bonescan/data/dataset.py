@@ -9,6 +9,8 @@ Layout (synthetic and hospital data alike)::
         anterior.png + posterior.png   # 16-bit PNG views (or anterior.dcm + posterior.dcm), or
         scan.npy             # [2, 1024, 256] anterior, posterior
         mask.png             # metastasis mask, anterior frame, non-zero = lesion (needed to train / evaluate)
+        regions.png          # optional: skeleton region classes per view (bonescan.anatomy; synthetic data has them,
+                             # hospital data does not)
         report.txt           # UTF-8 report (optional: missing = no report)
         meta.json            # optional (synthetic cases carry their ground truth here)
 
@@ -27,7 +29,17 @@ from typing import Any
 import numpy as np
 
 from bonescan.contract import to_model_frame
-from bonescan.data.io import NO_SCAN, CaseError, find_scan_files, read_json, read_mask, read_report, read_scan
+from bonescan.data.io import (
+    NO_SCAN,
+    REGIONS_FILE,
+    CaseError,
+    find_scan_files,
+    read_json,
+    read_mask,
+    read_regions,
+    read_report,
+    read_scan,
+)
 
 log = logging.getLogger("bonescan.data")
 
@@ -45,6 +57,7 @@ class Sample:
     meta: dict[str, Any] | None = None
     spacing_source: str = "default"  # see bonescan.data.io.SPACING_SOURCES
     notes: list[str] = field(default_factory=list)  # warnings about the files (e.g. an 8-bit PNG)
+    regions: np.ndarray | None = None  # uint8 [2, H, W] region classes per view, model frame (regions.png), if any
 
 
 def findings_mask(mask: np.ndarray | None, meta: dict[str, Any] | None, shape: tuple[int, ...]) -> np.ndarray:
@@ -122,9 +135,11 @@ class BoneScanDataset:
     """Cases of one split (or all) of a data folder, loaded on demand.
 
     ``require_mask``: a case without mask.png is an error (training, evaluation).
+    ``with_regions``: also read regions.png where a case has one (off by default: nothing that trains or
+    serves today reads the label maps, and decoding them adds a few ms per case).
     """
 
-    def __init__(self, root: str | Path, split: str | None = None, require_mask: bool = True):
+    def __init__(self, root: str | Path, split: str | None = None, require_mask: bool = True, with_regions: bool = False):
         self.root = Path(root)
         refs = read_manifest(self.root)
         if split is not None and split not in SPLITS:
@@ -132,6 +147,7 @@ class BoneScanDataset:
         self.refs = [r for r in refs if split is None or r.split == split]
         self.split = split
         self.require_mask = require_mask
+        self.with_regions = with_regions
         self.errors: list[CaseError] = []
 
     @classmethod
@@ -139,7 +155,7 @@ class BoneScanDataset:
         """The case folders given, whatever a manifest says (``bonescan data manifest`` reads them
         all before it splits them); their split is "test" until one is assigned."""
         ds = cls.__new__(cls)
-        ds.root, ds.split, ds.require_mask, ds.errors = Path(root), None, require_mask, []
+        ds.root, ds.split, ds.require_mask, ds.errors, ds.with_regions = Path(root), None, require_mask, [], False
         ds.refs = [CaseRef(f.name, "test", f) for f in folders]
         return ds
 
@@ -167,8 +183,10 @@ class BoneScanDataset:
         elif self.require_mask:
             raise CaseError(mpath, "mask file is missing")
         report = read_report(ref.path / "report.txt")
+        rpath = ref.path / REGIONS_FILE
+        regions = read_regions(rpath) if self.with_regions and rpath.exists() else None
         return Sample(ref.case_id, to_model_frame(scan.anterior, scan.posterior), mask, report, scan.pixel_spacing, meta,
-                      scan.spacing_source, scan.notes)
+                      scan.spacing_source, scan.notes, regions)
 
     def __getitem__(self, i: int) -> Sample:
         return self.load(i)

@@ -10,8 +10,8 @@ from typing import Any
 
 from bonescan.contract import IMAGE_HEIGHT, IMAGE_WIDTH
 from bonescan.data.dataset import CaseRef, assign_splits, write_manifest
-from bonescan.data.io import write_mask, write_png16
-from bonescan.data.synth import GENERATOR_VERSION, SynthConfig, meta_json, synth_case
+from bonescan.data.io import REGIONS_FILE, write_mask, write_png16, write_regions
+from bonescan.data.synth import GENERATOR_VERSION, REPORT_TRUTH_FIELDS, SynthConfig, meta_json, synth_case
 
 
 def write_case(root: Path, seed: int, index: int, cfg: SynthConfig) -> dict[str, Any]:
@@ -22,6 +22,8 @@ def write_case(root: Path, seed: int, index: int, cfg: SynthConfig) -> dict[str,
     write_png16(d / "anterior.png", case.anterior)
     write_png16(d / "posterior.png", case.posterior)
     write_mask(d / "mask.png", case.mask)
+    if case.regions is not None:  # not in manifest.json: its bytes (and hash, which results quote) stay as they were
+        write_regions(d / REGIONS_FILE, case.regions)
     (d / "report.txt").write_text(case.report, encoding="utf-8")
     (d / "meta.json").write_text(meta_json(case.meta), encoding="utf-8")
     return {
@@ -81,7 +83,7 @@ def generate_dataset(
         refs,
         {
             "format": "bonescan-dataset/1",
-            "generator": {"name": GENERATOR_VERSION, "seed": seed, "n": n, "config": asdict(cfg)},
+            "generator": {"name": GENERATOR_VERSION, "seed": seed, "n": n, "config": _config(cfg)},
             "image_size": [IMAGE_HEIGHT, IMAGE_WIDTH],
             "conventions": {
                 "views": "anterior.png and posterior.png as acquired (posterior seen from behind)",
@@ -94,6 +96,11 @@ def generate_dataset(
     stats["seconds"] = round(time.perf_counter() - t0, 2)
     stats["splits"] = {s: sum(1 for r in refs if r.split == s) for s in ("train", "val", "test")}
     return stats
+
+
+def _config(cfg: SynthConfig) -> dict[str, Any]:
+    """The generator's settings for manifest.json, without the report-truth options while they are off."""
+    return {k: v for k, v in asdict(cfg).items() if k not in REPORT_TRUTH_FIELDS or v}
 
 
 def dataset_statistics(summaries: list[dict[str, Any]]) -> dict[str, Any]:

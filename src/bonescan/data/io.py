@@ -141,6 +141,33 @@ def write_mask(path: str | Path, mask: np.ndarray) -> None:
     Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255).save(path, format="PNG", compress_level=PNG_LEVEL)
 
 
+#: the skeleton's region label map beside the mask (``bonescan.anatomy``): one 8-bit PNG of 2H x W, the
+#: anterior view's labels on top of the posterior view's (both in the model frame), values = class indices
+REGIONS_FILE = "regions.png"
+
+
+def write_regions(path: str | Path, regions: np.ndarray) -> None:
+    """uint8 [2, H, W] label map -> an 8-bit grey PNG of [2H, W] (views stacked top to bottom)."""
+    r = np.asarray(regions)
+    if r.ndim != 3 or r.shape[0] != 2 or r.dtype != np.uint8:
+        raise ValueError(f"regions must be uint8 [2, H, W], got {r.dtype} {r.shape}")
+    Image.fromarray(np.ascontiguousarray(r.reshape(2 * r.shape[1], r.shape[2]))).save(path, format="PNG", compress_level=PNG_LEVEL)
+
+
+def read_regions(path: str | Path) -> np.ndarray:
+    """regions.png -> uint8 [2, H, W] class indices (checked against the class count)."""
+    from bonescan.anatomy import N_REGION_CLASSES
+
+    arr = read_png(path, "region label map")
+    if arr.shape != (2 * IMAGE_HEIGHT, IMAGE_WIDTH):
+        raise CaseError(path, f"region label map is {arr.shape[0]}x{arr.shape[1]}; expected {2 * IMAGE_HEIGHT}x{IMAGE_WIDTH} "
+                              "(anterior above posterior)")
+    if arr.size and int(arr.max()) >= N_REGION_CLASSES:
+        raise CaseError(path, f"region label map holds class {int(arr.max())}; there are {N_REGION_CLASSES} "
+                              "(written by another version of bonescan.anatomy?)")
+    return arr.astype(np.uint8).reshape(2, IMAGE_HEIGHT, IMAGE_WIDTH)
+
+
 #: the encodings a report file is tried in when it has no byte-order mark and is not UTF-8 (Chinese
 #: hospital systems write GBK / GB18030 (mainland) or Big5 (Taiwan, Hong Kong)); charset-normalizer
 #: picks the likelier. UTF-16 (Windows "Unicode" text) and UTF-32 are known by their byte-order mark.

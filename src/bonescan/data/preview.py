@@ -106,3 +106,70 @@ def _label(s, width_pt: float, viz) -> list[str]:
         kinds = ", ".join(sorted({b["type"].replace("_", " ") for b in s.meta["benign"]}))
         lines += viz.wrap_to_width("benign: " + kinds, width_pt, LABEL_PT)
     return lines
+
+
+def region_preview(data: str | Path, case_id: str, out: str | Path, scale: float = 3.0) -> Path:
+    """``bonescan data regions``: one case's region label map over its two views, each region coloured and
+    named (English) at its centre, the lesion mask outlined in red with each lesion's name (the region holding
+    most of it, ``anatomy.lesion_sites``) beside it. Both views are drawn in the model
+    frame (the posterior view mirrored: the patient's right on the image's left in both), so a label
+    sits on the same bone in the picture as in the label map; each view's labels are its own."""
+    from bonescan import viz
+    from bonescan.anatomy import N_REGION_CLASSES, english_name
+
+    viz.use_agg()
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ds = BoneScanDataset(data, require_mask=False, with_regions=True)
+    if case_id not in ds.ids:
+        raise BonescanError(f"{data}: no case {case_id!r}")
+    s = ds.load(ds.ids.index(case_id))
+    if s.regions is None:
+        raise BonescanError(f"{data}: case {case_id} has no regions.png (written by `bonescan data synth` since issue 26)")
+    named = _lesion_names(s) if s.mask is not None else []
+    y0, y1 = viz.body_rows(s.image[0], s.image[1])
+    h, w = y1 - y0, s.image.shape[2]
+    colours = plt.get_cmap("tab20")(np.arange(N_REGION_CLASSES) % 20)
+    colours[0] = (0, 0, 0, 0)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * w * scale / 100, h * scale / 100 + 0.4))
+    for v, (ax, title) in enumerate(zip(axes, ("anterior", "posterior (mirrored: model frame)"), strict=True)):
+        lab = s.regions[v][y0:y1]
+        viz.show_view(ax, s.image[v][y0:y1], f"{case_id} {title}")
+        rgba = colours[lab]
+        rgba[..., 3] = np.where(lab > 0, 0.45, 0.0)
+        ax.imshow(rgba, interpolation="nearest")
+        if s.mask is not None:
+            viz.overlay_mask(ax, s.mask[y0:y1])
+            for site, (ly, lx) in named:  # each lesion's name, beside it, in red
+                ax.text(lx + 6, ly - y0, site, fontsize=4.2, color="red", ha="left", va="center", fontweight="bold")
+        for c in np.unique(lab):
+            if c == 0:
+                continue
+            yy, xx = np.nonzero(lab == c)
+            k = int(np.argmin((yy - yy.mean()) ** 2 + (xx - xx.mean()) ** 2))  # a pixel of the region, near its centre
+            ax.text(xx[k], yy[k], english_name(int(c)).replace("right ", "R ").replace("left ", "L "), fontsize=3.2,
+                    ha="center", va="center", color="black")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=200)
+    plt.close(fig)
+    return out
+
+
+def _lesion_names(s) -> list[tuple[str, tuple[float, float]]]:
+    """(English name, right edge of the lesion's box (y, x)) per component of the case's mask."""
+    import numpy as np
+
+    from bonescan.anatomy import lesion_sites, view_weights
+    from bonescan.components import components
+
+    c = components(s.mask > 0)
+    if not c.n:
+        return []
+    ys, xs = np.divmod(c.order, c.labels.shape[1])
+    cy = np.add.reduceat(ys, c.starts) / c.area
+    x1 = np.maximum.reduceat(xs, c.starts)
+    sites = lesion_sites(c.labels, c.n, s.regions, view_weights(s.image, c.labels, c.n))
+    return [(site.english or "off bone", (float(cy[k]), float(x1[k]))) for k, site in enumerate(sites)]

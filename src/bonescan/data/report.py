@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from bonescan.anatomy import GROUP_ZH, SIDE_ZH
 from bonescan.data.atlas import REGIONS
 from bonescan.data.styles import (
     DELAYS_H,
@@ -42,13 +43,6 @@ from bonescan.data.textnoise import FULLWIDTH_DIGITS, HALFWIDTH_PUNCT, add_slips
 ZH_DIGITS = ["零", "一", "二", "三", "四", "五", "六", "七", "八", "九", "十", "十一", "十二"]
 CIRCLED = "①②③④⑤⑥⑦⑧⑨⑩⑪⑫⑬⑭⑮⑯⑰⑱⑲⑳"
 SEG_ZH = {"C": "颈", "T": "胸", "L": "腰"}
-SIDE_ZH = {"R": "右", "L": "左"}
-GROUP_ZH = {
-    "skull": "颅骨", "mandible": "下颌骨", "cervical": "颈椎", "thoracic": "胸椎", "lumbar": "腰椎",
-    "sacrum": "骶骨", "rib": "肋骨", "sternum": "胸骨", "clavicle": "锁骨", "scapula": "肩胛骨",
-    "humerus": "肱骨", "forearm": "尺桡骨", "hand": "手部", "ilium": "髂骨", "ischium": "坐骨",
-    "pubis": "耻骨", "femur": "股骨", "patella": "髌骨", "tibia": "胫骨", "fibula": "腓骨", "foot": "足部",
-}
 #: coarse anatomical groups used by vague reports (多发骨转移); a style may use its own word for one
 COARSE = {
     "skull": "颅骨", "mandible": "颅骨", "cervical": "脊柱", "thoracic": "脊柱", "lumbar": "脊柱",
@@ -608,10 +602,15 @@ def findings_from_meta(meta: Mapping[str, Any]) -> tuple[list[Finding], list[Fin
     Returns (mets, benign, artefacts, n_lesions, kidneys_visible), the arguments of
     :func:`write_report`, so any case can be re-reported in any house style. Rib fractures
     written before meta.json kept their arc come back without one (the report then names no arc).
+    A case written with the report-truth options (meta ``report_truth``) comes back as its report was:
+    without the lesions it left out, with the site it invented (lesion id -1).
     """
     lesions = meta.get("lesions", [])
+    truth = meta.get("report_truth") or {}  # a report written with lesions left out / a site invented on purpose
+    omitted = set(truth.get("omitted", []))
     mets = [Finding("met", [les["region"]], arc=les.get("part", "") if REGIONS[les["region"]].group == "rib" else "",
-                    ids=[int(les["id"])]) for les in lesions]
+                    ids=[int(les["id"])]) for les in lesions if int(les["id"]) not in omitted]
+    mets += [Finding("met", [inv["region"]], arc=inv.get("arc", ""), ids=[-1]) for inv in truth.get("invented", [])]
     benign = [Finding(b["type"], list(b["regions"]), arc=b.get("arc", "")) for b in meta.get("benign", [])]
     artefacts = []
     for a in meta.get("artefacts", []):
@@ -620,7 +619,7 @@ def findings_from_meta(meta: Mapping[str, Any]) -> tuple[list[Finding], list[Fin
         else:
             artefacts.append(Finding(a["type"], []))
     kidneys = bool(meta.get("physiology", {}).get("kidneys_visible", True))
-    return mets, benign, artefacts, len(lesions), kidneys
+    return mets, benign, artefacts, len(lesions) - len(omitted), kidneys
 
 
 def report_from_meta(meta: Mapping[str, Any], style: str, seed: int, part: str = "full") -> Report:

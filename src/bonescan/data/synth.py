@@ -1,7 +1,8 @@
 """Synthetic whole-body SPECT bone scans (99mTc-MDP) with Chinese reports and lesion masks.
 
 One case = anterior + posterior views (1024 x 256 uint16 counts), a metastasis mask in the
-anterior frame, a report and a metadata JSON. Image formation, in this order:
+anterior frame, the skeleton's region label map per view (``bonescan.anatomy``; drawn from the
+skeleton after everything else, with no random draw), a report and a metadata JSON. Image formation, in this order:
 
 1. a skeleton atlas per patient (``atlas.py``) weighted by physiological uptake and by how close
    each bone lies to the anterior / posterior detector;
@@ -29,10 +30,11 @@ from scipy.ndimage import gaussian_filter, maximum_filter
 
 from bonescan.contract import IMAGE_HEIGHT, IMAGE_WIDTH, MAX_COUNT
 from bonescan.data import raster
-from bonescan.data.atlas import REGIONS, SHAPE, Patient, Skeleton, build_skeleton, soft_tissue
+from bonescan.data.atlas import REGIONS, SHAPE, Patient, Skeleton, build_skeleton, region_labels, soft_tissue
 from bonescan.data.raster import Patch
 from bonescan.data.report import Finding, write_report
 from bonescan.data.styles import pick_style
+from bonescan.report_sites import ReportSite, site_matches
 
 GENERATOR_VERSION = "bonescan-synth/1"
 
@@ -144,6 +146,20 @@ class SynthConfig:
     #: house styles the reports are written in (styles.STYLE_NAMES; empty = all), e.g. all but one
     #: to test a model on a hospital whose wording it has never read
     house_styles: tuple[str, ...] = ()
+    #: share of metastases the report leaves out (each lesion on its own), to score the second reader's
+    #: ``not_in_report``; 0 (the default) draws nothing and changes no byte of a case
+    omit_lesion_rate: float = 0.0
+    #: share of reports that name one metastasis the scan does not show (a region with no lesion within
+    #: the second reader's tolerance), to score its ``not_found``; 0 draws nothing
+    invent_site_rate: float = 0.0
+
+
+#: SynthConfig fields that only steer the report-truth options: left out of manifest.json while 0, so a
+#: data set written without them keeps its bytes
+REPORT_TRUTH_FIELDS = ("omit_lesion_rate", "invent_site_rate")
+#: the SeedSequence word of the report-truth draws: their own stream, so turning the options on changes the
+#: report (what it names) but not the image, the mask or any other draw
+REPORT_TRUTH_STREAM = 0x26
 
 
 @dataclass
@@ -154,6 +170,8 @@ class Case:
     mask: np.ndarray  # uint8 [H, W], 1 = metastasis, anterior frame
     report: str
     meta: dict[str, Any] = field(default_factory=dict)
+    #: uint8 [2, H, W]: the region class each view shows per pixel, model frame (atlas.region_labels)
+    regions: np.ndarray | None = None
 
 
 def _region_site(region: str) -> str:
@@ -432,6 +450,46 @@ def _place_mimics(scene: _Scene, cfg: SynthConfig, benign: list[dict], findings:
         put("sternoclavicular", spots, regions)
 
 
+def _invented_region(sk: Skeleton, lesions: list[dict], rng: np.random.Generator) -> str | None:
+    """A region with bone in this skeleton that no lesion's region matches within the second reader's
+    tolerance (report_sites.site_matches), drawn with the metastasis site frequencies; None if none is left."""
+    taken = [les["region"] for les in lesions]
+    sites = list(SITE_FREQUENCY)
+    probs = np.array([SITE_FREQUENCY[s] for s in sites])
+    for _ in range(50):
+        site = sites[int(rng.choice(len(sites), p=probs / probs.sum()))]
+        region = SITE_REGIONS[site][int(rng.integers(len(SITE_REGIONS[site])))]
+        if sk.region_parts(region) and not any(site_matches(ReportSite(region), r) for r in taken):
+            return region
+    return None
+
+
+def _report_truth(seed: int, index: int, cfg: SynthConfig, sk: Skeleton, lesions: list[dict],
+                  mets: list[Finding]) -> tuple[list[Finding], dict[str, Any]]:
+    """The metastases the report names when the report-truth options are on: some left out, maybe one
+    invented (lesion id -1, so the report keeps its wording as it keeps a real mention's)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index, REPORT_TRUTH_STREAM]))
+    keep = list(rng.random(len(mets)) >= cfg.omit_lesion_rate)
+    # a lesion is left out only if nothing the report still names covers it (T7 named once covers both of
+    # two T7 lesions; the 5th rib covers the 6th within the reader's tolerance): those stay in the report
+    changed = True
+    while changed:
+        named = [ReportSite(f.regions[0]) for f, k in zip(mets, keep, strict=True) if k]
+        back = [j for j, f in enumerate(mets) if not keep[j] and any(site_matches(s, f.regions[0]) for s in named)]
+        for j in back:
+            keep[j] = True
+        changed = bool(back)
+    reported = [f for f, k in zip(mets, keep, strict=True) if k]
+    truth: dict[str, Any] = {"omitted": [i for f, k in zip(mets, keep, strict=True) if not k for i in f.ids], "invented": []}
+    if rng.random() < cfg.invent_site_rate:
+        region = _invented_region(sk, lesions, rng)
+        if region is not None:
+            arc = str(rng.choice(["posterior", "anterior"])) if REGIONS[region].group == "rib" else ""
+            reported.append(Finding("met", [region], arc=arc, ids=[-1]))
+            truth["invented"].append({"region": region, "arc": arc})
+    return reported, truth
+
+
 def synth_case(seed: int, index: int, cfg: SynthConfig | None = None) -> Case:
     """Generate case ``index`` of the data set with ``seed``; a pure function of both."""
     cfg = cfg or SynthConfig()
@@ -508,11 +566,19 @@ def synth_case(seed: int, index: int, cfg: SynthConfig | None = None) -> Case:
     posterior = np.ascontiguousarray(posterior_ant_frame[:, ::-1])  # as acquired, seen from behind
 
     # the report last, from the same generator: its draws cannot change the image
+    truth: dict[str, Any] | None = None
+    reported, n_reported = met_findings, len(lesions)
+    if cfg.omit_lesion_rate or cfg.invent_site_rate:
+        reported, truth = _report_truth(seed, index, cfg, sk, lesions, met_findings)
+        n_reported = sum(1 for f in reported if f.ids != [-1])
     house_style = pick_style(rng, cfg.house_styles)
-    report = write_report(met_findings, benign_findings, art_findings, rng, len(lesions), kidneys_visible,
+    report = write_report(reported, benign_findings, art_findings, rng, n_reported, kidneys_visible,
                           style=house_style, sex="F" if patient.female else "M")
     for les in lesions:
-        les["mention"] = report.mentions[les["id"]]
+        les["mention"] = report.mentions.get(les["id"])  # None: left out of the report (report_truth)
+    if truth is not None:
+        for inv in truth["invented"]:
+            inv["mention"] = report.mentions.get(-1)
 
     case_id = f"case_{index:05d}"
     meta = {
@@ -537,7 +603,9 @@ def synth_case(seed: int, index: int, cfg: SynthConfig | None = None) -> Case:
         "artefacts": artefacts,
         "report": {"style": report.style, "house_style": report.house_style, "chars": len(report.text)},
     }
-    return Case(case_id, anterior, posterior, scene.mask, report.text, meta)
+    if truth is not None:  # what the report leaves out and names wrongly on purpose (SynthConfig options)
+        meta["report_truth"] = truth
+    return Case(case_id, anterior, posterior, scene.mask, report.text, meta, region_labels(sk))
 
 
 def meta_json(meta: dict[str, Any]) -> str:

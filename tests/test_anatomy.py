@@ -1,0 +1,173 @@
+"""The skeleton's region classes, the label maps the generator writes, lesion naming and the Bone Scan Index."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bonescan import anatomy as A
+from bonescan.contract import IMAGE_HEIGHT, IMAGE_WIDTH
+from bonescan.data.arrays import load_split
+from bonescan.data.atlas import REGIONS as ATLAS_REGIONS
+from bonescan.data.generate import generate_dataset
+from bonescan.data.io import read_regions, write_regions
+from bonescan.data.synth import meta_json, synth_case
+from bonescan.errors import BonescanError
+
+#: sha256 (first 16 hex) of views, mask, report and meta.json of synth_case(0, i), computed at commit acd14d9,
+#: before the label maps existed: drawing them must not change a byte of what the generator wrote before
+BEFORE_LABEL_MAPS = {0: "34245c230f04a884", 1: "7cb0aff1fe9e1387", 2: "ffc54c56c9f22e97", 5: "00c223b008a9994b"}
+
+
+def _digest(case) -> str:
+    h = hashlib.sha256()
+    for a in (case.anterior, case.posterior, case.mask):
+        h.update(a.tobytes())
+    h.update(case.report.encode())
+    h.update(meta_json(case.meta).encode())
+    return h.hexdigest()[:16]
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return {i: synth_case(0, i) for i in BEFORE_LABEL_MAPS}
+
+
+def test_generator_output_unchanged_by_label_maps(cases):
+    assert {i: _digest(c) for i, c in cases.items()} == BEFORE_LABEL_MAPS
+
+
+def test_classes_cover_the_atlas_once():
+    assert A.REGION_CLASSES[0] == A.BACKGROUND and A.N_REGION_CLASSES == 107
+    assert len(set(A.REGION_CLASSES)) == A.N_REGION_CLASSES
+    assert ATLAS_REGIONS is A.REGIONS  # one catalogue
+    assert set(A.CLASS_REGION[1:]) == set(A.REGIONS)
+    assert A.REGION_CLASSES[A.class_of("rib_R5", "posterior")] == "rib_R5_posterior"
+    assert "rib_L11_anterior" not in A.CLASS_INDEX and "rib_L10_anterior" in A.CLASS_INDEX
+    assert A.class_of("T7", "body") == A.class_of("T7", "posterior_elements") == A.CLASS_INDEX["T7"]
+    for c in range(1, A.N_REGION_CLASSES):
+        assert A.english_name(c) and A.chinese_name(c) and A.snomed_site(c)
+
+
+def test_names():
+    names = {c: (A.english_name(A.CLASS_INDEX[c]), A.chinese_name(A.CLASS_INDEX[c]))
+             for c in ("T7", "rib_R5_posterior", "femur_L_proximal", "sacrum", "C2", "rib_L1_anterior")}
+    assert names == {"T7": ("T7", "第7胸椎"), "rib_R5_posterior": ("right 5th rib, posterior", "右侧第5肋后段"),
+                     "femur_L_proximal": ("left proximal femur", "左侧股骨近端"), "sacrum": ("sacrum", "骶骨"),
+                     "C2": ("C2", "第2颈椎"), "rib_L1_anterior": ("left 1st rib, anterior", "左侧第1肋前段")}
+    assert A.snomed_site(A.CLASS_INDEX["T7"]) == ("122495006", "Thoracic spine")
+    assert A.snomed_laterality(A.CLASS_INDEX["T7"]) is None
+    assert A.snomed_laterality(A.CLASS_INDEX["femur_L_proximal"]) == ("7771000", "Left")
+
+
+def _at(regions: np.ndarray, view: int, yx: tuple[float, float]) -> str:
+    return A.REGION_CLASSES[int(regions[view, int(round(yx[0])), int(round(yx[1]))])]
+
+
+def test_label_maps_show_what_each_view_shows(cases):
+    from bonescan.data.atlas import Patient, build_skeleton
+
+    case = cases[0]
+    r = case.regions
+    assert r.dtype == np.uint8 and r.shape == (2, IMAGE_HEIGHT, IMAGE_WIDTH)
+    # the same skeleton, rebuilt with the generator's first draws, gives the landmarks
+    rng = np.random.default_rng(np.random.SeedSequence([0, 0]))
+    pixel_mm = float(rng.uniform(1.9, 2.4))
+    sk = build_skeleton(Patient.sample(rng, pixel_mm), rng)
+    # over the spine the anterior view shows the sternum, the posterior view the vertebra
+    y, x = sk.landmarks["T4"]
+    assert _at(r, 0, (y, x)) == "sternum" and _at(r, 1, (y, x)) == "T4"
+    assert _at(r, 0, sk.landmarks["L3"]) == _at(r, 1, sk.landmarks["L3"]) == "L3"
+    # the patient's left is the image's right in both channels (the posterior view is mirrored)
+    y, x = sk.landmarks["hip_L"]
+    assert x > IMAGE_WIDTH / 2 and _at(r, 0, (y, x)).startswith("femur_L") and _at(r, 1, (y, x)).startswith("femur_L")
+    assert set(np.unique(r[0])) != set(np.unique(r[1]))  # each view has its own
+    assert 90 < len(np.unique(r)) <= A.N_REGION_CLASSES
+
+
+def test_regions_files_round_trip_and_are_optional(tmp_path: Path):
+    generate_dataset(tmp_path / "d", 3, seed=1, workers=1, progress=False)
+    case = tmp_path / "d" / "cases" / "case_00001"
+    r = read_regions(case / "regions.png")
+    assert np.array_equal(r, synth_case(1, 1).regions)
+    write_regions(tmp_path / "r.png", r)
+    assert np.array_equal(read_regions(tmp_path / "r.png"), r)
+    assert load_split(tmp_path / "d", None, progress=False).regions is None  # not asked for: not read
+    arr = load_split(tmp_path / "d", None, progress=False, regions=True)
+    assert arr.regions.shape == (3, 2, IMAGE_HEIGHT, IMAGE_WIDTH) and arr.require_regions() is arr.regions
+    assert arr.select([2, 0]).regions.shape[0] == 2
+    from bonescan.data.preview import region_preview
+
+    png = region_preview(tmp_path / "d", "case_00001", tmp_path / "regions.png", scale=1.0)
+    assert png.stat().st_size > 10_000
+    for c in (tmp_path / "d" / "cases").iterdir():  # a folder written before label maps existed
+        (c / "regions.png").unlink()
+    (tmp_path / "d" / "manifest.json").touch()
+    old = load_split(tmp_path / "d", None, progress=False, regions=True)
+    assert old.regions is None and len(old.regions_missing) == 3
+    with pytest.raises(BonescanError, match="3 of 3 cases have no regions.png"):
+        old.require_regions()
+
+
+# ----------------------------------------------------------------------------- naming, BSI (hand-made maps)
+T7, RIB5P, STERNUM = A.CLASS_INDEX["T7"], A.CLASS_INDEX["rib_R5_posterior"], A.CLASS_INDEX["sternum"]
+
+
+def _maps() -> np.ndarray:
+    """A 40 x 40 two-view map: T7 (rows 0-9, cols 0-19: 200 px), the right 5th rib's posterior arc
+    (rows 20-29, 200 px); the anterior view shows the sternum over the left half of T7."""
+    r = np.zeros((2, 40, 40), np.uint8)
+    r[:, 0:10, 0:20] = T7
+    r[0, 0:10, 0:10] = STERNUM
+    r[:, 20:30, 0:20] = RIB5P
+    return r
+
+
+def test_lesions_are_named_by_most_of_their_pixels():
+    r = _maps()
+    labels = np.zeros((40, 40), np.int32)
+    labels[2:6, 12:18] = 1  # inside T7 in both views
+    labels[22:26, 2:10] = 2  # on the rib, with ...
+    labels[26:32, 2:4] = 2  # ... 4 of its 44 pixels off the bone
+    labels[35:38, 35:38] = 3  # on no bone
+    s1, s2, s3 = A.lesion_sites(labels, 3, r)
+    assert (s1.name, s1.share, s1.english, s1.chinese, s1.side) == ("T7", 1.0, "T7", "第7胸椎", "")
+    assert s2.name == "rib_R5_posterior" and s2.share == pytest.approx(40 / 44) and s2.side == "right"
+    assert s3.cls == 0 and s3.share == 1.0 and s3.name == A.BACKGROUND
+    # under the sternum: equal views tie (first class in the list wins); the view that sees the lesion decides
+    labels = np.zeros((40, 40), np.int32)
+    labels[2:6, 2:8] = 1
+    assert A.lesion_sites(labels, 1, r)[0].share == pytest.approx(0.5)
+    assert A.lesion_sites(labels, 1, r, np.array([[1.0, 3.0]]))[0].name == "T7"
+    assert A.lesion_sites(labels, 1, r, np.array([[3.0, 1.0]]))[0].name == "sternum"
+    with pytest.raises(ValueError, match=r"\[2, H, W\]"):
+        A.lesion_sites(labels, 1, r[0])
+
+
+def test_bone_scan_index_by_hand():
+    r = _maps()
+    labels = np.zeros((40, 40), np.int32)
+    labels[0:10, 10:20] = 1  # the half of T7 both views show as T7: 100 px
+    labels[20:30, 0:10] = 2  # half of the rib: 100 px
+    b = A.bone_burden(labels, 2, r)
+    # anterior: spine 100 of 100 T7 px (the sternum hides the other half) -> 8.3; ribs 100/200 x 4.4 = 2.2
+    # posterior: spine 100 of 200 -> 4.15; ribs 2.2. BSI = mean(10.5, 6.35)
+    assert b.bsi_views == pytest.approx((10.5, 6.35)) and b.bsi == pytest.approx(8.425)
+    assert b.eod == 1 and b.hot_spots == {"T7": 1, "rib_R5": 1}
+    assert A.bone_burden(np.zeros((40, 40), np.int32), 0, r).bsi == 0.0
+    full = np.ones((40, 40), np.int32)  # every axial pixel involved: a superscan, whatever the count
+    assert A.bone_burden(full, 1, r).eod == 4 and A.bone_burden(full, 1, r).axial_share == 1.0
+
+
+def test_soloway_grades():
+    assert [A.soloway_grade(n) for n in (0, 1, 5, 6, 20, 21)] == [0, 1, 1, 2, 2, 3]
+    assert A.soloway_grade(3, 0.8) == 4 and A.soloway_grade(3, 0.5) == 1
+
+
+def test_mass_table():
+    assert sum(A.MASS_PERCENT.values()) == pytest.approx(100.1)
+    assert A.mass_group("rib_L7") == "ribs" and A.mass_group("L3") == "spine_sacrum" and A.mass_group("pubis_R") == "pelvis"
+    assert A.mass_group("femur_L_shaft") == "femur_L" and A.MASS_PERCENT["femur_L"] == 8.9

@@ -1,0 +1,132 @@
+"""The second reader: the region lexicon, which sites a report names as metastases, matching, the generator's
+report-truth options and the scorer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bonescan.data.report import findings_from_meta
+from bonescan.data.second_reader import score_cases
+from bonescan.data.styles import STYLES, VOCABULARY
+from bonescan.data.synth import SynthConfig, synth_case
+from bonescan.report_sites import (
+    BENIGN_WORDS,
+    ReportSite,
+    report_sites,
+    second_read,
+    site_matches,
+    sites_in,
+    verdict,
+)
+
+
+def _labels(text: str) -> list[str]:
+    return [s.label for s in sites_in(text)]
+
+
+@pytest.mark.parametrize("text", ["T7", "第7胸椎", "胸7椎体", "第七胸椎", "胸椎7", "胸7", "Ｔ７"])
+def test_vertebra_variants(text):
+    assert [s.label for s in report_sites(text + "见放射性浓聚，考虑骨转移。")] == ["T7"]
+
+
+@pytest.mark.parametrize("text", ["左侧第5肋", "左第5肋", "左5肋", "左侧第五肋骨", "左第五后肋", "左侧第5前肋"])
+def test_rib_variants(text):
+    assert _labels(text) == ["rib_L5"]
+
+
+def test_lists_ranges_and_other_bones():
+    assert _labels("T7、T9") == ["T7", "T9"] and _labels("T7-9") == ["T7", "T8", "T9"]
+    assert _labels("T7~T9") == ["T7", "T8", "T9"] and _labels("T12-L2") == ["T12", "L1", "L2"]
+    assert _labels("第七至九胸椎") == ["T7", "T8", "T9"] and _labels("胸7、9椎体") == ["T7", "T9"]
+    assert _labels("胸椎7、9") == ["T7", "T9"] and _labels("第7、9胸椎及第2腰椎") == ["T7", "T9", "L2"]
+    assert _labels("右侧第4-6前肋") == ["rib_R4", "rib_R5", "rib_R6"] and _labels("双侧第5肋") == ["rib_R5", "rib_L5"]
+    assert _labels("右股骨颈") == ["femur_R_proximal"] and _labels("左侧股骨中段") == ["femur_L_shaft"]
+    assert _labels("右肱骨头") == ["humerus_R_proximal"] and _labels("左侧髂骨") == ["ilium_L"]
+    assert _labels("胸骨柄") == ["sternum"] and _labels("骶骨") == ["sacrum"] and _labels("枕骨") == ["skull"]
+    assert _labels("脊柱、骨盆诸骨") == ["group:cervical+thoracic+lumbar", "group:ilium+ischium+pubis+sacrum"]
+    femur = sites_in("左侧股骨")[0]
+    assert site_matches(femur, "femur_L_distal") and not site_matches(femur, "femur_R_distal")
+
+
+def test_traditional_characters_are_read():
+    assert [s.label for s in report_sites("胸椎第7節見放射性濃聚，考慮骨轉移。")] == ["T7"]
+
+
+def test_only_metastases_count():
+    report = ("检查所见：T7、L3见放射性浓聚。左侧第5肋见点状放射性浓聚。右侧髂骨见异常放射性浓聚。\n"
+              "诊断意见：1. T7、L3骨转移。2. 左侧第5肋陈旧性骨折。")
+    # T7 and L3: metastatic; rib: dismissed as benign; ilium: a finding the impression does not dismiss
+    assert [s.label for s in report_sites(report)] == ["T7", "L3", "ilium_R"]
+    assert report_sites("全身骨显像未见明显骨转移征象。L4、L5小关节退行性变。") == []
+    assert verdict("T7骨转移可能性大") == "metastatic" and verdict("未见骨转移征象") == "negative"
+    assert verdict("L4退变，非转移性") == "benign" and verdict("T7见放射性浓聚") == "neutral"
+
+
+def test_every_benign_diagnosis_of_the_styles_is_known():
+    words = {w for k in ("degenerative", "old_injury", "inflammatory", "benign", "not_metastatic") for w in VOCABULARY[k]}
+    words |= {w for hs in STYLES.values() for dx in hs.dx.values() for w in dx}
+    assert [w for w in sorted(words) if not any(b in w for b in BENIGN_WORDS)] == []
+
+
+def test_matching_tolerance():
+    assert site_matches(ReportSite("rib_L5"), "rib_L6") and not site_matches(ReportSite("rib_L5"), "rib_L7")
+    assert not site_matches(ReportSite("rib_L5"), "rib_R5")
+    assert site_matches(ReportSite("T12"), "L1") and site_matches(ReportSite("L5"), "sacrum")
+    assert not site_matches(ReportSite("T7"), "T9")
+    assert site_matches(ReportSite("femur_L_proximal"), "femur_L_shaft") and not site_matches(ReportSite("femur_L_proximal"), "femur_L_distal")
+    assert site_matches(ReportSite(groups=("rib",)), "rib_R3") and not site_matches(ReportSite(groups=("rib",)), "T3")
+    r = second_read([("sternum", "T5"), "rib_R9", ""], [ReportSite("T5"), ReportSite("skull")])
+    assert r.in_report == (True, False, False) and r.found == (True, False)
+    assert r.to_dict()["report_sites"][1] == {"site": "skull", "flag": "not_found"}
+
+
+@pytest.fixture(scope="module")
+def truth_cases():
+    cfg = SynthConfig(omit_lesion_rate=0.3, invent_site_rate=0.6)
+    return [(synth_case(5, i), synth_case(5, i, cfg)) for i in range(24)]
+
+
+def test_report_truth_options_change_only_the_report(truth_cases):
+    omitted = invented = 0
+    for plain, case in truth_cases:
+        assert np.array_equal(plain.anterior, case.anterior) and np.array_equal(plain.mask, case.mask)
+        assert np.array_equal(plain.regions, case.regions) and "report_truth" not in plain.meta
+        truth = case.meta["report_truth"]
+        sites = report_sites(case.report)
+        by_id = {les["id"]: les for les in case.meta["lesions"]}
+        if case.meta["report"]["style"] == "itemized":
+            for i in truth["omitted"]:  # nothing the report names covers a lesion it left out
+                assert by_id[i]["mention"] is None
+                assert not any(site_matches(s, by_id[i]["region"]) for s in sites)
+            for inv in truth["invented"]:
+                assert any(s.region == inv["region"] for s in sites)
+        omitted += len(truth["omitted"])
+        invented += len(truth["invented"])
+        mets, *_ = findings_from_meta(case.meta)  # the report can be written again as it was
+        assert sorted(i for f in mets for i in f.ids) == sorted(
+            [i for i in by_id if i not in truth["omitted"]] + [-1] * len(truth["invented"]))
+    assert omitted > 5 and invented > 5
+
+
+def test_scorer_on_report_truth_cases(truth_cases):
+    cases = [c for _, c in truth_cases]
+    images = np.stack([np.stack([c.anterior, c.posterior[:, ::-1]]).astype(np.float32) for c in cases])
+    out = score_cases(images, np.stack([c.mask for c in cases]), np.stack([c.regions for c in cases]),
+                      [c.report for c in cases], [c.meta for c in cases])
+    assert out["not_in_report"]["tp"] > 0 and out["not_found"]["tp"] > 0
+    assert out["not_in_report"]["recall"] >= 0.8 and out["not_found"]["recall"] >= 0.8
+    assert out["naming"]["lesions"] > 0 and out["bsi"]["median"] >= 0
+
+
+def test_generated_reports_parse_to_their_regions():
+    n = ok = 0
+    for i in range(40):
+        case = synth_case(11, i)
+        if case.meta["report"]["style"] != "itemized":
+            continue
+        sites = report_sites(case.report)
+        for les in case.meta["lesions"]:
+            n += 1
+            ok += any(s.region == les["region"] for s in sites)
+    assert n > 50 and ok / n >= 0.97
