@@ -134,8 +134,17 @@ def _serve_and_measure(repo: Path, out: Path, name: str, cases: list, masks: lis
 def bench_flavors(export: Path, data: Path, out: Path, flavors: tuple[str, ...] = FLAVOR_CHOICES,
                   baseline: Path | None = None, int8_export: Path | None = None, int8_baseline: Path | None = None,
                   threads: int = 2, concurrency: tuple[int, ...] = (1, 4), requests: int = 32, n_cases: int = 8,
-                  isa: str | None = None, perf_analyzer: bool = True) -> dict[str, Any]:
-    """Build, serve and measure each flavor; writes out/flavors.json and out/flavors.md."""
+                  isa: str | None = None, perf_analyzer: bool = True, rounds: int = 1) -> dict[str, Any]:
+    """Build, serve and measure each flavor; writes out/flavors.json and out/flavors.md.
+
+    ``rounds`` > 1 serves and measures every flavor again, in reversed order every other round (A B C,
+    C B A, ...): this machine's speed itself moves by up to ~1.8x from one minute to the next (the same
+    graph, process and input measured 43 and 78 ms), so a flavor measured in a slow minute looks slower.
+    The table then gives each flavor's median over the rounds, and each speed-up as the median of the
+    per-round ratios (each taken between measurements minutes apart, not tens of minutes); perf_analyzer
+    runs in the first round only."""
+    if rounds < 1:
+        raise BonescanError(f"--rounds must be 1 or more, got {rounds}")
     from bonescan.benchmarks.latency import cpu_info, run_info
     from bonescan.serving.repository import RepoOptions, build_repository
 
@@ -146,25 +155,48 @@ def bench_flavors(export: Path, data: Path, out: Path, flavors: tuple[str, ...] 
     cases, masks = _cases(data, n_cases)
     env = {"ONEDNN_MAX_CPU_ISA": isa.upper()} if isa else {}
     res: dict[str, Any] = {"machine": {**cpu_info(), "threads_per_engine": threads, "isa_limit": env.get("ONEDNN_MAX_CPU_ISA")},
-                           "run": run_info(), "scans": len(cases), "requests_per_level": requests, "flavors": {}}
+                           "run": run_info(), "scans": len(cases), "requests_per_level": requests, "rounds": rounds, "flavors": {}}
     sources = {f: (export, baseline) for f in flavors}
     models = (C.ENSEMBLE_MODEL, C.ENSEMBLE_UNET_MODEL) if baseline is not None else (C.ENSEMBLE_MODEL,)
     if "openvino-int8" in flavors:
         e8, b8, res["int8_gates"] = _int8_exports(export, baseline, data, out, int8_export, int8_baseline, isa)
         sources["openvino-int8"] = (e8, b8)
+    repos = {}
     for f in flavors:
         src, base = sources[f]
-        repo = out / f"repo_{f}"
+        repos[f] = out / f"repo_{f}"
         opts = RepoOptions(flavor="embedded" if f == "embedded" else "openvino", intra_op_threads=threads)
-        print(f"[flavors] {f}: building {repo} ...", flush=True)
-        build_repository(src, repo, opts, baseline=base)
-        res["flavors"][f] = _serve_and_measure(repo, out, f, cases, masks, concurrency, requests, env, perf_analyzer, models)
+        print(f"[flavors] {f}: building {repos[f]} ...", flush=True)
+        build_repository(src, repos[f], opts, baseline=base)
+    runs: dict[str, list[dict[str, Any]]] = {f: [] for f in flavors}
+    for r in range(rounds):
+        for f in (flavors if r % 2 == 0 else tuple(reversed(flavors))):
+            if rounds > 1:
+                print(f"[flavors] round {r + 1}/{rounds}: {f}", flush=True)
+            runs[f].append(_serve_and_measure(repos[f], out, f, cases, masks, concurrency, requests, env, perf_analyzer and r == 0, models))
+    for f in flavors:
+        res["flavors"][f] = _over_rounds(runs[f])
     _compare(res, flavors)
     (out / "flavors.json").write_text(json.dumps(res, indent=1, default=_plain) + "\n")
     table = flavor_table(res)
     (out / "flavors.md").write_text(table + "\n")
     print(table)
     return res
+
+
+def _over_rounds(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One flavor's rounds -> the first round's row (answers, per-step times, perf_analyzer) with each level's
+    p50 / p99 / throughput the median over the rounds, and every round's figures kept under ``rounds``."""
+    row = rows[0]
+    row["memory_peak_mib"] = max(r["memory_peak_mib"] for r in rows)
+    for model in _ensembles(row):
+        for k, level in enumerate(row[model]["levels"]):
+            per_round = [r[model]["levels"][k] for r in rows]
+            level["rounds"] = [{key: x[key] for key in ("p50_ms", "p99_ms", "throughput_per_s")} for x in per_round]
+            for key in ("p50_ms", "p99_ms", "throughput_per_s"):
+                level[key] = float(np.median([x[key] for x in per_round]))
+            level["errors"] = sum(x["errors"] for x in per_round)
+    return row
 
 
 def _plain(o: Any) -> Any:
@@ -181,7 +213,10 @@ def _compare(res: dict[str, Any], flavors: tuple[str, ...]) -> None:
         for model in _ensembles(row):
             mine, base = row[model], ref[model]
             c1 = lambda r: next(x for x in r["levels"] if x["concurrency"] == 1)  # noqa: E731
-            mine["speedup_p50_c1"] = round(c1(base)["p50_ms"] / c1(mine)["p50_ms"], 3)
+            # the median of the per-round ratios (one round: the ratio of the two p50s)
+            pairs = zip(c1(base).get("rounds") or [c1(base)], c1(mine).get("rounds") or [c1(mine)])
+            mine["speedup_rounds"] = [round(b["p50_ms"] / m["p50_ms"], 3) for b, m in pairs]
+            mine["speedup_p50_c1"] = round(float(np.median(mine["speedup_rounds"])), 3)
             mine["delta_dsc"] = round(base["dsc"] - mine["dsc"], 4)
             agree = [float((a == b).mean()) for a, b in zip(mine["masks"], base["masks"])]
             mine["mask_agreement"] = round(float(np.mean(agree)), 6)
@@ -201,7 +236,8 @@ def flavor_table(res: dict[str, Any]) -> str:
     top = max(x["concurrency"] for row in res["flavors"].values() for model in _ensembles(row) for x in row[model]["levels"])
     isa = f"; oneDNN limited to {m['isa_limit']} (OpenVINO only)" if m.get("isa_limit") else ""
     lines = [f"## CPU flavors, one run: {m['cpu']}, {m['cores']} cores, ISA {' '.join(m['simd'])}{isa}; "
-             f"{m['threads_per_engine']} threads per engine; {res['scans']} held-out scans, {res['requests_per_level']} requests per level; "
+             f"{m['threads_per_engine']} threads per engine; {res['scans']} held-out scans, {res['requests_per_level']} requests per level"
+             f"{'' if res.get('rounds', 1) == 1 else ', medians of ' + str(res['rounds']) + ' rounds (order reversed every other round)'}; "
              f"{res['run']['measured_at']}, commit {res['run']['commit']}", "",
              f"| flavor | ensemble | p50 c=1 ms | p99 c=1 ms | throughput c={top} /s | speed-up p50 vs first | text_encoder ms | "
              "segmenter ms | postprocess ms | DSC | delta DSC | mask agreement | peak MiB |",
@@ -226,6 +262,11 @@ def flavor_table(res: dict[str, Any]) -> str:
         lines.append("")
         lines.append("perf_analyzer, dual-path ensemble, c=1 (p50 ms): " + ", ".join(
             f"{f} {rows[0].get('p50_ms', float('nan')):.1f}" for f, rows in pa.items() if rows))
+    if res.get("rounds", 1) > 1:
+        lines.append("")
+        lines.append("speed-up p50 c=1 per round (vs the first flavor): " + "; ".join(
+            f"{f} {model}: " + " / ".join(f"{x:.2f}x" for x in row[model]["speedup_rounds"])
+            for f, row in list(res["flavors"].items())[1:] for model in _ensembles(row)))
     failed = [f"{f}: {row['perf_analyzer']['error']}" for f, row in res["flavors"].items() if (row.get("perf_analyzer") or {}).get("error")]
     if failed:
         lines.append("perf_analyzer failed: " + "; ".join(failed))

@@ -49,3 +49,24 @@ def test_without_a_unet_export_only_the_dual_path_ensemble_is_measured():
     table = flavor_table(res)
     assert "bonescan_unet" not in table and "| openvino | bonescan | 80.0 |" in table and "1.25x" in table
     assert "oneDNN limited to AVX2" in table
+
+
+def test_rounds_give_medians_and_the_median_of_per_round_ratios():
+    """Three rounds where the machine slowed down in the middle one: the speed-up is the median of the
+    per-round ratios (2x each round), not the ratio of the medians, and every round is kept."""
+    from bonescan.benchmarks.flavors import _over_rounds
+
+    a = np.zeros((4, 4), np.uint8)
+    base = _over_rounds([{C.ENSEMBLE_MODEL: _row(p, [a], 0.7), "memory_peak_mib": 900.0} for p in (100.0, 180.0, 110.0)])
+    fast = _over_rounds([{C.ENSEMBLE_MODEL: _row(p, [a], 0.7), "memory_peak_mib": m} for p, m in ((50.0, 950.0), (90.0, 990.0),
+                                                                                                 (55.0, 960.0))])
+    assert base[C.ENSEMBLE_MODEL]["levels"][0]["p50_ms"] == 110.0 and fast["memory_peak_mib"] == 990.0
+    assert [x["p50_ms"] for x in fast[C.ENSEMBLE_MODEL]["levels"][0]["rounds"]] == [50.0, 90.0, 55.0]
+    res = {"machine": {"cpu": "test", "cores": 2, "simd": ["avx2"], "threads_per_engine": 2, "isa_limit": None},
+           "run": {"measured_at": "now", "commit": "x"}, "scans": 1, "requests_per_level": 4, "rounds": 3,
+           "flavors": {"embedded": base, "openvino-int8": fast}}
+    _compare(res, ("embedded", "openvino-int8"))
+    int8 = res["flavors"]["openvino-int8"][C.ENSEMBLE_MODEL]
+    assert int8["speedup_rounds"] == [2.0, 2.0, 2.0] and int8["speedup_p50_c1"] == 2.0
+    table = flavor_table(res)
+    assert "medians of 3 rounds" in table and "openvino-int8 bonescan: 2.00x / 2.00x / 2.00x" in table

@@ -544,7 +544,7 @@ def export_commands(sub: argparse._SubParsersAction) -> None:
                         "(default: 7 when the gate's ISA has no VNNI, else 8)")
     s.add_argument("--text-encoder", action="store_true",
                    help="quantize the text encoder's MatMuls too, gated with the segmenter: pays for a MacBERT-sized encoder "
-                        "(paper configuration), not the demo's (default: the text encoder stays fp32)")
+                        "(paper configuration), not the demo's; unset, the text encoder stays fp32")
     s = _command(esub, "verify-gpu", _export_verify_gpu,
                  "one command for a GPU machine: build, compare with onnxruntime, DSC parity")
     CHECKPOINT.add(s)
@@ -926,7 +926,7 @@ def _bench_flavors(a: argparse.Namespace) -> int:
 
     res = bench_flavors(a.export, a.data, a.out, tuple(a.flavors), baseline=a.baseline, int8_export=a.int8_export,
                         int8_baseline=a.int8_baseline, threads=a.threads, concurrency=tuple(a.concurrency),
-                        requests=a.requests, n_cases=a.cases, isa=a.isa, perf_analyzer=not a.no_perf_analyzer)
+                        requests=a.requests, n_cases=a.cases, isa=a.isa, perf_analyzer=not a.no_perf_analyzer, rounds=a.rounds)
     errors = sum(lv["errors"] for row in res["flavors"].values() for m in (C.ENSEMBLE_MODEL, C.ENSEMBLE_UNET_MODEL)
                  if m in row for lv in row[m]["levels"])
     print(f"wrote {a.out / 'flavors.md'} and flavors.json")
@@ -1086,6 +1086,9 @@ def bench_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
     s.add_argument("--cases", type=int, default=8, help="distinct held-out scans to cycle through")
     s.add_argument("--no-perf-analyzer", action="store_true", help="skip perf_analyzer")
+    s.add_argument("--rounds", type=positive_int, default=1,
+                   help="serve and measure every flavor this many times, order reversed every other round; medians and "
+                        "per-round speed-ups (default: 1, once)")
     s = _command(bsub, "sweep", _bench_sweep,
                  "the Model-Analyzer job: flavor x instances x threads x max batch, each served and measured by perf_analyzer; "
                  "table, Pareto plot, the best configuration as a `repo build` command")
