@@ -154,7 +154,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, simplify_graphs: bool =
         write_tokenizer_files(ckpt.tokenizer_files, out / "tokenizer")
     else:
         seg = C.SEGMENTER_UNET_GRAPH
-        graphs[seg.export_name] = _export_graph(net.segmenter, (image,), out, seg, simplify_graphs)
+        # the U-Net's logits and its anatomy output (model.network.DeployedUNet)
+        graphs[seg.export_name] = _export_graph(net.deployed_segmenter(), (image,), out, seg, simplify_graphs)
     desc = {
         "format": FORMAT,
         "model": ckpt.cfg.model,

@@ -25,6 +25,8 @@ from bonescan.postprocess import postprocess_failsafe
 
 MAX_LOGIT_DIFF = 1e-3
 MIN_MASK_DSC = 0.999
+#: share of the anatomy output's cells with the same region class (an argmax: a near-tie may flip)
+MIN_REGION_AGREEMENT = 0.999
 
 
 def check_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Path, split: str = "test", n: int = 16,
@@ -64,6 +66,8 @@ def check_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Pat
             "max_abs_logit_diff": max(float(np.abs(ot[k] - oo[k]).max()) for k in ot if ot[k].dtype.kind == "f"),
             "mask_dsc": mask_dsc(lt[0, 0] >= thr, lo[0, 0] >= thr),
             "pixels_differing": int(((lt >= thr) != (lo >= thr)).sum()),
+            # the anatomy output: an argmax inside the graph, so agreement, not a difference
+            "region_agreement": float(np.mean(ot[C.REGION_LABELS.name] == oo[C.REGION_LABELS.name])),
         }
         if C.TEXT_STATS.name in ot:
             # the answer the ensemble gives: the fail-safe's choice on each side must agree
@@ -85,6 +89,7 @@ def check_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Pat
         batch_diffs[str(b)] = float(np.abs(out - single[:b]).max())
     max_diff = max(c["max_abs_logit_diff"] for c in per_case)
     mean_dsc = float(np.mean([c.get("answer_dsc", c["mask_dsc"]) for c in per_case]))
+    region_agreement = float(min(c["region_agreement"] for c in per_case))
     same_path = all(c.get("same_path", True) and c.get("text_stats_equal", True) for c in per_case)
     res = {
         "export": str(export_dir),
@@ -97,18 +102,21 @@ def check_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Pat
         "max_abs_logit_diff": max_diff,
         "mean_mask_dsc": mean_dsc,
         "min_mask_dsc": float(min(c["mask_dsc"] for c in per_case)),
+        "min_region_agreement": region_agreement,
         "batch_consistency_max_diff": batch_diffs,
-        "targets": {"max_abs_logit_diff": MAX_LOGIT_DIFF, "mean_mask_dsc": MIN_MASK_DSC},
+        "targets": {"max_abs_logit_diff": MAX_LOGIT_DIFF, "mean_mask_dsc": MIN_MASK_DSC, "min_region_agreement": MIN_REGION_AGREEMENT},
         "failsafe_same_path_everywhere": same_path,
         "same_checkpoint": made_from == given,
         "ok": bool(made_from == given and max_diff <= MAX_LOGIT_DIFF and mean_dsc >= MIN_MASK_DSC and same_path
+                   and region_agreement >= MIN_REGION_AGREEMENT
                    and max(batch_diffs.values()) <= MAX_LOGIT_DIFF),
         "per_case": per_case,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     print(f"parity {desc['model']} ({res['config_name']}): onnxruntime vs PyTorch on {len(per_case)} {split} cases: "
           f"max |logit diff| {max_diff:.2e} (target <= {MAX_LOGIT_DIFF:g}), mean mask DSC {mean_dsc:.6f} "
-          f"(target >= {MIN_MASK_DSC}); batch 1..{len(imgs)} max diff {max(batch_diffs.values()):.2e} -> "
+          f"(target >= {MIN_MASK_DSC}), region labels agree on >= {region_agreement:.4%} of cells (target >= "
+          f"{MIN_REGION_AGREEMENT:.1%}); batch 1..{len(imgs)} max diff {max(batch_diffs.values()):.2e} -> "
           f"{'OK' if res['ok'] else 'FAILED'}")
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)

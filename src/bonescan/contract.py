@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-CONTRACT_VERSION = 4  # 2: the dual-path segmenter carries the fail-safe (text_map, fallback_logits), LESIONS says who answered;
+CONTRACT_VERSION = 5  # 2: the dual-path segmenter carries the fail-safe (text_map, fallback_logits), LESIONS says who answered;
 # 3: the dual-path ensemble takes the study's ACCESSION_NUMBER / STUDY_INSTANCE_UID (optional);
 # 4: reports are normalised before tokenizing (report_text), text_stats also counts the report's finding terms
+# 5: the U-Net (alone, and bundled in the dual-path segmenter) also gives the skeleton's regions (region_labels)
 
 # ----------------------------------------------------------------------------- image geometry
 #: Whole-body views are 1024 x 256 (H x W) count images, as most gamma cameras write them.
@@ -160,6 +161,13 @@ LOGITS = TensorSpec("logits", "float32", (1, IMAGE_HEIGHT, IMAGE_WIDTH), "lesion
 TEXT_MAP = TensorSpec("text_map", "float32", (2, DYN, DYN),
                       "the report's coarse maps (allow, mention logits), [2, H / s, W / s] with s the coarsest stride")
 FALLBACK_LOGITS = TensorSpec("fallback_logits", "float32", (1, IMAGE_HEIGHT, IMAGE_WIDTH), "the bundled U-Net's logits")
+#: The anatomy output (issue 26) labels the skeleton's regions on a grid this many pixels coarser than
+#: the image: a bone is tens of pixels across, a rib's arc a few rows high; postprocess repeats the
+#: labels back to full resolution before it names each lesion by the region holding most of it.
+REGION_STRIDE = 4
+REGION_LABELS = TensorSpec("region_labels", "int32", (IMAGE_CHANNELS, IMAGE_HEIGHT // REGION_STRIDE, IMAGE_WIDTH // REGION_STRIDE),
+                           "skeleton region class per view (anatomy.REGION_CLASSES, 0 = background), on a grid "
+                           "REGION_STRIDE pixels coarser than the image")
 # tokenizer -> postprocess: how much of the report the model can read
 TEXT_STATS = TensorSpec("text_stats", "int32", (3,),
                         "report tokens, of them unknown to the text encoder, and the report's finding terms (report_text)")
@@ -168,8 +176,8 @@ TEXT_ENCODER_INPUTS = (INPUT_IDS, ATTENTION_MASK)
 TEXT_ENCODER_OUTPUTS = (TEXT_FEATURES,)
 SEGMENTER_INPUTS = (IMAGE, TEXT_FEATURES, ATTENTION_MASK)
 SEGMENTER_UNET_INPUTS = (IMAGE,)
-SEGMENTER_OUTPUTS = (LOGITS, TEXT_MAP, FALLBACK_LOGITS)
-SEGMENTER_UNET_OUTPUTS = (LOGITS,)
+SEGMENTER_OUTPUTS = (LOGITS, TEXT_MAP, FALLBACK_LOGITS, REGION_LABELS)
+SEGMENTER_UNET_OUTPUTS = (LOGITS, REGION_LABELS)
 
 # The ensemble as clients see it.
 ENS_IMAGE = TensorSpec("IMAGE", "float32", IMAGE_DIMS, "raw counts, model frame (see to_model_frame)")
@@ -201,7 +209,10 @@ TOKENIZER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK, TEXT_STATS)
 _FAILSAFE_INPUT = "absent in the U-Net ensemble: then the logits are the answer"
 POSTPROCESS_INPUTS = (LOGITS, PIXEL_SPACING, replace(TEXT_MAP, doc=_FAILSAFE_INPUT, optional=True),
                       replace(FALLBACK_LOGITS, doc=_FAILSAFE_INPUT, optional=True),
-                      replace(TEXT_STATS, doc=_FAILSAFE_INPUT, optional=True))
+                      replace(TEXT_STATS, doc=_FAILSAFE_INPUT, optional=True),
+                      replace(REGION_LABELS, doc="absent: lesions are not named by bone, no Bone Scan Index", optional=True),
+                      replace(IMAGE, doc="the counts, so the view that shows a lesion more clearly names it (anatomy.view_weights)",
+                              optional=True))
 POSTPROCESS_OUTPUTS = (ENS_MASK, ENS_PROBABILITY, ENS_LESIONS)
 
 ENSEMBLE_INPUTS = (ENS_IMAGE, ENS_REPORT, ENS_PIXEL_SPACING, ENS_ACCESSION, ENS_STUDY_UID)
@@ -333,10 +344,11 @@ TEXT_ENCODER_GRAPH = GraphSpec(
 SEGMENTER_GRAPH = GraphSpec(
     SEGMENTER_MODEL, SEGMENTER_INPUTS, SEGMENTER_OUTPUTS, export_name="segmenter",
     dynamic_axes={IMAGE.name: _BATCH_AXES, TEXT_FEATURES.name: _TEXT_AXES, ATTENTION_MASK.name: _TEXT_AXES,
-                  LOGITS.name: _BATCH_AXES, TEXT_MAP.name: _BATCH_AXES, FALLBACK_LOGITS.name: _BATCH_AXES})
+                  LOGITS.name: _BATCH_AXES, TEXT_MAP.name: _BATCH_AXES, FALLBACK_LOGITS.name: _BATCH_AXES,
+                  REGION_LABELS.name: _BATCH_AXES})
 SEGMENTER_UNET_GRAPH = GraphSpec(
     SEGMENTER_UNET_MODEL, SEGMENTER_UNET_INPUTS, SEGMENTER_UNET_OUTPUTS, export_name="segmenter",
-    dynamic_axes={IMAGE.name: _BATCH_AXES, LOGITS.name: _BATCH_AXES})
+    dynamic_axes={IMAGE.name: _BATCH_AXES, LOGITS.name: _BATCH_AXES, REGION_LABELS.name: _BATCH_AXES})
 #: graph name (= its Triton model) -> graph
 GRAPHS = {g.name: g for g in (TEXT_ENCODER_GRAPH, SEGMENTER_GRAPH, SEGMENTER_UNET_GRAPH)}
 #: the graphs an export of each model kind (ModelConfig.model) holds, in export order
@@ -423,7 +435,7 @@ ENSEMBLE_CHAIN = EnsembleSpec(
 ENSEMBLE_UNET_CHAIN = EnsembleSpec(
     ENSEMBLE_UNET_MODEL, "the image-only baseline", ENSEMBLE_UNET_INPUTS, ENSEMBLE_OUTPUTS,
     (step(PREPROCESS_SPEC, ENSEMBLE_UNET_INPUTS, (IMAGE, PIXEL_SPACING)), step(SEGMENTER_UNET_GRAPH),
-     step(POSTPROCESS_SPEC, (LOGITS, PIXEL_SPACING))))
+     step(POSTPROCESS_SPEC, (LOGITS, PIXEL_SPACING, REGION_LABELS, IMAGE))))
 #: ensemble name -> chain; the dual-path one first (``repo build`` builds the U-Net one with --baseline)
 ENSEMBLES = {e.name: e for e in (ENSEMBLE_CHAIN, ENSEMBLE_UNET_CHAIN)}
 

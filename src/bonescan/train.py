@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from bonescan import contract as C
 from bonescan.calibrate import calibrate_failsafe
 from bonescan.data.arrays import SplitArrays, load_split, manifest_hash
 from bonescan.data.rewrite import rewrite_split, training_report
@@ -32,6 +34,7 @@ from bonescan.evaluate import evaluate_arrays
 from bonescan.model.checkpoint import Checkpoint, read_tokenizer_files, save_checkpoint, write_tokenizer_files
 from bonescan.model.config import ModelConfig, TrainConfig
 from bonescan.model.network import BoneScanNet
+from bonescan.model.unet import normalize_counts
 
 if TYPE_CHECKING:
     from bonescan.tokenize import ReportTokenizer
@@ -127,9 +130,9 @@ class Preflight:
     val_set: SplitArrays
 
 
-def _load_for_preflight(data: Path, split: str, progress: bool, problems: list[str]) -> SplitArrays | None:
+def _load_for_preflight(data: Path, split: str, progress: bool, problems: list[str], regions: bool = False) -> SplitArrays | None:
     try:
-        return load_split(data, split, progress)
+        return load_split(data, split, progress, regions=regions)
     except BonescanError as e:
         problems.append(str(e))
         return None
@@ -147,6 +150,11 @@ def _checkpoint_problem(path: Path, option: str, model: str | None = None) -> tu
     if model is not None and cfg.model != model:
         return None, f"{option} {path}: holds a {cfg.model} model; {option} takes a {model} checkpoint"
     return cfg, None
+
+
+def anatomy_job(mcfg: ModelConfig, tcfg: TrainConfig) -> bool:
+    """Whether the run trains the U-Net's anatomy network (it needs the split's region label maps)."""
+    return mcfg.model == "unet" and mcfg.anatomy and tcfg.anatomy_steps > 0
 
 
 def preflight(data: str | Path, out: str | Path, mcfg: ModelConfig, tcfg: TrainConfig, *,
@@ -208,7 +216,7 @@ def preflight(data: str | Path, out: str | Path, mcfg: ModelConfig, tcfg: TrainC
     if tcfg.crop_rows and tcfg.crop_rows % multiple:
         problems.append(f"--crop-rows {tcfg.crop_rows}: must be a multiple of {multiple} (the U-Net's coarsest stride) or 0")
     # the data: every split the run reads, and what the model needs from it
-    train_set = _load_for_preflight(data, "train", progress, problems)
+    train_set = _load_for_preflight(data, "train", progress, problems, regions=anatomy_job(mcfg, tcfg))
     val_set = _load_for_preflight(data, "val", progress, problems)
     calibrating = dual and fallback is not None and tcfg.steps > 0
     problem = calibration_problem(val_set.masks, seed) if val_set is not None and calibrating else None
@@ -472,6 +480,54 @@ def fit(net: BoneScanNet, opt: torch.optim.Optimizer, sched: torch.optim.lr_sche
     return FitResult(step, losses, seconds)
 
 
+def train_anatomy(net: BoneScanNet, train_set: SplitArrays, tcfg: TrainConfig, seed: int, progress: bool) -> dict[str, Any]:
+    """The U-Net's anatomy network on the skeleton's region label maps.
+
+    Whole images (which vertebra is T7 is counted from landmarks far away), counts jittered as in
+    :func:`augment` (Poisson at 50-100 %) but not shifted; the target of a cell of the anatomy grid
+    (``contract.REGION_STRIDE`` pixels) is the label at its centre; cross-entropy per view with the
+    background weighted ``tcfg.anatomy_background_weight`` (three cells in four are background: at full
+    weight the bones' classes learn slowly); one-cycle learning rate. Only the anatomy network's
+    parameters move: the lesion logits are those of the segmentation training.
+    """
+    from tqdm import tqdm
+
+    seg = net.segmenter
+    anat = seg.anatomy
+    assert anat is not None
+    regions = train_set.require_regions()
+    s = C.REGION_STRIDE
+    target = torch.from_numpy(np.ascontiguousarray(regions[:, :, s // 2 :: s, s // 2 :: s]).astype(np.int64))
+    weight = torch.ones(anat.n_classes)
+    weight[0] = tcfg.anatomy_background_weight
+    gen = torch.Generator().manual_seed(seed + 26)
+    torch.manual_seed(seed + 26)
+    opt = torch.optim.AdamW(anat.parameters(), lr=tcfg.anatomy_lr, weight_decay=tcfg.weight_decay)
+    total = tcfg.anatomy_steps
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tcfg.anatomy_lr, total_steps=max(total, 1), pct_start=0.1)
+    seg.eval()
+    anat.train()
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    bar = tqdm(range(total), desc="train anatomy", unit="step", disable=not progress)
+    for _ in bar:
+        idx = torch.randint(0, len(train_set), (tcfg.anatomy_batch,), generator=gen).numpy()
+        img = torch.from_numpy(train_set.images[idx].astype(np.float32))
+        level = torch.empty(len(idx), 1, 1, 1).uniform_(0.5, 1.0, generator=gen)
+        img = torch.poisson(img * level, generator=gen)
+        logits = anat(normalize_counts(img).contiguous(memory_format=torch.channels_last))  # [B, 2, K, h, w]
+        loss = F.cross_entropy(logits.flatten(0, 1), target[idx].flatten(0, 1), weight=weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    anat.eval()
+    return {"steps": total, "batch": tcfg.anatomy_batch, "lr": tcfg.anatomy_lr, "background_weight": tcfg.anatomy_background_weight,
+            "final_loss": float(np.mean(losses[-20:])) if losses else None, "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def pretrain_text_encoder(net: BoneScanNet, tokenizer: ReportTokenizer, tcfg: TrainConfig, styles: list[str] | None,
                           seed: int, progress: bool) -> tuple[dict[str, Any] | None, set[int]]:
     """Masked-language-model pretraining of the text encoder on a fresh corpus of generated reports
@@ -644,6 +700,12 @@ def train(
     loaded = preflight(data, out, mcfg, tcfg, text_encoder_dir=text_encoder_dir, init_from=init_from, fallback=fallback,
                        styles=styles, seed=seed, progress=progress)
     train_set, val_set = loaded.train_set, loaded.val_set
+    if anatomy_job(mcfg, tcfg) and train_set.regions is None:
+        # a hospital's data carries no region maps: the U-Net has no anatomy output then (its graph
+        # answers background everywhere, lesions are not named by bone)
+        print(f"note: {len(train_set.regions_missing)} of {len(train_set)} training cases have no regions.png: the U-Net is "
+              "trained without its anatomy output (lesions will not be named by bone)", file=sys.stderr)
+        mcfg = ModelConfig.from_dict({**mcfg.to_dict(), "anatomy": False})
     if mcfg.model == "dualpath" and tcfg.rerender_reports:
         from bonescan.data.styles import STYLES
 
@@ -663,6 +725,10 @@ def train(
         batches = Batches(train_set, reports, tcfg.batch_size, torch.Generator().manual_seed(seed))
         validate = partial(validation_dsc, net, mcfg, tok_files, out, val_set) if len(val_set) else None
         result = fit(net, opt, sched, total, batches, tcfg, validate, progress, f"train {mcfg.model}")
+        anatomy = None
+        if anatomy_job(mcfg, tcfg):
+            with torch.random.fork_rng():  # its own draws: what follows in this run is as without it
+                anatomy = train_anatomy(net, train_set, tcfg, seed, progress)
         net = net.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # torch stubs lack memory_format
         if tokenizer is not None and reports is not None and text_encoder_dir is None:
             finish_text_encoder(net, tokenizer, tok_files, seen | reports.seen)
@@ -684,6 +750,7 @@ def train(
                                        tok_files=tok_files, init_info=init_info, validation=val, t_start=t_start,
                                        fallback_info=fallback_info, pretraining=pretraining, styles=styles, failsafe=failsafe,
                                        maps_pretraining=maps_pretraining)
+        metadata["anatomy_training"] = anatomy
         path = save_checkpoint(out, net, tok_files, metadata)
     v = metadata["validation"]
     took = f"{result.steps} steps in {result.seconds / 60:.1f} min"

@@ -128,12 +128,14 @@ class Predictor:
     @torch.no_grad()
     def outputs(self, images: np.ndarray, reports: list[str] | None = None, fallback: bool = True) -> dict[str, np.ndarray]:
         """What the deployed graphs give: logits [B, 1, H, W]; for dualpath also text_map
-        [B, 2, h, w], fallback_logits [B, 1, H, W] (unless ``fallback`` is False: it does not
-        depend on the report, so passes over the same images with other reports can skip it) and
-        text_stats [B, 3] (see bonescan.failsafe)."""
+        [B, 2, h, w], fallback_logits [B, 1, H, W] and region_labels [B, 2, H / 4, W / 4] (unless
+        ``fallback`` is False: they do not depend on the report, so passes over the same images with
+        other reports can skip them) and text_stats [B, 3] (see bonescan.failsafe). The U-Net: logits
+        and region_labels."""
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         if self.tokenizer is None:
-            return {"logits": self.net(x).numpy()}
+            logits, labels = self.net.deployed_segmenter()(x)
+            return {"logits": logits.numpy(), "region_labels": labels.numpy()}
         texts = list(reports) if reports is not None else [""] * len(images)
         ids, mask = self.tokenizer(texts)
         ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
@@ -142,8 +144,9 @@ class Predictor:
         seg = self.net.deployed_segmenter()
         out: dict[str, np.ndarray] = {"text_stats": self.tokenizer.text_stats(ids, mask, texts)}
         if fallback:
-            logits, text_map, fb = seg(x, feats, mask_t)
+            logits, text_map, fb, labels = seg(x, feats, mask_t)
             out["fallback_logits"] = fb.numpy()
+            out["region_labels"] = labels.numpy()
         else:
             logits, text_map = seg.report_guided(x, feats, mask_t)
         return {"logits": logits.numpy(), "text_map": text_map.numpy(), **out}

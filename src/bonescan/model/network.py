@@ -4,7 +4,10 @@
 * ``Segmenter``:  (image, text_features, attention_mask) -> logits [B, 1, H, W]
   (count normalisation, U-Net encoder, decoder with text fusion at the coarser stages, head).
 
-``model="unet"`` is the identical image path with no fusion (the baseline).
+``model="unet"`` is the identical image path with no fusion (the baseline); it also carries the
+anatomy output (``AnatomyNet``: a small network of its own on the counts pooled to the anatomy grid,
+trained after the U-Net, so the lesion logits do not change), and the dual-path graph runs it inside
+its bundled U-Net: ``region_labels`` [B, 2, H / 4, W / 4] int32.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bonescan.contract import IMAGE_CHANNELS, IMAGE_HEIGHT, IMAGE_WIDTH
+from bonescan.anatomy import N_REGION_CLASSES
+from bonescan.contract import IMAGE_CHANNELS, IMAGE_HEIGHT, IMAGE_WIDTH, REGION_STRIDE
 from bonescan.model.config import ModelConfig, TextConfig
 from bonescan.model.fusion import FUSIONS, TextPrior
-from bonescan.model.unet import Encoder, Head, UpBlock, normalize_counts
+from bonescan.model.unet import AnatomyNet, Encoder, Head, UpBlock, normalize_counts
 
 
 def bert_config(cfg: TextConfig, vocab_size: int):
@@ -79,6 +83,11 @@ class Segmenter(nn.Module):
         self.ups = nn.ModuleList(UpBlock(ch[i + 1], ch[i], ch[i]) for i in reversed(range(cfg.depth)))
         self.head = Head(cfg.width, IMAGE_CHANNELS, cfg.stem_stride)
         self.fusions = nn.ModuleList()
+        self.anatomy: AnatomyNet | None = None
+        if cfg.model == "unet" and cfg.anatomy:
+            # its own random stream: adding it leaves the lesion path's initialisation and training draws as they were
+            with torch.random.fork_rng():
+                self.anatomy = AnatomyNet(IMAGE_CHANNELS, N_REGION_CLASSES, IMAGE_CHANNELS, REGION_STRIDE)
         self.prior: TextPrior | None = None
         self.text_guided = cfg.model == "dualpath"
         if self.text_guided:
@@ -116,10 +125,13 @@ class Segmenter(nn.Module):
         attention_mask: torch.Tensor | None = None,
         rows: tuple[int, int] | None = None,
         return_grounding: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        with_regions: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]] | tuple[torch.Tensor, torch.Tensor]:
         """rows: (first, end) row crop for training; counts are normalised on the whole image first,
         and the fusion's position code is taken at the crop's rows. Inference uses the whole image.
-        return_grounding: also return each fusion block's grounding logits (training loss)."""
+        return_grounding: also return each fusion block's grounding logits (training loss).
+        with_regions (U-Net with an anatomy network, whole images): (logits, region logits
+        [B, 2, classes, H / 4, W / 4]) from the counts normalised once."""
         x0 = normalize_counts(image)
         row0 = 0
         if rows is not None:
@@ -128,6 +140,8 @@ class Segmenter(nn.Module):
             x0 = x0[:, :, rows[0] : rows[1]]
             row0 = rows[0]
         skips = self.encoder(x0)
+        if with_regions and (self.anatomy is None or rows is not None):
+            raise ValueError("with_regions needs a U-Net with an anatomy network and the whole image")
         x = skips[-1]
         fuse = self.text_guided
         if fuse and (text_features is None or attention_mask is None):
@@ -150,7 +164,16 @@ class Segmenter(nn.Module):
             # a constant scale factor (not a size) keeps every dim static in the exported graph
             up_g = F.interpolate(allow, scale_factor=float(2 * ms), mode="bilinear", align_corners=False)
             logits = logits + self.prior_scale * F.logsigmoid(up_g)
+        if with_regions:
+            assert self.anatomy is not None
+            return logits, self.anatomy(x0)
         return (logits, grounding) if return_grounding else logits
+
+    def regions(self, image: torch.Tensor) -> torch.Tensor:
+        """The anatomy network's region logits [B, 2, classes, H / 4, W / 4] (no lesion path)."""
+        if self.anatomy is None:
+            raise ValueError("this segmenter has no anatomy network")
+        return self.anatomy(normalize_counts(image))
 
     def report_maps(self, text_features: torch.Tensor, attention_mask: torch.Tensor,
                     cells: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,23 +196,46 @@ class Segmenter(nn.Module):
         return text_features.new_full((text_features.shape[0], 2, IMAGE_HEIGHT // ms, IMAGE_WIDTH // ms), 20.0)
 
 
-class DeployedSegmenter(nn.Module):
-    """The dual-path segmenter graph as deployed: one graph, three answers for the fail-safe.
+def region_labels(region_logits: torch.Tensor) -> torch.Tensor:
+    """[B, 2, classes, h, w] -> the most likely class per view and cell, int32 [B, 2, h, w] (inside the graph)."""
+    return torch.argmax(region_logits, dim=2).to(torch.int32)
 
-    (image, text_features, attention_mask) -> (logits, text_map, fallback_logits): the
-    text-guided logits, the report's coarse maps (allow, mention; see TextPrior) and the logits of
-    the image-only U-Net this model was trained beside. ``bonescan.failsafe`` decides per scan
-    which answer to give. One graph (not a second Triton step) keeps the ensemble one chain.
+
+class DeployedUNet(nn.Module):
+    """The U-Net graph as deployed: image -> (logits, region_labels), one pass of its encoder."""
+
+    def __init__(self, unet: Segmenter):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, image: torch.Tensor):
+        if self.unet.anatomy is None:
+            # trained on data without region maps (or before the anatomy network): background everywhere,
+            # lesions are not named by bone
+            s = REGION_STRIDE
+            return self.unet(image), torch.zeros_like(image[:, :, s // 2 :: s, s // 2 :: s], dtype=torch.int32)
+        logits, regions = self.unet(image, with_regions=True)
+        return logits, region_labels(regions)
+
+
+class DeployedSegmenter(nn.Module):
+    """The dual-path segmenter graph as deployed: one graph, three answers for the fail-safe and the skeleton's regions.
+
+    (image, text_features, attention_mask) -> (logits, text_map, fallback_logits, region_labels):
+    the text-guided logits, the report's coarse maps (allow, mention; see TextPrior), the logits of
+    the image-only U-Net this model was trained beside and that U-Net's anatomy output. ``bonescan.failsafe`` decides per scan which answer to give. One graph
+    (not a second Triton step) keeps the ensemble one chain.
     """
 
     def __init__(self, segmenter: Segmenter, fallback: Segmenter):
         super().__init__()
         self.segmenter = segmenter
-        self.fallback = fallback
+        self.fallback = DeployedUNet(fallback)
 
     def forward(self, image: torch.Tensor, text_features: torch.Tensor, attention_mask: torch.Tensor):
         logits, text_map = self.report_guided(image, text_features, attention_mask)
-        return logits, text_map, self.fallback(image)
+        fb_logits, labels = self.fallback(image)
+        return logits, text_map, fb_logits, labels
 
     def report_guided(self, image: torch.Tensor, text_features: torch.Tensor, attention_mask: torch.Tensor):
         """(logits, text_map) without the fallback's answer (which does not depend on the report)."""
@@ -221,9 +267,9 @@ class BoneScanNet(nn.Module):
             self.fallback.requires_grad_(False)
 
     def deployed_segmenter(self) -> nn.Module:
-        """The segmenter graph that is exported: DeployedSegmenter for dualpath, the U-Net itself otherwise."""
+        """The segmenter graph that is exported: DeployedSegmenter for dualpath, DeployedUNet otherwise."""
         if self.fallback is None:
-            return self.segmenter
+            return DeployedUNet(self.segmenter)
         return DeployedSegmenter(self.segmenter, self.fallback)
 
     def train(self, mode: bool = True) -> BoneScanNet:

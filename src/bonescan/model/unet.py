@@ -107,3 +107,29 @@ class Head(nn.Module):
         if self.stride > 1:
             x = self.refine(torch.cat([self.up(x), image], dim=1))
         return self.out(x)
+
+
+class AnatomyNet(nn.Module):
+    """The skeleton's regions from the counts alone: a small U-Net of its own on the image pooled to the
+    anatomy grid (``stride`` x ``stride`` cells, contract.REGION_STRIDE), one logit per (view, region class).
+
+    normalised counts [B, 2, H, W] -> logits [B, views, classes, H / stride, W / stride]. Which vertebra a
+    cell shows is counted from landmarks far away: at a quarter of the resolution a depth-4 encoder's
+    bottleneck (16 x 4 cells) sees the whole body, for a sixteenth of the full-resolution pixels.
+    """
+
+    def __init__(self, in_ch: int, n_classes: int, views: int, stride: int, width: int = 16, depth: int = 4):
+        super().__init__()
+        self.stride, self.views, self.n_classes = stride, views, n_classes
+        self.encoder = Encoder(in_ch, width, depth)
+        ch = self.encoder.channels
+        self.ups = nn.ModuleList(UpBlock(ch[i + 1], ch[i], ch[i]) for i in reversed(range(depth)))
+        self.out = nn.Conv2d(width, views * n_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = self.encoder(F.avg_pool2d(x, self.stride))
+        y = skips[-1]
+        for j, up in enumerate(self.ups, start=2):
+            y = up(y, skips[-j])
+        y = self.out(y)
+        return y.reshape(y.shape[0], self.views, self.n_classes, y.shape[2], y.shape[3])
