@@ -51,6 +51,13 @@ class SegmentationResult:
     #: the served checkpoint's sha256, 16 hex digits (the ensemble config's bonescan_model_sha256; None:
     #: the client did not read the config). A DICOM SEG / SR names it and derives its UIDs from it
     model_sha256: str | None = None
+    #: the scan's Bone Scan Index, Soloway grade and hot spots per region (postprocess's ``anatomy``; None:
+    #: the server has no anatomy output). Each lesion's ``site`` names its bone
+    anatomy: dict[str, Any] | None = None
+    #: the second reader (bonescan.report_sites, run by the client on the report it sent): each site the
+    #: report names as a metastasis, ``found`` on the scan or ``not_found``; each lesion carries
+    #: ``in_report`` / ``not_in_report``. None: no report, or no anatomy output
+    report_sites: list[dict[str, str]] | None = None
 
     @property
     def spacing_known(self) -> bool:
@@ -75,7 +82,21 @@ class SegmentationResult:
         extra = ", no report" if self.report == "no report" else ""
         if self.answered_by == "unet" and self.model != "bonescan_unet" and self.report != "no report":
             extra += f", image-only answer ({self.reason})"
-        return (f"{Path(self.source).name or self.source}: {len(self.lesions)} lesion(s), {area}{extra}, "
+        where = ""
+        named = [les["site"]["name_en"] for les in self.lesions if les.get("site") and les["site"]["name_en"]]
+        if named:
+            more = f" +{len(named) - 3}" if len(named) > 3 else ""
+            where = f" ({', '.join(named[:3])}{more})"
+        burden = ""
+        if self.anatomy is not None:
+            burden = f", BSI {self.anatomy['bsi']:.2f} %, Soloway grade {self.anatomy['eod']}"
+        flags = ""
+        if self.report_sites is not None:
+            missed = sum(1 for les in self.lesions if les.get("second_reader") == "not_in_report")
+            unseen = sum(1 for s in self.report_sites if s["flag"] == "not_found")
+            if missed or unseen:
+                flags = f", second reader: {missed} lesion(s) not in the report, {unseen} report site(s) not found"
+        return (f"{Path(self.source).name or self.source}: {len(self.lesions)} lesion(s){where}, {area}{burden}{extra}{flags}, "
                 f"{self.timings_ms.get('request', 0):.0f} ms")
 
     def overlay(self) -> Image.Image:
@@ -95,8 +116,16 @@ class SegmentationResult:
         draw = ImageDraw.Draw(img)
         for les in self.lesions:
             y0, x0, y1, x1 = les["bbox"]
-            draw.text((x1 * scale + 4, y0 * scale), str(les["id"] + 1), fill=(200, 0, 0))
-        draw.text((4, 4), f"{self.model}: {len(self.lesions)} lesion(s)", fill=(0, 0, 160))
+            site = les.get("site") or {}
+            # the region's short name (T7, rib_R5_posterior, femur_L_proximal): Pillow's default font has no CJK
+            label = f"{les['id'] + 1} {site['region']}" if site.get("region") and site["region"] != "background" else str(les["id"] + 1)
+            if les.get("second_reader") == "not_in_report":
+                label += " (not in report)"
+            draw.text((x1 * scale + 4, y0 * scale), label, fill=(200, 0, 0))
+        title = f"{self.model}: {len(self.lesions)} lesion(s)"
+        if self.anatomy is not None:
+            title += f", BSI {self.anatomy['bsi']:.2f} %, grade {self.anatomy['eod']}"
+        draw.text((4, 4), title, fill=(0, 0, 160))
         draw.text((4, 18), "R", fill=(0, 0, 160))
         draw.text((img.width - 12, 18), "L", fill=(0, 0, 160))
         return img
@@ -158,6 +187,10 @@ class SegmentationResult:
         if self.notes:
             body["notes"] = self.notes
         body.update({"answered_by": self.answered_by, "reason": self.reason, "signals": self.signals})
+        if self.anatomy is not None:
+            body["anatomy"] = self.anatomy
+        if self.report_sites is not None:
+            body["report_sites"] = self.report_sites
         paths["lesions"].write_text(json.dumps(body, indent=1, ensure_ascii=False) + "\n")
         if "overlay" in paths:
             self.overlay().save(paths["overlay"])

@@ -1,7 +1,7 @@
 """The skeleton's regions as classes, their names, codes and masses; lesions named by region; the Bone Scan Index.
 
 One source of truth for anatomy, shared by the synthetic data (the atlas draws these regions, the
-generator writes a label map of them beside each mask), the model's anatomy output later (one
+generator writes a label map of them beside each mask), the model's anatomy output (one
 channel per entry of :data:`REGION_CLASSES`) and the runtime that names lesions (postprocess).
 It needs numpy only (and scipy for :func:`view_weights`, as ``components`` does) and imports nothing
 else of the package, so the Triton python steps and the torch-free client can carry it.
@@ -473,3 +473,22 @@ def soloway_grade(n_lesions: int, axial_share: float = 0.0) -> int:
     if n_lesions < EOD_LIMITS[0]:
         return 1
     return 2 if n_lesions <= EOD_LIMITS[1] else 3
+
+
+# ----------------------------------------------------------------------------- the anatomy output, served
+def full_resolution(region_labels: np.ndarray, stride: int) -> np.ndarray:
+    """The anatomy output's coarse grid [2, h, w] (one class per ``stride`` x ``stride`` cell) -> uint8 [2, h * stride, w * stride]."""
+    r = np.asarray(region_labels)
+    if r.ndim != 3 or r.shape[0] != 2:
+        raise ValueError(f"region_labels must be [2, h, w], got {list(r.shape)}")
+    r = np.clip(r, 0, N_REGION_CLASSES - 1).astype(np.uint8)
+    return np.repeat(np.repeat(r, stride, axis=1), stride, axis=2)
+
+
+def name_lesions(labels: np.ndarray, n: int, regions: np.ndarray, image: np.ndarray | None = None
+                 ) -> tuple[list[LesionSite], BoneBurden]:
+    """Each lesion of a labelled map named by its region (the clearer view deciding when ``image`` is
+    given: :func:`view_weights`), and the scan's burden (:func:`bone_burden`)."""
+    w = view_weights(image, labels, n) if image is not None and n else None
+    sites = lesion_sites(labels, n, regions, w)
+    return sites, bone_burden(labels, n, regions, sites)

@@ -4,6 +4,9 @@ Needs numpy and scipy only. A lesion is an 8-connected component of the threshol
 map with at least ``contract.MIN_LESION_PIXELS`` pixels; for each one the list gives its area in
 pixels and mm² (from the pixel spacing), bounding box, centroid, mean and max probability, and the
 side of the patient it lies on (the model frame is the anterior view: image left = patient right).
+Given the anatomy output (``region_labels``), each lesion is also named by the skeleton region
+holding most of it (``anatomy.lesion_sites``: region, English and Chinese name, side, share), and
+the scan gets its Bone Scan Index, Soloway grade and hot spots per region (``anatomy.bone_burden``).
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from bonescan.anatomy import full_resolution, name_lesions
 from bonescan.components import Components, components
-from bonescan.contract import IMAGE_WIDTH, THRESHOLD
+from bonescan.contract import IMAGE_WIDTH, REGION_STRIDE, THRESHOLD
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -42,11 +46,19 @@ def above(logits: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
 
 
 def lesions_of(mask: np.ndarray, prob: np.ndarray, spacing: tuple[float, float],
-               comps: Components | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+               comps: Components | None = None, anatomy: dict[str, Any] | None = None,
+               regions: np.ndarray | None = None, image: np.ndarray | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """mask [H, W] bool, prob [H, W] -> (mask without specks, lesion list sorted by area, largest first);
-    ``comps``: the mask's components when the caller has them already (then ``mask`` is not read)."""
+    ``comps``: the mask's components when the caller has them already (then ``mask`` is not read).
+    ``regions`` (uint8 [2, H, W], the anatomy output at full resolution; ``image`` [2, H, W] lets the clearer
+    view name a lesion): each lesion gets its site, and ``anatomy`` (a dict) is filled with the scan's burden."""
     c = comps if comps is not None else components(mask)
     keep = c.mask
+    sites = None
+    if regions is not None:
+        sites, burden = name_lesions(c.labels, c.n, regions, image)
+        if anatomy is not None:
+            anatomy.update(burden.to_dict())
     if c.n == 0:
         return keep, []
     ys, xs = np.divmod(c.order, c.labels.shape[1])
@@ -61,6 +73,9 @@ def lesions_of(mask: np.ndarray, prob: np.ndarray, spacing: tuple[float, float],
     px_area = float(spacing[0]) * float(spacing[1])
     lesions = [_lesion(int(c.area[k]), px_area, (y0[k], x0[k], y1[k], x1[k]), float(cy[k]), float(cx[k]),
                        float(p[c.starts[k]:ends[k]].mean()), float(pmax[k])) for k in range(c.n)]
+    if sites is not None:
+        for les, site in zip(lesions, sites, strict=True):
+            les["site"] = site.to_dict()
     lesions.sort(key=lambda d: -d["area_px"])
     for i, les in enumerate(lesions):
         les["id"] = i
@@ -81,11 +96,25 @@ def _lesion(area: int, px_area: float, bbox: tuple, cy: float, cx: float, mean_p
     }
 
 
+def _regions_of(regions: np.ndarray | None, b: int) -> np.ndarray | None:
+    """Scan ``b``'s anatomy output at full resolution, or None (no anatomy output, or one that is all
+    background: a U-Net trained on data without region maps)."""
+    if regions is None or not np.any(regions[b]):
+        return None
+    return full_resolution(regions[b], REGION_STRIDE)
+
+
+def _anatomy_json(anatomy: dict[str, Any], regions: np.ndarray | None) -> dict[str, Any]:
+    return {"anatomy": anatomy} if regions is not None else {}
+
+
 def postprocess(logits: np.ndarray, spacing: np.ndarray, threshold: float = THRESHOLD,
-                extra: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+                extra: dict[str, Any] | None = None, regions: np.ndarray | None = None,
+                images: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """logits float32 [B, 1, H, W], spacing float32 [B, 2] ->
     (mask uint8 [B, 1, H, W], probability float32 [B, 1, H, W], B lesion-list JSON strings);
-    ``extra`` keys are added to every JSON."""
+    ``extra`` keys are added to every JSON. ``regions`` int [B, 2, H / REGION_STRIDE, W / REGION_STRIDE]
+    (the anatomy output) and ``images`` [B, 2, H, W]: lesions named by bone, the scan's ``anatomy``."""
     logits = np.asarray(logits, dtype=np.float32)
     if logits.ndim != 4 or logits.shape[1] != 1:
         raise ValueError(f"logits must be [B, 1, H, W], got {list(logits.shape)}")
@@ -94,22 +123,25 @@ def postprocess(logits: np.ndarray, spacing: np.ndarray, threshold: float = THRE
     masks = np.zeros(logits.shape, dtype=np.uint8)
     out_json: list[str] = []
     for b in range(len(logits)):
-        keep, lesions = lesions_of(prob[b, 0] >= threshold, prob[b, 0], (float(spacing[b, 0]), float(spacing[b, 1])))
+        reg, anatomy = _regions_of(regions, b), dict[str, Any]()
+        keep, lesions = lesions_of(prob[b, 0] >= threshold, prob[b, 0], (float(spacing[b, 0]), float(spacing[b, 1])),
+                                   anatomy=anatomy, regions=reg, image=None if images is None else images[b])
         masks[b, 0] = keep
         out_json.append(json.dumps({"lesions": lesions, "count": len(lesions), "threshold": threshold,
-                                    "pixel_spacing_mm": [round(float(v), 4) for v in spacing[b]], **(extra or {})}))
+                                    "pixel_spacing_mm": [round(float(v), 4) for v in spacing[b]], **(extra or {}),
+                                    **_anatomy_json(anatomy, reg)}, ensure_ascii=False))
     return masks, prob, out_json
 
 
 def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_map: np.ndarray, text_stats: np.ndarray,
-                         spacing: np.ndarray, settings, threshold: float = THRESHOLD
-                         ) -> tuple[np.ndarray, np.ndarray, list[str], list[dict[str, Any]]]:
+                         spacing: np.ndarray, settings, threshold: float = THRESHOLD, regions: np.ndarray | None = None,
+                         images: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[str], list[dict[str, Any]]]:
     """The dual-path graph's three answers -> one per scan (bonescan.failsafe decides which).
 
     logits, fallback_logits float32 [B, 1, H, W]; text_map [B, 2, h, w]; text_stats int32 [B, 3];
     spacing [B, 2] -> (mask uint8 [B, 1, H, W], probability [B, 1, H, W] (the map behind each answer:
     failsafe.served_probability), B lesion-list JSON strings that also say which path answered and
-    why, B decision dicts).
+    why, B decision dicts). ``regions`` / ``images``: lesions named by bone, as :func:`postprocess`.
     """
     from bonescan.failsafe import UNET, added_pixels, answer_mask, choose, measure
 
@@ -137,14 +169,16 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
         if info["answered_by"] != UNET and len(info["add"]):
             idx = added_pixels(m, info["add"])
             prob.ravel()[idx] = np.maximum(prob.ravel()[idx], sigmoid(u.ravel()[idx]))
-        keep, lesions = lesions_of(final.astype(bool), prob, sp, _answer_components(info, comp_d, comp_u))
+        reg, anatomy = _regions_of(regions, b), dict[str, Any]()
+        keep, lesions = lesions_of(final.astype(bool), prob, sp, _answer_components(info, comp_d, comp_u), anatomy=anatomy,
+                                   regions=reg, image=None if images is None else images[b])
         masks[b, 0] = keep
         info["added_labels"] = info.pop("add")
         decisions.append(info)
         out_json.append(json.dumps({"lesions": lesions, "count": len(lesions), "threshold": threshold,
                                     "pixel_spacing_mm": [round(float(v), 4) for v in spacing[b]],
                                     "answered_by": info["answered_by"], "reason": info["reason"],
-                                    "signals": info["signals"]}, ensure_ascii=False))
+                                    "signals": info["signals"], **_anatomy_json(anatomy, reg)}, ensure_ascii=False))
     return masks, probs, out_json, decisions
 
 

@@ -8,7 +8,9 @@ In the dual-path ensemble the segmenter also sends the report's maps and the bun
 logits, and the tokenizer how much of the report the model can read: the fail-safe
 (bonescan/failsafe.py, thresholds from this model's config parameters, calibrated with the
 checkpoint) then decides per scan which answer is given, and LESIONS says which and why. In the
-U-Net ensemble those inputs are absent and the logits are the answer.
+U-Net ensemble those inputs are absent and the logits are the answer. Both ensembles send the
+U-Net's anatomy output (region_labels) and the counts: each lesion is named by its bone and the
+scan gets its Bone Scan Index (bonescan/anatomy.py).
 
 Tensor names and dtypes come from the model's config (generated from contract.POSTPROCESS_INPUTS /
 POSTPROCESS_OUTPUTS, in that order).
@@ -41,7 +43,7 @@ class TritonPythonModel:
     def initialize(self, args):
         cfg = json.loads(args["model_config"])
         inputs, outputs = config_tensors(cfg)
-        self.logits, self.spacing, self.text_map, self.fallback, self.stats = inputs
+        self.logits, self.spacing, self.text_map, self.fallback, self.stats, self.regions, self.image = inputs
         self.mask, self.probability, self.lesions = outputs
         params = {k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()}
         self.settings = FailSafeSettings.from_dict(params, prefix="failsafe_")
@@ -51,18 +53,21 @@ class TritonPythonModel:
     def _answer(self, arrays, idx):
         """Rows of one group of requests: with the fail-safe's inputs, or without (the U-Net ensemble)."""
         cat = lambda name: concat_padded([arrays[name][i] for i in idx])  # noqa: E731
+        # the anatomy output and the counts (both sent by both ensembles; a client of an older repository may lack them)
+        anatomy = {k.name: (cat(k.name) if all(arrays[k.name][i] is not None for i in idx) else None) for k in (self.regions, self.image)}
+        named = {"regions": anatomy[self.regions.name], "images": anatomy[self.image.name]}
         if arrays[self.text_map.name][idx[0]] is None:
-            masks, prob, lesions = postprocess(cat(self.logits.name), cat(self.spacing.name), extra=IMAGE_ONLY)
+            masks, prob, lesions = postprocess(cat(self.logits.name), cat(self.spacing.name), extra=IMAGE_ONLY, **named)
         else:
             masks, prob, lesions, _ = postprocess_failsafe(cat(self.logits.name), cat(self.fallback.name), cat(self.text_map.name),
-                                                           cat(self.stats.name), cat(self.spacing.name), self.settings)
+                                                           cat(self.stats.name), cat(self.spacing.name), self.settings, **named)
         return masks, prob, lesions
 
     def execute(self, requests):
         started = time.perf_counter()
         warmup = self.telemetry.warming_up()
-        names = [t.name for t in (self.logits, self.spacing, self.text_map, self.fallback, self.stats)]
-        optional = [t.name for t in (self.text_map, self.fallback, self.stats)]
+        names = [t.name for t in (self.logits, self.spacing, self.text_map, self.fallback, self.stats, self.regions, self.image)]
+        optional = [t.name for t in (self.text_map, self.fallback, self.stats, self.regions, self.image)]
         arrays, good, sizes, errors = gather(pb_utils, requests, names, optional=optional)
         outputs = {}
         parts = {}

@@ -29,11 +29,18 @@ NUMPY_TO_ORT = {v: k for k, v in ORT_TO_NUMPY.items()}
 DEFAULT_CACHE_DIR = "ov_cache"
 
 
+def port_name(port) -> str:
+    """The port's graph name: OpenVINO keeps every name a tensor had, and where it folds a node away (the Cast
+    after the anatomy output's ArgMax: its TopK gives int32 itself) ``get_any_name`` may return the inner one
+    (``/fallback/ArgMax_output_0``); the ONNX graph's own names never start with "/", its inner ones do."""
+    return sorted(port.get_names(), key=lambda n: (n.startswith("/"), n))[0]
+
+
 class _Port:
     """An OpenVINO port as onnxruntime's NodeArg: ``name`` and ``type``."""
 
     def __init__(self, port) -> None:
-        self.name = port.get_any_name()
+        self.name = port_name(port)
         self.type = NUMPY_TO_ORT.get(port.get_element_type().to_dtype().name, str(port.get_element_type()))
 
 
@@ -54,6 +61,7 @@ class OpenVinoSession:
         self.compiled = ov.Core().compile_model(str(path), "CPU", config)
         self.compile_seconds = time.perf_counter() - started
         self.request = self.compiled.create_infer_request()
+        self.output_ports = {name: port for port in self.compiled.outputs for name in port.get_names()}
 
     def get_inputs(self) -> list[_Port]:
         return [_Port(p) for p in self.compiled.inputs]
@@ -66,7 +74,7 @@ class OpenVinoSession:
         import numpy as np
 
         result = self.request.infer(feeds)
-        return [np.array(result[name], copy=True) for name in outputs]
+        return [np.array(result[self.output_ports[name]], copy=True) for name in outputs]
 
 
 def cache_dir_of(params: dict[str, str], model_dir: Path) -> Path:

@@ -32,11 +32,12 @@ class OrtPipeline:
         self.tokenizer = ReportTokenizer(self.dir / "tokenizer" / "tokenizer.json") if self.text_guided else None
 
     def outputs(self, images: np.ndarray, reports: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Every output of the segmenter graph by name (the dual-path one also gives the fail-safe's
-        inputs: text_map, fallback_logits) and the tokenizer's text_stats."""
+        """Every output of the segmenter graph by name (logits, region_labels; the dual-path one also
+        gives the fail-safe's inputs: text_map, fallback_logits) and the tokenizer's text_stats."""
         images = np.ascontiguousarray(images, dtype=np.dtype(C.IMAGE.dtype))
         if not self.text_guided:
-            return {C.LOGITS.name: self.seg.run([C.LOGITS.name], {C.IMAGE.name: images})[0]}
+            names = [t.name for t in C.SEGMENTER_UNET_OUTPUTS]
+            return dict(zip(names, self.seg.run(names, {C.IMAGE.name: images})))
         assert self.tokenizer is not None and self.text is not None
         texts = list(reports) if reports is not None else [""] * len(images)
         ids, mask = self.tokenizer(texts)
@@ -57,11 +58,13 @@ class OrtPipeline:
 
         out = self.outputs(images, reports)
         if not self.text_guided:
-            return postprocess(out[C.LOGITS.name], spacing, extra={"answered_by": "unet", "reason": "image-only ensemble"})
+            return postprocess(out[C.LOGITS.name], spacing, extra={"answered_by": "unet", "reason": "image-only ensemble"},
+                               regions=out[C.REGION_LABELS.name], images=images)
         if settings is None:
             settings = FailSafeSettings.from_dict((self.desc.get("failsafe") or {}).get("settings"))
         masks, prob, lesions, _ = postprocess_failsafe(out[C.LOGITS.name], out[C.FALLBACK_LOGITS.name], out[C.TEXT_MAP.name],
-                                                       out[C.TEXT_STATS.name], spacing, settings)
+                                                       out[C.TEXT_STATS.name], spacing, settings,
+                                                       regions=out[C.REGION_LABELS.name], images=images)
         return masks, prob, lesions
 
 

@@ -43,7 +43,7 @@ CPU_FLAVORS = ("embedded", "openvino", "openvino-ngc")
 REPO_MANIFEST = "bonescan_repo.json"
 #: modules copied next to every python model: the runtime half of the package (numpy, scipy, tokenizers, onnxruntime)
 RUNTIME_MODULES = ("__init__.py", "contract.py", "errors.py", "tokenize.py", "report_text.py", "postprocess.py", "components.py", "failsafe.py", "validate.py",
-                   "study.py", "serving/__init__.py", "serving/pybackend.py", "serving/onnx_runner.py", "serving/openvino_runner.py",
+                   "study.py", "anatomy.py", "serving/__init__.py", "serving/pybackend.py", "serving/onnx_runner.py", "serving/openvino_runner.py",
                    "serving/telemetry.py")
 
 #: files a python model needs beside model.py: model -> {name there: path in the export folder}

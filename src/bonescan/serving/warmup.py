@@ -58,6 +58,9 @@ class WarmupData:
             C.LOGITS.name: logits, C.FALLBACK_LOGITS.name: logits,
             C.TEXT_FEATURES.name: None, C.TEXT_MAP.name: None,
         }
+        if case.regions is not None:  # the anatomy output as the U-Net gives it: one class per REGION_STRIDE cell
+            r = C.REGION_STRIDE
+            arrays[C.REGION_LABELS.name] = np.ascontiguousarray(case.regions[:, r // 2 :: r, r // 2 :: r]).astype(np.int32)
         if tokenizer_json is not None and Path(tokenizer_json).is_file():
             from bonescan.tokenize import ReportTokenizer
 
