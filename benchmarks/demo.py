@@ -103,13 +103,14 @@ def run_demo(out: Path, n: int = 800, seed: int = 0, workers: int = 2, unet_step
     m_d, tc_d = preset("demo", "dualpath")
     tc_d.steps = dual_steps or tc_d.steps
     t = step(2, f"training the U-Net (demo config, {tc.steps} steps), then on for the dual-path model's {tc_d.steps} steps "
-                "(the same image budget)")
+                f"(the same image budget), then its anatomy network ({tc.anatomy_steps} steps)")
+    anatomy_steps, tc.anatomy_steps = tc.anatomy_steps, 0  # the anatomy network is trained once, on the served U-Net
     if not ck["unet_short"].exists():
         train(data, ck["unet_short"], m, tc, seed=seed, command="make demo", config_name="demo")
     else:
         print("    already there; reusing")
     if not ck["unet"].exists():
-        tc.steps = tc_d.steps
+        tc.steps, tc.anatomy_steps = tc_d.steps, anatomy_steps
         train(data, ck["unet"], m, tc, seed=seed, command="make demo (the U-Net on for the dual-path model's steps)",
               config_name="demo", init_from=ck["unet_short"])
     else:
@@ -153,7 +154,7 @@ def run_demo(out: Path, n: int = 800, seed: int = 0, workers: int = 2, unet_step
 
     from bonescan.benchmarks.handwritten import handwritten_samples
 
-    test = BoneScanDataset(data, "test")
+    test = BoneScanDataset(data, "test", with_regions=True)
     samples = test.load_all(progress=True, desc="    loading test split")
     hand = handwritten_samples()
     t = step(6, "starting tritonserver (CPU, python backend + onnxruntime)")

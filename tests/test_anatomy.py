@@ -171,3 +171,104 @@ def test_mass_table():
     assert sum(A.MASS_PERCENT.values()) == pytest.approx(100.1)
     assert A.mass_group("rib_L7") == "ribs" and A.mass_group("L3") == "spine_sacrum" and A.mass_group("pubis_R") == "pelvis"
     assert A.mass_group("femur_L_shaft") == "femur_L" and A.MASS_PERCENT["femur_L"] == 8.9
+
+
+# ----------------------------------------------------------------------------- the anatomy output (model, postprocess, client)
+def test_anatomy_network_learns_the_regions_and_leaves_the_lesion_logits_alone(dataset):
+    """The anatomy network trained after the U-Net: the lesion logits are bit-identical before and after, its loss
+    falls, and the deployed graph gives region_labels of the contract's shape, class ids in range."""
+    import torch
+
+    from bonescan import contract as C
+    from bonescan.model.config import preset
+    from bonescan.model.network import BoneScanNet
+    from bonescan.train import train_anatomy
+
+    torch.manual_seed(0)
+    arr = load_split(dataset, "train", progress=False, regions=True)
+    mcfg, tcfg = preset("tiny", "unet")
+    tcfg.anatomy_steps, tcfg.anatomy_batch = 30, 2
+    net = BoneScanNet(mcfg).eval()
+    x = torch.from_numpy(arr.images[:2].astype(np.float32))
+    with torch.no_grad():
+        before = net.segmenter(x).clone()
+    info = train_anatomy(net, arr, tcfg, seed=0, progress=False)
+    with torch.no_grad():
+        after = net.segmenter(x)
+        logits, labels = net.deployed_segmenter()(x)
+    assert torch.equal(before, after) and torch.equal(logits, after)
+    assert labels.dtype == torch.int32 and tuple(labels.shape[1:]) == C.REGION_LABELS.dims
+    assert 0 <= int(labels.min()) and int(labels.max()) < A.N_REGION_CLASSES
+    # from chance (log 107 = 4.67) down: it learns something in 30 tiny steps
+    assert info["final_loss"] < 0.8 * np.log(A.N_REGION_CLASSES)
+
+
+def test_full_resolution_and_naming_through_postprocess(cases):
+    """postprocess with the true label map on the anatomy output's grid: the lesion is named by its bone, in both
+    languages, and the scan gets its BSI; without region_labels (or all background) neither appears."""
+    import json
+
+    from bonescan import contract as C
+    from bonescan.postprocess import postprocess
+
+    case = cases[0]
+    s = C.REGION_STRIDE
+    coarse = case.regions[:, s // 2 :: s, s // 2 :: s].astype(np.int32)
+    full = A.full_resolution(coarse, s)
+    assert full.shape == case.regions.shape and full.dtype == np.uint8
+    assert np.mean(full == case.regions) > 0.9  # the coarse grid keeps most of the map
+    # a square lesion in the middle of a vertebra the map names
+    t7 = A.class_of("T7")
+    ys, xs = np.nonzero(full[1] == t7)
+    cy, cx = int(np.median(ys)), int(np.median(xs))
+    logits = np.full((1, 1, IMAGE_HEIGHT, IMAGE_WIDTH), -8.0, np.float32)
+    logits[0, 0, cy - 2 : cy + 3, cx - 2 : cx + 3] = 8.0
+    image = C.to_model_frame(case.anterior, case.posterior).astype(np.float32)[None]
+    sp = np.array([[2.4, 2.4]], np.float32)
+    _, _, out = postprocess(logits, sp, regions=coarse[None], images=image)
+    doc = json.loads(out[0])
+    site = doc["lesions"][0]["site"]
+    assert site["region"] == "T7" and site["name_zh"] == A.chinese_name(t7) and site["share"] > 0.5
+    assert doc["anatomy"]["bsi"] > 0 and doc["anatomy"]["eod"] == 1 and doc["anatomy"]["hot_spots"] == {"T7": 1}
+    for regions in (None, np.zeros_like(coarse)[None]):
+        doc = json.loads(postprocess(logits, sp, regions=regions)[2][0])
+        assert "anatomy" not in doc and "site" not in doc["lesions"][0]
+
+
+def test_second_reader_in_the_client_marks_lesions_and_sites():
+    from bonescan.client.core import second_reader
+
+    def lesion(region: str) -> dict:
+        return {"site": {"region": region, "candidates": [region]}}
+
+    lesions = [lesion("T7"), lesion("rib_L5")]
+    sites = second_reader(lesions, "第7胸椎见异常放射性浓聚，考虑骨转移。右侧第3肋骨转移。")
+    assert [les["second_reader"] for les in lesions] == ["in_report", "not_in_report"]
+    assert [(s["site"], s["flag"]) for s in sites] == [("T7", "found"), ("rib_R3", "not_found")]
+    assert second_reader([lesion("T7")], "  ") is None
+
+
+def test_within_one():
+    from bonescan.benchmarks.anatomy import within_one
+
+    assert within_one("T7", "T7") and within_one("T7", "T8") and within_one("C7", "T1") and within_one("rib_L5", "rib_L4")
+    assert not within_one("T7", "T9") and not within_one("rib_L5", "rib_R5") and not within_one("femur_L_shaft", "femur_L_distal")
+
+
+def test_the_anatomy_network_draws_from_its_own_random_stream():
+    """Adding it changes neither the lesion path's initial weights nor the draws that follow (training batches)."""
+    import torch
+
+    from bonescan.model.config import preset
+    from bonescan.model.network import BoneScanNet
+
+    mcfg, _ = preset("tiny", "unet")
+    runs = []
+    for anatomy in (True, False):
+        mcfg.anatomy = anatomy
+        torch.manual_seed(3)
+        net = BoneScanNet(mcfg)
+        runs.append(({k: v for k, v in net.segmenter.state_dict().items() if not k.startswith("anatomy.")}, torch.rand(4)))
+    (with_sd, with_next), (without_sd, without_next) = runs
+    assert with_sd.keys() == without_sd.keys() and all(torch.equal(with_sd[k], without_sd[k]) for k in with_sd)
+    assert torch.equal(with_next, without_next)

@@ -111,6 +111,9 @@ def test_ensemble_equals_in_process_onnxruntime(client, exports, samples):
         assert got["count"] == want["count"] and got["pixel_spacing_mm"] == [round(float(v), 4) for v in sp[0]]
         # the fail-safe's choice and its reasons travel with the answer
         assert got["answered_by"] == want["answered_by"] in ("dualpath", "unet") and got["signals"] == want["signals"]
+        # the anatomy output travels through the ensemble: the same names and Bone Scan Index as in-process
+        assert got.get("anatomy") == want.get("anatomy") and [x.get("site") for x in got["lesions"]] == [
+            x.get("site") for x in want["lesions"]]
 
 
 def test_failsafe_answers_a_missing_report_with_the_unet(client, exports, samples):
@@ -130,7 +133,11 @@ def test_unet_ensemble(client, exports, samples):
     s = samples[0]
     sp = np.array([s.pixel_spacing], np.float32)
     res = client.infer("bonescan_unet", _inputs(s.image[None], None, sp), outputs=_outputs(), client_timeout=120)
-    assert np.array_equal(res.as_numpy("MASK"), pipe.answer(s.image[None], sp)[0])
+    mask, _, lesions = pipe.answer(s.image[None], sp)
+    assert np.array_equal(res.as_numpy("MASK"), mask)
+    # LESIONS as in-process, the anatomy output's Bone Scan Index and names included
+    got = json.loads(res.as_numpy("LESIONS")[0, 0])
+    assert got == json.loads(lesions[0]) and "anatomy" in got
 
 
 def test_concurrent_requests_are_batched_and_answered(client, server, exports, samples):

@@ -903,6 +903,13 @@ def _bench_postprocess(a: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_anatomy(a: argparse.Namespace) -> int:
+    from bonescan.benchmarks.anatomy import run_anatomy
+
+    run_anatomy(a.checkpoint, a.data, a.out, split=a.split, n=a.n, progress=not a.quiet)
+    return 0
+
+
 def _bench_first_request(a: argparse.Namespace) -> int:
     from bonescan.benchmarks.first_request import format_table, run_first_request
 
@@ -1050,7 +1057,7 @@ def _fault_run_args(s: argparse.ArgumentParser) -> None:
 
 
 def bench_commands(sub: argparse._SubParsersAction) -> None:
-    """``bonescan bench synth | first-request | latency | flavors | sweep | parity | soak | kill | storm | cluster | pacs | text-gain``."""
+    """``bonescan bench synth | postprocess | anatomy | first-request | latency | flavors | sweep | parity | soak | kill | storm | cluster | pacs | text-gain``."""
     from bonescan.benchmarks.text_gain import MODES
 
     bsub = _group(sub, "bench", "benchmarks that print measured figures")
@@ -1062,6 +1069,15 @@ def bench_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--n", type=int, default=50, help="synthetic scans, one per call")
     s.add_argument("--seed", type=int, default=0, help="seed of the synthetic segmenter outputs")
     s.add_argument("--out", type=Path, help="also write the result as JSON here (default: not written)")
+    s = _command(bsub, "anatomy", _bench_anatomy,
+                 "the anatomy output: region accuracy of detected lesions, anatomy DSC per region, the Bone Scan Index's error, "
+                 "its cost per scan")
+    CHECKPOINT.add(s, help="a U-Net checkpoint (its anatomy network) or a dual-path one (its bundled U-Net's)")
+    DATA.add(s, help="data folder with region label maps (regions.png, synthetic data)")
+    s.add_argument("--split", default="test", help="split to score (default: test)")
+    s.add_argument("--n", type=int, help="first N cases of the split (default: all)")
+    s.add_argument("--out", type=Path, help="also write anatomy.json here (default: not written)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
     s = _command(bsub, "first-request", _bench_first_request,
                  "latency of the first request after a server start, with and without model_warmup")
     EXPORT.add(s, help="the dual-path model's ONNX export")

@@ -1,0 +1,207 @@
+"""``bonescan bench anatomy``: how well the anatomy output names lesions and measures the Bone Scan Index.
+
+On held-out synthetic scans (the split's ``regions.png`` is the truth), with a checkpoint's own anatomy
+output (a U-Net's head, or the dual-path model's bundled U-Net), in-process PyTorch:
+
+* **anatomy DSC** per region class between the predicted label map (repeated to full resolution) and the
+  true one, both views, over the scans where the class occurs; its mean and the worst classes;
+* **region accuracy**: every true lesion the model detects (its predicted mask overlaps it) is named from
+  the *predicted* label map (``anatomy.lesion_sites``, the clearer view deciding) and compared with where
+  the generator placed it (``meta.json``): exact, and with rib / vertebra numbers within one. Beside it the
+  same naming from the *true* label map: the ceiling a perfect anatomy output reaches (lesions where bones
+  overlap in both views stay ambiguous);
+* **BSI**: the served Bone Scan Index (predicted mask, predicted regions) against the true one (true mask,
+  true regions): median absolute error in percentage points and Spearman's rho; and with the true mask and
+  the predicted regions (the anatomy output's share of the error);
+* **cost**: the anatomy network's time per scan in the segmenter graph (PyTorch, batch 1, median of runs)
+  against the graph without it, and the naming's time in postprocess.
+
+The BSI here is computed from a 2-D atlas on synthetic data: a check of this code, not a validated
+clinical measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bonescan import contract as C
+
+#: groups whose numbers may be off by one and still count (``rib numbers within one``)
+_NUMBERED = ("rib", "cervical", "thoracic", "lumbar")
+
+
+def within_one(named: str, truth: str) -> bool:
+    """Same region, or a rib of the same side / a vertebra whose number differs by one (C7 / T1 adjacent)."""
+    from bonescan.anatomy import REGIONS
+    from bonescan.report_sites import SPINE_ORDER
+
+    if named == truth:
+        return True
+    a, b = REGIONS.get(named), REGIONS.get(truth)
+    if a is None or b is None or a.group not in _NUMBERED or b.group not in _NUMBERED:
+        return False
+    if a.group == "rib" or b.group == "rib":
+        return a.group == b.group and a.side == b.side and abs(a.index - b.index) <= 1
+    if named in SPINE_ORDER and truth in SPINE_ORDER:
+        return abs(SPINE_ORDER.index(named) - SPINE_ORDER.index(truth)) <= 1
+    return False
+
+
+def share(k: int, n: int) -> float | None:
+    return round(k / n, 4) if n else None
+
+
+def _spearman(x: list[float], y: list[float]) -> float | None:
+    from scipy.stats import spearmanr
+
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return round(float(spearmanr(x, y).statistic), 4)
+
+
+def _head_cost(net, runs: int = 7) -> dict[str, float]:
+    """ms per scan (median of ``runs``, batch 1) of the U-Net with and without its anatomy network."""
+    import torch
+
+    seg = net.fallback if net.fallback is not None else net.segmenter
+    seg = seg.eval().to(memory_format=torch.channels_last)
+    x = (torch.rand(1, *C.IMAGE_DIMS) * 50).contiguous(memory_format=torch.channels_last)
+    t_plain, t_head = [], []
+    with torch.no_grad():
+        for i in range(runs + 1):
+            t0 = time.perf_counter()
+            seg(x)
+            t1 = time.perf_counter()
+            seg(x, with_regions=True)
+            t2 = time.perf_counter()
+            if i:  # the first run plans memory
+                t_plain.append(t1 - t0)
+                t_head.append(t2 - t1)
+    plain, head = float(np.median(t_plain)) * 1e3, float(np.median(t_head)) * 1e3
+    return {"unet_ms": round(plain, 2), "unet_with_anatomy_ms": round(head, 2), "anatomy_head_ms": round(head - plain, 2)}
+
+
+def bench_anatomy(checkpoint: str | Path, data: str | Path, split: str = "test", n: int | None = None,
+                  progress: bool = True) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from bonescan.anatomy import N_REGION_CLASSES, REGION_CLASSES, bone_burden, full_resolution, name_lesions
+    from bonescan.components import components
+    from bonescan.data.arrays import load_split
+    from bonescan.data.second_reader import true_lesions
+    from bonescan.model.checkpoint import Predictor
+    from bonescan.postprocess import postprocess
+
+    arr = load_split(data, split, progress=progress, n=n, regions=True)
+    true_regions = arr.require_regions()
+    pred = Predictor(checkpoint)
+    inter = np.zeros(N_REGION_CLASSES)
+    sizes = np.zeros(N_REGION_CLASSES)
+    dsc_per_scan: list[list[float]] = [[] for _ in range(N_REGION_CLASSES)]
+    exact = near = ceiling_exact = ceiling_near = detected = total_true = 0
+    bsi_true: list[float] = []
+    bsi_pred: list[float] = []
+    bsi_true_mask: list[float] = []
+    naming_ms: list[float] = []
+    for i in tqdm(range(len(arr)), desc="anatomy", unit="scan", disable=not progress):
+        image = arr.images[i].astype(np.float32)
+        out = pred.outputs(image[None], [arr.reports[i]] if pred.text_guided else None)
+        if C.REGION_LABELS.name not in out:
+            raise ValueError(f"{checkpoint}: gives no anatomy output")
+        regions = full_resolution(out[C.REGION_LABELS.name][0], C.REGION_STRIDE)
+        if not regions.any():
+            raise ValueError(f"{checkpoint}: its anatomy output is background everywhere (trained without region maps)")
+        truth = true_regions[i]
+        for v in range(2):
+            t, p = truth[v].ravel().astype(np.int64), regions[v].ravel().astype(np.int64)
+            same = np.bincount(t[t == p], minlength=N_REGION_CLASSES)
+            ct, cp = np.bincount(t, minlength=N_REGION_CLASSES), np.bincount(p, minlength=N_REGION_CLASSES)
+            inter += same
+            sizes += ct + cp
+            for k in np.nonzero(ct)[0]:
+                dsc_per_scan[k].append(2 * same[k] / (ct[k] + cp[k]))
+        # the served answer's mask (the U-Net's or the fail-safe's) and lesions
+        logits = out[C.LOGITS.name] if not pred.text_guided else out[C.FALLBACK_LOGITS.name]
+        masks, _, _ = postprocess(logits, np.array([C.DEFAULT_PIXEL_SPACING_MM], np.float32))
+        pm = masks[0, 0] > 0
+        # naming: true lesions, detected by the predicted mask, named from the predicted and from the true label map
+        cl = true_lesions(arr.masks[i], truth, image, arr.metas[i])
+        t0 = time.perf_counter()
+        sites_pred, _ = name_lesions(cl.labels, len(cl.sites), regions, image)
+        naming_ms.append((time.perf_counter() - t0) * 1e3)
+        by_id = {int(les["id"]): les["region"] for les in (arr.metas[i] or {}).get("lesions", [])}
+        hit = np.bincount(cl.labels[pm], minlength=len(cl.sites) + 1)[1:] > 0 if len(cl.sites) else np.zeros(0, bool)
+        for k, (sp, st, mid) in enumerate(zip(sites_pred, cl.sites, cl.meta_ids, strict=True)):
+            if mid not in by_id:
+                continue
+            total_true += 1
+            if not hit[k]:
+                continue
+            detected += 1
+            exact += sp.region == by_id[mid]
+            near += within_one(sp.region, by_id[mid])
+            ceiling_exact += st.region == by_id[mid]
+            ceiling_near += within_one(st.region, by_id[mid])
+        tc = components(arr.masks[i] > 0)
+        bsi_true.append(bone_burden(tc.labels, tc.n, truth).bsi)
+        bsi_true_mask.append(bone_burden(tc.labels, tc.n, regions).bsi)
+        pc = components(pm)
+        bsi_pred.append(bone_burden(pc.labels, pc.n, regions).bsi)
+    present = [k for k in range(1, N_REGION_CLASSES) if dsc_per_scan[k]]
+    per_class = {REGION_CLASSES[k]: round(float(np.mean(dsc_per_scan[k])), 4) for k in present}
+    err = np.abs(np.array(bsi_pred) - np.array(bsi_true))
+    err_regions = np.abs(np.array(bsi_true_mask) - np.array(bsi_true))
+    from bonescan.benchmarks.latency import cpu_info
+
+    return {
+        "checkpoint": str(checkpoint), "data": str(data), "split": split, "scans": len(arr),
+        "anatomy_dsc": {"mean_over_classes": round(float(np.mean(list(per_class.values()))), 4) if per_class else None,
+                        "pooled_bone_pixels": round(float(inter[1:].sum() * 2 / max(sizes[1:].sum(), 1)), 4),
+                        "worst": dict(sorted(per_class.items(), key=lambda kv: kv[1])[:8]), "per_class": per_class},
+        "region_accuracy": {"true_lesions": total_true, "detected": detected,
+                            "exact": share(exact, detected), "within_one": share(near, detected),
+                            "ceiling_true_map": {"exact": share(ceiling_exact, detected), "within_one": share(ceiling_near, detected)}},
+        "bsi": {"true_median_pct": round(float(np.median(bsi_true)), 4), "true_max_pct": round(float(np.max(bsi_true)), 4),
+                "abs_error_median_pp": round(float(np.median(err)), 4), "abs_error_p90_pp": round(float(np.percentile(err, 90)), 4),
+                "spearman": _spearman(bsi_pred, bsi_true),
+                "true_mask_pred_regions": {"abs_error_median_pp": round(float(np.median(err_regions)), 4),
+                                           "spearman": _spearman(bsi_true_mask, bsi_true)}},
+        "cost": {**_head_cost(pred.net), "naming_ms_median": round(float(np.median(naming_ms)), 2) if naming_ms else None},
+        "cpu": cpu_info(),
+        "note": "BSI from a 2-D atlas on synthetic scans: a check of this code, not a validated clinical measurement",
+    }
+
+
+def format_anatomy(r: dict[str, Any]) -> str:
+    ra, b, c, a = r["region_accuracy"], r["bsi"], r["cost"], r["anatomy_dsc"]
+    worst = ", ".join(f"{k} {v:.2f}" for k, v in list(a["worst"].items())[:5])
+    return "\n".join([
+        f"anatomy output of {r['checkpoint']} on {r['scans']} {r['split']} scans ({r['cpu'].get('model_name', '?')})",
+        f"  anatomy DSC: mean over region classes {a['mean_over_classes']}, pooled over bone pixels {a['pooled_bone_pixels']}; "
+        f"worst: {worst}",
+        f"  region of each detected true lesion ({ra['detected']} of {ra['true_lesions']}): exact {ra['exact']}, "
+        f"rib / vertebra numbers within one {ra['within_one']} (target >= 0.95); from the true label map: exact "
+        f"{ra['ceiling_true_map']['exact']}, within one {ra['ceiling_true_map']['within_one']}",
+        f"  BSI: true median {b['true_median_pct']} %, max {b['true_max_pct']} %; served vs true: median |error| "
+        f"{b['abs_error_median_pp']} pp (target <= 0.1), p90 {b['abs_error_p90_pp']} pp, Spearman {b['spearman']} "
+        f"(target >= 0.95); true mask with predicted regions: median |error| {b['true_mask_pred_regions']['abs_error_median_pp']} "
+        f"pp, Spearman {b['true_mask_pred_regions']['spearman']}",
+        f"  cost per scan (PyTorch, batch 1): U-Net {c['unet_ms']} ms, with the anatomy network {c['unet_with_anatomy_ms']} ms "
+        f"(+{c['anatomy_head_ms']} ms); naming the lesions {c['naming_ms_median']} ms",
+        f"  {r['note']}",
+    ])
+
+
+def run_anatomy(checkpoint: str | Path, data: str | Path, out: str | Path | None, split: str = "test", n: int | None = None,
+                progress: bool = True) -> dict[str, Any]:
+    r = bench_anatomy(checkpoint, data, split, n, progress)
+    print(format_anatomy(r))
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "anatomy.json").write_text(json.dumps(r, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return r
