@@ -10,7 +10,8 @@ output (a U-Net's head, or the dual-path model's bundled U-Net), in-process PyTo
   the generator placed it (``meta.json``): exact, and with rib / vertebra numbers within one. Beside it the
   same naming from the *true* label map: the ceiling a perfect anatomy output reaches (lesions where bones
   overlap in both views stay ambiguous);
-* **BSI**: the served Bone Scan Index (predicted mask, predicted regions) against the true one (true mask,
+* **BSI**: the served Bone Scan Index (the served answer's mask: the U-Net's, or the dual-path model's
+  after the fail-safe with the case's report; predicted regions) against the true one (true mask,
   true regions): median absolute error in percentage points and Spearman's rho; and with the true mask and
   the predicted regions (the anatomy output's share of the error);
 * **cost**: the anatomy network's time per scan in the segmenter graph (PyTorch, batch 1, median of runs)
@@ -94,12 +95,14 @@ def bench_anatomy(checkpoint: str | Path, data: str | Path, split: str = "test",
     from bonescan.components import components
     from bonescan.data.arrays import load_split
     from bonescan.data.second_reader import true_lesions
+    from bonescan.failsafe import FailSafeSettings
     from bonescan.model.checkpoint import Predictor
-    from bonescan.postprocess import postprocess
+    from bonescan.postprocess import postprocess, postprocess_failsafe
 
     arr = load_split(data, split, progress=progress, n=n, regions=True)
     true_regions = arr.require_regions()
     pred = Predictor(checkpoint)
+    settings = FailSafeSettings.from_dict((pred.ckpt.metadata.get("failsafe") or {}).get("settings"))
     inter = np.zeros(N_REGION_CLASSES)
     sizes = np.zeros(N_REGION_CLASSES)
     dsc_per_scan: list[list[float]] = [[] for _ in range(N_REGION_CLASSES)]
@@ -125,9 +128,13 @@ def bench_anatomy(checkpoint: str | Path, data: str | Path, split: str = "test",
             sizes += ct + cp
             for k in np.nonzero(ct)[0]:
                 dsc_per_scan[k].append(2 * same[k] / (ct[k] + cp[k]))
-        # the served answer's mask (the U-Net's or the fail-safe's) and lesions
-        logits = out[C.LOGITS.name] if not pred.text_guided else out[C.FALLBACK_LOGITS.name]
-        masks, _, _ = postprocess(logits, np.array([C.DEFAULT_PIXEL_SPACING_MM], np.float32))
+        # the served answer's mask: the U-Net's, or the dual-path model's after the fail-safe (with the true report)
+        sp = np.array([C.DEFAULT_PIXEL_SPACING_MM], np.float32)
+        if pred.text_guided:
+            masks, _, _, _ = postprocess_failsafe(out[C.LOGITS.name], out[C.FALLBACK_LOGITS.name], out[C.TEXT_MAP.name],
+                                                  out[C.TEXT_STATS.name], sp, settings)
+        else:
+            masks, _, _ = postprocess(out[C.LOGITS.name], sp)
         pm = masks[0, 0] > 0
         # naming: true lesions, detected by the predicted mask, named from the predicted and from the true label map
         cl = true_lesions(arr.masks[i], truth, image, arr.metas[i])
@@ -181,7 +188,7 @@ def format_anatomy(r: dict[str, Any]) -> str:
     ra, b, c, a = r["region_accuracy"], r["bsi"], r["cost"], r["anatomy_dsc"]
     worst = ", ".join(f"{k} {v:.2f}" for k, v in list(a["worst"].items())[:5])
     return "\n".join([
-        f"anatomy output of {r['checkpoint']} on {r['scans']} {r['split']} scans ({r['cpu'].get('model_name', '?')})",
+        f"anatomy output of {r['checkpoint']} on {r['scans']} {r['split']} scans ({r['cpu'].get('cpu', '?')})",
         f"  anatomy DSC: mean over region classes {a['mean_over_classes']}, pooled over bone pixels {a['pooled_bone_pixels']}; "
         f"worst: {worst}",
         f"  region of each detected true lesion ({ra['detected']} of {ra['true_lesions']}): exact {ra['exact']}, "

@@ -367,6 +367,15 @@ def view_weights(image: np.ndarray, labels: np.ndarray, n: int, ring: int = RING
 
     image = np.asarray(image, dtype=np.float64)
     labels = np.asarray(labels)
+    ys, xs = np.nonzero(labels)
+    if len(ys):  # the filters below only reach ring + 1 px beyond the lesions: work on their bounding box and that margin
+        m = ring + 2
+        y0, y1 = max(int(ys.min()) - m, 0), min(int(ys.max()) + m + 1, labels.shape[0])
+        x0, x1 = max(int(xs.min()) - m, 0), min(int(xs.max()) + m + 1, labels.shape[1])
+        means = image.reshape(image.shape[0], -1).mean(axis=1)
+        labels, image = labels[y0:y1, x0:x1], image[:, y0:y1, x0:x1]
+    else:
+        means = image.reshape(image.shape[0], -1).mean(axis=1)
     sel = labels > 0
     lab = labels[sel].astype(np.int64) - 1
     near = maximum_filter(labels, size=3)
@@ -379,7 +388,7 @@ def view_weights(image: np.ndarray, labels: np.ndarray, n: int, ring: int = RING
     for v in range(2):
         inside = np.bincount(lab, weights=image[v][sel], minlength=n) / area
         around = np.bincount(ring_lab, weights=image[v][in_ring], minlength=n) / np.maximum(ring_area, 1)
-        mean = max(float(image[v].mean()), 1e-9)
+        mean = max(float(means[v]), 1e-9)
         out[:, v] = np.maximum(inside - around, 1e-3 * mean) / mean
     return out ** power
 
