@@ -417,22 +417,31 @@ class BoneBurden:
                 "axial_share": round(self.axial_share, 4), "hot_spots": dict(sorted(self.hot_spots.items()))}
 
 
+def _class_counts(lesion_mask: np.ndarray, regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per view the pixels of each region class, and of them the lesion pixels: two [2, N_REGION_CLASSES] arrays
+    (one pass over each view's map; the groups below are sums of classes)."""
+    regions = check_regions(regions, np.asarray(lesion_mask).shape)
+    les = np.asarray(lesion_mask) > 0
+    every = np.stack([np.bincount(regions[v].ravel(), minlength=N_REGION_CLASSES) for v in range(2)])
+    hit = np.stack([np.bincount(regions[v][les], minlength=N_REGION_CLASSES) for v in range(2)])
+    return every, hit
+
+
+_GROUPED = CLASS_MASS_GROUP >= 0
+
+
+def _by_group(per_class: np.ndarray) -> np.ndarray:
+    """[2, N_REGION_CLASSES] pixel counts -> [2, len(MASS_GROUPS)] (background left out)."""
+    return np.stack([np.bincount(CLASS_MASS_GROUP[_GROUPED], weights=row[_GROUPED], minlength=len(MASS_GROUPS))
+                     for row in per_class])
+
+
 def bsi_views(lesion_mask: np.ndarray, regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per view and mass group the involved fraction (lesion pixels / group pixels in that view) and
     whether the group is visible: two [2, len(MASS_GROUPS)] arrays."""
-    regions = check_regions(regions, np.asarray(lesion_mask).shape)
-    les = np.asarray(lesion_mask) > 0
-    g = len(MASS_GROUPS)
-    frac = np.zeros((2, g))
-    seen = np.zeros((2, g), bool)
-    for v in range(2):
-        grp = CLASS_MASS_GROUP[regions[v].astype(np.int64)]
-        on = grp >= 0
-        area = np.bincount(grp[on], minlength=g)
-        hit = np.bincount(grp[on & les], minlength=g)
-        seen[v] = area > 0
-        frac[v] = hit / np.maximum(area, 1)
-    return frac, seen
+    every, hit = _class_counts(lesion_mask, regions)
+    area, involved = _by_group(every), _by_group(hit)
+    return involved / np.maximum(area, 1), area > 0
 
 
 def bone_burden(lesion_labels: np.ndarray, n: int, regions: np.ndarray, sites: list[LesionSite] | None = None) -> BoneBurden:
@@ -450,16 +459,12 @@ def bone_burden(lesion_labels: np.ndarray, n: int, regions: np.ndarray, sites: l
         regions: uint8 [2, H, W] label map in the model frame.
         sites: the lesions' names if the caller has them (else computed with equal view weights).
     """
-    frac, _ = bsi_views(lesion_labels, regions)
+    every, hit = _class_counts(lesion_labels, regions)
+    frac = _by_group(hit) / np.maximum(_by_group(every), 1)
     pct = np.array([MASS_PERCENT[k] for k in MASS_GROUPS])
     per_view = frac @ pct
-    axial = [MASS_GROUPS.index(k) for k in AXIAL_GROUPS]
-    regions = np.asarray(regions)
-    les = np.asarray(lesion_labels) > 0
-    axial_cov = []
-    for v in range(2):
-        on = np.isin(CLASS_MASS_GROUP[regions[v].astype(np.int64)], axial)
-        axial_cov.append(float((on & les).sum()) / max(int(on.sum()), 1))
+    axial = np.isin(CLASS_MASS_GROUP, [MASS_GROUPS.index(k) for k in AXIAL_GROUPS])
+    axial_cov = [float(hit[v][axial].sum()) / max(int(every[v][axial].sum()), 1) for v in range(2)]
     axial_share = float(np.mean(axial_cov))
     if sites is None:
         sites = lesion_sites(lesion_labels, n, regions)
