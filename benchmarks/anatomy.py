@@ -129,12 +129,12 @@ def bench_anatomy(checkpoint: str | Path, data: str | Path, split: str = "test",
             for k in np.nonzero(ct)[0]:
                 dsc_per_scan[k].append(2 * same[k] / (ct[k] + cp[k]))
         # the served answer's mask: the U-Net's, or the dual-path model's after the fail-safe (with the true report)
-        sp = np.array([C.DEFAULT_PIXEL_SPACING_MM], np.float32)
+        spacing = np.array([C.DEFAULT_PIXEL_SPACING_MM], np.float32)
         if pred.text_guided:
             masks, _, _, _ = postprocess_failsafe(out[C.LOGITS.name], out[C.FALLBACK_LOGITS.name], out[C.TEXT_MAP.name],
-                                                  out[C.TEXT_STATS.name], sp, settings)
+                                                  out[C.TEXT_STATS.name], spacing, settings)
         else:
-            masks, _, _ = postprocess(out[C.LOGITS.name], sp)
+            masks, _, _ = postprocess(out[C.LOGITS.name], spacing)
         pm = masks[0, 0] > 0
         # naming: true lesions, detected by the predicted mask, named from the predicted and from the true label map
         cl = true_lesions(arr.masks[i], truth, image, arr.metas[i])
