@@ -235,6 +235,26 @@ def test_full_resolution_and_naming_through_postprocess(cases):
         assert "anatomy" not in doc and "site" not in doc["lesions"][0]
 
 
+def test_naming_on_the_coarse_grid_equals_naming_at_full_resolution(cases):
+    """postprocess names lesions on the anatomy output's grid (stride 4, no upsampled map): every site, share,
+    candidate and the BSI are those of the same map repeated to full resolution; a grid that does not tile the
+    lesion map is refused."""
+    from bonescan import contract as C
+    from bonescan.components import components
+
+    s = C.REGION_STRIDE
+    for case in list(cases.values())[:4]:
+        coarse = case.regions[:, s // 2 :: s, s // 2 :: s]
+        c = components(case.mask > 0)
+        image = C.to_model_frame(case.anterior, case.posterior).astype(np.float64)
+        full_sites, full_burden = A.name_lesions(c.labels, c.n, A.full_resolution(coarse, s), image)
+        grid_sites, grid_burden = A.name_lesions(c.labels, c.n, coarse, image, stride=s)
+        assert [x.to_dict() for x in grid_sites] == [x.to_dict() for x in full_sites]
+        assert grid_burden.to_dict() == full_burden.to_dict()
+    with pytest.raises(ValueError, match="stride 2"):
+        A.lesion_sites(c.labels, c.n, coarse, stride=2)
+
+
 def test_second_reader_in_the_client_marks_lesions_and_sites():
     from bonescan.client.core import second_reader
 

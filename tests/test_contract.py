@@ -130,3 +130,35 @@ def test_python_models_read_the_contracts_tensors_from_their_config(spec, tmp_pa
     for got, want in ((inputs, spec.inputs), (outputs, spec.outputs)):
         assert [(t.name, t.dtype, t.dims, t.optional) for t in got] == \
             [(t.name, np.dtype(t.dtype), t.dims, t.optional) for t in want]
+
+
+def test_python_steps_keep_request_memory_instead_of_faulting_it_in_again():
+    """keep_request_memory (called by postprocess, preprocess and the runners at initialize): a request's arrays
+    (here 4 of 4 MiB alive together, as a batch's counts, logits and probabilities) no longer cost fresh page
+    faults on every request. Without it glibc hands the freed heap top back to the OS (above its trim threshold)
+    and faults it in again on the next request. Measured as minor page faults in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = """
+import resource, sys
+import numpy as np
+if sys.argv[1] == "keep":
+    from bonescan.serving.pybackend import keep_request_memory
+    assert keep_request_memory()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def request():
+    held = [np.ones(1 << 20, np.float32) for _ in range(4)]
+    return sum(float(h[0]) for h in held)
+for _ in range(3):
+    request()
+before = faults()
+for _ in range(50):
+    request()
+print(faults() - before)
+"""
+    got = {arm: int(subprocess.run([sys.executable, "-c", code, arm], capture_output=True, text=True, check=True).stdout)
+           for arm in ("default", "keep")}
+    assert got["default"] > 50 * 1000, got  # ~4 x 1024 pages faulted in again per request
+    assert got["keep"] < 50 * 10, got

@@ -279,13 +279,17 @@ class LesionSite:
                 "side": self.side, "candidates": list(self.candidates)}
 
 
-def check_regions(regions: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """A label map as this module reads it: integer [2, H, W] with values below N_REGION_CLASSES."""
+def check_regions(regions: np.ndarray, shape: tuple[int, ...] | None = None, stride: int = 1) -> np.ndarray:
+    """A label map as this module reads it: integer [2, H / stride, W / stride] with values below N_REGION_CLASSES
+    (``stride`` > 1: the anatomy output's coarse grid, one class per stride x stride cell of a [H, W] lesion map)."""
     regions = np.asarray(regions)
     if regions.ndim != 3 or regions.shape[0] != 2:
         raise ValueError(f"regions must be [2, H, W] (anterior, posterior in the model frame), got {regions.shape}")
-    if shape is not None and regions.shape[1:] != tuple(shape):
-        raise ValueError(f"regions are {regions.shape[1:]}, the lesion map {tuple(shape)}")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if shape is not None and tuple(stride * d for d in regions.shape[1:]) != tuple(shape):
+        grid = f" x stride {stride}" if stride > 1 else ""
+        raise ValueError(f"regions are {regions.shape[1:]}{grid}, the lesion map {tuple(shape)}")
     if regions.dtype.kind not in "ui":
         raise ValueError(f"regions must be integer class indices, got {regions.dtype}")
     if regions.size and int(regions.max()) >= N_REGION_CLASSES:
@@ -293,52 +297,71 @@ def check_regions(regions: np.ndarray, shape: tuple[int, ...] | None = None) -> 
     return regions
 
 
-def class_votes(labels: np.ndarray, n: int, regions: np.ndarray, view_weights: np.ndarray | None = None) -> np.ndarray:
-    """[n + 1, N_REGION_CLASSES] float: per lesion label the (weighted) pixel count of each region class,
-    summed over both views. Row 0 collects the background of ``labels``."""
+def view_counts(labels: np.ndarray, n: int, regions: np.ndarray, stride: int = 1) -> np.ndarray:
+    """[2, n + 1, N_REGION_CLASSES] int: per view and lesion label the pixel count of each region class (one
+    pass over the lesion pixels; row 0 of each view collects the background of ``labels``). ``regions`` may be
+    the anatomy output's coarse grid (``stride``): each lesion pixel reads the cell it lies in."""
     labels = np.asarray(labels)
-    regions = check_regions(regions, labels.shape)
+    regions = check_regions(regions, labels.shape, stride)
+    flat = np.flatnonzero(labels > 0)  # (nonzero on the int map itself is ~10-20x slower)
+    lab = labels.ravel()[flat].astype(np.int64)
+    ys, xs = np.divmod(flat, labels.shape[1])
+    if stride > 1:
+        ys, xs = ys // stride, xs // stride
+    out = np.empty((2, n + 1, N_REGION_CLASSES), np.int64)
+    for v in range(2):
+        cls = regions[v][ys, xs].astype(np.int64)
+        out[v] = np.bincount(lab * N_REGION_CLASSES + cls, minlength=(n + 1) * N_REGION_CLASSES).reshape(n + 1, N_REGION_CLASSES)
+    return out
+
+
+def class_votes(labels: np.ndarray, n: int, regions: np.ndarray, view_weights: np.ndarray | None = None,
+                stride: int = 1, counts: np.ndarray | None = None) -> np.ndarray:
+    """[n + 1, N_REGION_CLASSES] float: per lesion label the (weighted) pixel count of each region class,
+    summed over both views. Row 0 collects the background of ``labels``. ``counts``: :func:`view_counts`
+    already taken (the map is not read again)."""
     w = np.ones((n + 1, 2)) if view_weights is None else np.vstack([np.ones((1, 2)), np.asarray(view_weights, float)])
     if w.shape != (n + 1, 2):
         raise ValueError(f"view_weights must be [n, 2] = [{n}, 2], got {np.asarray(view_weights).shape}")
-    sel = labels > 0
-    lab = labels[sel].astype(np.int64)
-    votes = np.zeros((n + 1) * N_REGION_CLASSES)
-    for v in range(2):
-        cls = regions[v][sel].astype(np.int64)
-        votes += np.bincount(lab * N_REGION_CLASSES + cls, weights=w[lab, v], minlength=votes.size)
-    return votes.reshape(n + 1, N_REGION_CLASSES)
+    c = view_counts(labels, n, regions, stride) if counts is None else counts
+    return c[0] * w[:, :1] + c[1] * w[:, 1:]
 
 
-def lesion_sites(labels: np.ndarray, n: int, regions: np.ndarray, view_weights: np.ndarray | None = None) -> list[LesionSite]:
+def lesion_sites(labels: np.ndarray, n: int, regions: np.ndarray, view_weights: np.ndarray | None = None,
+                 stride: int = 1) -> list[LesionSite]:
     """Name each lesion of a labelled lesion map by the region class holding most of its pixels.
 
     Args:
         labels: int [H, W], lesion k = k (1..n), 0 = no lesion (e.g. ``components.Components.labels``).
         n: the number of lesions.
-        regions: uint8 [2, H, W] label map in the model frame (see the module docstring).
+        regions: uint8 [2, H, W] label map in the model frame (see the module docstring), or the anatomy
+            output's coarse grid [2, H / stride, W / stride] with ``stride``.
         view_weights: optional [n, 2]: how much each view's labels count for each lesion (e.g. the
             lesion's brightness in each view, so the view that sees it best names it); default equal.
+        stride: the grid of ``regions`` (1: full resolution).
 
     Returns:
         One :class:`LesionSite` per lesion, in label order. Background pixels (the lesion's rim just off
         the bone) count in the share's denominator but never win: a lesion is class 0 only when no pixel
         of it lies on a labelled bone.
     """
-    votes = class_votes(labels, n, regions, view_weights)[1:]
+    counts = view_counts(labels, n, regions, stride)
+    votes = class_votes(labels, n, regions, view_weights, counts=counts)[1:]
     total = votes.sum(axis=1)
     best = 1 + np.argmax(votes[:, 1:], axis=1)
     got = votes[np.arange(n), best]
     best = np.where(got > 0, best, 0)
     share = np.where(total > 0, np.where(got > 0, got, votes[:, 0]) / np.maximum(total, 1e-12), 0.0)
-    per_view = [class_votes(labels, n, regions, np.tile(w, (n, 1)))[1:] for w in ((1.0, 0.0), (0.0, 1.0))]
+    per_view = counts[:, 1:]
+    area = per_view.sum(axis=2)  # [2, n]
+    # per view the classes (not the background) holding CANDIDATE_SHARE of the lesion's pixels
+    cand = (per_view[:, :, 1:] >= CANDIDATE_SHARE * np.maximum(area, 1e-12)[:, :, None]) & (area[:, :, None] > 0)
     out = []
     for k in range(n):
         cands = [CLASS_REGION[int(best[k])]] if best[k] else []
-        for v in per_view:
-            area = v[k].sum()
-            for c in np.nonzero(v[k][1:] >= CANDIDATE_SHARE * max(area, 1e-12))[0] + 1:
-                if CLASS_REGION[c] not in cands and area > 0:
+        for v in range(2):
+            for c in np.nonzero(cand[v, k])[0] + 1:
+                if CLASS_REGION[c] not in cands:
                     cands.append(CLASS_REGION[c])
         out.append(LesionSite(k + 1, int(best[k]), float(share[k]), tuple(cands)))
     return out
@@ -365,17 +388,18 @@ def view_weights(image: np.ndarray, labels: np.ndarray, n: int, ring: int = RING
     """
     from scipy.ndimage import maximum_filter
 
-    image = np.asarray(image, dtype=np.float64)
+    image = np.asarray(image)
     labels = np.asarray(labels)
-    ys, xs = np.nonzero(labels)
+    # the views' means in float64 without a float64 copy of the scan (a 4 MB allocation per call costs more
+    # than the rest of the naming in a long-running server process)
+    means = image.reshape(image.shape[0], -1).mean(axis=1, dtype=np.float64)
+    ys, xs = np.divmod(np.flatnonzero(labels > 0), labels.shape[1])
     if len(ys):  # the filters below only reach ring + 1 px beyond the lesions: work on their bounding box and that margin
         m = ring + 2
         y0, y1 = max(int(ys.min()) - m, 0), min(int(ys.max()) + m + 1, labels.shape[0])
         x0, x1 = max(int(xs.min()) - m, 0), min(int(xs.max()) + m + 1, labels.shape[1])
-        means = image.reshape(image.shape[0], -1).mean(axis=1)
         labels, image = labels[y0:y1, x0:x1], image[:, y0:y1, x0:x1]
-    else:
-        means = image.reshape(image.shape[0], -1).mean(axis=1)
+    image = image.astype(np.float64)
     sel = labels > 0
     lab = labels[sel].astype(np.int64) - 1
     near = maximum_filter(labels, size=3)
@@ -417,13 +441,17 @@ class BoneBurden:
                 "axial_share": round(self.axial_share, 4), "hot_spots": dict(sorted(self.hot_spots.items()))}
 
 
-def _class_counts(lesion_mask: np.ndarray, regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _class_counts(lesion_mask: np.ndarray, regions: np.ndarray, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Per view the pixels of each region class, and of them the lesion pixels: two [2, N_REGION_CLASSES] arrays
-    (one pass over each view's map; the groups below are sums of classes)."""
-    regions = check_regions(regions, np.asarray(lesion_mask).shape)
-    les = np.asarray(lesion_mask) > 0
-    every = np.stack([np.bincount(regions[v].ravel(), minlength=N_REGION_CLASSES) for v in range(2)])
-    hit = np.stack([np.bincount(regions[v][les], minlength=N_REGION_CLASSES) for v in range(2)])
+    (one pass over each view's map; the groups below are sums of classes). On the coarse grid (``stride``) a
+    cell counts stride² pixels and each lesion pixel reads its cell: the same figures as at full resolution."""
+    regions = check_regions(regions, np.asarray(lesion_mask).shape, stride)
+    lesion_mask = np.asarray(lesion_mask)
+    ys, xs = np.divmod(np.flatnonzero(lesion_mask > 0), lesion_mask.shape[1])
+    if stride > 1:
+        ys, xs = ys // stride, xs // stride
+    every = np.stack([np.bincount(regions[v].ravel(), minlength=N_REGION_CLASSES) for v in range(2)]) * stride * stride
+    hit = np.stack([np.bincount(regions[v][ys, xs], minlength=N_REGION_CLASSES) for v in range(2)])
     return every, hit
 
 
@@ -436,15 +464,16 @@ def _by_group(per_class: np.ndarray) -> np.ndarray:
                      for row in per_class])
 
 
-def bsi_views(lesion_mask: np.ndarray, regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def bsi_views(lesion_mask: np.ndarray, regions: np.ndarray, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Per view and mass group the involved fraction (lesion pixels / group pixels in that view) and
     whether the group is visible: two [2, len(MASS_GROUPS)] arrays."""
-    every, hit = _class_counts(lesion_mask, regions)
+    every, hit = _class_counts(lesion_mask, regions, stride)
     area, involved = _by_group(every), _by_group(hit)
     return involved / np.maximum(area, 1), area > 0
 
 
-def bone_burden(lesion_labels: np.ndarray, n: int, regions: np.ndarray, sites: list[LesionSite] | None = None) -> BoneBurden:
+def bone_burden(lesion_labels: np.ndarray, n: int, regions: np.ndarray, sites: list[LesionSite] | None = None,
+                stride: int = 1) -> BoneBurden:
     """The Bone Scan Index, Soloway's grade and the hot spots per region of one scan.
 
     BSI = sum over mass groups of (lesion pixels in the group / the group's pixels) x the group's percent
@@ -458,8 +487,9 @@ def bone_burden(lesion_labels: np.ndarray, n: int, regions: np.ndarray, sites: l
         n: the number of lesions.
         regions: uint8 [2, H, W] label map in the model frame.
         sites: the lesions' names if the caller has them (else computed with equal view weights).
+        stride: the grid of ``regions`` (1: full resolution; the anatomy output's coarse grid needs no upsampling).
     """
-    every, hit = _class_counts(lesion_labels, regions)
+    every, hit = _class_counts(lesion_labels, regions, stride)
     frac = _by_group(hit) / np.maximum(_by_group(every), 1)
     pct = np.array([MASS_PERCENT[k] for k in MASS_GROUPS])
     per_view = frac @ pct
@@ -467,7 +497,7 @@ def bone_burden(lesion_labels: np.ndarray, n: int, regions: np.ndarray, sites: l
     axial_cov = [float(hit[v][axial].sum()) / max(int(every[v][axial].sum()), 1) for v in range(2)]
     axial_share = float(np.mean(axial_cov))
     if sites is None:
-        sites = lesion_sites(lesion_labels, n, regions)
+        sites = lesion_sites(lesion_labels, n, regions, stride=stride)
     hot: dict[str, int] = {}
     for s in sites:
         key = s.region or BACKGROUND
@@ -499,10 +529,12 @@ def full_resolution(region_labels: np.ndarray, stride: int) -> np.ndarray:
     return np.repeat(np.repeat(r, stride, axis=1), stride, axis=2)
 
 
-def name_lesions(labels: np.ndarray, n: int, regions: np.ndarray, image: np.ndarray | None = None
+def name_lesions(labels: np.ndarray, n: int, regions: np.ndarray, image: np.ndarray | None = None, stride: int = 1
                  ) -> tuple[list[LesionSite], BoneBurden]:
     """Each lesion of a labelled map named by its region (the clearer view deciding when ``image`` is
-    given: :func:`view_weights`), and the scan's burden (:func:`bone_burden`)."""
+    given: :func:`view_weights`), and the scan's burden (:func:`bone_burden`). ``regions`` may be the anatomy
+    output's coarse grid as served (``stride`` = ``contract.REGION_STRIDE``): the same names and figures as
+    from :func:`full_resolution` of it, without building the full-resolution map."""
     w = view_weights(image, labels, n) if image is not None and n else None
-    sites = lesion_sites(labels, n, regions, w)
-    return sites, bone_burden(labels, n, regions, sites)
+    sites = lesion_sites(labels, n, regions, w, stride)
+    return sites, bone_burden(labels, n, regions, sites, stride)

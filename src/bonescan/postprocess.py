@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from bonescan.anatomy import full_resolution, name_lesions
+from bonescan.anatomy import N_REGION_CLASSES, name_lesions
 from bonescan.components import Components, components
 from bonescan.contract import IMAGE_WIDTH, REGION_STRIDE, THRESHOLD
 
@@ -47,16 +47,18 @@ def above(logits: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
 
 def lesions_of(mask: np.ndarray, prob: np.ndarray, spacing: tuple[float, float],
                comps: Components | None = None, anatomy: dict[str, Any] | None = None,
-               regions: np.ndarray | None = None, image: np.ndarray | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+               regions: np.ndarray | None = None, image: np.ndarray | None = None,
+               stride: int = 1) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """mask [H, W] bool, prob [H, W] -> (mask without specks, lesion list sorted by area, largest first);
     ``comps``: the mask's components when the caller has them already (then ``mask`` is not read).
-    ``regions`` (uint8 [2, H, W], the anatomy output at full resolution; ``image`` [2, H, W] lets the clearer
-    view name a lesion): each lesion gets its site, and ``anatomy`` (a dict) is filled with the scan's burden."""
+    ``regions`` (uint8 [2, H / stride, W / stride]: the anatomy output on its grid, or a full-resolution map
+    with stride 1; ``image`` [2, H, W] lets the clearer view name a lesion): each lesion gets its site, and
+    ``anatomy`` (a dict) is filled with the scan's burden."""
     c = comps if comps is not None else components(mask)
     keep = c.mask
     sites = None
     if regions is not None:
-        sites, burden = name_lesions(c.labels, c.n, regions, image)
+        sites, burden = name_lesions(c.labels, c.n, regions, image, stride)
         if anatomy is not None:
             anatomy.update(burden.to_dict())
     if c.n == 0:
@@ -97,11 +99,12 @@ def _lesion(area: int, px_area: float, bbox: tuple, cy: float, cx: float, mean_p
 
 
 def _regions_of(regions: np.ndarray | None, b: int) -> np.ndarray | None:
-    """Scan ``b``'s anatomy output at full resolution, or None (no anatomy output, or one that is all
-    background: a U-Net trained on data without region maps)."""
+    """Scan ``b``'s anatomy output on its grid (one class per REGION_STRIDE² cell: lesions are named on it
+    without upsampling), or None (no anatomy output, or one that is all background: a U-Net trained on data
+    without region maps)."""
     if regions is None or not np.any(regions[b]):
         return None
-    return full_resolution(regions[b], REGION_STRIDE)
+    return np.clip(regions[b], 0, N_REGION_CLASSES - 1).astype(np.uint8)
 
 
 def _anatomy_json(anatomy: dict[str, Any], regions: np.ndarray | None) -> dict[str, Any]:
@@ -125,7 +128,7 @@ def postprocess(logits: np.ndarray, spacing: np.ndarray, threshold: float = THRE
     for b in range(len(logits)):
         reg, anatomy = _regions_of(regions, b), dict[str, Any]()
         keep, lesions = lesions_of(prob[b, 0] >= threshold, prob[b, 0], (float(spacing[b, 0]), float(spacing[b, 1])),
-                                   anatomy=anatomy, regions=reg, image=None if images is None else images[b])
+                                   anatomy=anatomy, regions=reg, image=None if images is None else images[b], stride=REGION_STRIDE)
         masks[b, 0] = keep
         out_json.append(json.dumps({"lesions": lesions, "count": len(lesions), "threshold": threshold,
                                     "pixel_spacing_mm": [round(float(v), 4) for v in spacing[b]], **(extra or {}),
@@ -171,7 +174,7 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
             prob.ravel()[idx] = np.maximum(prob.ravel()[idx], sigmoid(u.ravel()[idx]))
         reg, anatomy = _regions_of(regions, b), dict[str, Any]()
         keep, lesions = lesions_of(final.astype(bool), prob, sp, _answer_components(info, comp_d, comp_u), anatomy=anatomy,
-                                   regions=reg, image=None if images is None else images[b])
+                                   regions=reg, image=None if images is None else images[b], stride=REGION_STRIDE)
         masks[b, 0] = keep
         info["added_labels"] = info.pop("add")
         decisions.append(info)

@@ -33,7 +33,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 from bonescan.contract import ENSEMBLE_MODEL, ENSEMBLE_UNET_MODEL  # noqa: E402
 from bonescan.failsafe import FailSafeSettings  # noqa: E402
 from bonescan.postprocess import postprocess, postprocess_failsafe  # noqa: E402
-from bonescan.serving.pybackend import concat_padded, config_tensors, gather, respond  # noqa: E402
+from bonescan.serving.pybackend import concat_padded, config_tensors, gather, keep_request_memory, respond  # noqa: E402
 from bonescan.serving.telemetry import LESIONS_PER_SCAN, StepTelemetry, outcomes_of  # noqa: E402
 
 IMAGE_ONLY = {"answered_by": "unet", "reason": "image-only ensemble"}
@@ -41,6 +41,7 @@ IMAGE_ONLY = {"answered_by": "unet", "reason": "image-only ensemble"}
 
 class TritonPythonModel:
     def initialize(self, args):
+        keep_request_memory()  # per-request arrays reuse the heap (serving/pybackend.py)
         cfg = json.loads(args["model_config"])
         inputs, outputs = config_tensors(cfg)
         self.logits, self.spacing, self.text_map, self.fallback, self.stats, self.regions, self.image = inputs

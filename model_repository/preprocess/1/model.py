@@ -35,13 +35,21 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from bonescan.contract import ENSEMBLE_MODEL, ENSEMBLE_UNET_MODEL  # noqa: E402
-from bonescan.serving.pybackend import RequestLog, concat_padded, config_tensors, gather, respond  # noqa: E402
+from bonescan.serving.pybackend import (  # noqa: E402
+    RequestLog,
+    concat_padded,
+    config_tensors,
+    gather,
+    keep_request_memory,
+    respond,
+)
 from bonescan.serving.telemetry import REQUESTS_REFUSED, StepTelemetry, outcomes_of  # noqa: E402
 from bonescan.validate import image_problem, reports_problem, spacing_problem, study_problem  # noqa: E402
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        keep_request_memory()  # per-request arrays reuse the heap (serving/pybackend.py)
         inputs, outputs = config_tensors(args["model_config"])
         self.image_in, self.spacing_in, self.report_in, self.accession_in, self.study_uid_in = inputs
         self.image_out, self.spacing_out, self.report_out = outputs

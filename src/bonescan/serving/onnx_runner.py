@@ -72,8 +72,9 @@ class OnnxRunnerModel:
     def initialize(self, args: dict) -> None:
         import triton_python_backend_utils as pb_utils
 
-        from bonescan.serving.pybackend import config_tensors
+        from bonescan.serving.pybackend import config_tensors, keep_request_memory
 
+        keep_request_memory()  # the batch's arrays reuse the heap from one request to the next
         self.pb = pb_utils
         cfg = json.loads(args["model_config"])
         self.name = cfg["name"]
