@@ -116,7 +116,8 @@ def bench_anatomy(checkpoint: str | Path, data: str | Path, split: str = "test",
         out = pred.outputs(image[None], [arr.reports[i]] if pred.text_guided else None)
         if C.REGION_LABELS.name not in out:
             raise ValueError(f"{checkpoint}: gives no anatomy output")
-        regions = full_resolution(out[C.REGION_LABELS.name][0], C.REGION_STRIDE)
+        grid = np.clip(out[C.REGION_LABELS.name][0], 0, N_REGION_CLASSES - 1).astype(np.uint8)  # as postprocess names on it
+        regions = full_resolution(grid, C.REGION_STRIDE)  # for the per-class DSC against the true map
         if not regions.any():
             raise ValueError(f"{checkpoint}: its anatomy output is background everywhere (trained without region maps)")
         truth = true_regions[i]
@@ -139,7 +140,7 @@ def bench_anatomy(checkpoint: str | Path, data: str | Path, split: str = "test",
         # naming: true lesions, detected by the predicted mask, named from the predicted and from the true label map
         cl = true_lesions(arr.masks[i], truth, image, arr.metas[i])
         t0 = time.perf_counter()
-        sites_pred, _ = name_lesions(cl.labels, len(cl.sites), regions, image)
+        sites_pred, _ = name_lesions(cl.labels, len(cl.sites), grid, image, C.REGION_STRIDE)
         naming_ms.append((time.perf_counter() - t0) * 1e3)
         by_id = {int(les["id"]): les["region"] for les in (arr.metas[i] or {}).get("lesions", [])}
         hit = np.bincount(cl.labels[pm], minlength=len(cl.sites) + 1)[1:] > 0 if len(cl.sites) else np.zeros(0, bool)
@@ -156,9 +157,9 @@ def bench_anatomy(checkpoint: str | Path, data: str | Path, split: str = "test",
             ceiling_near += within_one(st.region, by_id[mid])
         tc = components(arr.masks[i] > 0)
         bsi_true.append(bone_burden(tc.labels, tc.n, truth).bsi)
-        bsi_true_mask.append(bone_burden(tc.labels, tc.n, regions).bsi)
+        bsi_true_mask.append(bone_burden(tc.labels, tc.n, grid, stride=C.REGION_STRIDE).bsi)
         pc = components(pm)
-        bsi_pred.append(bone_burden(pc.labels, pc.n, regions).bsi)
+        bsi_pred.append(bone_burden(pc.labels, pc.n, grid, stride=C.REGION_STRIDE).bsi)
     present = [k for k in range(1, N_REGION_CLASSES) if dsc_per_scan[k]]
     per_class = {REGION_CLASSES[k]: round(float(np.mean(dsc_per_scan[k])), 4) for k in present}
     err = np.abs(np.array(bsi_pred) - np.array(bsi_true))
@@ -212,3 +213,63 @@ def run_anatomy(checkpoint: str | Path, data: str | Path, out: str | Path | None
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "anatomy.json").write_text(json.dumps(r, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return r
+
+
+def served_answer(pred, out: dict[str, np.ndarray], settings) -> np.ndarray:
+    """The served answer's mask [H, W] bool from a checkpoint's outputs: the U-Net's, or the dual-path model's
+    after the fail-safe (the case's report was in ``out``)."""
+    from bonescan.postprocess import postprocess, postprocess_failsafe
+
+    spacing = np.array([C.DEFAULT_PIXEL_SPACING_MM], np.float32)
+    if pred.text_guided:
+        masks = postprocess_failsafe(out[C.LOGITS.name], out[C.FALLBACK_LOGITS.name], out[C.TEXT_MAP.name],
+                                     out[C.TEXT_STATS.name], spacing, settings)[0]
+    else:
+        masks = postprocess(out[C.LOGITS.name], spacing)[0]
+    return masks[0, 0] > 0
+
+
+def bench_second_reader(checkpoint: str | Path, data: str | Path, split: str | None = None, n: int | None = None,
+                        progress: bool = True) -> dict[str, Any]:
+    """The second reader on a model's served answers (its lesions, named by its anatomy output) beside the same
+    reader on the true lesions and label maps, over a data set written with lesions left out of reports and
+    sites invented (``bonescan data synth --omit-lesion-rate R --invent-site-rate R``)."""
+    from tqdm import tqdm
+
+    from bonescan.data.arrays import load_split
+    from bonescan.data.second_reader import answer_lesions, score_cases, true_lesions
+    from bonescan.failsafe import FailSafeSettings
+    from bonescan.model.checkpoint import Predictor
+
+    arr = load_split(data, split, progress=progress, n=n, regions=True)
+    regions = arr.require_regions()
+    if not any((m or {}).get("report_truth", {}).get("omitted") or (m or {}).get("report_truth", {}).get("invented")
+               for m in arr.metas):
+        raise ValueError(f"{data}: no report leaves a lesion out or invents a site; make the data with "
+                         "`bonescan data synth --omit-lesion-rate 0.2 --invent-site-rate 0.5`")
+    pred = Predictor(checkpoint)
+    settings = FailSafeSettings.from_dict((pred.ckpt.metadata.get("failsafe") or {}).get("settings"))
+    answers = []
+    for i in tqdm(range(len(arr)), desc="second reader", unit="scan", disable=not progress):
+        image = arr.images[i].astype(np.float32)
+        out = pred.outputs(image[None], [arr.reports[i]] if pred.text_guided else None)
+        grid = np.clip(out[C.REGION_LABELS.name][0], 0, 255).astype(np.uint8)
+        truth = true_lesions(arr.masks[i], regions[i], image, arr.metas[i])
+        answers.append(answer_lesions(served_answer(pred, out, settings), grid, C.REGION_STRIDE, image, truth))
+    from bonescan.benchmarks.latency import cpu_info
+
+    return {"checkpoint": str(checkpoint), "data": str(data), "split": split, "scans": len(arr),
+            "served": score_cases(arr.images, arr.masks, regions, arr.reports, arr.metas, answers=answers),
+            "true_lesions": score_cases(arr.images, arr.masks, regions, arr.reports, arr.metas), "cpu": cpu_info()}
+
+
+def format_second_reader(r: dict[str, Any]) -> str:
+    lines = [f"second reader on {r['scans']} scans of {r['data']} ({r['split'] or 'all splits'}), target precision and recall >= 0.9"]
+    for key, label in (("served", f"on the served answers of {r['checkpoint']}"), ("true_lesions", "on the true lesions and label maps")):
+        s = r[key]
+        a, b, f = s["not_in_report"], s["not_found"], s["false_flags"]
+        lines.append(f"  {label}: not_in_report P {a['precision']} R {a['recall']} (tp {a['tp']}, fp {a['fp']}, fn {a['fn']}); "
+                     f"not_found P {b['precision']} R {b['recall']} (tp {b['tp']}, fp {b['fp']}, fn {b['fn']}); "
+                     f"on faithful reports: lesions flagged {f['lesions_not_in_report']} of {f['lesions']}, "
+                     f"sites flagged {f['sites_not_found']} of {f['sites']}; vague reports skipped {s['skipped_vague']}")
+    return "\n".join(lines)

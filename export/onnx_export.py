@@ -125,8 +125,12 @@ def _export_graph(module, args: tuple, out: Path, spec: C.GraphSpec, simplify_gr
     return desc
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path, simplify_graphs: bool = True) -> dict[str, Any]:
-    """Export both graphs of a checkpoint; returns the description written to model.json."""
+def export_onnx(checkpoint: str | Path, out: str | Path, simplify_graphs: bool = True, anatomy: bool = True) -> dict[str, Any]:
+    """Export both graphs of a checkpoint; returns the description written to model.json.
+
+    ``anatomy=False`` leaves the anatomy network out of the segmenter graph: ``region_labels`` is then
+    background everywhere (the same contract), so postprocess names no lesion and gives no Bone Scan Index.
+    For deployments that do not need them, and to measure what the anatomy output costs (A/B)."""
     import onnx
     import onnxruntime
     import torch
@@ -136,6 +140,11 @@ def export_onnx(checkpoint: str | Path, out: str | Path, simplify_graphs: bool =
     t0 = time.perf_counter()
     ckpt = load_checkpoint(checkpoint)
     net = ckpt.net.eval()
+    has_anatomy = any(getattr(m, "anatomy", None) is not None for m in (net.segmenter, net.fallback))
+    if not anatomy:
+        for m in (net.segmenter, net.fallback):
+            if m is not None and hasattr(m, "anatomy"):
+                m.anatomy = None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     graphs: dict[str, Any] = {}
@@ -166,6 +175,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, simplify_graphs: bool =
         if net.text_encoder is not None else None,
         "failsafe": ckpt.metadata.get("failsafe"),
         "fallback": ckpt.metadata.get("fallback"),
+        # does region_labels carry the anatomy output (False: background everywhere, left out or never trained)
+        "anatomy": bool(anatomy and has_anatomy),
         "graphs": graphs,
         "contract": C.spec_table(),
         "checkpoint": {

@@ -53,6 +53,7 @@ def check_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Pat
         if len(samples) >= n:
             break
     thr = float(np.log(THRESHOLD / (1 - THRESHOLD)))
+    with_anatomy = desc.get("anatomy", True)
     per_case = []
     settings = FailSafeSettings.from_dict((desc.get("failsafe") or {}).get("settings"))
     for s in tqdm(samples, desc="parity", unit="case", disable=not progress, leave=False):
@@ -67,7 +68,8 @@ def check_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Pat
             "mask_dsc": mask_dsc(lt[0, 0] >= thr, lo[0, 0] >= thr),
             "pixels_differing": int(((lt >= thr) != (lo >= thr)).sum()),
             # the anatomy output: an argmax inside the graph, so agreement, not a difference
-            "region_agreement": float(np.mean(ot[C.REGION_LABELS.name] == oo[C.REGION_LABELS.name])),
+            # (an export made with --no-anatomy must give background everywhere)
+            "region_agreement": float(np.mean((ot[C.REGION_LABELS.name] if with_anatomy else 0) == oo[C.REGION_LABELS.name])),
         }
         if C.TEXT_STATS.name in ot:
             # the answer the ensemble gives: the fail-safe's choice on each side must agree

@@ -75,6 +75,29 @@ def test_onnxruntime_matches_pytorch(model, checkpoints, exports, dataset, tmp_p
     assert json.loads((tmp_path / "parity.json").read_text())["ok"] is True
 
 
+def test_export_without_the_anatomy_output_and_the_region_check_failing(checkpoints, exports, dataset, tmp_path):
+    """--no-anatomy: a smaller segmenter graph whose region_labels is background everywhere, and parity holds
+    against that promise; an export whose region labels disagree with PyTorch fails the check (here: the same
+    graph described as carrying the anatomy output)."""
+    from bonescan.export.onnx_export import DESCRIPTION, export_onnx
+
+    assert read_description(exports["dualpath"])["anatomy"] is True
+    desc = export_onnx(checkpoints["dualpath"], tmp_path / "plain", anatomy=False)
+    assert desc["anatomy"] is False
+    assert desc["graphs"]["segmenter"]["nodes"] < read_description(exports["dualpath"])["graphs"]["segmenter"]["nodes"]
+    pipe = OrtPipeline(tmp_path / "plain")
+    ds_img = np.random.default_rng(0).uniform(0, 50, (1, *C.IMAGE_DIMS)).astype(np.float32)
+    out = pipe.outputs(ds_img, ["检查所见：T7椎体见放射性浓聚。"])
+    assert out[C.REGION_LABELS.name].shape == (1, *C.REGION_LABELS.dims) and not out[C.REGION_LABELS.name].any()
+    res = check_parity(checkpoints["dualpath"], tmp_path / "plain", dataset, split="test", n=2, max_batch=1, progress=False)
+    assert res["ok"] is True and res["min_region_agreement"] == 1.0
+    d = json.loads((tmp_path / "plain" / DESCRIPTION).read_text())
+    (tmp_path / "plain" / DESCRIPTION).write_text(json.dumps({**d, "anatomy": True}))
+    res = check_parity(checkpoints["dualpath"], tmp_path / "plain", dataset, split="test", n=2, max_batch=1, progress=False)
+    assert res["min_region_agreement"] < 0.9 and res["ok"] is False  # (the tiny model labels a third of the cells as bone)
+    assert res["max_abs_logit_diff"] <= 1e-3  # the logits still agree: the region check alone failed
+
+
 def test_token_dimension_is_dynamic(exports, dataset):
     pipe = OrtPipeline(exports["dualpath"])
     ids, mask = pipe.tokenizer(["检查所见：T7椎体见放射性浓聚。"])

@@ -130,3 +130,33 @@ def test_generated_reports_parse_to_their_regions():
             n += 1
             ok += any(s.region == les["region"] for s in sites)
     assert n > 50 and ok / n >= 0.97
+
+
+def test_scorer_on_answers_counts_missed_and_false_lesions(truth_cases):
+    """Scored on a served answer: the true mask itself (named on the coarse grid) scores as the true lesions do;
+    an answer that misses every lesion can flag none of the omitted ones (recall 0) and finds no report site
+    (every true site a false not_found); a false positive the report does not name is a false not_in_report."""
+    from bonescan import contract as C
+    from bonescan.data.second_reader import answer_lesions, true_lesions
+
+    cases = [c for _, c in truth_cases]
+    images = np.stack([np.stack([c.anterior, c.posterior[:, ::-1]]).astype(np.float32) for c in cases])
+    masks, regions = np.stack([c.mask for c in cases]), np.stack([c.regions for c in cases])
+    reports, metas = [c.report for c in cases], [c.meta for c in cases]
+    s = C.REGION_STRIDE
+    truths = [true_lesions(masks[i], regions[i], images[i], metas[i]) for i in range(len(cases))]
+
+    def score(answer_masks):
+        answers = [answer_lesions(answer_masks[i], regions[i][:, s // 2 :: s, s // 2 :: s], s, images[i], truths[i])
+                   for i in range(len(cases))]
+        return score_cases(images, masks, regions, reports, metas, answers=answers)
+
+    same = score(masks)
+    assert same["not_in_report"]["recall"] >= 0.8 and same["not_in_report"]["fn"] == score_cases(
+        images, masks, regions, reports, metas)["not_in_report"]["fn"]
+    empty = score(np.zeros_like(masks))
+    assert empty["not_in_report"]["tp"] == 0 and empty["not_in_report"]["fn"] >= same["not_in_report"]["tp"]
+    assert empty["not_found"]["fp"] > same["not_found"]["fp"]
+    spotted = masks.copy()
+    spotted[:, 5:12, 5:12] = 1  # a hot spot in every scan's corner, on no lesion and named by no report
+    assert score(spotted)["not_in_report"]["fp"] > same["not_in_report"]["fp"]

@@ -455,7 +455,7 @@ def _export_quantize(a: argparse.Namespace) -> int:
 def _export_onnx(a: argparse.Namespace) -> int:
     from bonescan.export.onnx_export import export_onnx
 
-    desc = export_onnx(a.checkpoint, a.out)
+    desc = export_onnx(a.checkpoint, a.out, anatomy=not a.no_anatomy)
     for g in desc["graphs"].values():
         ins = ", ".join(f"{i['name']}:{i['dtype']}{i['shape']}" for i in g["inputs"])
         outs = ", ".join(f"{o['name']}:{o['dtype']}{o['shape']}" for o in g["outputs"])
@@ -505,6 +505,9 @@ def export_commands(sub: argparse._SubParsersAction) -> None:
     s = _command(esub, "onnx", _export_onnx, "checkpoint -> text_encoder.onnx + segmenter.onnx + model.json")
     CHECKPOINT.add(s)
     OUT.add(s, help="export folder to write")
+    s.add_argument("--no-anatomy", action="store_true",
+                   help="leave the anatomy network out of the segmenter graph: region_labels all background, lesions "
+                        "not named, no BSI; cheaper (default: False, the network kept when the checkpoint has one)")
     s = _command(esub, "check", _export_check, "parity of the ONNX graphs with PyTorch on held-out cases (JSON)")
     CHECKPOINT.add(s)
     EXPORT.add(s)
@@ -910,6 +913,26 @@ def _bench_anatomy(a: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_second_reader(a: argparse.Namespace) -> int:
+    from bonescan.benchmarks.anatomy import bench_second_reader, format_second_reader
+
+    r = bench_second_reader(a.checkpoint, a.data, a.split, a.n, progress=not a.quiet)
+    print(format_second_reader(r))
+    if a.out is not None:
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / "second_reader.json").write_text(json.dumps(r, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return 0
+
+
+def _bench_anatomy_cost(a: argparse.Namespace) -> int:
+    from bonescan.benchmarks.anatomy_cost import bench_anatomy_cost
+
+    res = bench_anatomy_cost(a.checkpoint, a.data, a.out, flavor=a.flavor, rounds=a.rounds, requests=a.requests,
+                             n_cases=a.cases, threads=a.threads)
+    print(f"wrote {a.out / 'anatomy_cost.md'} and anatomy_cost.json")
+    return 0 if all(res["verdicts"].values()) else 1
+
+
 def _bench_first_request(a: argparse.Namespace) -> int:
     from bonescan.benchmarks.first_request import format_table, run_first_request
 
@@ -1057,7 +1080,7 @@ def _fault_run_args(s: argparse.ArgumentParser) -> None:
 
 
 def bench_commands(sub: argparse._SubParsersAction) -> None:
-    """``bonescan bench synth | postprocess | anatomy | first-request | latency | flavors | sweep | parity | soak | kill | storm | cluster | pacs | text-gain``."""
+    """``bonescan bench synth | postprocess | anatomy | second-reader | anatomy-cost | first-request | latency | flavors | sweep | parity | soak | kill | storm | cluster | pacs | text-gain``."""
     from bonescan.benchmarks.text_gain import MODES
 
     bsub = _group(sub, "bench", "benchmarks that print measured figures")
@@ -1078,6 +1101,26 @@ def bench_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--n", type=int, help="first N cases of the split (default: all)")
     s.add_argument("--out", type=Path, help="also write anatomy.json here (default: not written)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s = _command(bsub, "second-reader", _bench_second_reader,
+                 "the second reader on a model's served answers and anatomy output, beside the same on the true lesions")
+    CHECKPOINT.add(s, help="a dual-path or U-Net checkpoint with an anatomy network")
+    DATA.add(s, help="synthetic data written with --omit-lesion-rate / --invent-site-rate (reports with known errors)")
+    s.add_argument("--split", help="split to score (default: every case)")
+    s.add_argument("--n", type=int, help="first N cases (default: all)")
+    s.add_argument("--out", type=Path, help="also write second_reader.json here (default: not written)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s = _command(bsub, "anatomy-cost", _bench_anatomy_cost,
+                 "the anatomy output's share of the served ensemble's latency: the checkpoint exported with and without it, "
+                 "both served in alternating rounds, per-step times")
+    CHECKPOINT.add(s, help="the dual-path checkpoint (with an anatomy network)")
+    DATA.add(s, help="data folder; held-out scans from its test split")
+    OUT.add(s, help="results folder (both exports and repositories, server logs, anatomy_cost.json / .md)")
+    s.add_argument("--flavor", choices=["embedded", "openvino", "openvino-int8"], default="embedded",
+                   help="repository flavor of both arms (openvino-int8: both exports quantized and gated first)")
+    s.add_argument("--rounds", type=positive_int, default=3, help="rounds, order alternating (A B, B A, ...)")
+    s.add_argument("--requests", type=int, default=32, help="requests per arm and round at concurrency 1")
+    s.add_argument("--cases", type=int, default=8, help="distinct held-out scans to cycle through")
+    s.add_argument("--threads", type=int, default=2, help="threads per engine, the same for both arms")
     s = _command(bsub, "first-request", _bench_first_request,
                  "latency of the first request after a server start, with and without model_warmup")
     EXPORT.add(s, help="the dual-path model's ONNX export")

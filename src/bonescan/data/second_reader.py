@@ -1,6 +1,8 @@
-"""Scoring the second reader on synthetic data, from the ground truth alone (no model involved yet).
+"""Scoring the second reader on synthetic data: from the ground truth, or on a model's served answers.
 
-Each case's lesions are the true mask's components, named by the true label map (``bonescan.anatomy``);
+Each case's lesions are the true mask's components, named by the true label map (``bonescan.anatomy``),
+or, given ``answers``, the served answer's components named by the model's anatomy output (each matched
+to the true lesion it overlaps most; a false positive matches none);
 the report's metastatic sites come from ``report_sites``; ``meta.json`` says which lesions the report left
 out and which site it invented (``SynthConfig.omit_lesion_rate`` / ``invent_site_rate``). Reports of
 widespread disease written in coarse groups only (``meta report.style == "vague"``) name no bone and cannot
@@ -46,14 +48,37 @@ def true_lesions(mask: np.ndarray, regions: np.ndarray, image: np.ndarray, meta:
     return CaseLesions(c.labels, sites, ids)
 
 
+def answer_lesions(mask: np.ndarray, grid: np.ndarray, stride: int, image: np.ndarray, truth: CaseLesions) -> CaseLesions:
+    """A served answer's components, named by the anatomy output on its grid (as postprocess names them), each
+    with the meta.json id of the true lesion it overlaps most (-1: a false positive)."""
+    from bonescan.anatomy import name_lesions
+
+    c = components(np.asarray(mask) > 0)
+    sites = name_lesions(c.labels, c.n, grid, image, stride)[0] if c.n else []
+    ids = [-1] * c.n
+    if c.n and truth.meta_ids:
+        sel = (c.labels > 0) & (truth.labels > 0)
+        pairs = np.zeros((c.n + 1, len(truth.meta_ids) + 1), np.int64)
+        np.add.at(pairs, (c.labels[sel], truth.labels[sel]), 1)
+        for k in range(c.n):
+            if pairs[k + 1].any():
+                ids[k] = truth.meta_ids[int(np.argmax(pairs[k + 1])) - 1]
+    return CaseLesions(c.labels, sites, ids)
+
+
 def _pr(tp: int, fp: int, fn: int) -> dict[str, Any]:
     return {"tp": tp, "fp": fp, "fn": fn, "precision": round(tp / (tp + fp), 4) if tp + fp else None,
             "recall": round(tp / (tp + fn), 4) if tp + fn else None}
 
 
 def score_cases(images: np.ndarray, masks: np.ndarray, regions: np.ndarray, reports: list[str],
-                metas: list[dict[str, Any] | None]) -> dict[str, Any]:
+                metas: list[dict[str, Any] | None], answers: list[CaseLesions] | None = None) -> dict[str, Any]:
     """The second reader's figures over cases with ground truth.
+
+    ``answers``: per case the served answer's lesions (:func:`answer_lesions`); the flags are then those the
+    client gives on the model's answer: an omitted lesion the model missed is a miss of ``not_in_report``, a
+    false positive flagged ``not_in_report`` a false alarm, and a true report site whose lesion the model
+    missed a false ``not_found``. Default: the true lesions.
 
     Returns:
         ``not_in_report`` / ``not_found``: precision and recall on the reports written with lesions left out /
@@ -74,6 +99,8 @@ def score_cases(images: np.ndarray, masks: np.ndarray, regions: np.ndarray, repo
     for i, meta_or_none in enumerate(metas):
         meta = meta_or_none or {}  # a case without meta.json has no ground truth: its lesions are still named
         cl = true_lesions(masks[i], regions[i], images[i], meta)
+        if answers is not None:
+            cl = answers[i]
         bsis.append(bone_burden(cl.labels, len(cl.sites), regions[i], cl.sites).bsi)
         by_id = {int(les["id"]): les for les in meta.get("lesions", [])}
         for s, k in zip(cl.sites, cl.meta_ids, strict=True):
@@ -94,6 +121,8 @@ def score_cases(images: np.ndarray, masks: np.ndarray, regions: np.ndarray, repo
                 omit[0] += (not flag_in) and actual
                 omit[1] += (not flag_in) and not actual
                 omit[2] += flag_in and actual
+            if answers is not None:  # omitted lesions the answer missed: the reader cannot flag them
+                omit[2] += len({k for k in omitted if k in by_id} - set(cl.meta_ids))
         if invented:
             for site, found in zip(read.sites, read.found, strict=True):
                 if not found:
