@@ -32,7 +32,8 @@ def _result(spacing_known: bool = True, sha: str | None = SHA, mask: np.ndarray 
         {"id": 0, "area_px": 400, "area_mm2": 2304.0 if spacing_known else None, "mean_probability": 0.81,
          "max_probability": 0.97, "side": "right", "bbox": [100, 30, 119, 49]},
         {"id": 1, "area_px": 300, "area_mm2": 1728.0 if spacing_known else None, "mean_probability": 0.7,
-         "max_probability": 0.9, "side": "left", "region": "left femur", "bbox": [500, 200, 509, 229]},
+         "max_probability": 0.9, "side": "left", "bbox": [500, 200, 509, 229],
+         "site": {"region": "femur_L_proximal", "share": 0.9, "name_en": "left proximal femur", "side": "left"}},
     ]
     return SegmentationResult(
         mask=_mask() if mask is None else mask, probability=None, lesions=lesions, model="bonescan_ensemble",
@@ -133,7 +134,12 @@ def test_sr_reads_back(nm: Path, tmp_path: Path) -> None:
     report: Any = hd.sr.srread(paths["sr"]).content
     group = report.get_planar_roi_measurement_groups()[1]
     assert group.tracking_identifier == "lesion 2"
-    assert group.finding_sites[0].laterality.meaning == "Left"
+    site = group.finding_sites[0]  # the named bone as SNOMED CT, its side, the exact region as a modifier
+    assert (site.value.value, site.value.scheme_designator, site.value.meaning) == ("71341001", "SCT", "Femur")
+    assert site.laterality.meaning == "Left" and site.laterality.value == "7771000"
+    assert site.topographical_modifier.value == "FEMUR_L_PROXIMAL" and site.topographical_modifier.meaning == "left proximal femur"
+    unnamed = report.get_planar_roi_measurement_groups()[0].finding_sites[0]  # no site: Bone, the image half's side
+    assert unnamed.value.meaning == "Bone" and unnamed.laterality.meaning == "Right"
     ref = group.referenced_segmentation_frame
     assert ref.referenced_sop_instance_uid == pydicom.dcmread(paths["seg"]).SOPInstanceUID
     assert ref.referenced_frame_numbers == [1]

@@ -3,7 +3,8 @@
 One planar ROI group per lesion, each with its tracking identifier ("lesion 1" and a UID derived
 like the SEG's, so a resend keeps it), the SEG's anterior frame and segment as its region, its area
 (mm² only where the pixel spacing is known; pixels always), its mean and maximum probability, and
-bone with the patient's side (and the lesion's region, where one is named) as its finding site. One
+its finding site: the bone the anatomy output names, as a SNOMED CT code with laterality and the exact
+region as a modifier (SNOMED "Bone" and the image half's side where no region is named). One
 study-level group says how many lesions there are, their total area, which path answered and why
 (coded: the fail-safe's reason category, never its numbers) and whether a report was read.
 """
@@ -71,14 +72,26 @@ def _algorithm(result: ResultLike) -> Any:
 
 
 def _finding_site(lesion: dict[str, Any]) -> Any:
-    """Bone, with the patient's side; a named region (a later atlas lookup) as a project code."""
+    """Where the lesion is: the bone the anatomy output names (``site.region``) as its SNOMED CT code, with
+    the bone's side as laterality (SNOMED Right / Left) and the exact region ("T7", "rib_R5_posterior") as a
+    topographical modifier in the project's scheme; without a named site, SNOMED "Bone" with the lesion's
+    side (the half of the image it lies in)."""
     from highdicom.sr import FindingSite
     from pydicom.sr.codedict import codes
 
-    side = {"right": codes.SCT.Right, "left": codes.SCT.Left}.get(str(lesion.get("side", "")))
-    region = lesion.get("region")
-    where = _code(str(region)[:16].upper().replace(" ", "_"), SCHEME, str(region)[:64]) if region else codes.SCT.Bone
-    return FindingSite(anatomic_location=where, laterality=side)
+    from bonescan.anatomy import CLASS_INDEX, english_name, snomed_laterality, snomed_site
+
+    region = (lesion.get("site") or {}).get("region")
+    cls = CLASS_INDEX.get(str(region)) if region else None
+    site = snomed_site(cls) if cls else None
+    if site is None:
+        side = {"right": codes.SCT.Right, "left": codes.SCT.Left}.get(str(lesion.get("side", "")))
+        return FindingSite(anatomic_location=codes.SCT.Bone, laterality=side)
+    assert cls is not None
+    lat = snomed_laterality(cls)
+    return FindingSite(anatomic_location=_code(site[0], "SCT", site[1]),
+                       laterality=_code(lat[0], "SCT", lat[1]) if lat else None,
+                       topographical_modifier=_code(str(region)[:16].upper(), SCHEME, english_name(cls)[:64]))
 
 
 def _lesion_measurements(result: ResultLike, lesion: dict[str, Any]) -> list[Any]:
