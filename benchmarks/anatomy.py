@@ -249,23 +249,27 @@ def bench_second_reader(checkpoint: str | Path, data: str | Path, split: str | N
                          "`bonescan data synth --omit-lesion-rate 0.2 --invent-site-rate 0.5`")
     pred = Predictor(checkpoint)
     settings = FailSafeSettings.from_dict((pred.ckpt.metadata.get("failsafe") or {}).get("settings"))
-    answers = []
+    answers, true_masks = [], []
     for i in tqdm(range(len(arr)), desc="second reader", unit="scan", disable=not progress):
         image = arr.images[i].astype(np.float32)
         out = pred.outputs(image[None], [arr.reports[i]] if pred.text_guided else None)
         grid = np.clip(out[C.REGION_LABELS.name][0], 0, 255).astype(np.uint8)
         truth = true_lesions(arr.masks[i], regions[i], image, arr.metas[i])
         answers.append(answer_lesions(served_answer(pred, out, settings), grid, C.REGION_STRIDE, image, truth))
+        true_masks.append(answer_lesions(arr.masks[i] > 0, grid, C.REGION_STRIDE, image, truth))  # detection perfect
     from bonescan.benchmarks.latency import cpu_info
 
     return {"checkpoint": str(checkpoint), "data": str(data), "split": split, "scans": len(arr),
             "served": score_cases(arr.images, arr.masks, regions, arr.reports, arr.metas, answers=answers),
+            "true_mask_pred_anatomy": score_cases(arr.images, arr.masks, regions, arr.reports, arr.metas, answers=true_masks),
             "true_lesions": score_cases(arr.images, arr.masks, regions, arr.reports, arr.metas), "cpu": cpu_info()}
 
 
 def format_second_reader(r: dict[str, Any]) -> str:
     lines = [f"second reader on {r['scans']} scans of {r['data']} ({r['split'] or 'all splits'}), target precision and recall >= 0.9"]
-    for key, label in (("served", f"on the served answers of {r['checkpoint']}"), ("true_lesions", "on the true lesions and label maps")):
+    for key, label in (("served", f"on the served answers of {r['checkpoint']}"),
+                       ("true_mask_pred_anatomy", "on the true lesions named by the model's anatomy output"),
+                       ("true_lesions", "on the true lesions and label maps")):
         s = r[key]
         a, b, f = s["not_in_report"], s["not_found"], s["false_flags"]
         lines.append(f"  {label}: not_in_report P {a['precision']} R {a['recall']} (tp {a['tp']}, fp {a['fp']}, fn {a['fn']}); "

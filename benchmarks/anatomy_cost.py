@@ -79,14 +79,7 @@ def bench_anatomy_cost(checkpoint: Path, data: Path, out: Path, flavor: str = "e
             runs[arm].append(_level(row))
     res: dict[str, Any] = {"machine": {**cpu_info(), "threads_per_engine": threads}, "run": run_info(),
                            "checkpoint": str(checkpoint), "flavor": flavor, "rounds": rounds, "scans": len(cases),
-                           "requests_per_round": requests, "arms": {arm: _summary(rows) for arm, rows in runs.items()}}
-    per_round = [(a["p50_ms"] - b["p50_ms"]) / a["p50_ms"] for a, b in zip(runs[ARMS[0]], runs[ARMS[1]], strict=True)]
-    res["cost_share_per_round"] = [round(x, 4) for x in per_round]
-    res["cost_share"] = round(float(statistics.median(per_round)), 4)
-    res["targets"] = {"cost_share_max": MAX_COST_SHARE, "failsafe_postprocess_ms_max": MAX_FAILSAFE_MS}
-    res["verdicts"] = {"anatomy cost <= 15 % of p50 c=1": res["cost_share"] <= MAX_COST_SHARE,
-                       "postprocess without anatomy (the fail-safe) < 5 ms": res["arms"][ARMS[1]]["postprocess_ms"] < MAX_FAILSAFE_MS}
-    res["dsc"] = {arm: runs[arm][0]["dsc"] for arm in ARMS}
+                           "requests_per_round": requests, **cost_of(runs)}
     if gates:
         res["int8_gates"] = {arm: {k: g.get(k) for k in ("passed", "max_delta_dsc")} | {"last": (g.get("attempts") or [{}])[-1]}
                              for arm, g in gates.items()}
@@ -95,6 +88,19 @@ def bench_anatomy_cost(checkpoint: Path, data: Path, out: Path, flavor: str = "e
     (out / "anatomy_cost.md").write_text(table + "\n")
     print(table)
     return res
+
+
+def cost_of(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Both arms' rounds (:func:`_level` rows, in the order measured) -> each arm's medians, the anatomy output's
+    share of the p50 per round (each round's two arms measured minutes apart) and its median, the verdicts."""
+    per_round = [(a["p50_ms"] - b["p50_ms"]) / a["p50_ms"] for a, b in zip(runs[ARMS[0]], runs[ARMS[1]], strict=True)]
+    arms = {arm: _summary(rows) for arm, rows in runs.items()}
+    share = round(float(statistics.median(per_round)), 4)
+    return {"arms": arms, "cost_share_per_round": [round(x, 4) for x in per_round], "cost_share": share,
+            "targets": {"cost_share_max": MAX_COST_SHARE, "failsafe_postprocess_ms_max": MAX_FAILSAFE_MS},
+            "verdicts": {"anatomy cost <= 15 % of p50 c=1": share <= MAX_COST_SHARE,
+                         "postprocess without anatomy (the fail-safe) < 5 ms": arms[ARMS[1]]["postprocess_ms"] < MAX_FAILSAFE_MS},
+            "dsc": {arm: runs[arm][0]["dsc"] for arm in ARMS}}
 
 
 def _level(row: dict[str, Any]) -> dict[str, Any]:

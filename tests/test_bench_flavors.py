@@ -70,3 +70,28 @@ def test_rounds_give_medians_and_the_median_of_per_round_ratios():
     assert int8["speedup_rounds"] == [2.0, 2.0, 2.0] and int8["speedup_p50_c1"] == 2.0
     table = flavor_table(res)
     assert "medians of 3 rounds" in table and "openvino-int8 bonescan: 2.00x / 2.00x / 2.00x" in table
+
+
+def test_anatomy_cost_is_the_median_of_per_round_shares():
+    """bench anatomy-cost's arithmetic: the share of the p50 per round, its median (not the medians' ratio),
+    the per-step medians, and verdicts that fail when the share or the fail-safe's step is over its limit."""
+    from bonescan.benchmarks.anatomy_cost import ARMS, cost_of, format_cost
+
+    def level(p50: float, seg: float, post: float) -> dict:
+        steps = {m: 1.0 for m in C.ENSEMBLES[C.ENSEMBLE_MODEL].models} | {"segmenter": seg, "postprocess": post}
+        return {"p50_ms": p50, "p99_ms": 2 * p50, "steps_ms": steps, "dsc": 0.75}
+
+    runs = {ARMS[0]: [level(110, 90, 7), level(200, 170, 8), level(100, 80, 7)],
+            ARMS[1]: [level(100, 80, 4.8), level(150, 130, 6.0), level(90, 70, 4.7)]}
+    res = cost_of(runs)
+    assert res["cost_share_per_round"] == [0.0909, 0.25, 0.1] and res["cost_share"] == 0.1
+    assert res["arms"][ARMS[1]]["postprocess_ms"] == 4.8 and res["arms"][ARMS[0]]["segmenter_ms"] == 90
+    assert all(res["verdicts"].values())
+    runs[ARMS[1]][0] = level(80, 60, 5.5)  # a slower fail-safe, and shares of 27 % and 30 %
+    runs[ARMS[1]][2] = level(70, 50, 5.2)
+    res = cost_of(runs)
+    assert res["cost_share"] == 0.2727 and res["arms"][ARMS[1]]["postprocess_ms"] == 5.5 and not any(res["verdicts"].values())
+    res |= {"machine": {"cpu": "test", "cores": 2, "simd": ["avx2"], "threads_per_engine": 2}, "flavor": "embedded",
+            "scans": 8, "requests_per_round": 4, "rounds": 3, "run": {"measured_at": "now", "commit": "x"}}
+    text = format_cost(res)
+    assert "27.3% of the ensemble's p50" in text and "MISSES" in text and "| without anatomy | 80.0 |" in text
