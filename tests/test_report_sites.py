@@ -160,3 +160,29 @@ def test_scorer_on_answers_counts_missed_and_false_lesions(truth_cases):
     spotted = masks.copy()
     spotted[:, 5:12, 5:12] = 1  # a hot spot in every scan's corner, on no lesion and named by no report
     assert score(spotted)["not_in_report"]["fp"] > same["not_in_report"]["fp"]
+
+
+def test_named_place_prior_covers_the_named_bones_and_adds_only_hot_spots_in_them():
+    """bench grounding's pieces: a report naming T7 and the left 5th rib names those classes (and their
+    neighbours within one), the prior covers the cells either view labels so, and only a hot spot lying in the
+    prior is added to the answer."""
+    from bonescan import contract as C
+    from bonescan.anatomy import CLASS_INDEX, class_of
+    from bonescan.benchmarks.grounding import add_in_prior, named_classes, named_prior
+
+    named = named_classes("检查所见：T7椎体及左侧第5肋见放射性浓聚。诊断意见：骨转移。")
+    assert named[class_of("T7")] and named[class_of("T8")] and named[class_of("rib_L5", "posterior")]
+    assert not named[class_of("T10")] and not named[class_of("rib_R5", "posterior")] and not named[0]
+    assert not named_classes("").any()
+    s = C.REGION_STRIDE
+    grid = np.zeros((2, C.IMAGE_HEIGHT // s, C.IMAGE_WIDTH // s), np.uint8)
+    grid[1, 50:60, 30:34] = CLASS_INDEX["T7"]  # posterior view only
+    prior = named_prior(named, grid)
+    assert prior.shape == (C.IMAGE_HEIGHT, C.IMAGE_WIDTH) and prior.sum() == 10 * 4 * s * s
+    logits = np.full(prior.shape, -8.0, np.float32)
+    logits[205:212, 122:128] = -1.0  # p 0.27: in T7
+    logits[700:707, 100:106] = -1.0  # p 0.27: in no named bone
+    answer = np.zeros(prior.shape, bool)
+    added = add_in_prior(answer, logits, prior, t=0.2)
+    assert added[205:212, 122:128].all() and not added[700:707].any()
+    assert not add_in_prior(answer, logits, prior, t=0.3).any()  # below the threshold: nothing

@@ -913,6 +913,13 @@ def _bench_anatomy(a: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_grounding(a: argparse.Namespace) -> int:
+    from bonescan.benchmarks.grounding import run_grounding
+
+    run_grounding(a.checkpoint, a.data, a.out, n=a.n, progress=not a.quiet)
+    return 0
+
+
 def _bench_second_reader(a: argparse.Namespace) -> int:
     from bonescan.benchmarks.anatomy import bench_second_reader, format_second_reader
 
@@ -1080,7 +1087,7 @@ def _fault_run_args(s: argparse.ArgumentParser) -> None:
 
 
 def bench_commands(sub: argparse._SubParsersAction) -> None:
-    """``bonescan bench synth | postprocess | anatomy | second-reader | anatomy-cost | first-request | latency | flavors | sweep | parity | soak | kill | storm | cluster | pacs | text-gain``."""
+    """``bonescan bench synth | postprocess | anatomy | grounding | second-reader | anatomy-cost | first-request | latency | flavors | sweep | parity | soak | kill | storm | cluster | pacs | text-gain``."""
     from bonescan.benchmarks.text_gain import MODES
 
     bsub = _group(sub, "bench", "benchmarks that print measured figures")
@@ -1100,6 +1107,14 @@ def bench_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--split", default="test", help="split to score (default: test)")
     s.add_argument("--n", type=int, help="first N cases of the split (default: all)")
     s.add_argument("--out", type=Path, help="also write anatomy.json here (default: not written)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s = _command(bsub, "grounding", _bench_grounding,
+                 "the report's named places as a prior: U-Net hot spots in the bones the report names added to the served answer "
+                 "(threshold chosen on val, scored on test) against the same-budget U-Net")
+    CHECKPOINT.add(s, help="a dual-path checkpoint with a bundled U-Net that has an anatomy network")
+    DATA.add(s, help="data folder (its val split chooses the threshold, its test split is scored)")
+    s.add_argument("--n", type=int, help="first N cases of each split (default: all)")
+    s.add_argument("--out", type=Path, help="also write grounding.json here (default: not written)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s = _command(bsub, "second-reader", _bench_second_reader,
                  "the second reader on a model's served answers and anatomy output, beside the same on the true lesions")
