@@ -19,6 +19,7 @@ bench, the left-out style) needs the prior inside the served fail-safe first.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,43 +31,11 @@ THRESHOLDS = (0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05)
 VARIANTS = ("unet in named bones", "dual-path in named bones")
 
 
-def named_classes(report: str) -> np.ndarray:
-    """bool [N_REGION_CLASSES]: the region classes a report names as metastatic (rib and vertebra numbers within
-    one, coarse groups cover their bones; ``report_sites.site_matches``)."""
-    from bonescan.anatomy import CLASS_REGION, N_REGION_CLASSES
-    from bonescan.report_sites import report_sites, site_matches
+def add_in_prior(answer: np.ndarray, logits: np.ndarray, prior: np.ndarray, t: float) -> np.ndarray:
+    """failsafe.add_in_named_places, the rule the served fail-safe applies."""
+    from bonescan.failsafe import add_in_named_places
 
-    sites = report_sites(report)
-    named = np.zeros(N_REGION_CLASSES, bool)
-    if sites:
-        for c in range(1, N_REGION_CLASSES):
-            named[c] = any(site_matches(s, CLASS_REGION[c]) for s in sites)
-    return named
-
-
-def named_prior(named: np.ndarray, grid: np.ndarray, stride: int = C.REGION_STRIDE) -> np.ndarray:
-    """bool [H, W]: the pixels either view labels as a named bone (the anatomy output's grid, repeated)."""
-    cells = named[np.asarray(grid)]
-    return np.repeat(np.repeat(cells[0] | cells[1], stride, axis=0), stride, axis=1)
-
-
-def add_in_prior(answer: np.ndarray, logits: np.ndarray, prior: np.ndarray, t: float, min_share: float = 0.5,
-                 min_pixels: int = 4) -> np.ndarray:
-    """``answer`` | the hot spots of ``logits`` at probability >= ``t`` with at least ``min_share`` of their
-    pixels in ``prior`` (and ``min_pixels`` pixels)."""
-    from scipy.ndimage import label
-
-    from bonescan.components import EIGHT
-
-    cut = float(np.log(t / (1 - t)))
-    lab, n = label(np.asarray(logits) >= cut, structure=EIGHT)
-    if n == 0:
-        return answer
-    inside = np.bincount(lab[prior & (lab > 0)], minlength=n + 1)
-    area = np.bincount(lab.ravel(), minlength=n + 1)
-    keep = (inside >= min_share * area) & (area >= min_pixels)
-    keep[0] = False
-    return answer | keep[lab]
+    return add_in_named_places(answer, logits, prior, t)
 
 
 def _faint_detected(pred: np.ndarray, gt: np.ndarray, meta: dict | None, cut: float) -> tuple[int, int]:
@@ -118,6 +87,7 @@ def score(rows: list[dict[str, Any]], answer_of, faint_cut: float) -> dict[str, 
 def _rows(pred, settings, data: Path, split: str, n: int | None, progress: bool) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
+    from bonescan.anatomy import named_prior
     from bonescan.data.arrays import load_split
     from bonescan.postprocess import postprocess_failsafe
 
@@ -127,10 +97,11 @@ def _rows(pred, settings, data: Path, split: str, n: int | None, progress: bool)
     for i in tqdm(range(len(arr)), desc=f"grounding {split}", unit="scan", disable=not progress):
         out = pred.outputs(arr.images[i].astype(np.float32)[None], [arr.reports[i]])
         served = postprocess_failsafe(out[C.LOGITS.name], out[C.FALLBACK_LOGITS.name], out[C.TEXT_MAP.name],
-                                      out[C.TEXT_STATS.name], sp, settings)[0][0, 0] > 0
+                                      out[C.TEXT_STATS.name], sp, replace(settings, named_place_threshold=0.0))[0][0, 0] > 0
         grid = out[C.REGION_LABELS.name][0]
         rows.append({"gt": arr.masks[i] > 0, "meta": arr.metas[i], "served": served, "d": out[C.LOGITS.name][0, 0],
-                     "u": out[C.FALLBACK_LOGITS.name][0, 0], "prior": named_prior(named_classes(arr.reports[i]), grid)})
+                     "u": out[C.FALLBACK_LOGITS.name][0, 0],
+                     "prior": named_prior(out[C.REPORT_REGIONS.name][0].astype(bool), grid, C.REGION_STRIDE)})
     return rows
 
 

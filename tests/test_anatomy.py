@@ -292,3 +292,42 @@ def test_the_anatomy_network_draws_from_its_own_random_stream():
     (with_sd, with_next), (without_sd, without_next) = runs
     assert with_sd.keys() == without_sd.keys() and all(torch.equal(with_sd[k], without_sd[k]) for k in with_sd)
     assert torch.equal(with_next, without_next)
+
+
+def test_the_named_place_prior_adds_weak_unet_hot_spots_in_the_bones_the_report_names(cases):
+    """postprocess_failsafe with the report's bones (report_regions) and the anatomy output: a U-Net hot spot
+    below the threshold in T7 joins the answer when the report names T7 and the prior is on; not when the
+    report names another bone, not when the prior is off (then LESIONS has no named_place_pixels either)."""
+    import json
+    from dataclasses import replace
+
+    from bonescan import contract as C
+    from bonescan.failsafe import FailSafeSettings
+    from bonescan.postprocess import postprocess_failsafe
+    from bonescan.report_sites import named_classes
+
+    case = list(cases.values())[0]
+    s = C.REGION_STRIDE
+    grid = case.regions[:, s // 2 :: s, s // 2 :: s].astype(np.int32)
+    ys, xs = np.nonzero(A.full_resolution(grid, s)[1] == A.class_of("T7"))
+    cy, cx = int(np.median(ys)), int(np.median(xs))
+    dual = np.full((1, 1, IMAGE_HEIGHT, IMAGE_WIDTH), -8.0, np.float32)
+    unet = dual.copy()
+    unet[0, 0, cy - 2 : cy + 3, cx - 2 : cx + 3] = -1.0  # probability 0.27: below the answer's 0.5
+    text_map = np.zeros((1, 2, IMAGE_HEIGHT // 32, IMAGE_WIDTH // 32), np.float32)
+    stats = np.array([[40, 0, 3]], np.int32)
+    sp = np.array([[2.4, 2.4]], np.float32)
+
+    def answer(report: str, t: float):
+        regions = np.stack([named_classes(report)]).astype(np.uint8)
+        masks, _, lesions, dec = postprocess_failsafe(dual, unet, text_map, stats, sp, replace(FailSafeSettings(), named_place_threshold=t),
+                                                      regions=grid[None], report_regions=regions)
+        return masks[0, 0], json.loads(lesions[0]), dec[0]
+
+    mask, doc, dec = answer("检查所见：T7椎体见放射性浓聚。诊断意见：骨转移。", 0.2)
+    assert dec["answered_by"] != "unet" and mask[cy, cx] == 1 and doc["named_place_pixels"] == 25
+    assert doc["count"] == 1 and doc["lesions"][0]["site"]["region"] == "T7"
+    mask, doc, _ = answer("检查所见：右侧股骨近端见放射性浓聚。诊断意见：骨转移。", 0.2)
+    assert not mask.any() and doc["named_place_pixels"] == 0
+    mask, doc, _ = answer("检查所见：T7椎体见放射性浓聚。诊断意见：骨转移。", 0.0)
+    assert not mask.any() and "named_place_pixels" not in doc

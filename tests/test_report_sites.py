@@ -167,8 +167,9 @@ def test_named_place_prior_covers_the_named_bones_and_adds_only_hot_spots_in_the
     neighbours within one), the prior covers the cells either view labels so, and only a hot spot lying in the
     prior is added to the answer."""
     from bonescan import contract as C
-    from bonescan.anatomy import CLASS_INDEX, class_of
-    from bonescan.benchmarks.grounding import add_in_prior, named_classes, named_prior
+    from bonescan.anatomy import CLASS_INDEX, class_of, named_prior
+    from bonescan.failsafe import add_in_named_places as add_in_prior
+    from bonescan.report_sites import named_classes
 
     named = named_classes("检查所见：T7椎体及左侧第5肋见放射性浓聚。诊断意见：骨转移。")
     assert named[class_of("T7")] and named[class_of("T8")] and named[class_of("rib_L5", "posterior")]
@@ -177,12 +178,12 @@ def test_named_place_prior_covers_the_named_bones_and_adds_only_hot_spots_in_the
     s = C.REGION_STRIDE
     grid = np.zeros((2, C.IMAGE_HEIGHT // s, C.IMAGE_WIDTH // s), np.uint8)
     grid[1, 50:60, 30:34] = CLASS_INDEX["T7"]  # posterior view only
-    prior = named_prior(named, grid)
+    prior = named_prior(named, grid, s)
     assert prior.shape == (C.IMAGE_HEIGHT, C.IMAGE_WIDTH) and prior.sum() == 10 * 4 * s * s
     logits = np.full(prior.shape, -8.0, np.float32)
     logits[205:212, 122:128] = -1.0  # p 0.27: in T7
     logits[700:707, 100:106] = -1.0  # p 0.27: in no named bone
     answer = np.zeros(prior.shape, bool)
-    added = add_in_prior(answer, logits, prior, t=0.2)
+    added = add_in_prior(answer, logits, prior, 0.2)
     assert added[205:212, 122:128].all() and not added[700:707].any()
-    assert not add_in_prior(answer, logits, prior, t=0.3).any()  # below the threshold: nothing
+    assert not add_in_prior(answer, logits, prior, 0.3).any()  # below the threshold: nothing

@@ -529,6 +529,17 @@ def full_resolution(region_labels: np.ndarray, stride: int) -> np.ndarray:
     return np.repeat(np.repeat(r, stride, axis=1), stride, axis=2)
 
 
+def named_prior(named: np.ndarray, grid: np.ndarray, stride: int) -> np.ndarray:
+    """bool [H, W]: the pixels either view labels as one of the ``named`` classes (bool [N_REGION_CLASSES], e.g.
+    the bones a report names: report_sites.named_classes), from the anatomy output's grid [2, H / stride, W / stride]."""
+    named = np.asarray(named).astype(bool)
+    if named.shape != (N_REGION_CLASSES,):
+        raise ValueError(f"named must be [{N_REGION_CLASSES}] (one flag per region class), got {named.shape}")
+    cells = named[check_regions(grid)]
+    either = cells[0] | cells[1]
+    return np.repeat(np.repeat(either, stride, axis=0), stride, axis=1)
+
+
 def name_lesions(labels: np.ndarray, n: int, regions: np.ndarray, image: np.ndarray | None = None, stride: int = 1
                  ) -> tuple[list[LesionSite], BoneBurden]:
     """Each lesion of a labelled map named by its region (the clearer view deciding when ``image`` is

@@ -325,9 +325,77 @@ def calibrate_failsafe(ckpt, arrays, texts: list[str] | None = None, seed: int =
            "unet": {"dsc": round(u["dsc"]["mean"], 4), "lesion_sensitivity": round(u["lesion_sensitivity"] or 0.0, 4),
                     "fp_per_scan": round(u["fp_per_scan"], 3), "froc_curve": curve},
            "validation": summarize(dual_metrics)}
+    res["named_place"] = calibrate_named_place(pred, arrays, true, settings, threshold, progress)
+    res["settings"]["named_place_threshold"] = res["named_place"]["chosen"]
     if progress:
         print(describe(res))
     return res
+
+
+#: the thresholds the named-place prior is chosen among (0: off)
+NAMED_PLACE_GRID = (0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05)
+
+
+def calibrate_named_place(pred, arrays, texts: list[str], settings, threshold: float = THRESHOLD, progress: bool = True,
+                          batch: int = 4) -> dict[str, Any]:
+    """The named-place prior's threshold (FailSafeSettings.named_place_threshold) on these scans: the one of
+    :data:`NAMED_PLACE_GRID` with the highest lesion sensitivity on the scans with metastases whose false
+    positives per scan stay at or below the bundled U-Net's; 0 (off) when none beats the answer without it,
+    or the model has no anatomy output. Chosen on the validation split, like the rest of the fail-safe."""
+    from dataclasses import replace as _replace
+
+    from tqdm import tqdm
+
+    from bonescan.anatomy import named_prior
+    from bonescan.contract import REGION_STRIDE
+    from bonescan.failsafe import UNET, add_in_named_places
+    from bonescan.metrics import scan_metrics
+    from bonescan.postprocess import postprocess_failsafe
+
+    grid = (0.0, *NAMED_PLACE_GRID)
+    counts = {t: [0, 0, 0, 0] for t in grid}  # true lesions, detected, FP components, scans with metastases
+    unet = [0, 0]  # FP components, scans with metastases
+    anatomy = True
+    for i in tqdm(range(0, len(arrays), batch), desc="calibrating the named-place prior", unit="batch", disable=not progress,
+                  leave=False):
+        imgs = arrays.images[i : i + batch].astype(np.float32)
+        out = pred.outputs(imgs, texts[i : i + batch])
+        if not np.any(out.get("region_labels", 0)):
+            anatomy = False
+            break
+        sp = np.array(arrays.spacings[i : i + batch], np.float32)
+        um = postprocess(out["fallback_logits"], sp, threshold)[0]
+        # the answer without the prior once, then each threshold's additions (the rule postprocess_failsafe applies)
+        served, _, _, decisions = postprocess_failsafe(out["logits"], out["fallback_logits"], out["text_map"], out["text_stats"],
+                                                       sp, _replace(settings, named_place_threshold=0.0), threshold)
+        for k in range(len(imgs)):
+            gt = arrays.masks[i + k]
+            if not gt.any():
+                continue
+            mu = scan_metrics(um[k, 0], gt)
+            unet[0] += mu["fp_components"]
+            unet[1] += 1
+            base = served[k, 0] > 0
+            applies = decisions[k]["answered_by"] != UNET and bool(np.any(out["report_regions"][k]))
+            prior = named_prior(out["report_regions"][k], out["region_labels"][k], REGION_STRIDE) if applies else None
+            for t in grid:
+                mask = add_in_named_places(base, out["fallback_logits"][k, 0], prior, t) if prior is not None and t > 0 else base
+                m = scan_metrics(mask, gt)
+                c = counts[t]
+                c[0] += m["gt_lesions"]
+                c[1] += m["detected_lesions"]
+                c[2] += m["fp_components"]
+                c[3] += 1
+    if not anatomy:
+        return {"chosen": 0.0, "reason": "no anatomy output", "sweep": []}
+    sweep = [{"t": t, "sensitivity": round(c[1] / max(c[0], 1), 4), "fp_per_scan": round(c[2] / max(c[3], 1), 3)}
+             for t, c in counts.items()]
+    unet_fp = round(unet[0] / max(unet[1], 1), 3)
+    off = sweep[0]
+    ok = [r for r in sweep[1:] if r["fp_per_scan"] <= unet_fp and r["sensitivity"] > off["sensitivity"]]
+    chosen = max(ok, key=lambda r: (r["sensitivity"], r["t"]))["t"] if ok else 0.0
+    return {"chosen": chosen, "unet_fp_per_scan": unet_fp, "sweep": sweep,
+            "rule": "highest sensitivity on scans with metastases with FP per scan <= the U-Net's; 0 if none beats off"}
 
 
 def describe(res: dict[str, Any]) -> str:
@@ -346,7 +414,21 @@ def describe(res: dict[str, Any]) -> str:
                                f"(U-Net curve {v['unet_sensitivity_at_fp']:.3f})" for c, v in e.items())
     return (f"fail-safe calibrated on {res['val_scans']} validation scans: " + ("; ".join(rules) or "the dual-path answer as it is") +
             f".\n  in sample: {line(ins)}\n  out of sample ({res['folds']}-fold): {line(oos)}"
-            + ("" if res["safe"] else "\n  NO setting met every safety constraint on these scans: the closest is used"))
+            + ("" if res["safe"] else "\n  NO setting met every safety constraint on these scans: the closest is used")
+            + _named_place_line(res.get("named_place")))
+
+
+def _named_place_line(r: dict[str, Any] | None) -> str:
+    if not r or not r.get("sweep"):
+        return ""
+    by_t = {row["t"]: row for row in r["sweep"]}
+    off, on = by_t[0.0], by_t.get(r["chosen"], by_t[0.0])
+    if not r["chosen"]:
+        return f"\n  named-place prior: off (no threshold beat sensitivity {off['sensitivity']:.3f} at <= the U-Net's " \
+               f"{r['unet_fp_per_scan']:.2f} FP/scan)"
+    return (f"\n  named-place prior: U-Net hot spots >= {r['chosen']:g} in the bones the report names; on scans with metastases "
+            f"sensitivity {off['sensitivity']:.3f} -> {on['sensitivity']:.3f}, FP/scan {off['fp_per_scan']:.2f} -> "
+            f"{on['fp_per_scan']:.2f} (U-Net {r['unet_fp_per_scan']:.2f})")
 
 
 def recalibrate(checkpoint: str | Path, data: str | Path, split: str = "val", out: str | Path | None = None,

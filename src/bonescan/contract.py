@@ -18,10 +18,13 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-CONTRACT_VERSION = 5  # 2: the dual-path segmenter carries the fail-safe (text_map, fallback_logits), LESIONS says who answered;
+from bonescan.anatomy import N_REGION_CLASSES  # (anatomy imports nothing of the package)
+
+CONTRACT_VERSION = 6  # 2: the dual-path segmenter carries the fail-safe (text_map, fallback_logits), LESIONS says who answered;
 # 3: the dual-path ensemble takes the study's ACCESSION_NUMBER / STUDY_INSTANCE_UID (optional);
 # 4: reports are normalised before tokenizing (report_text), text_stats also counts the report's finding terms
 # 5: the U-Net (alone, and bundled in the dual-path segmenter) also gives the skeleton's regions (region_labels)
+# 6: the tokenizer gives postprocess the bones the report names as metastatic (report_regions)
 
 # ----------------------------------------------------------------------------- image geometry
 #: Whole-body views are 1024 x 256 (H x W) count images, as most gamma cameras write them.
@@ -172,6 +175,10 @@ REGION_LABELS = TensorSpec("region_labels", "int32", (IMAGE_CHANNELS, IMAGE_HEIG
 TEXT_STATS = TensorSpec("text_stats", "int32", (3,),
                         "report tokens, of them unknown to the text encoder, and the report's finding terms (report_text)")
 
+# tokenizer -> postprocess: the bones the report names as metastatic (issue 26, the named-place prior)
+REPORT_REGIONS = TensorSpec("report_regions", "uint8", (N_REGION_CLASSES,),
+                            "1 = a region class (anatomy.REGION_CLASSES) the report names as metastatic (report_sites.named_classes)")
+
 TEXT_ENCODER_INPUTS = (INPUT_IDS, ATTENTION_MASK)
 TEXT_ENCODER_OUTPUTS = (TEXT_FEATURES,)
 SEGMENTER_INPUTS = (IMAGE, TEXT_FEATURES, ATTENTION_MASK)
@@ -205,14 +212,15 @@ PREPROCESS_INPUTS = (ENS_IMAGE, ENS_PIXEL_SPACING, replace(ENS_REPORT, doc="abse
                      ENS_ACCESSION, ENS_STUDY_UID)
 PREPROCESS_OUTPUTS = (IMAGE, PIXEL_SPACING, REPORT)
 TOKENIZER_INPUTS = (REPORT,)
-TOKENIZER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK, TEXT_STATS)
+TOKENIZER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK, TEXT_STATS, REPORT_REGIONS)
 _FAILSAFE_INPUT = "absent in the U-Net ensemble: then the logits are the answer"
 POSTPROCESS_INPUTS = (LOGITS, PIXEL_SPACING, replace(TEXT_MAP, doc=_FAILSAFE_INPUT, optional=True),
                       replace(FALLBACK_LOGITS, doc=_FAILSAFE_INPUT, optional=True),
                       replace(TEXT_STATS, doc=_FAILSAFE_INPUT, optional=True),
                       replace(REGION_LABELS, doc="absent: lesions are not named by bone, no Bone Scan Index", optional=True),
                       replace(IMAGE, doc="the counts, so the view that shows a lesion more clearly names it (anatomy.view_weights)",
-                              optional=True))
+                              optional=True),
+                      replace(REPORT_REGIONS, doc="absent in the U-Net ensemble: no named-place prior", optional=True))
 POSTPROCESS_OUTPUTS = (ENS_MASK, ENS_PROBABILITY, ENS_LESIONS)
 
 ENSEMBLE_INPUTS = (ENS_IMAGE, ENS_REPORT, ENS_PIXEL_SPACING, ENS_ACCESSION, ENS_STUDY_UID)

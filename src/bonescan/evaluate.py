@@ -91,8 +91,11 @@ def evaluate_arrays(ckpt, arrays, reports: str = "true", seed: int = 0, batch: i
             if "fallback_logits" in out:
                 m_u, p_u, _ = postprocess(out["fallback_logits"], sp, threshold)
                 answers["unet"] = (m_u, p_u)
+                # the named-place prior needs the anatomy output and the report's bones (only read when it is on)
+                prior = ({"regions": out.get("region_labels"), "report_regions": out.get("report_regions")}
+                         if failsafe.named_place_threshold > 0 else {})
                 fs, p_fs, _, dec = postprocess_failsafe(out["logits"], out["fallback_logits"], out["text_map"], out["text_stats"],
-                                                        sp, failsafe, threshold)
+                                                        sp, failsafe, threshold, **prior)
                 answers["failsafe"] = (fs, p_fs)
                 for k in range(len(imgs) if variants else 0):
                     meas = measure(m_d[k, 0], m_u[k, 0], p_u[k, 0], out["text_map"][k], out["text_stats"][k])

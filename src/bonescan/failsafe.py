@@ -50,6 +50,8 @@ from typing import Any
 
 import numpy as np
 
+from bonescan.contract import EIGHT, MIN_LESION_PIXELS
+
 DUALPATH = "dualpath"
 UNET = "unet"
 #: the reasons a scan gets the U-Net's answer (the start of ``reason``), and the rest
@@ -85,6 +87,10 @@ class FailSafeSettings:
     #: a report whose allow map stays below this everywhere names no metastasis: the report-guided answer
     #: is empty (0 = never; applies with the fail-safe off too, see the module docstring)
     negative_report_allow: float = 0.0
+    #: the named-place prior (issue 26): the bundled U-Net's hot spots at this probability or more that lie
+    #: mostly in a bone the report names as metastatic (report_regions x the anatomy output) are added to the
+    #: report-guided answer; 0 = off. Chosen on the validation split (calibrate.calibrate_named_place)
+    named_place_threshold: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,6 +112,30 @@ class FailSafeSettings:
             else:
                 values[name] = float(v)
         return FailSafeSettings(**values)
+
+
+#: a hot spot counts as in a named bone when at least this share of its pixels lies in the prior
+NAMED_PLACE_SHARE = 0.5
+
+
+def add_in_named_places(answer: np.ndarray, logits: np.ndarray, prior: np.ndarray, threshold: float,
+                        min_pixels: int = MIN_LESION_PIXELS) -> np.ndarray:
+    """``answer`` [H, W] bool | the hot spots of ``logits`` at probability >= ``threshold`` with at least
+    NAMED_PLACE_SHARE of their pixels in ``prior`` (bool [H, W]: the bones the report names) and
+    ``min_pixels`` pixels. The named-place prior: the report says where, the image-only network's weaker
+    evidence there is taken."""
+    from scipy.ndimage import label
+
+    if not 0.0 < threshold < 1.0 or not prior.any():
+        return answer
+    lab, n = label(np.asarray(logits) >= float(np.log(threshold / (1.0 - threshold))), structure=EIGHT)
+    if n == 0:
+        return answer
+    inside = np.bincount(lab[prior & (lab > 0)], minlength=n + 1)
+    area = np.bincount(lab.ravel(), minlength=n + 1)
+    keep = (inside >= NAMED_PLACE_SHARE * area) & (area >= min_pixels)
+    keep[0] = False
+    return answer | keep[lab]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -138,15 +138,20 @@ def postprocess(logits: np.ndarray, spacing: np.ndarray, threshold: float = THRE
 
 def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_map: np.ndarray, text_stats: np.ndarray,
                          spacing: np.ndarray, settings, threshold: float = THRESHOLD, regions: np.ndarray | None = None,
-                         images: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[str], list[dict[str, Any]]]:
+                         images: np.ndarray | None = None, report_regions: np.ndarray | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, list[str], list[dict[str, Any]]]:
     """The dual-path graph's three answers -> one per scan (bonescan.failsafe decides which).
 
     logits, fallback_logits float32 [B, 1, H, W]; text_map [B, 2, h, w]; text_stats int32 [B, 3];
     spacing [B, 2] -> (mask uint8 [B, 1, H, W], probability [B, 1, H, W] (the map behind each answer:
     failsafe.served_probability), B lesion-list JSON strings that also say which path answered and
     why, B decision dicts). ``regions`` / ``images``: lesions named by bone, as :func:`postprocess`.
+    ``report_regions`` uint8 [B, N_REGION_CLASSES] (the bones each report names as metastatic) with ``regions``:
+    the named-place prior, where ``settings.named_place_threshold`` > 0 (failsafe.add_in_named_places): the
+    U-Net's weaker hot spots in the named bones join the report-guided answer.
     """
-    from bonescan.failsafe import UNET, added_pixels, answer_mask, choose, measure
+    from bonescan.anatomy import named_prior
+    from bonescan.failsafe import UNET, add_in_named_places, added_pixels, answer_mask, choose, measure
 
     logits = np.asarray(logits, dtype=np.float32)
     fallback_logits = np.asarray(fallback_logits, dtype=np.float32)
@@ -164,7 +169,7 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
         confidence = comp_u.max_of_flat(sigmoid(u.ravel()[comp_u.order]))
         m = measure(comp_d.mask, comp_u.mask, None, text_map[b], text_stats[b], fallback=comp_u, confidence=confidence)
         info = choose(m, settings)
-        final = answer_mask(m, info)
+        final = answer_mask(m, info).astype(bool)
         # failsafe.served_probability, computed from the logits: the U-Net's map, or the dual-path one with
         # the U-Net's probability where it added a lesion
         prob = probs[b, 0]
@@ -173,7 +178,18 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
             idx = added_pixels(m, info["add"])
             prob.ravel()[idx] = np.maximum(prob.ravel()[idx], sigmoid(u.ravel()[idx]))
         reg, anatomy = _regions_of(regions, b), dict[str, Any]()
-        keep, lesions = lesions_of(final.astype(bool), prob, sp, _answer_components(info, comp_d, comp_u), anatomy=anatomy,
+        comps = _answer_components(info, comp_d, comp_u)
+        prior_on = report_regions is not None and reg is not None and settings.named_place_threshold > 0
+        if prior_on:
+            info["named_place_pixels"] = 0
+        if prior_on and report_regions is not None and reg is not None and info["answered_by"] != UNET and np.any(report_regions[b]):
+            grown = add_in_named_places(final, u, named_prior(report_regions[b], reg, REGION_STRIDE), settings.named_place_threshold)
+            idx = np.flatnonzero(grown & ~final)
+            if len(idx):
+                prob.ravel()[idx] = np.maximum(prob.ravel()[idx], sigmoid(u.ravel()[idx]))
+                final, comps = grown, None  # lesions joined: label the answer again
+                info["named_place_pixels"] = int(len(idx))
+        keep, lesions = lesions_of(final, prob, sp, comps, anatomy=anatomy,
                                    regions=reg, image=None if images is None else images[b], stride=REGION_STRIDE)
         masks[b, 0] = keep
         info["added_labels"] = info.pop("add")
@@ -181,7 +197,10 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
         out_json.append(json.dumps({"lesions": lesions, "count": len(lesions), "threshold": threshold,
                                     "pixel_spacing_mm": [round(float(v), 4) for v in spacing[b]],
                                     "answered_by": info["answered_by"], "reason": info["reason"],
-                                    "signals": info["signals"], **_anatomy_json(anatomy, reg)}, ensure_ascii=False))
+                                    "signals": info["signals"], **_anatomy_json(anatomy, reg),
+                                    # pixels the named-place prior added (when it is on: a threshold and the report's bones)
+                                    **({"named_place_pixels": info["named_place_pixels"]} if prior_on else {})},
+                                   ensure_ascii=False))
     return masks, probs, out_json, decisions
 
 

@@ -29,7 +29,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bonescan.anatomy import GROUP_ZH, REGIONS, SIDES, VERTEBRAE
+import numpy as np
+
+from bonescan.anatomy import CLASS_REGION, GROUP_ZH, N_REGION_CLASSES, REGIONS, SIDES, VERTEBRAE
 from bonescan.report_text import normalize_report
 
 # ----------------------------------------------------------------------------- the lexicon
@@ -277,3 +279,15 @@ def second_read(lesion_regions: Sequence[str | Sequence[str]], sites: list[Repor
     in_report = tuple(any(site_matches(s, r) for s in sites for r in rs) for rs in cands)
     found = tuple(any(site_matches(s, r) for rs in cands for r in rs) for s in sites)
     return SecondRead(in_report, found, tuple(sites))
+
+
+def named_classes(report: str) -> np.ndarray:
+    """bool [N_REGION_CLASSES]: the region classes (``anatomy.REGION_CLASSES``) a report names as metastatic,
+    with :func:`site_matches`' tolerance (rib and vertebra numbers within one; a coarse group covers its
+    bones); all False for an empty report or one that names no metastatic site. The named-place prior."""
+    sites = report_sites(report)
+    named = np.zeros(N_REGION_CLASSES, bool)
+    if sites:
+        for c in range(1, N_REGION_CLASSES):
+            named[c] = any(site_matches(s, CLASS_REGION[c]) for s in sites)
+    return named

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bonescan.contract import INPUT_IDS, TOKENIZER
+from bonescan.contract import INPUT_IDS, REPORT_REGIONS, TOKENIZER
 from bonescan.report_text import finding_terms, normalize_report
 
 
@@ -105,6 +105,14 @@ class ReportTokenizer:
         terms = (np.array([finding_terms(t) for t in self.normalize(reports)]) if reports is not None
                  else np.full(len(ids), -1))
         return np.stack([content.sum(1), unknown.sum(1), terms], axis=1).astype(np.int32)
+
+    def report_regions(self, reports: Sequence[str]) -> np.ndarray:
+        """uint8 [B, N_REGION_CLASSES]: per report the region classes it names as metastatic (1), the
+        named-place prior postprocess applies with the anatomy output (report_sites.named_classes)."""
+        from bonescan.report_sites import named_classes
+
+        return np.stack([named_classes(t) for t in reports]).astype(np.uint8) if len(reports) else \
+            np.zeros((0, REPORT_REGIONS.dims[0]), np.uint8)
 
     def n_tokens(self, report: str) -> int:
         """Tokens the report would have without truncation (for statistics)."""

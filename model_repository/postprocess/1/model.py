@@ -10,7 +10,8 @@ logits, and the tokenizer how much of the report the model can read: the fail-sa
 checkpoint) then decides per scan which answer is given, and LESIONS says which and why. In the
 U-Net ensemble those inputs are absent and the logits are the answer. Both ensembles send the
 U-Net's anatomy output (region_labels) and the counts: each lesion is named by its bone and the
-scan gets its Bone Scan Index (bonescan/anatomy.py).
+scan gets its Bone Scan Index (bonescan/anatomy.py). The dual-path ensemble's tokenizer also sends the
+bones the report names as metastatic (report_regions): the named-place prior (bonescan/failsafe.py).
 
 Tensor names and dtypes come from the model's config (generated from contract.POSTPROCESS_INPUTS /
 POSTPROCESS_OUTPUTS, in that order).
@@ -44,7 +45,7 @@ class TritonPythonModel:
         keep_request_memory()  # per-request arrays reuse the heap (serving/pybackend.py)
         cfg = json.loads(args["model_config"])
         inputs, outputs = config_tensors(cfg)
-        self.logits, self.spacing, self.text_map, self.fallback, self.stats, self.regions, self.image = inputs
+        self.logits, self.spacing, self.text_map, self.fallback, self.stats, self.regions, self.image, self.report_regions = inputs
         self.mask, self.probability, self.lesions = outputs
         params = {k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()}
         self.settings = FailSafeSettings.from_dict(params, prefix="failsafe_")
@@ -60,15 +61,18 @@ class TritonPythonModel:
         if arrays[self.text_map.name][idx[0]] is None:
             masks, prob, lesions = postprocess(cat(self.logits.name), cat(self.spacing.name), extra=IMAGE_ONLY, **named)
         else:
+            named_bones = cat(self.report_regions.name) if all(arrays[self.report_regions.name][i] is not None for i in idx) else None
             masks, prob, lesions, _ = postprocess_failsafe(cat(self.logits.name), cat(self.fallback.name), cat(self.text_map.name),
-                                                           cat(self.stats.name), cat(self.spacing.name), self.settings, **named)
+                                                           cat(self.stats.name), cat(self.spacing.name), self.settings, **named,
+                                                           report_regions=named_bones)
         return masks, prob, lesions
 
     def execute(self, requests):
         started = time.perf_counter()
         warmup = self.telemetry.warming_up()
-        names = [t.name for t in (self.logits, self.spacing, self.text_map, self.fallback, self.stats, self.regions, self.image)]
-        optional = [t.name for t in (self.text_map, self.fallback, self.stats, self.regions, self.image)]
+        names = [t.name for t in (self.logits, self.spacing, self.text_map, self.fallback, self.stats, self.regions, self.image,
+                                  self.report_regions)]
+        optional = [t.name for t in (self.text_map, self.fallback, self.stats, self.regions, self.image, self.report_regions)]
         arrays, good, sizes, errors = gather(pb_utils, requests, names, optional=optional)
         outputs = {}
         parts = {}

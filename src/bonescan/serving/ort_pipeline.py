@@ -33,7 +33,7 @@ class OrtPipeline:
 
     def outputs(self, images: np.ndarray, reports: list[str] | None = None) -> dict[str, np.ndarray]:
         """Every output of the segmenter graph by name (logits, region_labels; the dual-path one also
-        gives the fail-safe's inputs: text_map, fallback_logits) and the tokenizer's text_stats."""
+        gives the fail-safe's inputs: text_map, fallback_logits) and the tokenizer's text_stats and report_regions."""
         images = np.ascontiguousarray(images, dtype=np.dtype(C.IMAGE.dtype))
         if not self.text_guided:
             names = [t.name for t in C.SEGMENTER_UNET_OUTPUTS]
@@ -44,7 +44,8 @@ class OrtPipeline:
         feats = self.text.run([C.TEXT_FEATURES.name], {C.INPUT_IDS.name: ids, C.ATTENTION_MASK.name: mask})[0]
         names = [t.name for t in C.SEGMENTER_OUTPUTS]
         out = self.seg.run(names, {C.IMAGE.name: images, C.TEXT_FEATURES.name: feats, C.ATTENTION_MASK.name: mask})
-        return {**dict(zip(names, out)), C.TEXT_STATS.name: self.tokenizer.text_stats(ids, mask, texts)}
+        return {**dict(zip(names, out)), C.TEXT_STATS.name: self.tokenizer.text_stats(ids, mask, texts),
+                C.REPORT_REGIONS.name: self.tokenizer.report_regions(texts)}
 
     def logits(self, images: np.ndarray, reports: list[str] | None = None) -> np.ndarray:
         """The model's own logits (for the dual-path model: before the fail-safe's choice)."""
@@ -64,7 +65,8 @@ class OrtPipeline:
             settings = FailSafeSettings.from_dict((self.desc.get("failsafe") or {}).get("settings"))
         masks, prob, lesions, _ = postprocess_failsafe(out[C.LOGITS.name], out[C.FALLBACK_LOGITS.name], out[C.TEXT_MAP.name],
                                                        out[C.TEXT_STATS.name], spacing, settings,
-                                                       regions=out[C.REGION_LABELS.name], images=images)
+                                                       regions=out[C.REGION_LABELS.name], images=images,
+                                                       report_regions=out[C.REPORT_REGIONS.name])
         return masks, prob, lesions
 
 

@@ -69,6 +69,7 @@ class WarmupData:
             arrays[C.INPUT_IDS.name] = ids[0].astype(np.int32)
             arrays[C.ATTENTION_MASK.name] = mask[0].astype(np.int32)
             arrays[C.TEXT_STATS.name] = tok.text_stats(ids, mask, [case.report])[0].astype(np.int32)
+            arrays[C.REPORT_REGIONS.name] = tok.report_regions([case.report])[0]
         return cls(arrays)
 
 
