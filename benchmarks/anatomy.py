@@ -97,7 +97,7 @@ def bench_anatomy(checkpoint: str | Path, data: str | Path, split: str = "test",
     from bonescan.data.second_reader import true_lesions
     from bonescan.failsafe import FailSafeSettings
     from bonescan.model.checkpoint import Predictor
-    from bonescan.postprocess import postprocess, postprocess_failsafe
+    from bonescan.postprocess import postprocess, served_failsafe
 
     arr = load_split(data, split, progress=progress, n=n, regions=True)
     true_regions = arr.require_regions()
@@ -132,8 +132,7 @@ def bench_anatomy(checkpoint: str | Path, data: str | Path, split: str = "test",
         # the served answer's mask: the U-Net's, or the dual-path model's after the fail-safe (with the true report)
         spacing = np.array([C.DEFAULT_PIXEL_SPACING_MM], np.float32)
         if pred.text_guided:
-            masks, _, _, _ = postprocess_failsafe(out[C.LOGITS.name], out[C.FALLBACK_LOGITS.name], out[C.TEXT_MAP.name],
-                                                  out[C.TEXT_STATS.name], spacing, settings)
+            masks, _, _, _ = served_failsafe(out, spacing, settings)
         else:
             masks, _, _ = postprocess(out[C.LOGITS.name], spacing)
         pm = masks[0, 0] > 0
@@ -218,12 +217,11 @@ def run_anatomy(checkpoint: str | Path, data: str | Path, out: str | Path | None
 def served_answer(pred, out: dict[str, np.ndarray], settings) -> np.ndarray:
     """The served answer's mask [H, W] bool from a checkpoint's outputs: the U-Net's, or the dual-path model's
     after the fail-safe (the case's report was in ``out``)."""
-    from bonescan.postprocess import postprocess, postprocess_failsafe
+    from bonescan.postprocess import postprocess, served_failsafe
 
     spacing = np.array([C.DEFAULT_PIXEL_SPACING_MM], np.float32)
     if pred.text_guided:
-        masks = postprocess_failsafe(out[C.LOGITS.name], out[C.FALLBACK_LOGITS.name], out[C.TEXT_MAP.name],
-                                     out[C.TEXT_STATS.name], spacing, settings)[0]
+        masks = served_failsafe(out, spacing, settings)[0]
     else:
         masks = postprocess(out[C.LOGITS.name], spacing)[0]
     return masks[0, 0] > 0

@@ -358,7 +358,7 @@ def pytorch_parity(checkpoint: Path, samples: list, served: list) -> dict[str, A
     from bonescan.failsafe import FailSafeSettings
     from bonescan.metrics import scan_metrics, summarize
     from bonescan.model.checkpoint import Predictor
-    from bonescan.postprocess import postprocess, postprocess_failsafe
+    from bonescan.postprocess import postprocess, served_failsafe
 
     pred = Predictor(checkpoint)
     settings = FailSafeSettings.from_dict((pred.ckpt.metadata.get("failsafe") or {}).get("settings"))
@@ -368,7 +368,7 @@ def pytorch_parity(checkpoint: Path, samples: list, served: list) -> dict[str, A
         t0 = time.perf_counter()
         out = pred.outputs(s.image[None], [s.report])
         if "text_map" in out:
-            masks, _, _, dec = postprocess_failsafe(out["logits"], out["fallback_logits"], out["text_map"], out["text_stats"], sp, settings)
+            masks, _, _, dec = served_failsafe(out, sp, settings)
             same_path.append(dec[0]["answered_by"] == r.answered_by)
         else:
             masks = postprocess(out["logits"], sp)[0]

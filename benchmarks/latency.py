@@ -576,7 +576,7 @@ def bench_latency(checkpoint: Path, data: Path, out: Path, config_name: str | No
     from bonescan.export.onnx_export import export_onnx
     from bonescan.failsafe import FailSafeSettings
     from bonescan.model.checkpoint import Predictor
-    from bonescan.postprocess import postprocess, postprocess_failsafe
+    from bonescan.postprocess import postprocess, served_failsafe
     from bonescan.serving.ort_pipeline import OrtPipeline, runtime_pipeline
     from bonescan.serving.repository import RepoOptions, build_repository
     from bonescan.serving.server import TritonServer, free_ports
@@ -620,7 +620,7 @@ def bench_latency(checkpoint: Path, data: Path, out: Path, config_name: str | No
         img, rep, sp = case
         o = pred.outputs(img[None], [rep])
         if "text_map" in o:
-            postprocess_failsafe(o["logits"], o["fallback_logits"], o["text_map"], o["text_stats"], np.array([sp], np.float32), settings)
+            served_failsafe(o, np.array([sp], np.float32), settings, images=img[None])
         else:
             postprocess(o["logits"], np.array([sp], np.float32))
 

@@ -21,7 +21,7 @@ from bonescan import contract as C
 from bonescan.contract import THRESHOLD
 from bonescan.failsafe import FailSafeSettings
 from bonescan.metrics import dsc as mask_dsc
-from bonescan.postprocess import postprocess_failsafe
+from bonescan.postprocess import served_failsafe
 
 MAX_LOGIT_DIFF = 1e-3
 MIN_MASK_DSC = 0.999
@@ -74,9 +74,8 @@ def check_parity(checkpoint: str | Path, export_dir: str | Path, data: str | Pat
         if C.TEXT_STATS.name in ot:
             # the answer the ensemble gives: the fail-safe's choice on each side must agree
             sp = np.array([s.pixel_spacing], np.float32)
-            args = (C.LOGITS.name, C.FALLBACK_LOGITS.name, C.TEXT_MAP.name, C.TEXT_STATS.name)
-            mt = postprocess_failsafe(*(ot[k] for k in args), sp, settings)  # type: ignore[call-arg, arg-type]  # four from args
-            mo = postprocess_failsafe(*(oo[k] for k in args), sp, settings)  # type: ignore[call-arg, arg-type]  # four from args
+            mt = served_failsafe(ot, sp, settings)
+            mo = served_failsafe(oo, sp, settings)
             row["text_stats_equal"] = bool(np.array_equal(ot[C.TEXT_STATS.name], oo[C.TEXT_STATS.name]))
             row["answer_dsc"] = mask_dsc(mt[0][0, 0], mo[0][0, 0])
             row["same_path"] = mt[3][0]["answered_by"] == mo[3][0]["answered_by"]

@@ -18,7 +18,17 @@ import numpy as np
 
 from bonescan.anatomy import N_REGION_CLASSES, name_lesions
 from bonescan.components import Components, components
-from bonescan.contract import IMAGE_WIDTH, REGION_STRIDE, THRESHOLD
+from bonescan.contract import (
+    FALLBACK_LOGITS,
+    IMAGE_WIDTH,
+    LOGITS,
+    REGION_LABELS,
+    REGION_STRIDE,
+    REPORT_REGIONS,
+    TEXT_MAP,
+    TEXT_STATS,
+    THRESHOLD,
+)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -202,6 +212,17 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
                                     **({"named_place_pixels": info["named_place_pixels"]} if prior_on else {})},
                                    ensure_ascii=False))
     return masks, probs, out_json, decisions
+
+
+def served_failsafe(out: dict[str, np.ndarray], spacing: np.ndarray, settings, threshold: float = THRESHOLD,
+                    images: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[str], list[dict[str, Any]]]:
+    """The served ensemble's answer from a dual-path graph's outputs by name (PyTorch's ``Predictor.outputs``,
+    onnxruntime's ``OrtPipeline.outputs``): :func:`postprocess_failsafe` with everything postprocess gets in
+    Triton, the anatomy output and the report's bones included (the named-place prior), so in-process
+    answers are the served ones. The one place that maps those outputs to its arguments."""
+    return postprocess_failsafe(out[LOGITS.name], out[FALLBACK_LOGITS.name], out[TEXT_MAP.name], out[TEXT_STATS.name], spacing,
+                                settings, threshold, regions=out.get(REGION_LABELS.name), images=images,
+                                report_regions=out.get(REPORT_REGIONS.name))
 
 
 def _answer_components(info: dict[str, Any], comp_d: Components, comp_u: Components) -> Components | None:

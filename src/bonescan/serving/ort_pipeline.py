@@ -55,7 +55,7 @@ class OrtPipeline:
         """What the served ensemble answers: postprocess (with the fail-safe for the dual-path model)
         -> (mask uint8 [B, 1, H, W], probability, lesion JSON strings)."""
         from bonescan.failsafe import FailSafeSettings
-        from bonescan.postprocess import postprocess, postprocess_failsafe
+        from bonescan.postprocess import postprocess, served_failsafe
 
         out = self.outputs(images, reports)
         if not self.text_guided:
@@ -63,10 +63,7 @@ class OrtPipeline:
                                regions=out[C.REGION_LABELS.name], images=images)
         if settings is None:
             settings = FailSafeSettings.from_dict((self.desc.get("failsafe") or {}).get("settings"))
-        masks, prob, lesions, _ = postprocess_failsafe(out[C.LOGITS.name], out[C.FALLBACK_LOGITS.name], out[C.TEXT_MAP.name],
-                                                       out[C.TEXT_STATS.name], spacing, settings,
-                                                       regions=out[C.REGION_LABELS.name], images=images,
-                                                       report_regions=out[C.REPORT_REGIONS.name])
+        masks, prob, lesions, _ = served_failsafe(out, spacing, settings, images=images)
         return masks, prob, lesions
 
 
