@@ -91,7 +91,14 @@ def bench_anatomy(checkpoint: str | Path, data: str | Path, split: str = "test",
                   progress: bool = True) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from bonescan.anatomy import N_REGION_CLASSES, REGION_CLASSES, bone_burden, full_resolution, name_lesions
+    from bonescan.anatomy import (
+        N_REGION_CLASSES,
+        REGION_CLASSES,
+        bone_burden,
+        full_resolution,
+        grid_of,
+        name_lesions,
+    )
     from bonescan.components import components
     from bonescan.data.arrays import load_split
     from bonescan.data.second_reader import true_lesions
@@ -116,7 +123,7 @@ def bench_anatomy(checkpoint: str | Path, data: str | Path, split: str = "test",
         out = pred.outputs(image[None], [arr.reports[i]] if pred.text_guided else None)
         if C.REGION_LABELS.name not in out:
             raise ValueError(f"{checkpoint}: gives no anatomy output")
-        grid = np.clip(out[C.REGION_LABELS.name][0], 0, N_REGION_CLASSES - 1).astype(np.uint8)  # as postprocess names on it
+        grid = grid_of(out[C.REGION_LABELS.name][0])  # as postprocess names on it
         regions = full_resolution(grid, C.REGION_STRIDE)  # for the per-class DSC against the true map
         if not regions.any():
             raise ValueError(f"{checkpoint}: its anatomy output is background everywhere (trained without region maps)")
@@ -234,6 +241,7 @@ def bench_second_reader(checkpoint: str | Path, data: str | Path, split: str | N
     sites invented (``bonescan data synth --omit-lesion-rate R --invent-site-rate R``)."""
     from tqdm import tqdm
 
+    from bonescan.anatomy import grid_of
     from bonescan.data.arrays import load_split
     from bonescan.data.second_reader import answer_lesions, score_cases, true_lesions
     from bonescan.failsafe import FailSafeSettings
@@ -251,7 +259,7 @@ def bench_second_reader(checkpoint: str | Path, data: str | Path, split: str | N
     for i in tqdm(range(len(arr)), desc="second reader", unit="scan", disable=not progress):
         image = arr.images[i].astype(np.float32)
         out = pred.outputs(image[None], [arr.reports[i]] if pred.text_guided else None)
-        grid = np.clip(out[C.REGION_LABELS.name][0], 0, 255).astype(np.uint8)
+        grid = grid_of(out[C.REGION_LABELS.name][0])
         truth = true_lesions(arr.masks[i], regions[i], image, arr.metas[i])
         answers.append(answer_lesions(served_answer(pred, out, settings), grid, C.REGION_STRIDE, image, truth))
         true_masks.append(answer_lesions(arr.masks[i] > 0, grid, C.REGION_STRIDE, image, truth))  # detection perfect

@@ -32,13 +32,6 @@ THRESHOLDS = (0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05)
 VARIANTS = ("unet in named bones", "dual-path in named bones")
 
 
-def add_in_prior(answer: np.ndarray, logits: np.ndarray, prior: np.ndarray, t: float) -> np.ndarray:
-    """failsafe.add_in_named_places, the rule the served fail-safe applies."""
-    from bonescan.failsafe import add_in_named_places
-
-    return add_in_named_places(answer, logits, prior, t)
-
-
 def _faint_detected(pred: np.ndarray, gt: np.ndarray, meta: dict | None, cut: float) -> tuple[int, int]:
     """(faint true lesions, of them detected): true lesions whose contrast is at most ``cut``, found by their centre."""
     from scipy.ndimage import label
@@ -108,7 +101,7 @@ def _rows(pred, settings, data: Path, split: str, n: int | None, progress: bool)
 
 def bench_grounding(checkpoint: str | Path, data: str | Path, n: int | None = None, progress: bool = True) -> dict[str, Any]:
     from bonescan.benchmarks.latency import cpu_info, run_info
-    from bonescan.failsafe import FailSafeSettings
+    from bonescan.failsafe import FailSafeSettings, add_in_named_places
     from bonescan.model.checkpoint import Predictor
 
     pred = Predictor(checkpoint)
@@ -123,8 +116,8 @@ def bench_grounding(checkpoint: str | Path, data: str | Path, n: int | None = No
     answers = {
         "U-Net, same image budget (baseline)": lambda t: (lambda r: r["u"] >= thr),
         "served (fail-safe, no prior)": lambda t: (lambda r: r["served"]),
-        VARIANTS[0]: lambda t: (lambda r: add_in_prior(r["served"], r["u"], r["prior"], t)),
-        VARIANTS[1]: lambda t: (lambda r: add_in_prior(r["served"], r["d"], r["prior"], t)),
+        VARIANTS[0]: lambda t: (lambda r: add_in_named_places(r["served"], r["u"], r["prior"], t)),
+        VARIANTS[1]: lambda t: (lambda r: add_in_named_places(r["served"], r["d"], r["prior"], t)),
     }
     base_val = score(val, answers["U-Net, same image budget (baseline)"](0), faint_cut)
     sweep: dict[str, list[dict[str, Any]]] = {}

@@ -520,12 +520,17 @@ def soloway_grade(n_lesions: int, axial_share: float = 0.0) -> int:
 
 
 # ----------------------------------------------------------------------------- the anatomy output, served
+def grid_of(region_labels: np.ndarray) -> np.ndarray:
+    """The anatomy output as served (int32 class per cell, [2, h, w]) -> a uint8 label grid (out-of-range clipped)."""
+    return np.clip(np.asarray(region_labels), 0, N_REGION_CLASSES - 1).astype(np.uint8)
+
+
 def full_resolution(region_labels: np.ndarray, stride: int) -> np.ndarray:
     """The anatomy output's coarse grid [2, h, w] (one class per ``stride`` x ``stride`` cell) -> uint8 [2, h * stride, w * stride]."""
     r = np.asarray(region_labels)
     if r.ndim != 3 or r.shape[0] != 2:
         raise ValueError(f"region_labels must be [2, h, w], got {list(r.shape)}")
-    r = np.clip(r, 0, N_REGION_CLASSES - 1).astype(np.uint8)
+    r = grid_of(r)
     return np.repeat(np.repeat(r, stride, axis=1), stride, axis=2)
 
 

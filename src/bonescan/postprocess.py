@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from bonescan.anatomy import N_REGION_CLASSES, name_lesions
+from bonescan.anatomy import grid_of, name_lesions
 from bonescan.components import Components, components
 from bonescan.contract import (
     FALLBACK_LOGITS,
@@ -114,7 +114,7 @@ def _regions_of(regions: np.ndarray | None, b: int) -> np.ndarray | None:
     without region maps)."""
     if regions is None or not np.any(regions[b]):
         return None
-    return np.clip(regions[b], 0, N_REGION_CLASSES - 1).astype(np.uint8)
+    return grid_of(regions[b])
 
 
 def _anatomy_json(anatomy: dict[str, Any], regions: np.ndarray | None) -> dict[str, Any]:
