@@ -57,6 +57,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "- negative-report rule": {"negative_report_allow": 0.0},
     "- add named hot spots": {"add_named_lesions": False},
     "- whole-scan fall-back": {"max_unexplained": 1.0e9},
+    "- named-place prior": {"named_place_threshold": 0.0},
 }
 ABLATION_MODES = ("in-style", "left-out", "traditional-raw", "negative-words", "shuffled", "nonreport")
 #: how far below the same-budget U-Net's FROC curve a served operating point may lie
@@ -71,6 +72,8 @@ def _row(res: dict[str, Any], answer: str, unet_curve: dict[str, Any] | None) ->
     row = {"dsc": s["dsc"]["mean"], "dsc_positive": s["dsc_positive_scans"]["mean"],
            "negatives_clean": s["negative_scans_clean"], "lesion_sensitivity": s["lesion_sensitivity"],
            "fp_per_scan": s["fp_per_scan"], "cpm": (s.get("froc") or {}).get("cpm"),
+           "fp_per_positive_scan": s.get("fp_per_positive_scan"), "faint_sensitivity": s.get("faint_sensitivity"),
+           "faint_lesions": s.get("faint_lesions"),
            "unet_answers": res.get("failsafe", {}).get("answered_by_unet") if answer == "failsafe" else s.get("answered_by_unet")}
     if unet_curve is not None and s["lesion_sensitivity"] is not None:
         ref = sensitivity_at(unet_curve, s["fp_per_scan"])
@@ -149,12 +152,15 @@ def run_text_gain(data: Path, out: Path, seeds: list[int], config: str = "demo",
     from bonescan.data.styles import STYLES
     from bonescan.evaluate import evaluate_arrays
     from bonescan.failsafe import FailSafeSettings
+    from bonescan.metrics import faint_cut
     from bonescan.model.checkpoint import load_checkpoint
 
     out.mkdir(parents=True, exist_ok=True)
     run, machine, t0 = run_info(), cpu_info(), time.perf_counter()
     test = load_split(data, "test")
     hand = SplitArrays.from_samples(handwritten_samples(handwritten))
+    # faint lesions: the lowest-contrast third of each scan set's true lesions (from the truth alone)
+    faint = {"test": faint_cut(test.metas), "handwritten": faint_cut(hand.metas)}
     styles = list(STYLES)
     rows: dict[str, Any] = {}
     left: dict[int, str | None] = {}
@@ -180,8 +186,9 @@ def run_text_gain(data: Path, out: Path, seeds: list[int], config: str = "demo",
             if spec is None:
                 continue
             texts, how, normalize = spec
+            cut = faint["handwritten" if mode == "handwritten" else "test"]
             res = evaluate_arrays(c, arrays, how, seed=1000 + seed, texts=texts, progress=True, normalize=normalize,
-                                  variants=variants if mode in ABLATION_MODES else None)
+                                  variants=variants if mode in ABLATION_MODES else None, faint=cut)
             curve = res["answers"]["unet"]["froc"]["curve"] if res["answers"]["unet"].get("froc") else None
             curves[f"s{seed}/{mode}"] = {a: (res["answers"][a].get("froc") or {}).get("curve") for a in res["answers"]}
             for answer in ("dualpath", "failsafe", "unet"):
@@ -191,7 +198,7 @@ def run_text_gain(data: Path, out: Path, seeds: list[int], config: str = "demo",
                 rows[f"s{seed}/{mode}/ablation:{name}"] = {"seed": seed, "mode": mode, "answer": f"ablation:{name}", "left_out": lo,
                                                            **_row(res, name, curve)}
             if mode in ("in-style", "handwritten"):  # the shorter U-Net: its answer does not depend on the reports
-                r_short = evaluate_arrays(c_short, arrays, "empty", seed=1000 + seed, progress=True)
+                r_short = evaluate_arrays(c_short, arrays, "empty", seed=1000 + seed, progress=True, faint=cut)
                 rows[f"s{seed}/{mode}/unet_short"] = {"seed": seed, "mode": mode, "answer": "unet_short", "left_out": lo,
                                                       **_row(r_short, "dualpath", curve)}
                 curves[f"s{seed}/{mode}"]["unet_short"] = (r_short["answers"]["dualpath"].get("froc") or {}).get("curve")
@@ -205,7 +212,7 @@ def run_text_gain(data: Path, out: Path, seeds: list[int], config: str = "demo",
     summary = summarize(rows, seeds)
     run["minutes"] = round((time.perf_counter() - t0) / 60, 1)
     result = {"run": run, "machine": machine, "data": str(data), "config": config, "seeds": seeds, "left_out": left, "styles": styles,
-              "test_scans": len(test), "handwritten_scans": len(hand), "rows": rows, "summary": summary, "calibration": calibration,
+              "test_scans": len(test), "handwritten_scans": len(hand), "faint_contrast_cut": faint, "rows": rows, "summary": summary, "calibration": calibration,
               "curves": curves}
     (out / f"text_gain{tag}.json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     plot = out / f"froc{tag}.png"
@@ -255,7 +262,43 @@ def summarize(rows: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
         out["nonreport_empty"] = {q: int(sum(rows[k][q] for k in keys)) for q in ("empty_on_positive", "empty_where_unet_not",
                                                                                    "positive_scans", "names_no_finding")}
         targets["nonreport_never_empty_where_unet_finds"] = out["nonreport_empty"]["empty_where_unet_not"] == 0
+    out["grounding"] = grounding(rows, seeds)
+    for mode, g in out["grounding"].items():
+        targets[f"{mode}_sensitivity_gain_at_least_0.05_at_no_more_fp"] = g["gain"]["sensitivity"] >= GROUNDING_TARGETS["sensitivity"] \
+            and g["gain"]["fp_per_positive_scan"] <= 0
+        targets[f"{mode}_dsc_with_metastases_gain_at_least_0.03"] = g["gain"]["dsc_positive"] >= GROUNDING_TARGETS["dsc_positive"]
     out["targets_met"] = targets
+    return out
+
+
+#: issue 26 item 5: the served answer (named-place prior on) against the same-budget U-Net, on the scans with metastases
+GROUNDING_TARGETS = {"sensitivity": 0.05, "dsc_positive": 0.03}
+GROUNDING_ANSWERS = {"unet": "U-Net, same image budget", "ablation:- named-place prior": "served without the named-place prior",
+                     "failsafe": "served (named-place prior on)"}
+GROUNDING_FIELDS = ("lesion_sensitivity", "fp_per_positive_scan", "dsc_positive", "faint_sensitivity")
+
+
+def grounding(rows: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
+    """Does the report find lesions? Per report condition with the ablation (in-style, left-out, another scan's
+    report, non-reports): lesion sensitivity, false positives per scan with metastases, DSC on them and the
+    faint-lesion sensitivity, means over seeds, for the U-Net, the served answer without the prior and with it,
+    and the served answer's gain over the U-Net."""
+    out: dict[str, Any] = {}
+    for mode in ABLATION_MODES:
+        if f"s{seeds[0]}/{mode}/ablation:- named-place prior" not in rows:
+            continue
+        answers = {a: {f: _mean(rows, seeds, mode, a, f) for f in GROUNDING_FIELDS} for a in GROUNDING_ANSWERS}
+        served, unet = answers["failsafe"], answers["unet"]
+        if any(served[f] is None or unet[f] is None for f in GROUNDING_FIELDS):
+            continue
+        diff = {f: float(served[f] or 0.0) - float(unet[f] or 0.0) for f in GROUNDING_FIELDS}
+        gain = {"sensitivity": diff["lesion_sensitivity"], "fp_per_positive_scan": diff["fp_per_positive_scan"],
+                "dsc_positive": diff["dsc_positive"], "faint_sensitivity": diff["faint_sensitivity"]}
+        per_seed = [{"seed": s_, "sensitivity": rows[f"s{s_}/{mode}/failsafe"]["lesion_sensitivity"]
+                     - rows[f"s{s_}/{mode}/unet"]["lesion_sensitivity"],
+                     "dsc_positive": rows[f"s{s_}/{mode}/failsafe"]["dsc_positive"] - rows[f"s{s_}/{mode}/unet"]["dsc_positive"]}
+                    for s_ in seeds if f"s{s_}/{mode}/failsafe" in rows]
+        out[mode] = {"answers": answers, "gain": gain, "per_seed": per_seed}
     return out
 
 
@@ -297,6 +340,22 @@ def table(result: dict[str, Any]) -> str:
     s = result["summary"]
     lines += ["", "| target (mean over seeds) | met |", "|---|---|"]
     lines += [f"| {k} | {'yes' if v else 'NO'} |" for k, v in s["targets_met"].items()]
+    if s.get("grounding"):
+        lines += ["", "### Does the report find lesions? (the named-place prior; scans with metastases, means over seeds)", "",
+                  "| reports | answer | lesion sens. | FP per scan with metastases | DSC with metastases | faint-lesion sens. |",
+                  "|---|---|---|---|---|---|"]
+        for mode, g in s["grounding"].items():
+            for a, label in GROUNDING_ANSWERS.items():
+                v = g["answers"][a]
+                cells = [f"{v[f]:.4f}" if v[f] is not None else "-" for f in GROUNDING_FIELDS]
+                lines.append(f"| {MODE_LABELS[mode]} | {label} | " + " | ".join(cells) + " |")
+            d = g["gain"]
+            lines.append(f"| {MODE_LABELS[mode]} | **served - U-Net** | **{d['sensitivity']:+.4f}** (target +0.05) | "
+                         f"{d['fp_per_positive_scan']:+.3f} (target <= 0) | **{d['dsc_positive']:+.4f}** (target +0.03) | "
+                         f"{d['faint_sensitivity']:+.4f} |")
+        lines.append("")
+        lines.append("Faint = the lowest-contrast third of the true lesions (contrast <= "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in result.get("faint_contrast_cut", {}).items() if v is not None) + ").")
     lines += ["", "| reports | DSC gain served | CPM gain served | DSC gain, fail-safe off | margin served (per seed) |",
               "|---|---|---|---|---|"]
     for mode, g in s["gains"].items():

@@ -274,3 +274,28 @@ def test_the_paper_config_builds_from_scratch_with_this_tokenizer(dataset, tmp_p
     assert ckpt.net.text_encoder is not None and ckpt.net.text_encoder.hidden == 768
     rows = ckpt.net.text_encoder.bert.get_input_embeddings().num_embeddings
     assert rows == ckpt.report_tokenizer().vocab_size > 21128
+
+
+def test_faint_lesions_are_the_lowest_contrast_third_and_counted_by_their_centre():
+    """The faint cut comes from the truth alone (a third of the contrasts lie at or below it); a faint lesion is
+    detected when the answer touches the component at its centre; summarize reports the faint sensitivity and the
+    false positives on scans with metastases only."""
+    from bonescan.metrics import faint_cut, faint_detected, scan_metrics, summarize
+
+    metas = [{"lesions": [{"contrast": c, "center": [5 + 10 * k, 5]} for k, c in enumerate(cs)]}
+             for cs in ([1.2, 3.0, 2.0], [1.5, 4.0, 5.0])]
+    assert faint_cut(metas) == 2.0 and faint_cut([None, {}]) is None
+    gt = np.zeros((40, 12), bool)
+    for k in range(3):
+        gt[3 + 10 * k : 8 + 10 * k, 3:8] = True
+    pred = np.zeros_like(gt)
+    pred[6, 6] = True  # touches the first lesion (contrast 1.2) only
+    assert faint_detected(pred, gt, metas[0], 2.0) == (2, 1)  # contrasts 1.2 and 2.0 are faint; 1.2 is found
+    assert faint_detected(pred, gt, metas[0], 1.0) == (0, 0) and faint_detected(pred, gt, None, 2.0) == (0, 0)
+    rows = [scan_metrics(pred, gt), scan_metrics(np.ones((4, 4), bool), np.zeros((4, 4), bool))]
+    rows[0]["faint_lesions"], rows[0]["faint_detected"] = 2, 1
+    rows[1]["faint_lesions"], rows[1]["faint_detected"] = 0, 0
+    s = summarize(rows)
+    assert s["faint_sensitivity"] == 0.5 and s["faint_lesions"] == 2
+    assert s["fp_per_scan"] == 0.5 and s["fp_per_positive_scan"] == 0.0  # the negative scan's false positive is not counted there
+    assert "faint_sensitivity" not in summarize([scan_metrics(pred, gt)])  # rows without faint counts: none reported

@@ -555,13 +555,21 @@ def test_text_gain_bench_scores_every_condition_against_the_same_budget_unet(che
         for name in ABLATIONS:
             assert f"s0/{mode}/ablation:{name}" in rows
         served = rows[f"s0/{mode}/ablation:served"]
-        assert served["dsc"] == pytest.approx(rows[f"s0/{mode}/failsafe"]["dsc"])
+        for q in ("dsc", "lesion_sensitivity", "fp_per_scan", "faint_sensitivity", "cpm"):  # the named-place prior included
+            assert served[q] == pytest.approx(rows[f"s0/{mode}/failsafe"][q]), q
         assert served["unet_answers"] == rows[f"s0/{mode}/failsafe"]["unet_answers"]
+    # grounding: served (prior on), without it and the U-Net on the scans with metastases, faint lesions apart
+    gr = res["summary"]["grounding"]["in-style"]
+    assert gr["gain"]["sensitivity"] == pytest.approx(r["lesion_sensitivity"] - rows["s0/in-style/unet"]["lesion_sensitivity"])
+    assert gr["gain"]["dsc_positive"] == pytest.approx(r["dsc_positive"] - rows["s0/in-style/unet"]["dsc_positive"])
+    assert 0 < res["faint_contrast_cut"]["test"] and 0 <= r["faint_sensitivity"] <= 1 and r["faint_lesions"] > 0
+    assert gr["answers"]["ablation:- named-place prior"]["lesion_sensitivity"] is not None
     # traditional characters: normalised, the model reads them; not normalised, they are unknown to it
     share = {m: np.mean([d["unknown_share"] for d in json.loads((tmp_path / f"eval_s0_{m}.json").read_text())["failsafe"]["decisions"]])
              for m in ("in-style", "traditional", "traditional-raw")}
     assert share["traditional-raw"] > share["traditional"] + 0.1 and share["traditional"] < share["in-style"] + 0.02, share
     text = (tmp_path / "text_gain.md").read_text(encoding="utf-8")
     assert "U-Net, same image budget" in text and "U-Net, shorter (preset steps)" in text and "out of sample" in text
+    assert "Does the report find lesions?" in text and "served without the named-place prior" in text
     assert set(res["summary"]["targets_met"]) >= {"in-style_served_on_or_above_unet_froc", "in-style_cpm_gain_at_least_0.03",
                                                   "traditional_keeps_90pct_of_gain", "nonreport_never_empty_where_unet_finds"}

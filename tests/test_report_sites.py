@@ -187,3 +187,14 @@ def test_named_place_prior_covers_the_named_bones_and_adds_only_hot_spots_in_the
     added = add_in_prior(answer, logits, prior, 0.2)
     assert added[205:212, 122:128].all() and not added[700:707].any()
     assert not add_in_prior(answer, logits, prior, 0.3).any()  # below the threshold: nothing
+    # the served rule around it: only when the prior is on, the report names a bone and the U-Net does not answer
+    from dataclasses import replace
+
+    from bonescan.failsafe import DUALPATH, UNET, FailSafeSettings, with_named_places
+
+    on, named8 = FailSafeSettings(named_place_threshold=0.2), named.astype(np.uint8)
+    assert (with_named_places(answer, logits, named8, grid, on, DUALPATH) == added).all()
+    assert not with_named_places(answer, logits, named8, grid, on, UNET).any()
+    assert not with_named_places(answer, logits, named8, grid, replace(on, named_place_threshold=0.0), DUALPATH).any()
+    assert not with_named_places(answer, logits, np.zeros_like(named8), grid, on, DUALPATH).any()
+    assert not with_named_places(answer, logits, None, grid, on, DUALPATH).any()

@@ -50,7 +50,8 @@ ANSWERS = ("dualpath", "failsafe", "unet")
 
 def evaluate_arrays(ckpt, arrays, reports: str = "true", seed: int = 0, batch: int = 4, progress: bool = True,
                     threshold: float = THRESHOLD, texts: list[str] | None = None, failsafe=None,
-                    answer: str = "dualpath", normalize: bool | None = None, variants: dict[str, Any] | None = None) -> dict[str, Any]:
+                    answer: str = "dualpath", normalize: bool | None = None, variants: dict[str, Any] | None = None,
+                    faint: float | None = None) -> dict[str, Any]:
     """ckpt: Checkpoint or Predictor; arrays: a SplitArrays -> {"per_scan", "summary", "answers", ...}.
 
     texts: the reports to use instead of the split's own (e.g. re-written in one house style, or
@@ -62,11 +63,22 @@ def evaluate_arrays(ckpt, arrays, reports: str = "true", seed: int = 0, batch: i
     with its probability map too: its FROC curve and CPM (bonescan.metrics). ``normalize``: read the
     reports with (True) or without (False) the tokenizer's normalisation (default: as the
     contract says; False measures what normalisation buys). ``variants``: name -> FailSafeSettings,
-    each also scored from the same pass (``res["variants"]``: the ablation of the fail-safe's rules).
+    each also scored from the same pass (``res["variants"]``: the ablation of the fail-safe's rules, the
+    named-place prior included). ``faint``: the contrast cut of faint lesions (metrics.faint_cut); every answer
+    then also reports its faint-lesion sensitivity (synthetic cases with their ``meta.json``).
     """
     from tqdm import tqdm
 
-    from bonescan.failsafe import UNET, FailSafeSettings, answer_mask, choose, measure, served_probability
+    from bonescan.failsafe import (
+        UNET,
+        FailSafeSettings,
+        answer_mask,
+        choose,
+        measure,
+        served_probability,
+        with_named_places,
+    )
+    from bonescan.metrics import faint_detected
     from bonescan.model.checkpoint import Predictor
     from bonescan.postprocess import postprocess_failsafe
 
@@ -101,9 +113,17 @@ def evaluate_arrays(ckpt, arrays, reports: str = "true", seed: int = 0, batch: i
                     meas = measure(m_d[k, 0], m_u[k, 0], p_u[k, 0], out["text_map"][k], out["text_stats"][k])
                     for name, st in (variants or {}).items():
                         info = choose(meas, st)
-                        row = scan_metrics(answer_mask(meas, info), arrays.masks[i + k],
-                                           served_probability(p_d[k, 0], p_u[k, 0], meas, info))
+                        mask = with_named_places(answer_mask(meas, info).astype(bool), out["fallback_logits"][k, 0],
+                                                 _at(out.get("report_regions"), k), _at(out.get("region_labels"), k), st,
+                                                 info["answered_by"])
+                        prob = served_probability(p_d[k, 0], p_u[k, 0], meas, info)
+                        grown = mask & ~answer_mask(meas, info).astype(bool)
+                        prob = np.where(grown, np.maximum(prob, p_u[k, 0]), prob)
+                        row = scan_metrics(mask, arrays.masks[i + k], prob)
                         row["answered_by_unet"] = info["answered_by"] == UNET
+                        if faint is not None:
+                            row["faint_lesions"], row["faint_detected"] = faint_detected(mask, arrays.masks[i + k],
+                                                                                         arrays.metas[i + k], faint)
                         per_variant[name].append(row)
                 # the dual-path answer (the decision with the fail-safe off): empty where the report names no metastasis
                 for k, d in enumerate(dec):
@@ -115,6 +135,9 @@ def evaluate_arrays(ckpt, arrays, reports: str = "true", seed: int = 0, batch: i
                 for k in range(len(imgs)):
                     row = scan_metrics(m[k, 0], arrays.masks[i + k], p[k, 0])
                     row["case_id"] = arrays.ids[i + k]
+                    if faint is not None:
+                        row["faint_lesions"], row["faint_detected"] = faint_detected(m[k, 0], arrays.masks[i + k],
+                                                                                     arrays.metas[i + k], faint)
                     per[name].append(row)
     finally:
         if tok is not None:
@@ -131,6 +154,10 @@ def evaluate_arrays(ckpt, arrays, reports: str = "true", seed: int = 0, batch: i
     if variants:
         res["variants"] = {k: {**summarize(v), "answered_by_unet": sum(r["answered_by_unet"] for r in v)} for k, v in per_variant.items()}
     return res
+
+
+def _at(batch: np.ndarray | None, k: int) -> np.ndarray | None:
+    return None if batch is None else batch[k]
 
 
 def cpm(summary: dict[str, Any]) -> str:

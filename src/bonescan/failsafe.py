@@ -138,6 +138,23 @@ def add_in_named_places(answer: np.ndarray, logits: np.ndarray, prior: np.ndarra
     return answer | keep[lab]
 
 
+def with_named_places(answer: np.ndarray, fallback_logits: np.ndarray, report_regions: np.ndarray | None,
+                      region_labels: np.ndarray | None, settings: FailSafeSettings, answered_by: str) -> np.ndarray:
+    """The served rule for one scan: the answer [H, W] bool grown by :func:`add_in_named_places` from the
+    U-Net's ``fallback_logits`` [H, W] in the bones ``report_regions`` [N_REGION_CLASSES] names, located by the
+    anatomy output ``region_labels`` [2, h, w], when ``settings.named_place_threshold`` > 0, the report names a
+    bone and the U-Net does not answer the scan; else ``answer`` as it is. Postprocess, evaluation's
+    ablation and calibration all apply it through here."""
+    from bonescan.anatomy import named_prior
+    from bonescan.contract import REGION_STRIDE
+
+    if (settings.named_place_threshold <= 0 or answered_by == UNET or report_regions is None or region_labels is None
+            or not np.any(report_regions)):
+        return answer
+    return add_in_named_places(answer, fallback_logits, named_prior(report_regions, region_labels, REGION_STRIDE),
+                               settings.named_place_threshold)
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
 

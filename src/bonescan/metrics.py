@@ -18,7 +18,9 @@ Conventions (written into every evaluation JSON):
   sensitivity against false positives per scan (MONAI's compute_froc_curve_data); the CPM is the
   mean sensitivity at 1/8, 1/4, 1/2, 1, 2, 4 and 8 false positives per scan (LUNA16), linear
   between the curve's points and held at its last sensitivity beyond its highest false-positive rate. The answer's own operating point is its lesion sensitivity and
-  false positives per scan above.
+  false positives per scan above;
+* faint lesions (synthetic data): the true lesions whose generator contrast is in the lowest third of the
+  split's (:func:`faint_cut`, from the truth alone); their sensitivity is reported beside the overall one.
 """
 
 from __future__ import annotations
@@ -169,11 +171,46 @@ def scan_metrics(pred: np.ndarray, gt: np.ndarray, prob: np.ndarray | None = Non
     return out
 
 
+def faint_cut(metas: list[dict[str, Any] | None], share: float = 1 / 3) -> float | None:
+    """The contrast at or below which a true lesion counts as **faint**: the lowest ``share`` of the lesions'
+    contrasts in these cases' ground truth (``meta.json``). It depends on the truth only, never on an answer;
+    None when no case records contrasts (real data)."""
+    c = sorted(les["contrast"] for m in metas for les in (m or {}).get("lesions", []) if "contrast" in les)
+    return float(c[int(len(c) * share)]) if c else None
+
+
+def faint_detected(pred: np.ndarray, gt: np.ndarray, meta: dict[str, Any] | None, cut: float) -> tuple[int, int]:
+    """(faint true lesions, of them detected): the true lesions (8-connected components of ``gt``) whose
+    generator contrast (``meta["lesions"]``) is at most ``cut``, each found by its centre; detected = the answer
+    touches it (the lesion-sensitivity rule)."""
+    gl, _ = label(np.asarray(gt, bool), structure=EIGHT)
+    hit = np.unique(gl[np.asarray(pred, bool) & (gl > 0)])
+    n = k = 0
+    for les in (meta or {}).get("lesions", []):
+        if les.get("contrast", np.inf) > cut:
+            continue
+        y = min(max(int(round(les["center"][0])), 0), gl.shape[0] - 1)
+        x = min(max(int(round(les["center"][1])), 0), gl.shape[1] - 1)
+        if gl[y, x]:
+            n += 1
+            k += int(gl[y, x] in hit)
+    return n, k
+
+
 def _mean_sd(values: list[float]) -> dict[str, float | int | None]:
     v = np.array([x for x in values if x is not None], dtype=np.float64)
     if v.size == 0:
         return {"mean": None, "sd": None, "n": 0}
     return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
+
+
+def _faint(per_scan: list[dict[str, Any]]) -> dict[str, Any]:
+    """Faint-lesion sensitivity when the rows carry it (``faint_lesions`` / ``faint_detected``: :func:`faint_detected`)."""
+    rows = [s for s in per_scan if "faint_lesions" in s]
+    if not rows:
+        return {}
+    n = sum(s["faint_lesions"] for s in rows)
+    return {"faint_lesions": n, "faint_sensitivity": sum(s["faint_detected"] for s in rows) / n if n else None}
 
 
 def summarize(per_scan: list[dict[str, Any]]) -> dict[str, Any]:
@@ -197,6 +234,8 @@ def summarize(per_scan: list[dict[str, Any]]) -> dict[str, Any]:
         "dsc_pooled": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
         "lesion_sensitivity": (sum(s["detected_lesions"] for s in per_scan) / n_gt) if n_gt else None,
         "fp_per_scan": sum(s["fp_components"] for s in per_scan) / max(len(per_scan), 1),
+        "fp_per_positive_scan": (sum(s["fp_components"] for s in positives) / len(positives)) if positives else None,
+        **_faint(per_scan),
         "froc": froc(per_scan),
         "conventions": __doc__.split("Conventions (written into every evaluation JSON):")[1].strip() if __doc__ else "",
     }

@@ -160,8 +160,7 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
     the named-place prior, where ``settings.named_place_threshold`` > 0 (failsafe.add_in_named_places): the
     U-Net's weaker hot spots in the named bones join the report-guided answer.
     """
-    from bonescan.anatomy import named_prior
-    from bonescan.failsafe import UNET, add_in_named_places, added_pixels, answer_mask, choose, measure
+    from bonescan.failsafe import UNET, added_pixels, answer_mask, choose, measure, with_named_places
 
     logits = np.asarray(logits, dtype=np.float32)
     fallback_logits = np.asarray(fallback_logits, dtype=np.float32)
@@ -192,8 +191,8 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
         prior_on = report_regions is not None and reg is not None and settings.named_place_threshold > 0
         if prior_on:
             info["named_place_pixels"] = 0
-        if prior_on and report_regions is not None and reg is not None and info["answered_by"] != UNET and np.any(report_regions[b]):
-            grown = add_in_named_places(final, u, named_prior(report_regions[b], reg, REGION_STRIDE), settings.named_place_threshold)
+        if prior_on and report_regions is not None:
+            grown = with_named_places(final, u, report_regions[b], reg, settings, info["answered_by"])
             idx = np.flatnonzero(grown & ~final)
             if len(idx):
                 prob.ravel()[idx] = np.maximum(prob.ravel()[idx], sigmoid(u.ravel()[idx]))
