@@ -255,24 +255,82 @@ def bench_second_reader(checkpoint: str | Path, data: str | Path, split: str | N
                          "`bonescan data synth --omit-lesion-rate 0.2 --invent-site-rate 0.5`")
     pred = Predictor(checkpoint)
     settings = FailSafeSettings.from_dict((pred.ckpt.metadata.get("failsafe") or {}).get("settings"))
-    answers, true_masks = [], []
+    answers, true_masks, evidence = [], [], []
     for i in tqdm(range(len(arr)), desc="second reader", unit="scan", disable=not progress):
         image = arr.images[i].astype(np.float32)
         out = pred.outputs(image[None], [arr.reports[i]] if pred.text_guided else None)
         grid = grid_of(out[C.REGION_LABELS.name][0])
         truth = true_lesions(arr.masks[i], regions[i], image, arr.metas[i])
-        answers.append(answer_lesions(served_answer(pred, out, settings), grid, C.REGION_STRIDE, image, truth))
+        served = served_answer(pred, out, settings)
+        answers.append(answer_lesions(served, grid, C.REGION_STRIDE, image, truth))
         true_masks.append(answer_lesions(arr.masks[i] > 0, grid, C.REGION_STRIDE, image, truth))  # detection perfect
+        if pred.text_guided:
+            evidence.append((served, _unet_lesions(out[C.FALLBACK_LOGITS.name][0, 0], served), grid, image, truth))
     from bonescan.benchmarks.latency import cpu_info
 
-    return {"checkpoint": str(checkpoint), "data": str(data), "split": split, "scans": len(arr),
-            "served": score_cases(arr.images, arr.masks, regions, arr.reports, arr.metas, answers=answers),
-            "true_mask_pred_anatomy": score_cases(arr.images, arr.masks, regions, arr.reports, arr.metas, answers=true_masks),
-            "true_lesions": score_cases(arr.images, arr.masks, regions, arr.reports, arr.metas), "cpu": cpu_info()}
+    def scored(idx: np.ndarray, answers_: list) -> dict[str, Any]:
+        return score_cases(arr.images[idx], arr.masks[idx], regions[idx], [arr.reports[i] for i in idx],
+                           [arr.metas[i] for i in idx], answers=[answers_[i] for i in idx])
+
+    res = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "scans": len(arr),
+           "served": score_cases(arr.images, arr.masks, regions, arr.reports, arr.metas, answers=answers),
+           "true_mask_pred_anatomy": score_cases(arr.images, arr.masks, regions, arr.reports, arr.metas, answers=true_masks),
+           "true_lesions": score_cases(arr.images, arr.masks, regions, arr.reports, arr.metas), "cpu": cpu_info()}
+    if evidence:
+        # the image-only evidence (FailSafeSettings.image_only_confidence): its confidence chosen on the first half of
+        # the scans (the best F1 of not_in_report, off included), scored on the second half beside the answer alone
+        half = len(arr) // 2
+        first, second = np.arange(half), np.arange(half, len(arr))
+        sweep: list[dict[str, Any]] = []
+        for tau in IMAGE_ONLY_GRID:
+            with_ev = [answer_lesions(s_ | _confident(u_, tau), g_, C.REGION_STRIDE, im_, t_) for s_, u_, g_, im_, t_ in evidence]
+            sweep.append({"confidence": tau, "first_half": scored(first, with_ev), "second_half": scored(second, with_ev)})
+        best = max(sweep, key=lambda r: (_f1(r["first_half"]["not_in_report"]), r["confidence"]))
+        res["image_only"] = {"chosen": best["confidence"], "rule": "best not_in_report F1 on the first half; > 1 = off",
+                             "answer_alone_second_half": sweep[0]["second_half"], "chosen_second_half": best["second_half"],
+                             "sweep": [{"confidence": r["confidence"], **{h: {q: r[h][q] for q in ("not_in_report", "not_found")}
+                                                                             for h in ("first_half", "second_half")}} for r in sweep]}
+    return res
+
+
+#: the image-only evidence's confidences tried (2.0 = off: the answer alone)
+IMAGE_ONLY_GRID = (2.0, 0.99, 0.95, 0.9, 0.8, 0.7, 0.5)
+
+
+def _unet_lesions(u: np.ndarray, served: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The U-Net's lesions the served answer does not touch: (labels [H, W], highest probability per label 1..n)."""
+    from bonescan.components import components
+    from bonescan.failsafe import label_max
+
+    c = components(u >= 0.0)
+    conf = 1.0 / (1.0 + np.exp(-label_max(u, c.labels, c.n))) if c.n else np.zeros(0, np.float32)
+    touched = np.zeros(c.n + 1, bool)
+    touched[c.labels[served]] = True
+    conf = np.where(touched[1:], -1.0, conf)  # in the answer already: never evidence of its own
+    return c.labels, conf
+
+
+def _confident(u: tuple[np.ndarray, np.ndarray], tau: float) -> np.ndarray:
+    labels, conf = u
+    keep = np.concatenate([[False], conf >= tau])
+    return keep[labels]
+
+
+def _f1(pr: dict[str, Any]) -> float:
+    p, r = pr.get("precision") or 0.0, pr.get("recall") or 0.0
+    return 2 * p * r / (p + r) if p + r else 0.0
 
 
 def format_second_reader(r: dict[str, Any]) -> str:
     lines = [f"second reader on {r['scans']} scans of {r['data']} ({r['split'] or 'all splits'}), target precision and recall >= 0.9"]
+    if "image_only" in r:
+        io = r["image_only"]
+        lines.append(f"  image-only evidence (the U-Net's confident lesions outside the answer): confidence chosen on the first "
+                     f"half: {io['chosen']:g}{' (off)' if io['chosen'] > 1 else ''}; the second half:")
+        for q in io["sweep"]:
+            a, b = q["second_half"]["not_in_report"], q["second_half"]["not_found"]
+            lines.append(f"    confidence {q['confidence']:g}{' (off: the answer alone)' if q['confidence'] > 1 else ''}: "
+                         f"not_in_report P {a['precision']} R {a['recall']}; not_found P {b['precision']} R {b['recall']}")
     for key, label in (("served", f"on the served answers of {r['checkpoint']}"),
                        ("true_mask_pred_anatomy", "on the true lesions named by the model's anatomy output"),
                        ("true_lesions", "on the true lesions and label maps")):

@@ -226,23 +226,28 @@ def _results(res, reqs: Sequence[Request], model: str, t_request: float, want_pr
             pixel_spacing_source=r.pixel_spacing_source,
             report=("given" if r.report.strip() else "no report") if text_guided else "image only", notes=list(r.notes),
             study=dict(r.study), stem=r.stem, report_encoding=r.report_encoding, model_sha256=model_sha256,
-            report_source=r.report_source, anatomy=doc.get("anatomy"),
-            report_sites=second_reader(les, r.report) if text_guided and doc.get("anatomy") is not None else None,
+            report_source=r.report_source, anatomy=doc.get("anatomy"), image_only=doc.get("image_only"),
+            report_sites=second_reader(les, r.report, doc.get("image_only")) if text_guided and doc.get("anatomy") is not None
+            else None,
         ))
     return out
 
 
-def second_reader(lesions: list[dict], report: str) -> list[dict[str, str]] | None:
+def second_reader(lesions: list[dict], report: str, image_only: list[dict] | None = None) -> list[dict[str, str]] | None:
     """The second reader on one answer: marks each lesion (its ``site``) ``in_report`` / ``not_in_report``
     in place and returns the report's metastatic sites, each ``found`` / ``not_found``; None without a
-    report. The report is parsed here, in the client that has it (bonescan.report_sites)."""
+    report. ``image_only``: the image-only network's confident lesions outside the answer (postprocess), read
+    the same way: a lesion the report left out is flagged though the report-guided answer dropped it, and
+    image evidence at a named site finds it. The report is parsed here, in the client that has it
+    (bonescan.report_sites)."""
     from bonescan.report_sites import report_sites, second_read
 
     if not report.strip():
         return None
-    regions = [tuple(les["site"]["candidates"]) if les.get("site") else "" for les in lesions]
+    every = list(lesions) + list(image_only or [])
+    regions = [tuple(les["site"]["candidates"]) if les.get("site") else "" for les in every]
     read = second_read(regions, report_sites(report))
-    for les, in_report in zip(lesions, read.in_report, strict=True):
+    for les, in_report in zip(every, read.in_report, strict=True):
         les["second_reader"] = "in_report" if in_report else "not_in_report"
     return read.to_dict()["report_sites"]
 

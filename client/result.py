@@ -58,6 +58,10 @@ class SegmentationResult:
     #: report names as a metastasis, ``found`` on the scan or ``not_found``; each lesion carries
     #: ``in_report`` / ``not_in_report``. None: no report, or no anatomy output
     report_sites: list[dict[str, str]] | None = None
+    #: the second reader's image-only evidence: the bundled image-only U-Net's confident lesions that the
+    #: report-guided answer does not hold (postprocess ``image_only``), named by bone and flagged like the
+    #: lesions; they are not in ``mask``. None: the server does not list them (U-Net ensemble, no anatomy)
+    image_only: list[dict[str, Any]] | None = None
 
     @property
     def spacing_known(self) -> bool:
@@ -92,7 +96,7 @@ class SegmentationResult:
             burden = f", BSI {self.anatomy['bsi']:.2f} %, Soloway grade {self.anatomy['eod']}"
         flags = ""
         if self.report_sites is not None:
-            missed = sum(1 for les in self.lesions if les.get("second_reader") == "not_in_report")
+            missed = sum(1 for les in self.lesions + (self.image_only or []) if les.get("second_reader") == "not_in_report")
             unseen = sum(1 for s in self.report_sites if s["flag"] == "not_found")
             if missed or unseen:
                 flags = f", second reader: {missed} lesion(s) not in the report, {unseen} report site(s) not found"

@@ -331,3 +331,42 @@ def test_the_named_place_prior_adds_weak_unet_hot_spots_in_the_bones_the_report_
     assert not mask.any() and doc["named_place_pixels"] == 0
     mask, doc, _ = answer("检查所见：T7椎体见放射性浓聚。诊断意见：骨转移。", 0.0)
     assert not mask.any() and "named_place_pixels" not in doc
+
+
+def test_image_only_evidence_lists_confident_unet_lesions_the_answer_dropped(cases):
+    """With image_only_confidence on, LESIONS lists the U-Net's confident lesion that the report-guided answer does
+    not hold, named by its bone, and the client's second reader flags it against the report; off (the default),
+    no list."""
+    import json
+    from dataclasses import replace
+
+    from bonescan import contract as C
+    from bonescan.client.core import second_reader
+    from bonescan.failsafe import FailSafeSettings
+    from bonescan.postprocess import postprocess_failsafe
+
+    case = list(cases.values())[0]
+    s = C.REGION_STRIDE
+    grid = case.regions[:, s // 2 :: s, s // 2 :: s].astype(np.int32)
+    ys, xs = np.nonzero(A.full_resolution(grid, s)[1] == A.class_of("T7"))
+    cy, cx = int(np.median(ys)), int(np.median(xs))
+    dual = np.full((1, 1, IMAGE_HEIGHT, IMAGE_WIDTH), -8.0, np.float32)
+    unet = dual.copy()
+    unet[0, 0, cy - 2 : cy + 3, cx - 2 : cx + 3] = 3.0  # probability 0.95: confident, and the answer drops it
+    text_map = np.zeros((1, 2, IMAGE_HEIGHT // 32, IMAGE_WIDTH // 32), np.float32)
+    stats, sp = np.array([[40, 0, 3]], np.int32), np.array([[2.4, 2.4]], np.float32)
+
+    def doc(confidence: float) -> tuple[np.ndarray, dict]:
+        masks, _, lesions, dec = postprocess_failsafe(dual, unet, text_map, stats, sp,
+                                                      replace(FailSafeSettings(), image_only_confidence=confidence), regions=grid[None])
+        assert dec[0]["answered_by"] != "unet"
+        return masks[0, 0], json.loads(lesions[0])
+
+    mask, d = doc(0.9)
+    assert not mask.any() and d["count"] == 0  # not in the answer ...
+    assert [les["site"]["region"] for les in d["image_only"]] == ["T7"] and d["image_only"][0]["area_px"] == 25  # ... but listed
+    assert doc(0.99)[1]["image_only"] == [] and "image_only" not in doc(FailSafeSettings().image_only_confidence)[1]
+    sites = second_reader(d["lesions"], "检查所见：右侧股骨近端见放射性浓聚。诊断意见：骨转移。", d["image_only"])
+    assert d["image_only"][0]["second_reader"] == "not_in_report" and [s_["flag"] for s_ in sites] == ["not_found"]
+    sites = second_reader(d["lesions"], "检查所见：T7椎体见放射性浓聚。诊断意见：骨转移。", d["image_only"])
+    assert d["image_only"][0]["second_reader"] == "in_report" and [s_["flag"] for s_ in sites] == ["found"]

@@ -61,6 +61,12 @@ NO_FINDING = "report names no finding"
 DOES_NOT_FIT = "report does not fit the image"
 
 
+#: FailSafeSettings.image_only_confidence's default: off. ``bench second-reader`` chooses it on half of a data set
+#: with lesions left out of the reports (the best F1 of ``not_in_report``) and chose off: the image-only
+#: network's confident false positives cost the flag more precision than its finds add recall (README "Second reader")
+IMAGE_ONLY_CONFIDENCE = 2.0
+
+
 @dataclass(frozen=True)
 class FailSafeSettings:
     enabled: bool = True
@@ -91,6 +97,11 @@ class FailSafeSettings:
     #: mostly in a bone the report names as metastatic (report_regions x the anatomy output) are added to the
     #: report-guided answer; 0 = off. Chosen on the validation split (calibrate.calibrate_named_place)
     named_place_threshold: float = 0.0
+    #: the second reader's image-only evidence (issue 26): the bundled U-Net's lesions the answer does not
+    #: hold, at this highest probability or more, are listed beside the answer (LESIONS ``image_only``, named
+    #: by bone), so a lesion the report left out, which the report-guided answer follows the report in
+    #: dropping, can still be flagged ``not_in_report``; > 1 = not listed (the default, IMAGE_ONLY_CONFIDENCE)
+    image_only_confidence: float = IMAGE_ONLY_CONFIDENCE
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -201,6 +201,7 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
         keep, lesions = lesions_of(final, prob, sp, comps, anatomy=anatomy,
                                    regions=reg, image=None if images is None else images[b], stride=REGION_STRIDE)
         masks[b, 0] = keep
+        image_only = _image_only(comp_u, confidence, keep, u, sp, reg, images, b, settings) if info["answered_by"] != UNET else None
         info["added_labels"] = info.pop("add")
         decisions.append(info)
         out_json.append(json.dumps({"lesions": lesions, "count": len(lesions), "threshold": threshold,
@@ -208,9 +209,29 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
                                     "answered_by": info["answered_by"], "reason": info["reason"],
                                     "signals": info["signals"], **_anatomy_json(anatomy, reg),
                                     # pixels the named-place prior added (when it is on: a threshold and the report's bones)
-                                    **({"named_place_pixels": info["named_place_pixels"]} if prior_on else {})},
+                                    **({"named_place_pixels": info["named_place_pixels"]} if prior_on else {}),
+                                    **({"image_only": image_only} if image_only is not None else {})},
                                    ensure_ascii=False))
     return masks, probs, out_json, decisions
+
+
+def _image_only(comp_u: Components, confidence: np.ndarray, answer: np.ndarray, u: np.ndarray, sp: tuple[float, float],
+                reg: np.ndarray | None, images: np.ndarray | None, b: int, settings) -> list[dict[str, Any]] | None:
+    """The second reader's image-only evidence: the bundled U-Net's lesions that the answer does not touch, at
+    ``settings.image_only_confidence`` or more, named by bone like the answer's (None without the anatomy
+    output or with the listing off). The report-guided answer follows the report, so a lesion the report left
+    out is usually not in it; the image-only network still sees it."""
+    if reg is None or settings.image_only_confidence > 1.0:
+        return None
+    touched = np.zeros(comp_u.n + 1, bool)
+    touched[comp_u.labels.ravel()[np.flatnonzero(answer)]] = True
+    chosen = np.flatnonzero((np.asarray(confidence) >= settings.image_only_confidence) & ~touched[1:]) + 1
+    if not len(chosen):
+        return []
+    mask = np.zeros(u.shape, bool)
+    mask.ravel()[comp_u.pixels_of(chosen)] = True
+    _, lesions = lesions_of(mask, sigmoid(u), sp, regions=reg, image=None if images is None else images[b], stride=REGION_STRIDE)
+    return lesions
 
 
 def served_failsafe(out: dict[str, np.ndarray], spacing: np.ndarray, settings, threshold: float = THRESHOLD,
