@@ -12,7 +12,8 @@ Per training seed:
 2. the dual-path model, warm-started from the shorter U-Net's weights and carrying the same-budget
    U-Net as its fail-safe answer, its text encoder pretrained; with ``--leave-out`` it is trained
    (pretraining included) on every house style but one, the one left out differing per seed
-   (``auto``: seed k leaves out style k of the list);
+   (``auto``: seed k leaves out style k of the list, so one seed run alone leaves out what it would in a
+   run of several: :func:`combine` joins such runs);
 3. evaluation on the held-out test split, each scan's report given as (:data:`MODES`):
    in-style (re-written in a training style), left-out style, traditional characters (the in-style
    report in Taiwan's or Hong Kong's script; also read with the tokenizer's normalisation off),
@@ -167,7 +168,7 @@ def run_text_gain(data: Path, out: Path, seeds: list[int], config: str = "demo",
     calibration: dict[int, Any] = {}
     curves: dict[str, Any] = {}
     for k, seed in enumerate(seeds):
-        lo = None if leave_out == "none" else (styles[k % len(styles)] if leave_out == "auto" else leave_out)
+        lo = None if leave_out == "none" else (styles[seed % len(styles)] if leave_out == "auto" else leave_out)
         left[seed] = lo
         unet_ck, long_ck, ck = train_models(data, out, seed, config, lo, styles, tag, pretrain_steps)
         c = load_checkpoint(ck)
@@ -219,6 +220,37 @@ def run_text_gain(data: Path, out: Path, seeds: list[int], config: str = "demo",
     froc_figure(result, plot)
     text = table(result) + f"\n\n![FROC, seed {seeds[0]}]({plot.name})\n"
     (out / f"text_gain{tag}.md").write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return result
+
+
+def combine(paths: list[Path], out: Path) -> dict[str, Any]:
+    """Runs of single seeds (their ``text_gain.json``, same data, config and modes) as one run over all their
+    seeds: rows, curves and calibration joined, the summary, table and FROC figure made again."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    first = runs[0]
+    for r in runs[1:]:
+        for key in ("data", "config", "test_scans"):
+            if r[key] != first[key]:
+                raise ValueError(f"{key} differs between the runs ({first[key]!r} and {r[key]!r}): they cannot be joined")
+    seeds = sorted({s_ for r in runs for s_ in r["seeds"]})
+    if len(seeds) != sum(len(r["seeds"]) for r in runs):
+        raise ValueError("a seed appears in more than one run")
+    result = {**first, "seeds": seeds, "combined_from": [str(p) for p in paths],
+              "runs": [{"path": str(p), **r["run"]} for p, r in zip(paths, runs, strict=True)],
+              "machines": [r["machine"] for r in runs]}
+    for key in ("left_out", "rows", "calibration", "curves"):
+        result[key] = {k: v for r in runs for k, v in r[key].items()}
+    result["left_out"] = {int(k): v for k, v in result["left_out"].items()}
+    result["calibration"] = {int(k): v for k, v in result["calibration"].items()}
+    result["run"] = {**first["run"], "minutes": round(sum(r["run"].get("minutes", 0.0) for r in runs), 1)}
+    result["summary"] = summarize(result["rows"], seeds)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "text_gain.json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    plot = out / "froc.png"
+    froc_figure(result, plot)
+    text = table(result) + f"\n\n![FROC, seed {seeds[0]}]({plot.name})\n"
+    (out / "text_gain.md").write_text(text + "\n", encoding="utf-8")
     print(text)
     return result
 

@@ -571,5 +571,13 @@ def test_text_gain_bench_scores_every_condition_against_the_same_budget_unet(che
     text = (tmp_path / "text_gain.md").read_text(encoding="utf-8")
     assert "U-Net, same image budget" in text and "U-Net, shorter (preset steps)" in text and "out of sample" in text
     assert "Does the report find lesions?" in text and "served without the named-place prior" in text
+    # runs of single seeds join into one: the same summary from the run's own rows; a seed twice is refused
+    from bonescan.benchmarks.text_gain import combine
+
+    joined = combine([tmp_path / "text_gain.json"], tmp_path / "joined")
+    assert json.dumps(joined["summary"]["gains"], sort_keys=True) == json.dumps(res["summary"]["gains"], sort_keys=True)
+    assert (tmp_path / "joined" / "text_gain.md").exists()
+    with pytest.raises(ValueError, match="more than one run"):
+        combine([tmp_path / "text_gain.json"] * 2, tmp_path / "twice")
     assert set(res["summary"]["targets_met"]) >= {"in-style_served_on_or_above_unet_froc", "in-style_cpm_gain_at_least_0.03",
                                                   "traditional_keeps_90pct_of_gain", "nonreport_never_empty_where_unet_finds"}

@@ -1067,7 +1067,14 @@ def _bench_cluster(a: argparse.Namespace) -> int:
 def _bench_text_gain(a: argparse.Namespace) -> int:
     from bonescan.benchmarks.text_gain import run_text_gain
 
-    res = run_text_gain(a.data, a.out, a.seeds, a.config, a.leave_out, a.pretrain_text, a.tag, modes=tuple(a.modes))
+    if a.combine:
+        from bonescan.benchmarks.text_gain import combine
+
+        res = combine(a.combine, a.out)
+    else:
+        if a.data is None:
+            raise SystemExit("bench text-gain: --data is required (unless --combine joins finished runs)")
+        res = run_text_gain(a.data, a.out, a.seeds, a.config, a.leave_out, a.pretrain_text, a.tag, modes=tuple(a.modes))
     return 0 if all(res["summary"]["targets_met"].values()) else 1
 
 
@@ -1269,7 +1276,7 @@ def bench_commands(sub: argparse._SubParsersAction) -> None:
                  "dual-path vs the same-budget U-Net over seeds: DSC, FROC / CPM and safety margins with reports in and out of "
                  "style, in traditional characters, in shorthand, none, another scan's, texts that are no report; ablation of the "
                  "fail-safe; calibration in and out of sample")
-    DATA.add(s)
+    DATA.add(s, required=False, default=None, help="data folder (cases/ and manifest.json); required unless --combine (default: none)")
     OUT.add(s, required=False, default=Path("runs/text_gain"), help="checkpoints (reused when there) and results")
     s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     s.add_argument("--config", choices=["demo", "tiny"], default="demo", help="preset of both models")
@@ -1279,6 +1286,9 @@ def bench_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--tag", default="", help="suffix for the dual-path checkpoints of an ablation")
     s.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), metavar="MODE",
                    help=f"report conditions to evaluate (default: {' '.join(MODES)})")
+    s.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
+                   help="join finished runs of single seeds (their text_gain.json) into one table in --out instead of running "
+                        "(default: none)")
 
 
 # ----------------------------------------------------------------------------- perf_analyzer
