@@ -32,30 +32,10 @@ THRESHOLDS = (0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05)
 VARIANTS = ("unet in named bones", "dual-path in named bones")
 
 
-def _faint_detected(pred: np.ndarray, gt: np.ndarray, meta: dict | None, cut: float) -> tuple[int, int]:
-    """(faint true lesions, of them detected): true lesions whose contrast is at most ``cut``, found by their centre."""
-    from scipy.ndimage import label
-
-    from bonescan.components import EIGHT
-
-    gl, _ = label(gt, structure=EIGHT)
-    hit = set(np.unique(gl[pred & (gl > 0)]).tolist())
-    n = k = 0
-    for les in (meta or {}).get("lesions", []):
-        if les.get("contrast", np.inf) > cut:
-            continue
-        y = min(max(int(round(les["center"][0])), 0), gl.shape[0] - 1)
-        x = min(max(int(round(les["center"][1])), 0), gl.shape[1] - 1)
-        if gl[y, x]:
-            n += 1
-            k += int(gl[y, x]) in hit
-    return n, k
-
-
 def score(rows: list[dict[str, Any]], answer_of, faint_cut: float) -> dict[str, Any]:
     """Lesion sensitivity, false positives per scan and DSC on the scans with metastases; faint sensitivity;
     false positives per scan over all scans."""
-    from bonescan.metrics import scan_metrics
+    from bonescan.metrics import faint_detected, scan_metrics
 
     gt_n = det = fp = fp_all = faint_n = faint_k = 0
     dscs = []
@@ -68,7 +48,7 @@ def score(rows: list[dict[str, Any]], answer_of, faint_cut: float) -> dict[str, 
             det += m["detected_lesions"]
             fp += m["fp_components"]
             dscs.append(m["dsc"])
-            n, k = _faint_detected(pred, r["gt"], r["meta"], faint_cut)
+            n, k = faint_detected(pred, r["gt"], r["meta"], faint_cut)
             faint_n += n
             faint_k += k
     n_mets = len(dscs)
@@ -102,6 +82,7 @@ def _rows(pred, settings, data: Path, split: str, n: int | None, progress: bool)
 def bench_grounding(checkpoint: str | Path, data: str | Path, n: int | None = None, progress: bool = True) -> dict[str, Any]:
     from bonescan.benchmarks.latency import cpu_info, run_info
     from bonescan.failsafe import FailSafeSettings, add_in_named_places
+    from bonescan.metrics import faint_cut as metrics_faint_cut
     from bonescan.model.checkpoint import Predictor
 
     pred = Predictor(checkpoint)
@@ -110,8 +91,8 @@ def bench_grounding(checkpoint: str | Path, data: str | Path, n: int | None = No
     settings = FailSafeSettings.from_dict((pred.ckpt.metadata.get("failsafe") or {}).get("settings"))
     val = _rows(pred, settings, Path(data), "val", n, progress)
     test = _rows(pred, settings, Path(data), "test", n, progress)
-    contrasts = sorted(les["contrast"] for r in val + test for les in (r["meta"] or {}).get("lesions", []) if "contrast" in les)
-    faint_cut = contrasts[len(contrasts) // 3] if contrasts else float("inf")
+    cut = metrics_faint_cut([r["meta"] for r in val + test])
+    faint_cut = cut if cut is not None else float("inf")
     thr = float(np.log(C.THRESHOLD / (1 - C.THRESHOLD)))
     answers = {
         "U-Net, same image budget (baseline)": lambda t: (lambda r: r["u"] >= thr),

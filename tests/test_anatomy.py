@@ -301,22 +301,11 @@ def test_the_named_place_prior_adds_weak_unet_hot_spots_in_the_bones_the_report_
     import json
     from dataclasses import replace
 
-    from bonescan import contract as C
     from bonescan.failsafe import FailSafeSettings
     from bonescan.postprocess import postprocess_failsafe
     from bonescan.report_sites import named_classes
 
-    case = list(cases.values())[0]
-    s = C.REGION_STRIDE
-    grid = case.regions[:, s // 2 :: s, s // 2 :: s].astype(np.int32)
-    ys, xs = np.nonzero(A.full_resolution(grid, s)[1] == A.class_of("T7"))
-    cy, cx = int(np.median(ys)), int(np.median(xs))
-    dual = np.full((1, 1, IMAGE_HEIGHT, IMAGE_WIDTH), -8.0, np.float32)
-    unet = dual.copy()
-    unet[0, 0, cy - 2 : cy + 3, cx - 2 : cx + 3] = -1.0  # probability 0.27: below the answer's 0.5
-    text_map = np.zeros((1, 2, IMAGE_HEIGHT // 32, IMAGE_WIDTH // 32), np.float32)
-    stats = np.array([[40, 0, 3]], np.int32)
-    sp = np.array([[2.4, 2.4]], np.float32)
+    grid, (cy, cx), dual, unet, text_map, stats, sp = _t7_scene(cases, -1.0)  # probability 0.27: below the answer's 0.5
 
     def answer(report: str, t: float):
         regions = np.stack([named_classes(report)]).astype(np.uint8)
@@ -340,21 +329,11 @@ def test_image_only_evidence_lists_confident_unet_lesions_the_answer_dropped(cas
     import json
     from dataclasses import replace
 
-    from bonescan import contract as C
     from bonescan.client.core import second_reader
     from bonescan.failsafe import FailSafeSettings
     from bonescan.postprocess import postprocess_failsafe
 
-    case = list(cases.values())[0]
-    s = C.REGION_STRIDE
-    grid = case.regions[:, s // 2 :: s, s // 2 :: s].astype(np.int32)
-    ys, xs = np.nonzero(A.full_resolution(grid, s)[1] == A.class_of("T7"))
-    cy, cx = int(np.median(ys)), int(np.median(xs))
-    dual = np.full((1, 1, IMAGE_HEIGHT, IMAGE_WIDTH), -8.0, np.float32)
-    unet = dual.copy()
-    unet[0, 0, cy - 2 : cy + 3, cx - 2 : cx + 3] = 3.0  # probability 0.95: confident, and the answer drops it
-    text_map = np.zeros((1, 2, IMAGE_HEIGHT // 32, IMAGE_WIDTH // 32), np.float32)
-    stats, sp = np.array([[40, 0, 3]], np.int32), np.array([[2.4, 2.4]], np.float32)
+    grid, _, dual, unet, text_map, stats, sp = _t7_scene(cases, 3.0)  # probability 0.95: confident, and the answer drops it
 
     def doc(confidence: float) -> tuple[np.ndarray, dict]:
         masks, _, lesions, dec = postprocess_failsafe(dual, unet, text_map, stats, sp,
@@ -370,3 +349,20 @@ def test_image_only_evidence_lists_confident_unet_lesions_the_answer_dropped(cas
     assert d["image_only"][0]["second_reader"] == "not_in_report" and [s_["flag"] for s_ in sites] == ["not_found"]
     sites = second_reader(d["lesions"], "检查所见：T7椎体见放射性浓聚。诊断意见：骨转移。", d["image_only"])
     assert d["image_only"][0]["second_reader"] == "in_report" and [s_["flag"] for s_ in sites] == ["found"]
+
+
+def _t7_scene(cases, unet_logit: float):
+    """A case's true regions on the anatomy grid, and graph outputs with nothing but a 5 x 5 U-Net hot spot of
+    ``unet_logit`` at the middle of T7 (posterior view): (grid, (cy, cx), dual, unet, text_map, stats, spacing)."""
+    from bonescan import contract as C
+
+    case = list(cases.values())[0]
+    s = C.REGION_STRIDE
+    grid = case.regions[:, s // 2 :: s, s // 2 :: s].astype(np.int32)
+    ys, xs = np.nonzero(A.full_resolution(grid, s)[1] == A.class_of("T7"))
+    cy, cx = int(np.median(ys)), int(np.median(xs))
+    dual = np.full((1, 1, IMAGE_HEIGHT, IMAGE_WIDTH), -8.0, np.float32)
+    unet = dual.copy()
+    unet[0, 0, cy - 2 : cy + 3, cx - 2 : cx + 3] = unet_logit
+    text_map = np.zeros((1, 2, IMAGE_HEIGHT // 32, IMAGE_WIDTH // 32), np.float32)
+    return grid, (cy, cx), dual, unet, text_map, np.array([[40, 0, 3]], np.int32), np.array([[2.4, 2.4]], np.float32)

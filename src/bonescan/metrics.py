@@ -171,12 +171,12 @@ def scan_metrics(pred: np.ndarray, gt: np.ndarray, prob: np.ndarray | None = Non
     return out
 
 
-def faint_cut(metas: list[dict[str, Any] | None], share: float = 1 / 3) -> float | None:
-    """The contrast at or below which a true lesion counts as **faint**: the lowest ``share`` of the lesions'
+def faint_cut(metas: list[dict[str, Any] | None]) -> float | None:
+    """The contrast at or below which a true lesion counts as **faint**: the lowest third of the lesions'
     contrasts in these cases' ground truth (``meta.json``). It depends on the truth only, never on an answer;
     None when no case records contrasts (real data)."""
     c = sorted(les["contrast"] for m in metas for les in (m or {}).get("lesions", []) if "contrast" in les)
-    return float(c[int(len(c) * share)]) if c else None
+    return float(c[len(c) // 3]) if c else None
 
 
 def faint_detected(pred: np.ndarray, gt: np.ndarray, meta: dict[str, Any] | None, cut: float) -> tuple[int, int]:
