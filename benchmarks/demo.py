@@ -24,10 +24,19 @@ from typing import Any
 
 import numpy as np
 
+from bonescan import contract as C
+
 STEPS = 10
 STAGE_SECONDS: dict[str, float] = {}  # stage -> seconds, printed at the end
 _current: list[str] = [""]
 
+
+def _export_current(export: Path, checkpoint: Path) -> bool:
+    """An export made from this checkpoint (not older than it) under this code's contract version."""
+    desc = export / "model.json"
+    if not desc.exists() or desc.stat().st_mtime < checkpoint.stat().st_mtime:
+        return False
+    return (json.loads(desc.read_text(encoding="utf-8")).get("contract") or {}).get("contract_version") == C.CONTRACT_VERSION
 
 def step(k: int, msg: str) -> float:
     print(f"\n==> [{k}/{STEPS}] {msg}", flush=True)
@@ -137,7 +146,7 @@ def run_demo(out: Path, n: int = 800, seed: int = 0, workers: int = 2, unet_step
     parity, lint = {}, {}
     for k in exports:
         p = ck[k]
-        if not (exports[k] / "model.json").exists() or (exports[k] / "model.json").stat().st_mtime < p.stat().st_mtime:
+        if not _export_current(exports[k], p):
             export_onnx(p, exports[k])
         lint[k] = check_export(exports[k])
         parity[k] = check_parity(p, exports[k], data, n=8, max_batch=4, json_out=out / f"parity_onnx_{k}.json", progress=False)

@@ -4,7 +4,7 @@ Output folder::
 
     model.json            # every input/output (name, dtype, shape with symbolic dims), config, versions
     text_encoder.onnx     # dualpath only: (input_ids, attention_mask) -> text_features
-    segmenter.onnx        # (image[, text_features, attention_mask]) -> logits
+    segmenter.onnx        # (image[, text_features, attention_mask, report_regions]) -> logits, ...; see the contract
     tokenizer/            # tokenizer.json (+ vocab.txt, configs), dualpath only
 
 Names and dynamic axes (batch, and tokens for text) come from the contract's graph declarations
@@ -130,18 +130,24 @@ def export_onnx(checkpoint: str | Path, out: str | Path, simplify_graphs: bool =
 
     ``anatomy=False`` leaves the anatomy network out of the segmenter graph: ``region_labels`` is then
     background everywhere (the same contract), so postprocess names no lesion and gives no Bone Scan Index.
-    For deployments that do not need them, and to measure what the anatomy output costs (A/B)."""
+    For deployments that do not need them, and to measure what the anatomy output costs (A/B). A dual-path
+    model whose decoder reads the named bones (NamedPlaces) keeps the network, which locates them for the
+    lesion path too, and leaves out the labels alone."""
     import onnx
     import onnxruntime
     import torch
 
     from bonescan.model.checkpoint import load_checkpoint, write_tokenizer_files
+    from bonescan.model.network import DeployedSegmenter
 
     t0 = time.perf_counter()
     ckpt = load_checkpoint(checkpoint)
     net = ckpt.net.eval()
     has_anatomy = any(getattr(m, "anatomy", None) is not None for m in (net.segmenter, net.fallback))
-    if not anatomy:
+    deployed = net.deployed_segmenter()
+    if not anatomy and isinstance(deployed, DeployedSegmenter) and deployed.segmenter.named is not None:
+        deployed.region_labels_out = False
+    elif not anatomy:
         for m in (net.segmenter, net.fallback):
             if m is not None and hasattr(m, "anatomy"):
                 m.anatomy = None
@@ -159,12 +165,13 @@ def export_onnx(checkpoint: str | Path, out: str | Path, simplify_graphs: bool =
         with torch.no_grad():
             feats = net.text_encoder(ids_t, mask_t)
         # the segmenter graph bundles the fallback U-Net and the report's maps (model.network.DeployedSegmenter)
-        graphs[seg.export_name] = _export_graph(net.deployed_segmenter(), (image, feats, mask_t), out, seg, simplify_graphs)
+        regions = torch.from_numpy(tok.report_regions(["检查所见：T7椎体见放射性浓聚。诊断意见：骨转移。", ""]))
+        graphs[seg.export_name] = _export_graph(deployed, (image, feats, mask_t, regions), out, seg, simplify_graphs)
         write_tokenizer_files(ckpt.tokenizer_files, out / "tokenizer")
     else:
         seg = C.SEGMENTER_UNET_GRAPH
         # the U-Net's logits and its anatomy output (model.network.DeployedUNet)
-        graphs[seg.export_name] = _export_graph(net.deployed_segmenter(), (image,), out, seg, simplify_graphs)
+        graphs[seg.export_name] = _export_graph(deployed, (image,), out, seg, simplify_graphs)
     desc = {
         "format": FORMAT,
         "model": ckpt.cfg.model,
@@ -202,4 +209,8 @@ def read_description(export_dir: str | Path) -> dict[str, Any]:
     d = json.loads(p.read_text(encoding="utf-8"))
     if d.get("format") != FORMAT:
         raise BonescanError(f"{p}: not a {FORMAT} description")
+    version = (d.get("contract") or {}).get("contract_version")
+    if version != C.CONTRACT_VERSION:
+        raise BonescanError(f"{p}: exported under contract version {version}, this code speaks version {C.CONTRACT_VERSION} "
+                            "(the graphs' inputs differ); export again with `bonescan export onnx`")
     return d

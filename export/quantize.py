@@ -70,7 +70,8 @@ def calibration_items(export_dir: Path, data: Path, n: int) -> list[dict[str, np
             continue
         ids, mask = pipe.tokenizer([arrays.reports[k]])
         feats = pipe.text.run([C.TEXT_FEATURES.name], {C.INPUT_IDS.name: ids, C.ATTENTION_MASK.name: mask})[0]
-        items.append({C.IMAGE.name: image, C.TEXT_FEATURES.name: feats, C.ATTENTION_MASK.name: mask})
+        items.append({C.IMAGE.name: image, C.TEXT_FEATURES.name: feats, C.ATTENTION_MASK.name: mask,
+                      C.REPORT_REGIONS.name: pipe.tokenizer.report_regions([arrays.reports[k]])})
     return items
 
 

@@ -254,7 +254,8 @@ def calibration_feeds(graph: str, export_dir: Path, n: int = 64, batch: int = 4,
                 yield text
                 continue
             feats = pipe.text.run([C.TEXT_FEATURES.name], text)[0]
-            yield {C.IMAGE.name: images, C.TEXT_FEATURES.name: feats, C.ATTENTION_MASK.name: mask}
+            yield {C.IMAGE.name: images, C.TEXT_FEATURES.name: feats, C.ATTENTION_MASK.name: mask,
+                   C.REPORT_REGIONS.name: pipe.tokenizer.report_regions(reports)}
         else:
             yield {C.IMAGE.name: images}
 

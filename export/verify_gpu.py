@@ -78,7 +78,7 @@ class TrtPipeline:
         ids, mask = self.tok(reports)
         feats = self.text.infer({C.INPUT_IDS.name: ids, C.ATTENTION_MASK.name: mask})[C.TEXT_FEATURES.name]
         out = self.seg.infer({C.IMAGE.name: images.astype(np.float32), C.TEXT_FEATURES.name: np.asarray(feats),
-                              C.ATTENTION_MASK.name: mask})
+                              C.ATTENTION_MASK.name: mask, C.REPORT_REGIONS.name: self.tok.report_regions(reports)})
         return np.asarray(out[C.LOGITS.name])
 
     def close(self) -> None:

@@ -308,7 +308,7 @@ def test_the_named_place_prior_adds_weak_unet_hot_spots_in_the_bones_the_report_
     grid, (cy, cx), dual, unet, text_map, stats, sp = _t7_scene(cases, -1.0)  # probability 0.27: below the answer's 0.5
 
     def answer(report: str, t: float):
-        regions = np.stack([named_classes(report)]).astype(np.uint8)
+        regions = np.stack([named_classes(report)]).astype(np.float32)
         masks, _, lesions, dec = postprocess_failsafe(dual, unet, text_map, stats, sp, replace(FailSafeSettings(), named_place_threshold=t),
                                                       regions=grid[None], report_regions=regions)
         return masks[0, 0], json.loads(lesions[0]), dec[0]

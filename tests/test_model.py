@@ -299,3 +299,41 @@ def test_faint_lesions_are_the_lowest_contrast_third_and_counted_by_their_centre
     assert s["faint_sensitivity"] == 0.5 and s["faint_lesions"] == 2
     assert s["fp_per_scan"] == 0.5 and s["fp_per_positive_scan"] == 0.0  # the negative scan's false positive is not counted there
     assert "faint_sensitivity" not in summarize([scan_metrics(pred, gt)])  # rows without faint counts: none reported
+
+
+def test_the_decoder_reads_the_bones_the_report_names(cases, tokenizer):
+    """NamedPlaces: zero-initialised (a model warm-started from the U-Net starts as that U-Net), then the
+    logits move where the named bones are and nowhere else when the report names none; the deployed graph
+    (DeployedSegmenter, report_regions as its input) composes to the training forward."""
+    from bonescan.anatomy import N_REGION_CLASSES
+    from bonescan.contract import REGION_STRIDE
+    from bonescan.model.fusion import named_map
+
+    net = _tiny("dualpath")
+    assert net.segmenter.named is not None and net.fallback is not None and net.fallback.anatomy is not None
+    img, ids, am = _batch(cases[:2], tokenizer)
+    regions = torch.from_numpy(tokenizer.report_regions([c.report for c in cases[:2]]))
+    assert regions.dtype == torch.float32 and regions.shape == (2, N_REGION_CLASSES)
+    with torch.no_grad():
+        # the map: one-hot region logits give the named classes' cells exactly
+        onehot = torch.full((1, 2, N_REGION_CLASSES, 4, 4), -30.0)
+        onehot[0, :, 5, :2] = 30.0
+        onehot[0, :, 0, 2:] = 30.0
+        named = torch.zeros(1, N_REGION_CLASSES)
+        named[0, 5] = 1.0
+        m = named_map(onehot, named)
+        assert m.shape == (1, 2, 4, 4) and torch.allclose(m[0, :, :2], torch.ones(2, 2, 4)) and float(m[0, :, 2:].abs().max()) < 1e-6
+        base = net(img, ids, am)
+        assert torch.equal(net(img, ids, am, report_regions=regions), base)  # zero-initialised: no change yet
+        for conv in net.segmenter.named.films:
+            torch.nn.init.normal_(conv.weight, std=2.0)
+        all_bones = torch.ones_like(regions)
+        all_bones[:, 0] = 0.0  # every bone named, background not
+        moved = net(img, ids, am, report_regions=all_bones)
+        unnamed = net(img, ids, am, report_regions=torch.zeros_like(regions))
+        assert float((moved - unnamed).abs().max()) > 1e-2
+        assert torch.equal(unnamed, net(img, ids, am))  # None = the report names no bone
+        feats = net.text_encoder(ids, am)
+        logits, _, _, labels = net.deployed_segmenter()(img, feats, am, all_bones)
+        assert torch.allclose(logits, moved, atol=1e-5)
+        assert labels.shape == (2, 2, IMAGE_HEIGHT // REGION_STRIDE, IMAGE_WIDTH // REGION_STRIDE)

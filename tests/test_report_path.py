@@ -581,3 +581,35 @@ def test_text_gain_bench_scores_every_condition_against_the_same_budget_unet(che
         combine([tmp_path / "text_gain.json"] * 2, tmp_path / "twice")
     assert set(res["summary"]["targets_met"]) >= {"in-style_served_on_or_above_unet_froc", "in-style_cpm_gain_at_least_0.03",
                                                   "traditional_keeps_90pct_of_gain", "nonreport_never_empty_where_unet_finds"}
+
+
+def test_training_reports_carry_their_named_bones_and_some_carry_another_cases(dataset):
+    """ReportSource gives the decoder the bones each training report names (as the tokenizer step does
+    in the ensemble); with ``named_mismatch`` a share of them are another case's, the text staying the
+    case's own (so the decoder learns that a named bone without image evidence is no lesion)."""
+    import tempfile
+
+    from bonescan.data.arrays import load_split
+    from bonescan.data.styles import STYLES
+    from bonescan.model.config import preset
+    from bonescan.train import ReportSource, setup_tokenizer
+
+    mcfg, tcfg = preset("tiny")
+    arrays = load_split(dataset, "train", progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        _, tok = setup_tokenizer(mcfg, None, Path(tmp))
+    assert tok is not None
+    idx = np.array([i for i in range(len(arrays)) if arrays.masks[i].any()][:8])
+    keep = np.zeros(len(idx), bool)
+    tcfg.text_augment = 0.0
+    tcfg.unk_noise = 0.0
+    own = ReportSource(tok, arrays, tcfg, list(STYLES), np.random.default_rng(0)).batch(idx, keep)
+    ids, am, _, regions = own
+    assert regions.dtype == torch.float32 and regions.shape == (len(idx), C.REPORT_REGIONS.dims[0])
+    assert regions.sum(1).min() > 0  # every case with metastases names a bone
+    tcfg.named_mismatch = 1.0
+    swapped = ReportSource(tok, arrays, tcfg, list(STYLES), np.random.default_rng(0)).batch(idx, keep)
+    assert torch.equal(swapped[0], ids)  # the texts are the cases' own
+    assert not torch.equal(swapped[3], regions)  # the named bones are not
+    dropped = ReportSource(tok, arrays, tcfg, list(STYLES), np.random.default_rng(0)).batch(idx, ~keep)
+    assert not dropped[3].any()  # a dropped report names nothing, and gets no other case's bones

@@ -20,11 +20,12 @@ import numpy as np
 
 from bonescan.anatomy import N_REGION_CLASSES  # (anatomy imports nothing of the package)
 
-CONTRACT_VERSION = 6  # 2: the dual-path segmenter carries the fail-safe (text_map, fallback_logits), LESIONS says who answered;
+CONTRACT_VERSION = 7  # 2: the dual-path segmenter carries the fail-safe (text_map, fallback_logits), LESIONS says who answered;
 # 3: the dual-path ensemble takes the study's ACCESSION_NUMBER / STUDY_INSTANCE_UID (optional);
 # 4: reports are normalised before tokenizing (report_text), text_stats also counts the report's finding terms
 # 5: the U-Net (alone, and bundled in the dual-path segmenter) also gives the skeleton's regions (region_labels)
 # 6: the tokenizer gives postprocess the bones the report names as metastatic (report_regions)
+# 7: report_regions is float32 and also feeds the dual-path segmenter (the decoder's named-place prior)
 
 # ----------------------------------------------------------------------------- image geometry
 #: Whole-body views are 1024 x 256 (H x W) count images, as most gamma cameras write them.
@@ -175,13 +176,15 @@ REGION_LABELS = TensorSpec("region_labels", "int32", (IMAGE_CHANNELS, IMAGE_HEIG
 TEXT_STATS = TensorSpec("text_stats", "int32", (3,),
                         "report tokens, of them unknown to the text encoder, and the report's finding terms (report_text)")
 
-# tokenizer -> postprocess: the bones the report names as metastatic (issue 26, the named-place prior)
-REPORT_REGIONS = TensorSpec("report_regions", "uint8", (N_REGION_CLASSES,),
+# tokenizer -> segmenter and postprocess: the bones the report names as metastatic (issue 26, the
+# named-place prior: the segmenter's decoder reads it over its bundled U-Net's anatomy output, postprocess
+# grows the answer by the U-Net's hot spots there). float32, not uint8: every runtime takes it as a graph input.
+REPORT_REGIONS = TensorSpec("report_regions", "float32", (N_REGION_CLASSES,),
                             "1 = a region class (anatomy.REGION_CLASSES) the report names as metastatic (report_sites.named_classes)")
 
 TEXT_ENCODER_INPUTS = (INPUT_IDS, ATTENTION_MASK)
 TEXT_ENCODER_OUTPUTS = (TEXT_FEATURES,)
-SEGMENTER_INPUTS = (IMAGE, TEXT_FEATURES, ATTENTION_MASK)
+SEGMENTER_INPUTS = (IMAGE, TEXT_FEATURES, ATTENTION_MASK, REPORT_REGIONS)
 SEGMENTER_UNET_INPUTS = (IMAGE,)
 SEGMENTER_OUTPUTS = (LOGITS, TEXT_MAP, FALLBACK_LOGITS, REGION_LABELS)
 SEGMENTER_UNET_OUTPUTS = (LOGITS, REGION_LABELS)
@@ -352,7 +355,7 @@ TEXT_ENCODER_GRAPH = GraphSpec(
 SEGMENTER_GRAPH = GraphSpec(
     SEGMENTER_MODEL, SEGMENTER_INPUTS, SEGMENTER_OUTPUTS, export_name="segmenter",
     dynamic_axes={IMAGE.name: _BATCH_AXES, TEXT_FEATURES.name: _TEXT_AXES, ATTENTION_MASK.name: _TEXT_AXES,
-                  LOGITS.name: _BATCH_AXES, TEXT_MAP.name: _BATCH_AXES, FALLBACK_LOGITS.name: _BATCH_AXES,
+                  REPORT_REGIONS.name: _BATCH_AXES, LOGITS.name: _BATCH_AXES, TEXT_MAP.name: _BATCH_AXES, FALLBACK_LOGITS.name: _BATCH_AXES,
                   REGION_LABELS.name: _BATCH_AXES})
 SEGMENTER_UNET_GRAPH = GraphSpec(
     SEGMENTER_UNET_MODEL, SEGMENTER_UNET_INPUTS, SEGMENTER_UNET_OUTPUTS, export_name="segmenter",

@@ -156,7 +156,7 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
     spacing [B, 2] -> (mask uint8 [B, 1, H, W], probability [B, 1, H, W] (the map behind each answer:
     failsafe.served_probability), B lesion-list JSON strings that also say which path answered and
     why, B decision dicts). ``regions`` / ``images``: lesions named by bone, as :func:`postprocess`.
-    ``report_regions`` uint8 [B, N_REGION_CLASSES] (the bones each report names as metastatic) with ``regions``:
+    ``report_regions`` [B, N_REGION_CLASSES], 1 = a bone the report names as metastatic, with ``regions``:
     the named-place prior, where ``settings.named_place_threshold`` > 0 (failsafe.add_in_named_places): the
     U-Net's weaker hot spots in the named bones join the report-guided answer.
     """

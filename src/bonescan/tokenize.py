@@ -107,12 +107,14 @@ class ReportTokenizer:
         return np.stack([content.sum(1), unknown.sum(1), terms], axis=1).astype(np.int32)
 
     def report_regions(self, reports: Sequence[str]) -> np.ndarray:
-        """uint8 [B, N_REGION_CLASSES]: per report the region classes it names as metastatic (1), the
-        named-place prior postprocess applies with the anatomy output (report_sites.named_classes)."""
+        """float32 [B, N_REGION_CLASSES]: per report the region classes it names as metastatic (1), the
+        named-place prior the segmenter's decoder and postprocess apply with the anatomy output
+        (report_sites.named_classes)."""
         from bonescan.report_sites import named_classes
 
-        return np.stack([named_classes(t) for t in reports]).astype(np.uint8) if len(reports) else \
-            np.zeros((0, REPORT_REGIONS.dims[0]), np.uint8)
+        dtype = np.dtype(REPORT_REGIONS.dtype)
+        return np.stack([named_classes(t) for t in reports]).astype(dtype) if len(reports) else \
+            np.zeros((0, REPORT_REGIONS.dims[0]), dtype)
 
     def n_tokens(self, report: str) -> int:
         """Tokens the report would have without truncation (for statistics)."""

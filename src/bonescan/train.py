@@ -305,13 +305,15 @@ def build_model(mcfg: ModelConfig, tokenizer: ReportTokenizer | None, text_encod
 
 
 def build_optimizer(net: BoneScanNet, tcfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with three parameter groups: the image path and fusion at ``lr``, the text encoder at
-    ``text_lr``, and the scalar gains at 10 x ``lr`` without weight decay."""
+    """AdamW with up to four parameter groups: the image path and fusion at ``lr``, the text encoder at
+    ``text_lr``, the scalar gains at 10 x ``lr`` without weight decay, and NamedPlaces at
+    ``named_lr_scale`` x ``lr``."""
     text_params = list(net.text_encoder.parameters()) if net.text_encoder is not None else []
     # scalar gains (fusion residual scales, prior scales): Adam moves every parameter by ~lr per
     # step, so a gain that must travel from 0.1 to 1 needs a larger step to get there in time
     gains = [p for n, p in net.named_parameters() if n.endswith("scale") and p.ndim <= 1 and p.requires_grad]
-    special = {id(p) for p in text_params + gains}
+    named = list(net.segmenter.named.parameters()) if net.segmenter.named is not None else []
+    special = {id(p) for p in text_params + gains + named}
     # the bundled fallback U-Net is frozen: it stays the model it was trained as
     groups: list[dict[str, Any]] = [{"params": [p for p in net.parameters() if id(p) not in special and p.requires_grad],
                                      "lr": tcfg.lr}]
@@ -319,6 +321,8 @@ def build_optimizer(net: BoneScanNet, tcfg: TrainConfig) -> torch.optim.AdamW:
         groups.append({"params": text_params, "lr": tcfg.text_lr})
     if gains:
         groups.append({"params": gains, "lr": tcfg.lr * 10, "weight_decay": 0.0})
+    if named:
+        groups.append({"params": named, "lr": tcfg.lr * tcfg.named_lr_scale})
     return torch.optim.AdamW(groups, weight_decay=tcfg.weight_decay, fused=True)
 
 
@@ -334,8 +338,10 @@ class ReportSource:
         self.tokenizer, self.arrays, self.tcfg, self.styles, self.rng = tokenizer, arrays, tcfg, styles, rng
         self.seen: set[int] = set()
 
-    def batch(self, idx: np.ndarray, drop: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """(input_ids, attention_mask, no_report [B] bool) for cases ``idx``; ``drop``: report dropout.
+    def batch(self, idx: np.ndarray, drop: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, torch.Tensor]:
+        """(input_ids, attention_mask, no_report [B] bool, report_regions [B, classes]) for cases ``idx``;
+        ``drop``: report dropout. The named bones are read from the text as written (before [UNK] noise),
+        as the tokenizer step reads them in the ensemble.
         A dropped report is an empty text, or (``nonreport_share`` of them) a text that is no report
         (data.nonreport): both train as no report."""
         from bonescan.data.nonreport import nonreport
@@ -350,7 +356,14 @@ class ReportSource:
         self.seen.update(np.unique(ids[am > 0]).tolist())
         ids = unk_noise(ids, am, self.tokenizer, self.tcfg.unk_noise, self.rng)
         no_report = np.asarray(drop, bool) | (self.tokenizer.text_stats(ids, am)[:, 0] == 0)
-        return torch.from_numpy(ids), torch.from_numpy(am), no_report
+        regions = self.tokenizer.report_regions(texts)
+        if self.tcfg.named_mismatch > 0:
+            for k in np.flatnonzero(~np.asarray(drop, bool) & (self.rng.random(len(idx)) < self.tcfg.named_mismatch)):
+                j = int(self.rng.integers(len(self.arrays)))
+                other = training_report(self.arrays.metas[j], self.arrays.reports[j], self.rng, self.styles,
+                                        self.tcfg.text_augment, self.tcfg.report_part_share)
+                regions[k] = self.tokenizer.report_regions([other])[0]
+        return torch.from_numpy(ids), torch.from_numpy(am), no_report, torch.from_numpy(regions)
 
 
 def unk_noise(ids: np.ndarray, mask: np.ndarray, tokenizer: ReportTokenizer, share: float,
@@ -409,8 +422,8 @@ def train_step(net: BoneScanNet, opt: torch.optim.Optimizer, sched: torch.optim.
     no_report = np.ones(len(idx), dtype=bool)
     if batches.reports is not None:
         drop = torch.rand(len(idx), generator=gen).numpy() < tcfg.report_dropout
-        ids, am, no_report = batches.reports.batch(idx, drop)
-        logits, grounding = net(img, ids, am, rows=rows, return_grounding=True)
+        ids, am, no_report, regions = batches.reports.batch(idx, drop)
+        logits, grounding = net(img, ids, am, rows=rows, return_grounding=True, report_regions=regions)
     else:
         logits, grounding = net(img, rows=rows, return_grounding=True)
     loss = loss_fn(logits, msk)
@@ -597,7 +610,7 @@ def pretrain_report_maps(net: BoneScanNet, reports: ReportSource, tcfg: TrainCon
     for step in bar:
         idx = torch.randint(len(arrays), (tcfg.pretrain_maps_batch,), generator=gen).numpy()
         drop = torch.rand(len(idx), generator=gen).numpy() < tcfg.report_dropout
-        ids, am, no_report = reports.batch(idx, drop)
+        ids, am, no_report, _ = reports.batch(idx, drop)
         maps, _ = seg.report_maps(net.text_encoder(ids, am), am)
         loss = grounding_loss(maps, lesion[idx], findings[idx], torch.from_numpy(no_report), mention_weight=tcfg.mention_weight)
         lrs.append(float(opt.param_groups[0]["lr"]))

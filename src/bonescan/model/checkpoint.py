@@ -142,14 +142,15 @@ class Predictor:
         assert self.net.text_encoder is not None  # a tokenizer is made for a text encoder only
         feats = self.net.text_encoder(ids_t, mask_t)
         seg = self.net.deployed_segmenter()
-        out: dict[str, np.ndarray] = {"text_stats": self.tokenizer.text_stats(ids, mask, texts),
-                                      "report_regions": self.tokenizer.report_regions(texts)}
+        regions = self.tokenizer.report_regions(texts)
+        out: dict[str, np.ndarray] = {"text_stats": self.tokenizer.text_stats(ids, mask, texts), "report_regions": regions}
+        regions_t = torch.from_numpy(regions)
         if fallback:
-            logits, text_map, fb, labels = seg(x, feats, mask_t)
+            logits, text_map, fb, labels = seg(x, feats, mask_t, regions_t)
             out["fallback_logits"] = fb.numpy()
             out["region_labels"] = labels.numpy()
         else:
-            logits, text_map = seg.report_guided(x, feats, mask_t)
+            logits, text_map = seg.report_guided(x, feats, mask_t, regions_t)
         return {"logits": logits.numpy(), "text_map": text_map.numpy(), **out}
 
     @torch.no_grad()
@@ -158,5 +159,7 @@ class Predictor:
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         if self.tokenizer is None:
             return self.net(x).numpy()
-        ids, mask = self.tokenizer(reports if reports is not None else [""] * len(images))
-        return self.net(x, torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+        texts = list(reports) if reports is not None else [""] * len(images)
+        ids, mask = self.tokenizer(texts)
+        return self.net(x, torch.from_numpy(ids), torch.from_numpy(mask),
+                        report_regions=torch.from_numpy(self.tokenizer.report_regions(texts))).numpy()

@@ -41,6 +41,10 @@ class ModelConfig:
     #: unet: the anatomy network (the skeleton's regions, issue 26); a dual-path model's bundled U-Net carries
     #: it (checkpoints from before it load with False: their graphs answer background everywhere)
     anatomy: bool = True
+    #: dualpath: the decoder reads the bones the report names (report_regions) over the bundled U-Net's anatomy
+    #: output, a map per view that modulates each decoder stage (NamedPlaces; checkpoints from before it load
+    #: with False: their graphs take report_regions and leave it unread)
+    named_places: bool = True
     text: TextConfig = field(default_factory=TextConfig)
     #: dualpath: the image-only U-Net deployed inside the segmenter graph as the fail-safe's answer
     #: (None: a U-Net of this model's image configuration)
@@ -55,6 +59,7 @@ class ModelConfig:
         text = TextConfig(**d.pop("text", {}))
         fb = d.pop("fallback", None)
         d.setdefault("anatomy", False)  # a checkpoint from before the anatomy network
+        d.setdefault("named_places", False)  # a checkpoint from before the decoder's named-place prior
         known = {f.name for f in fields(ModelConfig)}
         return ModelConfig(text=text, fallback=ModelConfig.from_dict(fb) if fb else None,
                            **{k: v for k, v in d.items() if k in known})
@@ -92,6 +97,13 @@ class TrainConfig:
     rerender_reports: bool = True
     text_augment: float = 1.0  # strength of the text augmentation (0 = off)
     unk_noise: float = 0.03  # share of report tokens replaced by [UNK] (teaches the model to read past them)
+    #: dualpath with NamedPlaces: share of training reports whose named bones (report_regions) are another
+    #: case's while the text stays the case's own: the decoder learns that a named bone without image
+    #: evidence is no lesion (another scan's report must not paint lesions into the bones it names)
+    named_mismatch: float = 0.0
+    #: learning rate of NamedPlaces (zero-initialised FiLM convolutions) as a multiple of ``lr``: Adam moves a
+    #: weight by about lr per step, and the modulation must travel from 0 to O(1) within a short training
+    named_lr_scale: float = 1.0
     pretrain_text_steps: int = 0  # masked-language-model steps of the text encoder before segmentation training
     pretrain_text_batch: int = 32
     pretrain_text_lr: float = 1e-3

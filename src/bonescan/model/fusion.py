@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 MASK_NEG = -1.0e4
@@ -178,3 +179,52 @@ class TextPrior(nn.Module):
 
 
 FUSIONS = {"xattn": CrossAttentionFusion, "gate": GateFusion}
+
+
+def named_map(region_logits: torch.Tensor, report_regions: torch.Tensor) -> torch.Tensor:
+    """Where the report's named bones are, per view: the anatomy output's class probabilities summed over
+    the classes the report names as metastatic.
+
+    region_logits [B, views, classes, h, w] (the U-Net's AnatomyNet), report_regions [B, classes]
+    (1 = named; contract.REPORT_REGIONS) -> [B, views, h, w] in [0, 1].
+    """
+    p = torch.softmax(region_logits, dim=2)
+    return torch.einsum("bvchw,bc->bvhw", p, report_regions.to(p.dtype))
+
+
+class NamedPlaces(nn.Module):
+    """The report's named places fed to the decoder (issue 26): at every decoder stage, the stage's
+    features are modulated by the map of the bones the report names as metastatic (:func:`named_map`),
+    ``x * (1 + gamma(named)) + beta(named)`` (FiLM, Perez et al. 2018) with a 1 x 1 convolution per stage.
+
+    Where TextPrior's veto can only take hot spots away, this lets the decoder take weaker evidence
+    where the report says a metastasis is: the named place is an explicit map (the tokenizer's lexicon
+    over the anatomy output), not something cross-attention has to learn from a few hundred steps.
+    Zero-initialised, so a model warm-started from the U-Net starts as that U-Net.
+
+    x [B, C_j, H / s_j, W / s_j] at stage j, named [B, views, H / r, W / r] (r = the anatomy grid's
+    stride) -> x modulated.
+    """
+
+    def __init__(self, channels: list[int], strides: list[int], views: int, grid_stride: int):
+        super().__init__()
+        self.strides, self.grid_stride = strides, grid_stride
+        convs = [nn.Conv2d(views, 2 * c, 1) for c in channels]
+        for conv in convs:
+            nn.init.zeros_(conv.weight)
+            assert conv.bias is not None
+            nn.init.zeros_(conv.bias)
+        self.films = nn.ModuleList(convs)
+
+    def at_stage(self, named: torch.Tensor, j: int) -> torch.Tensor:
+        """The named map at stage ``j``'s resolution (static factors: every dim stays static in the graph)."""
+        s, r = self.strides[j], self.grid_stride
+        if s > r:
+            return F.avg_pool2d(named, s // r)
+        if s < r:
+            return F.interpolate(named, scale_factor=float(r // s), mode="nearest")
+        return named
+
+    def forward(self, x: torch.Tensor, named: torch.Tensor, j: int) -> torch.Tensor:
+        gamma, beta = self.films[j](self.at_stage(named, j)).chunk(2, dim=1)
+        return x * (1.0 + gamma) + beta

@@ -1,8 +1,9 @@
 """The dual-path network, split into exactly the two graphs that get deployed.
 
 * ``TextEncoder``: (input_ids, attention_mask) -> text_features [B, T, D] (a BERT / MacBERT);
-* ``Segmenter``:  (image, text_features, attention_mask) -> logits [B, 1, H, W]
-  (count normalisation, U-Net encoder, decoder with text fusion at the coarser stages, head).
+* ``Segmenter``:  (image, text_features, attention_mask, report_regions) -> logits [B, 1, H, W]
+  (count normalisation, U-Net encoder, decoder with text fusion at the coarser stages and the
+  report's named bones at every stage (NamedPlaces, over the bundled U-Net's anatomy output), head).
 
 ``model="unet"`` is the identical image path with no fusion (the baseline); it also carries the
 anatomy output (``AnatomyNet``: a small network of its own on the counts pooled to the anatomy grid,
@@ -21,7 +22,7 @@ from torch import nn
 from bonescan.anatomy import N_REGION_CLASSES
 from bonescan.contract import IMAGE_CHANNELS, IMAGE_HEIGHT, IMAGE_WIDTH, REGION_STRIDE
 from bonescan.model.config import ModelConfig, TextConfig
-from bonescan.model.fusion import FUSIONS, TextPrior
+from bonescan.model.fusion import FUSIONS, NamedPlaces, TextPrior, named_map
 from bonescan.model.unet import AnatomyNet, Encoder, Head, UpBlock, normalize_counts
 
 
@@ -107,6 +108,11 @@ class Segmenter(nn.Module):
                                                                                    IMAGE_WIDTH // self.map_stride))
                 # the report's veto enters the logits as prior_scale * log(sigmoid(prior map))
                 self.prior_scale = nn.Parameter(torch.ones(1))
+        self.named: NamedPlaces | None = None
+        if self.text_guided and cfg.named_places:
+            down = cfg.stem_stride * 2**cfg.depth
+            self.named = NamedPlaces([ch[cfg.depth - j] for j in range(cfg.depth + 1)],
+                                     [down // 2**j for j in range(cfg.depth + 1)], IMAGE_CHANNELS, REGION_STRIDE)
 
     @property
     def map_stride(self) -> int:
@@ -126,12 +132,15 @@ class Segmenter(nn.Module):
         rows: tuple[int, int] | None = None,
         return_grounding: bool = False,
         with_regions: bool = False,
+        named: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]] | tuple[torch.Tensor, torch.Tensor]:
         """rows: (first, end) row crop for training; counts are normalised on the whole image first,
         and the fusion's position code is taken at the crop's rows. Inference uses the whole image.
         return_grounding: also return each fusion block's grounding logits (training loss).
         with_regions (U-Net with an anatomy network, whole images): (logits, region logits
-        [B, 2, classes, H / 4, W / 4]) from the counts normalised once."""
+        [B, 2, classes, H / 4, W / 4]) from the counts normalised once.
+        named: the bones the report names, per view on the whole image's anatomy grid [B, 2, H / 4, W / 4]
+        (fusion.named_map; the model with NamedPlaces reads it, None = the report names no bone)."""
         x0 = normalize_counts(image)
         row0 = 0
         if rows is not None:
@@ -147,12 +156,24 @@ class Segmenter(nn.Module):
         if fuse and (text_features is None or attention_mask is None):
             raise ValueError("the dualpath segmenter needs text_features and attention_mask")
         down = self.row_multiple
+        if self.named is not None:
+            r = REGION_STRIDE
+            if named is None:
+                named = x0.new_zeros((x0.shape[0], IMAGE_CHANNELS, x0.shape[2] // r, x0.shape[3] // r))
+            elif rows is not None:
+                named = named[:, :, rows[0] // r : rows[1] // r]
         if fuse and len(self.fusions) > 0:
             x = self.fusions[0](x, text_features, attention_mask, row0 // down)
+        if self.named is not None:
+            assert named is not None
+            x = self.named(x, named, 0)
         for j, up in enumerate(self.ups, start=1):
             x = up(x, skips[-1 - j])
             if fuse and j < len(self.fusions):
                 x = self.fusions[j](x, text_features, attention_mask, row0 * 2**j // down)
+            if self.named is not None:
+                assert named is not None
+                x = self.named(x, named, j)
         logits = self.head(x, x0)
         grounding: list[torch.Tensor] = []
         if fuse and self.prior is not None:
@@ -209,38 +230,63 @@ class DeployedUNet(nn.Module):
         self.unet = unet
 
     def forward(self, image: torch.Tensor):
+        logits, labels, _ = self.answer(image)
+        return logits, labels
+
+    def answer(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(logits, region_labels, region logits or None without an anatomy network)."""
         if self.unet.anatomy is None:
             # trained on data without region maps (or before the anatomy network): background everywhere,
             # lesions are not named by bone
             s = REGION_STRIDE
-            return self.unet(image), torch.zeros_like(image[:, :, s // 2 :: s, s // 2 :: s], dtype=torch.int32)
-        logits, regions = self.unet(image, with_regions=True)
-        return logits, region_labels(regions)
+            return self.unet(image), torch.zeros_like(image[:, :, s // 2 :: s, s // 2 :: s], dtype=torch.int32), None
+        logits, regions = self.unet(image, with_regions=True)  # type: ignore[misc]
+        return logits, region_labels(regions), regions
 
 
 class DeployedSegmenter(nn.Module):
     """The dual-path segmenter graph as deployed: one graph, three answers for the fail-safe and the skeleton's regions.
 
-    (image, text_features, attention_mask) -> (logits, text_map, fallback_logits, region_labels):
+    (image, text_features, attention_mask, report_regions) -> (logits, text_map, fallback_logits, region_labels):
     the text-guided logits, the report's coarse maps (allow, mention; see TextPrior), the logits of
-    the image-only U-Net this model was trained beside and that U-Net's anatomy output. ``bonescan.failsafe`` decides per scan which answer to give. One graph
-    (not a second Triton step) keeps the ensemble one chain.
+    the image-only U-Net this model was trained beside and that U-Net's anatomy output. The decoder
+    reads the bones the report names (report_regions) over that anatomy output (NamedPlaces).
+    ``bonescan.failsafe`` decides per scan which answer to give. One graph (not a second Triton step)
+    keeps the ensemble one chain.
     """
 
     def __init__(self, segmenter: Segmenter, fallback: Segmenter):
         super().__init__()
         self.segmenter = segmenter
         self.fallback = DeployedUNet(fallback)
+        #: False (export --no-anatomy of a model with NamedPlaces): region_labels is background everywhere,
+        #: while the anatomy network still locates the named bones for the decoder
+        self.region_labels_out = True
 
-    def forward(self, image: torch.Tensor, text_features: torch.Tensor, attention_mask: torch.Tensor):
-        logits, text_map = self.report_guided(image, text_features, attention_mask)
-        fb_logits, labels = self.fallback(image)
+    def forward(self, image: torch.Tensor, text_features: torch.Tensor, attention_mask: torch.Tensor,
+                report_regions: torch.Tensor):
+        fb_logits, labels, regions = self.fallback.answer(image)
+        logits, text_map = self.report_guided(image, text_features, attention_mask, report_regions, regions)
+        if not self.region_labels_out:  # (the argmax is then dead code, left out of the exported graph)
+            s = REGION_STRIDE
+            labels = torch.zeros_like(image[:, :, s // 2 :: s, s // 2 :: s], dtype=torch.int32)
         return logits, text_map, fb_logits, labels
 
-    def report_guided(self, image: torch.Tensor, text_features: torch.Tensor, attention_mask: torch.Tensor):
-        """(logits, text_map) without the fallback's answer (which does not depend on the report)."""
-        out = self.segmenter(image, text_features, attention_mask, return_grounding=True)
+    def report_guided(self, image: torch.Tensor, text_features: torch.Tensor, attention_mask: torch.Tensor,
+                      report_regions: torch.Tensor, region_logits: torch.Tensor | None = None):
+        """(logits, text_map) without the fallback's answer (which does not depend on the report);
+        ``region_logits``: the fallback's anatomy output when already computed."""
+        named = None
+        if self.segmenter.named is not None:
+            if region_logits is None:
+                region_logits = self.fallback.unet.regions(image)
+            named = named_map(region_logits, report_regions)
+        out = self.segmenter(image, text_features, attention_mask, return_grounding=True, named=named)
         logits, grounding = out  # type: ignore[misc]
+        if named is None:
+            # a model from before NamedPlaces: the graph keeps the contract's input and leaves it unread
+            # (torch.onnx.export would drop an input no op uses)
+            logits = logits + 0.0 * report_regions.sum()
         text_map = grounding[0] if grounding else self.segmenter.text_map(text_features, attention_mask)
         return logits, text_map
 
@@ -259,6 +305,8 @@ class BoneScanNet(nn.Module):
             text_dim = self.text_encoder.hidden
         elif cfg.model != "unet":
             raise ValueError(f"model must be 'dualpath' or 'unet', got {cfg.model!r}")
+        if cfg.model == "dualpath" and cfg.named_places and not cfg.fallback_config().anatomy:
+            raise ValueError("named_places needs a fallback U-Net with an anatomy network (it locates the named bones)")
         self.segmenter = Segmenter(cfg, text_dim)
         self.fallback: Segmenter | None = None
         if cfg.model == "dualpath":
@@ -279,9 +327,15 @@ class BoneScanNet(nn.Module):
         return self
 
     def forward(self, image: torch.Tensor, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                rows: tuple[int, int] | None = None, return_grounding: bool = False):
+                rows: tuple[int, int] | None = None, return_grounding: bool = False, report_regions: torch.Tensor | None = None):
+        """report_regions [B, classes] (tokenize.ReportTokenizer.report_regions; None = no bone named)."""
         if self.text_encoder is None:
             return self.segmenter(image, rows=rows, return_grounding=return_grounding)
         assert input_ids is not None and attention_mask is not None
         feats = self.text_encoder(input_ids, attention_mask)
-        return self.segmenter(image, feats, attention_mask, rows=rows, return_grounding=return_grounding)
+        named = None
+        if self.segmenter.named is not None and report_regions is not None:
+            assert self.fallback is not None  # a dual-path model always carries one
+            with torch.no_grad():  # the fallback is frozen; its anatomy output locates the named bones
+                named = named_map(self.fallback.regions(image), report_regions)
+        return self.segmenter(image, feats, attention_mask, rows=rows, return_grounding=return_grounding, named=named)
