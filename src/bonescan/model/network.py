@@ -222,6 +222,12 @@ def region_labels(region_logits: torch.Tensor) -> torch.Tensor:
     return torch.argmax(region_logits, dim=2).to(torch.int32)
 
 
+def background_labels(image: torch.Tensor) -> torch.Tensor:
+    """region_labels saying background everywhere, int32 [B, 2, H / 4, W / 4] (no anatomy output)."""
+    s = REGION_STRIDE
+    return torch.zeros_like(image[:, :, s // 2 :: s, s // 2 :: s], dtype=torch.int32)
+
+
 class DeployedUNet(nn.Module):
     """The U-Net graph as deployed: image -> (logits, region_labels), one pass of its encoder."""
 
@@ -238,8 +244,7 @@ class DeployedUNet(nn.Module):
         if self.unet.anatomy is None:
             # trained on data without region maps (or before the anatomy network): background everywhere,
             # lesions are not named by bone
-            s = REGION_STRIDE
-            return self.unet(image), torch.zeros_like(image[:, :, s // 2 :: s, s // 2 :: s], dtype=torch.int32), None
+            return self.unet(image), background_labels(image), None
         logits, regions = self.unet(image, with_regions=True)  # type: ignore[misc]
         return logits, region_labels(regions), regions
 
@@ -268,8 +273,7 @@ class DeployedSegmenter(nn.Module):
         fb_logits, labels, regions = self.fallback.answer(image)
         logits, text_map = self.report_guided(image, text_features, attention_mask, report_regions, regions)
         if not self.region_labels_out:  # (the argmax is then dead code, left out of the exported graph)
-            s = REGION_STRIDE
-            labels = torch.zeros_like(image[:, :, s // 2 :: s, s // 2 :: s], dtype=torch.int32)
+            labels = background_labels(image)
         return logits, text_map, fb_logits, labels
 
     def report_guided(self, image: torch.Tensor, text_features: torch.Tensor, attention_mask: torch.Tensor,
