@@ -135,7 +135,7 @@ def format_cost(res: dict[str, Any]) -> str:
         lines.append(f"| {arm} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} | {x['segmenter_ms']:.1f} | {x['postprocess_ms']:.2f} | {res['dsc'][arm]:.4f} |")
     lines += ["", f"anatomy output's cost: {res['cost_share']:.1%} of the ensemble's p50 (per round: "
               + " / ".join(f"{x:.1%}" for x in res["cost_share_per_round"]) + f"; target <= {MAX_COST_SHARE:.0%}); "
-              f"segmenter +{a['segmenter_ms'] - b['segmenter_ms']:.1f} ms (the anatomy network), postprocess "
+              f"segmenter +{a['segmenter_ms'] - b['segmenter_ms']:.1f} ms (the anatomy network; with NamedPlaces, which keeps it, the labels' argmax), postprocess "
               f"+{a['postprocess_ms'] - b['postprocess_ms']:.2f} ms (naming and BSI)",
               f"postprocess without the anatomy (the fail-safe alone): {b['postprocess_ms']:.2f} ms (target < {MAX_FAILSAFE_MS:g} ms)"]
     for arm, g in (res.get("int8_gates") or {}).items():

@@ -506,8 +506,9 @@ def export_commands(sub: argparse._SubParsersAction) -> None:
     CHECKPOINT.add(s)
     OUT.add(s, help="export folder to write")
     s.add_argument("--no-anatomy", action="store_true",
-                   help="leave the anatomy network out of the segmenter graph: region_labels all background, lesions "
-                        "not named, no BSI; cheaper (default: False, the network kept when the checkpoint has one)")
+                   help="leave the anatomy output out of the segmenter graph: region_labels all background, lesions "
+                        "not named, no BSI; cheaper (a model whose decoder reads the named bones keeps the network "
+                        "and drops only its labels) (default: False, the network kept when the checkpoint has one)")
     s = _command(esub, "check", _export_check, "parity of the ONNX graphs with PyTorch on held-out cases (JSON)")
     CHECKPOINT.add(s)
     EXPORT.add(s)
