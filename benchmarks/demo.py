@@ -24,19 +24,25 @@ from typing import Any
 
 import numpy as np
 
-from bonescan import contract as C
-
 STEPS = 10
 STAGE_SECONDS: dict[str, float] = {}  # stage -> seconds, printed at the end
 _current: list[str] = [""]
 
 
 def _export_current(export: Path, checkpoint: Path) -> bool:
-    """An export made from this checkpoint (not older than it) under this code's contract version."""
+    """An export made from this checkpoint (not older than it) that reads as current (export.onnx_export.read_description:
+    its format and this code's contract version)."""
+    from bonescan.errors import BonescanError
+    from bonescan.export.onnx_export import read_description
+
     desc = export / "model.json"
     if not desc.exists() or desc.stat().st_mtime < checkpoint.stat().st_mtime:
         return False
-    return (json.loads(desc.read_text(encoding="utf-8")).get("contract") or {}).get("contract_version") == C.CONTRACT_VERSION
+    try:
+        read_description(export)
+    except BonescanError:
+        return False
+    return True
 
 def step(k: int, msg: str) -> float:
     print(f"\n==> [{k}/{STEPS}] {msg}", flush=True)

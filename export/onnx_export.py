@@ -158,14 +158,15 @@ def export_onnx(checkpoint: str | Path, out: str | Path, simplify_graphs: bool =
     image = torch.rand(batch, *C.IMAGE_DIMS) * 50
     if net.text_encoder is not None:
         tok = ckpt.report_tokenizer()
-        ids, mask = tok(["检查所见：T7椎体见放射性浓聚。", ""])
+        texts = ["检查所见：T7椎体见放射性浓聚。诊断意见：骨转移。", ""]  # a report naming a bone, and none
+        ids, mask = tok(texts)
         ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
         te, seg = C.TEXT_ENCODER_GRAPH, C.SEGMENTER_GRAPH
         graphs[te.export_name] = _export_graph(net.text_encoder, (ids_t, mask_t), out, te, simplify_graphs)
         with torch.no_grad():
             feats = net.text_encoder(ids_t, mask_t)
         # the segmenter graph bundles the fallback U-Net and the report's maps (model.network.DeployedSegmenter)
-        regions = torch.from_numpy(tok.report_regions(["检查所见：T7椎体见放射性浓聚。诊断意见：骨转移。", ""]))
+        regions = torch.from_numpy(tok.report_regions(texts))
         graphs[seg.export_name] = _export_graph(deployed, (image, feats, mask_t, regions), out, seg, simplify_graphs)
         write_tokenizer_files(ckpt.tokenizer_files, out / "tokenizer")
     else:

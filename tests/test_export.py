@@ -221,6 +221,25 @@ def test_check_names_an_export_made_from_another_checkpoint(checkpoints, exports
     assert res["same_checkpoint"] is True and "another checkpoint" not in capsys.readouterr().out
 
 
+def test_an_export_under_another_contract_version_is_refused_and_the_demo_re_exports_it(checkpoints, exports, tmp_path):
+    """The graphs' inputs change with the contract (7: report_regions feeds the segmenter): an older export is
+    refused with the fix in the message, and the demo's reuse check asks for a new one."""
+    import shutil
+
+    from bonescan.benchmarks.demo import _export_current
+
+    old = tmp_path / "old"
+    shutil.copytree(exports["dualpath"], old)
+    assert _export_current(old, Path(checkpoints["dualpath"]))  # as made: reused
+    d = json.loads((old / "model.json").read_text())
+    d["contract"]["contract_version"] = C.CONTRACT_VERSION - 1
+    (old / "model.json").write_text(json.dumps(d))
+    with pytest.raises(BonescanError, match=rf"contract version {C.CONTRACT_VERSION - 1}.*bonescan export onnx"):
+        read_description(old)
+    assert read_description(exports["dualpath"])["contract"]["contract_version"] == C.CONTRACT_VERSION
+    assert not _export_current(old, Path(checkpoints["dualpath"]))
+
+
 def test_eval_shuffled_needs_two_scans_and_takes_the_first_n(checkpoints, dataset, tmp_path, capsys):
     import json
 
