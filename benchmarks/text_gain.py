@@ -59,6 +59,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "- add named hot spots": {"add_named_lesions": False},
     "- whole-scan fall-back": {"max_unexplained": 1.0e9},
     "- named-place prior": {"named_place_threshold": 0.0},
+    "- text-only rule": {"min_text_only_confidence": 0.0},
 }
 ABLATION_MODES = ("in-style", "left-out", "traditional-raw", "negative-words", "shuffled", "nonreport")
 #: how far below the same-budget U-Net's FROC curve a served operating point may lie
@@ -428,7 +429,8 @@ def table(result: dict[str, Any]) -> str:
             st = c["settings"]
             setting = (f"conf {st['min_confidence']:g}, mention {st['mention_threshold']:g}, "
                        f"allow {st['allow_threshold']:g}{'' if st['add_named_lesions'] else ' (off)'}, negative {st['negative_report_allow']:g}, "
-                       f"whole {st['max_unexplained']:g}")
+                       f"whole {st['max_unexplained']:g}, text-only {st.get('min_text_only_confidence', 0.0):g}, "
+                       f"named place {st.get('named_place_threshold', 0.0):g}")
             test_true, test_shuf = rows.get(f"s{seed}/in-style/failsafe"), rows.get(f"s{seed}/shuffled/failsafe")
             lines.append(f"| {seed} | {setting} | {_point(c['in_sample']['true'])} | {_point(c['out_of_sample']['true'])} | "
                          f"{_point(test_true)} | {_point(c['in_sample']['shuffled'])} | {_point(c['out_of_sample']['shuffled'])} | "

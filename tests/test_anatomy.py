@@ -322,6 +322,22 @@ def test_the_named_place_prior_adds_weak_unet_hot_spots_in_the_bones_the_report_
     assert not mask.any() and "named_place_pixels" not in doc
 
 
+def test_the_named_place_prior_is_chosen_by_its_margin_above_the_unets_froc_curve():
+    """calibrate.pick_named_place: not the most sensitive threshold but the one lying furthest above the U-Net's
+    FROC curve, if further than the answer without the prior, within the U-Net's false positives; else off."""
+    from bonescan.calibrate import pick_named_place
+
+    def row(t, sens, fp, margin):
+        return {"t": t, "sensitivity": sens, "fp_per_scan": fp, "margin": margin}
+
+    sweep = [row(0.0, 0.86, 1.40, 0.020), row(0.5, 0.87, 1.45, 0.028), row(0.2, 0.88, 1.70, 0.022), row(0.1, 0.89, 1.88, 0.015),
+             row(0.05, 0.90, 2.20, 0.030)]
+    assert pick_named_place(sweep, unet_fp=1.93) == 0.5  # 0.1 is the most sensitive within the budget; 0.05 is over it
+    assert pick_named_place(sweep, unet_fp=2.5) == 0.05
+    assert pick_named_place([row(0.0, 0.86, 1.40, 0.030), *sweep[1:4]], unet_fp=1.93) == 0.0  # none beats off
+    assert pick_named_place([sweep[0], row(0.5, 0.87, 1.45, 0.028), row(0.4, 0.87, 1.45, 0.028)], 1.93) == 0.5  # tie: fewer additions
+
+
 def test_image_only_evidence_lists_confident_unet_lesions_the_answer_dropped(cases):
     """With image_only_confidence on, LESIONS lists the U-Net's confident lesion that the report-guided answer does
     not hold, named by its bone, and the client's second reader flags it against the report; off (the default),

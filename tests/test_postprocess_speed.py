@@ -158,6 +158,7 @@ def old_postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, te
         masks[b, 0] = keep
         probs[b, 0] = prob
         info["added_labels"] = info.pop("add")
+        info["dropped_labels"] = info.pop("drop")  # rule 7 (text-only lesions) came later: never drops here
         decisions.append(info)
         out_json.append(json.dumps({"lesions": lesions, "count": len(lesions), "threshold": threshold,
                                     "pixel_spacing_mm": [round(float(v), 4) for v in spacing[b]],
@@ -179,6 +180,7 @@ def _same_outputs(old, new) -> None:
     for a, b in zip(d0, d1):
         assert a.keys() == b.keys()
         np.testing.assert_array_equal(a.pop("added_labels"), b.pop("added_labels"))
+        np.testing.assert_array_equal(a.pop("dropped_labels"), b.pop("dropped_labels"))
         assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
@@ -271,3 +273,40 @@ if __name__ == "__main__":  # before / after on this machine: python tests/test_
     from bonescan.benchmarks.postprocess_speed import bench_postprocess, format_result
 
     print(format_result(bench_postprocess(int(sys.argv[1]) if len(sys.argv) > 1 else 50, reference=old_postprocess_failsafe)))
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_text_only_rule_serves_what_calibration_scores(seed):
+    """Rule 7 (failsafe.text_only) in the served postprocess drops the same lesions as the calibration's path
+    (measure with the dual-path probabilities, choose, answer_mask), and only lesions no U-Net lesion touches."""
+    from dataclasses import replace
+
+    from bonescan.failsafe import answer_mask, measure
+    from bonescan.postprocess import postprocess
+
+    s = replace(FailSafeSettings(), min_text_only_confidence=0.9)
+    rng = np.random.default_rng(seed)
+    dropped = 0
+    for logits, fallback, text_map, stats, spacing in synthetic_outputs(16, seed=seed):
+        # a lesion only the dual-path model sees, at probability 0.82 or 0.95 at its peak (dropped / kept at 0.9)
+        h, w = logits.shape[2:]
+        y, x = int(rng.integers(8, h - 8)), int(rng.integers(8, w - 8))
+        if fallback[0, 0, y - 8 : y + 9, x - 8 : x + 9].max() < -3.0:
+            yy, xx = np.mgrid[:h, :w]
+            bump = np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 3.0**2)).astype(np.float32)
+            logits = np.maximum(logits, (-6.0 + (6.0 + rng.choice([1.5, 3.0])) * bump)[None, None])
+        served, _, _, dec = postprocess_failsafe(logits, fallback, text_map, stats, spacing, s)
+        md, pd, _ = postprocess(logits, spacing)
+        mu, pu, _ = postprocess(fallback, spacing)
+        m = measure(md[0, 0], mu[0, 0], pu[0, 0], text_map[0], stats[0], prob=pd[0, 0])
+        info = choose(m, s)
+        np.testing.assert_array_equal(served[0, 0], answer_mask(m, info))
+        np.testing.assert_array_equal(dec[0]["dropped_labels"], info["drop"])
+        if len(info["drop"]):
+            gone = np.isin(m.dual.labels, info["drop"])
+            assert not (gone & mu[0, 0].astype(bool)).any() and not served[0, 0][gone].any()
+            assert dec[0]["signals"]["text_only_dropped"] == len(info["drop"])
+        dropped += len(info["drop"])
+        off, _, _, _ = postprocess_failsafe(logits, fallback, text_map, stats, spacing, replace(s, min_text_only_confidence=0.0))
+        assert (off[0, 0] >= served[0, 0]).all()  # the rule only takes away
+    assert dropped > 0

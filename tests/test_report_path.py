@@ -393,11 +393,12 @@ def test_a_pretrained_macbert_folder_trains_exports_and_builds(tmp_path, dataset
     assert m["text_hidden"] == SHAPES["mini"]["hidden_size"]
 
 
-def _random_scan(rng: np.random.Generator, negative: bool) -> tuple[np.ndarray, ...]:
+def _random_scan(rng: np.random.Generator, negative: bool, text_only: bool = False) -> tuple[np.ndarray, ...]:
     """(dual-path mask, U-Net mask, U-Net probabilities, ground truth, report maps, token stats)
     of a random scan: blobs, half of them kept by the dual-path answer, most near a true lesion;
     ``negative``: a report whose allow map is low everywhere (it names no metastasis); some texts
-    hold no word of a finding, some the model reads as no report (allow high everywhere)."""
+    hold no word of a finding, some the model reads as no report (allow high everywhere); ``text_only``: also
+    lesions of the dual-path answer away from every U-Net lesion, with the dual-path probabilities to drop them by."""
     shape = (C.IMAGE_HEIGHT, C.IMAGE_WIDTH)
     unet, dual, gt = (np.zeros(shape, np.uint8) for _ in range(3))
     for _ in range(int(rng.integers(1, 7))):
@@ -407,17 +408,25 @@ def _random_scan(rng: np.random.Generator, negative: bool) -> tuple[np.ndarray, 
             _blob(dual, y + 1, x, 3)
         if rng.random() < 0.6:
             _blob(gt, y, x + 1, 3)
+    for _ in range(int(rng.integers(0, 3)) if text_only else 0):  # lesions only the text sees (rule 7), some true
+        y, x = int(rng.integers(20, 1000)), int(rng.integers(10, 240))
+        if not unet[max(y - 6, 0) : y + 7, max(x - 6, 0) : x + 7].any():
+            _blob(dual, y, x, 3)
+            if rng.random() < 0.4:
+                _blob(gt, y, x, 2)
     prob = unet * rng.uniform(0.5, 1.0, shape).astype(np.float32)
+    # the dual-path model's probabilities: sure of its lesions (rule 7 never drops) unless ``text_only``
+    dual_prob = dual * (rng.uniform(0.5, 1.0, shape).astype(np.float32) if text_only else np.float32(1.0))
     maps = rng.normal(0, 3, (2, 64, 16)).astype(np.float32)
     if negative:
         maps[0] -= rng.uniform(10.0, 14.0)
     elif rng.random() < 0.1:
         maps[0] = 6.0
     terms = 0 if rng.random() < 0.1 else int(rng.integers(1, 9))
-    return dual, unet, prob, gt, maps, np.array([50, int(rng.integers(0, 13)), terms])
+    return dual, unet, prob, gt, maps, np.array([50, int(rng.integers(0, 13)), terms]), dual_prob
 
 
-def _random_rows(n: int, seed: int) -> tuple[list, list]:
+def _random_rows(n: int, seed: int, text_only: bool = False) -> tuple[list, list]:
     """Fail-safe measurements of random scans (:func:`_random_scan`) as calibration collects them,
     (Measured, counts) per scan, and the ground truths."""
     from bonescan.failsafe import answer_counts, measure
@@ -425,8 +434,8 @@ def _random_rows(n: int, seed: int) -> tuple[list, list]:
     rng = np.random.default_rng(seed)
     rows, gts = [], []
     for _ in range(n):
-        dual, unet, prob, gt, maps, stats = _random_scan(rng, negative=rng.random() < 0.4)
-        m = measure(dual, unet, prob, maps, stats)
+        dual, unet, prob, gt, maps, stats, dual_prob = _random_scan(rng, negative=rng.random() < 0.4, text_only=text_only)
+        m = measure(dual, unet, prob, maps, stats, prob=dual_prob)
         rows.append((m, answer_counts(m, gt)))
         gts.append(gt)
     return rows, gts
@@ -446,8 +455,8 @@ def test_calibration_scores_the_answers_it_would_give():
     from bonescan.failsafe import answer_mask, answer_scores, choose
     from bonescan.metrics import scan_metrics
 
-    rows, gts = _random_rows(10, 0)
-    paths, fp_diff, n = set(), 0, 0
+    rows, gts = _random_rows(10, 0, text_only=True)
+    paths, fp_diff, n, dropped = set(), 0, 0, 0
     for (m, counts), gt in zip(rows, gts):
         for st in _settings_sample() + [FailSafeSettings(enabled=False), FailSafeSettings(max_unknown_share=0.0)]:
             info = choose(m, st)
@@ -457,8 +466,10 @@ def test_calibration_scores_the_answers_it_would_give():
             fp_diff += abs(fp - exact["fp_components"])
             n += 1
             paths.add((info["answered_by"], bool(info["empty"]), len(info["add"]) > 0))
+            dropped += len(info["drop"]) > 0
     assert fp_diff <= 0.02 * n, fp_diff
     assert len(paths) >= 4, paths  # the U-Net, the trusted answer with and without added lesions, the empty one
+    assert dropped, "no setting dropped a text-only lesion (rule 7): the counts of that path went untested"
 
 
 def test_calibration_tables_are_what_choose_gives():
@@ -468,7 +479,7 @@ def test_calibration_tables_are_what_choose_gives():
     from bonescan.calibrate import GRID, _points, combos, tables
     from bonescan.failsafe import answer_scores, choose
 
-    rows, _ = _random_rows(14, 1)
+    rows, _ = _random_rows(14, 1, text_only=True)
     tab = tables(rows)
     assert tab["forced"].any() and not tab["forced"].all()  # some texts say nothing, the others are read
     pts = _points(tab, np.arange(len(rows)))
@@ -487,10 +498,37 @@ def test_calibration_tables_are_what_choose_gives():
             assert pts["fp_per_scan"][c, k] == pytest.approx(np.mean([g[2] for g in got]))
 
 
+def test_calibration_keeps_the_unets_sensitivity_as_a_floor():
+    """A setting on the U-Net's FROC curve may still lose lesions the U-Net's own answer finds (fewer false
+    positives, lower on the curve): select() does not choose it, however good its DSC, when another lies on the
+    curve at the U-Net's sensitivity; with ``floor=False`` it does."""
+    from bonescan.calibrate import combos, select
+
+    cs, n = combos(), 10
+    low = next(i for i, c in enumerate(cs) if c["min_text_only_confidence"] > 0)  # fewer FP, fewer lesions, better DSC
+    hi = next(i for i, c in enumerate(cs) if c["min_text_only_confidence"] == 0)
+    tab = {k: np.zeros((len(cs), n)) for k in ("dsc", "found", "fp", "unexplained")}
+    tab["dsc"][:] = 0.5
+    tab["found"][:] = 0  # every other setting finds nothing: never safe
+    tab["fp"][:] = 0
+    tab["dsc"][low], tab["found"][low], tab["fp"][low] = 0.8, 1, 0  # 10 of 20 lesions at 0 FP
+    tab["dsc"][hi], tab["found"][hi], tab["fp"][hi] = 0.6, 2, 1  # 20 of 20 at 1 FP per scan
+    tab.update(unet_dsc=np.full(n, 0.5), unet_found=np.full(n, 2.0), unet_fp=np.full(n, 1.0), gt=np.full(n, 2.0),
+               forced=np.zeros(n, bool))
+    # the U-Net's curve: 5 of 20 lesions at no false positive, all 20 at 1 per scan: ``low`` lies above it at 0
+    cache = {"froc": {j: {"froc_tp": [0.9 if j < 3 else 0.3, 0.3], "froc_fp": [0.4]} for j in range(n)}}
+    tabs = {"true": [tab]}
+    best, _ = select(tabs, cache, np.arange(n))
+    assert {k: best[k] for k in cs[hi]} == cs[hi] and best["safe"]
+    best_curve_only, _ = select(tabs, cache, np.arange(n), floor=False)
+    assert {k: best_curve_only[k] for k in cs[low]} == cs[low]
+
+
 def test_calibration_chooses_a_safe_setting_by_the_froc():
     """select() picks, among the settings whose operating point lies on or above the U-Net's FROC
     curve with every kind of report, the one with the best DSC with true reports; a setting with a
-    better DSC that loses lesions against the curve is not chosen."""
+    better DSC that loses lesions against the curve is not chosen (the curve alone: ``floor=False``;
+    the sensitivity floor: the next test)."""
     from bonescan.calibrate import GRID, MARGIN, _points, combos, select, tables, unet_curve
     from bonescan.metrics import froc_scan
 
@@ -502,7 +540,7 @@ def test_calibration_chooses_a_safe_setting_by_the_froc():
         cache["froc"][j] = {"froc_tp": f["tp"], "froc_fp": f["fp"]}
     tabs = {"true": [tables(rows)], "shuffled": [tables(shuf)]}
     scans = np.arange(len(rows))
-    best, ranking = select(tabs, cache, scans, keep=50)
+    best, ranking = select(tabs, cache, scans, keep=50, floor=False)
     curve = unet_curve(cache, scans)
     margins = {}
     for cond, (tab,) in tabs.items():

@@ -4,7 +4,12 @@ What a setting must do is judged as lesion detection is judged: by where its ans
 the image-only U-Net's FROC curve (sensitivity against false positives per scan, bonescan.metrics).
 A setting is **safe** on a set of scans when, with each kind of report, its answer's operating
 point (lesion sensitivity at its false positives per scan) lies on or above the U-Net's curve on
-those scans, less :data:`MARGIN`. The kinds of report (:data:`CONDITIONS`): the scans' true reports
+those scans, less :data:`MARGIN`, and its lesion sensitivity is no lower than that of the U-Net's own
+answer (its operating point), less :data:`MARGIN`: on the curve alone a setting could trade lesions the
+image-only answer finds for fewer false positives (with rule 7 a setting reached the margin with another
+study's reports at sensitivity 0.61 against the U-Net's 0.87 on seed 0's validation scans, and lay 0.12
+below the curve out of sample), and the fail-safe's promise is that a report does not lose what the image
+shows. The kinds of report (:data:`CONDITIONS`): the scans' true reports
 (re-written in the training house styles), other studies' reports (:data:`SHUFFLES` derangements,
 pooled) and texts that are no report (data.nonreport). The true reports are those hospitals send:
 re-written in the training styles, a share of them (the training's ``report_part_share``) only their
@@ -51,6 +56,7 @@ GRID: dict[str, tuple[Any, ...]] = {
     "allow_threshold": (None, 0.5, 0.7, 0.9),
     "negative_report_allow": (0.0, 0.1, 0.2, 0.3),
     "max_unexplained": (1.0e9, 1.0, 2.0, 4.0),
+    "min_text_only_confidence": (0.0, 0.9, 0.97),
 }
 #: a safe setting's operating point may lie this far below the U-Net's FROC curve (in sensitivity)
 #: on the scans it is chosen on: the targets allow 0.02 on new scans; 0.005 of it is kept for the
@@ -116,12 +122,12 @@ def collect(pred, arrays, texts: list[str], threshold: float = THRESHOLD, batch:
         known = i in unet
         out = pred.outputs(imgs, texts[i : i + batch], fallback=not known)
         sp = np.array(arrays.spacings[i : i + batch], np.float32)
-        md = postprocess(out["logits"], sp, threshold)[0]
+        md, pd, _ = postprocess(out["logits"], sp, threshold)
         if not known:
             unet[i] = (postprocess(out["fallback_logits"], sp, threshold)[0], sigmoid(out["fallback_logits"]))
         mu, pu = unet[i]
         for k in range(len(imgs)):
-            m = measure(md[k, 0], mu[k, 0], pu[k, 0], out["text_map"][k], out["text_stats"][k])
+            m = measure(md[k, 0], mu[k, 0], pu[k, 0], out["text_map"][k], out["text_stats"][k], prob=pd[k, 0])
             gt = arrays.masks[i + k]
             if i + k not in frocs:
                 f = froc_scan(gt, pu[k, 0], mu[k, 0])
@@ -146,7 +152,8 @@ def settings_of(combo: dict[str, Any], max_unexplained: float, base=None):
     allow = combo["allow_threshold"]
     return replace(base, min_confidence=float(combo["min_confidence"]), mention_threshold=float(combo["mention_threshold"]),
                    add_named_lesions=allow is not None, allow_threshold=float(allow) if allow is not None else base.allow_threshold,
-                   negative_report_allow=float(combo["negative_report_allow"]), max_unexplained=float(max_unexplained))
+                   negative_report_allow=float(combo["negative_report_allow"]), max_unexplained=float(max_unexplained),
+                   min_text_only_confidence=float(combo.get("min_text_only_confidence", 0.0)))
 
 
 def tables(rows: list[tuple[Any, dict[str, Any]]], base=None) -> dict[str, np.ndarray]:
@@ -198,11 +205,12 @@ def unet_curve(cache: dict[str, Any], scans: np.ndarray) -> dict[str, Any]:
 
 
 def select(tabs: dict[str, list[dict[str, np.ndarray]]], cache: dict[str, Any], scans: np.ndarray,
-           keep: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+           keep: int = 0, floor: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The setting chosen on ``scans`` (see the module docstring) and, with ``keep``, the first
     ``keep`` settings of the ranking with their scores.
 
-    tabs: condition -> the :func:`tables` of each of its passes (several for other studies' reports)."""
+    tabs: condition -> the :func:`tables` of each of its passes (several for other studies' reports).
+    floor: False: the curve alone judges safety (the U-Net's own sensitivity is no floor; for tests)."""
     curve = unet_curve(cache, scans)
     scores: dict[str, dict[str, np.ndarray]] = {}
     for cond, passes in tabs.items():
@@ -210,12 +218,16 @@ def select(tabs: dict[str, list[dict[str, np.ndarray]]], cache: dict[str, Any], 
         sens = np.mean([p["sensitivity"] for p in pts], axis=0)
         fpr = np.mean([p["fp_per_scan"] for p in pts], axis=0)
         ref = np.interp(fpr, curve["fp_per_scan"], curve["sensitivity"])
+        # the U-Net's own answer's sensitivity (its operating point; the same scans in every condition)
+        unet_sens = float(np.mean([t["unet_found"][scans].sum() / max(t["gt"][scans].sum(), 1) for t in passes]))
         scores[cond] = {"dsc": np.mean([p["dsc"] for p in pts], axis=0), "sensitivity": sens, "fp_per_scan": fpr,
-                        "margin": sens - ref}
-    miss = np.sum([np.maximum(0.0, -MARGIN - s["margin"]) for s in scores.values()], axis=0)
+                        "margin": sens - ref, "below_unet": unet_sens - sens}
+    # on or above the curve, and no less sensitive than the U-Net's own answer, each less the margin
+    miss = np.sum([np.maximum(0.0, -MARGIN - s["margin"]) + floor * np.maximum(0.0, s["below_unet"] - MARGIN)
+                   for s in scores.values()], axis=0)
     cs = combos()
     # rules in use: fewer is better at equal scores (the simplest setting that is as good)
-    rules = np.array([[sum((c["allow_threshold"] is not None, c["negative_report_allow"] > 0, k < 1e9))
+    rules = np.array([[sum((c["allow_threshold"] is not None, c["negative_report_allow"] > 0, k < 1e9, c["min_text_only_confidence"] > 0))
                        for k in GRID["max_unexplained"]] for c in cs])
     order = np.lexsort((rules.ravel(), -np.round(scores["shuffled"]["dsc"].ravel(), 4) if "shuffled" in scores else rules.ravel(),
                         -np.round(scores["true"]["dsc"].ravel(), 4), np.round(miss.ravel(), 5)))
@@ -338,10 +350,16 @@ NAMED_PLACE_GRID = (0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05)
 
 def calibrate_named_place(pred, arrays, texts: list[str], settings, threshold: float = THRESHOLD, progress: bool = True,
                           batch: int = 4) -> dict[str, Any]:
-    """The named-place prior's threshold (FailSafeSettings.named_place_threshold) on these scans: the one of
-    :data:`NAMED_PLACE_GRID` with the highest lesion sensitivity on the scans with metastases whose false
-    positives per scan stay at or below the bundled U-Net's; 0 (off) when none beats the answer without it,
-    or the model has no anatomy output. Chosen on the validation split, like the rest of the fail-safe."""
+    """The named-place prior's threshold (FailSafeSettings.named_place_threshold) on these scans, judged as
+    lesion detection is: on the scans with metastases, each threshold's answer (sensitivity at its false
+    positives per scan) against the bundled U-Net's FROC curve on the same scans. The one of
+    :data:`NAMED_PLACE_GRID` whose answer lies furthest above that curve is chosen, provided it lies further
+    above it than the answer without the prior and its false positives per scan stay at or below the U-Net's;
+    else 0 (off), as for a model without an anatomy output. A prior that buys sensitivity with more false
+    positives than lowering the U-Net's own threshold would cost is not one (the rule before, the highest
+    sensitivity at no more false positives than the U-Net's, spent the whole budget: +0.15 false positives
+    per scan with metastases for +0.015 sensitivity on make demo's test scans, 3 seeds). Chosen on the
+    validation split, like the rest of the fail-safe."""
     from dataclasses import replace as _replace
 
     from tqdm import tqdm
@@ -349,12 +367,13 @@ def calibrate_named_place(pred, arrays, texts: list[str], settings, threshold: f
     from bonescan.anatomy import named_prior
     from bonescan.contract import REGION_STRIDE
     from bonescan.failsafe import UNET, add_in_named_places
-    from bonescan.metrics import scan_metrics
-    from bonescan.postprocess import postprocess_failsafe
+    from bonescan.metrics import froc_scan, scan_metrics
+    from bonescan.postprocess import postprocess_failsafe, sigmoid
 
     grid = (0.0, *NAMED_PLACE_GRID)
     counts = {t: [0, 0, 0, 0] for t in grid}  # true lesions, detected, FP components, scans with metastases
     unet = [0, 0]  # FP components, scans with metastases
+    unet_froc: list[dict[str, Any]] = []  # the U-Net's FROC rows of those scans
     anatomy = True
     for i in tqdm(range(0, len(arrays), batch), desc="calibrating the named-place prior", unit="batch", disable=not progress,
                   leave=False):
@@ -365,6 +384,7 @@ def calibrate_named_place(pred, arrays, texts: list[str], settings, threshold: f
             break
         sp = np.array(arrays.spacings[i : i + batch], np.float32)
         um = postprocess(out["fallback_logits"], sp, threshold)[0]
+        pu = sigmoid(out["fallback_logits"])
         # the answer without the prior once, then each threshold's additions (the rule postprocess_failsafe applies)
         served, _, _, decisions = postprocess_failsafe(out["logits"], out["fallback_logits"], out["text_map"], out["text_stats"],
                                                        sp, _replace(settings, named_place_threshold=0.0), threshold)
@@ -375,6 +395,8 @@ def calibrate_named_place(pred, arrays, texts: list[str], settings, threshold: f
             mu = scan_metrics(um[k, 0], gt)
             unet[0] += mu["fp_components"]
             unet[1] += 1
+            f = froc_scan(gt, pu[k, 0], um[k, 0])
+            unet_froc.append({"froc_tp": f["tp"], "froc_fp": f["fp"]})
             base = served[k, 0] > 0
             applies = decisions[k]["answered_by"] != UNET and bool(np.any(out["report_regions"][k]))
             prior = named_prior(out["report_regions"][k], out["region_labels"][k], REGION_STRIDE) if applies else None
@@ -388,14 +410,28 @@ def calibrate_named_place(pred, arrays, texts: list[str], settings, threshold: f
                 c[3] += 1
     if not anatomy:
         return {"chosen": 0.0, "reason": "no anatomy output", "sweep": []}
-    sweep = [{"t": t, "sensitivity": round(c[1] / max(c[0], 1), 4), "fp_per_scan": round(c[2] / max(c[3], 1), 3)}
-             for t, c in counts.items()]
+    curve = (froc(unet_froc) or {}).get("curve")
+    if curve is None:
+        return {"chosen": 0.0, "reason": "no scan with metastases", "sweep": []}
+    sweep = []
+    for t, c in counts.items():
+        sens, fpr = c[1] / max(c[0], 1), c[2] / max(c[3], 1)
+        sweep.append({"t": t, "sensitivity": round(sens, 4), "fp_per_scan": round(fpr, 3),
+                      "margin": round(sens - sensitivity_at(curve, fpr), 4)})
     unet_fp = round(unet[0] / max(unet[1], 1), 3)
+    return {"chosen": pick_named_place(sweep, unet_fp), "unet_fp_per_scan": unet_fp, "sweep": sweep,
+            "rule": "the largest margin above the U-Net's FROC curve on scans with metastases, if larger than without the "
+                    "prior, at FP per scan <= the U-Net's; else 0"}
+
+
+def pick_named_place(sweep: list[dict[str, Any]], unet_fp: float) -> float:
+    """The threshold :func:`calibrate_named_place` chooses from its sweep (rows ``t`` / ``fp_per_scan`` /
+    ``margin``, the first one off): the largest margin above the U-Net's FROC curve, if larger than off's, among
+    the thresholds at no more false positives per scan than the U-Net's (ties: the higher threshold, fewer
+    additions); else 0."""
     off = sweep[0]
-    ok = [r for r in sweep[1:] if r["fp_per_scan"] <= unet_fp and r["sensitivity"] > off["sensitivity"]]
-    chosen = max(ok, key=lambda r: (r["sensitivity"], r["t"]))["t"] if ok else 0.0
-    return {"chosen": chosen, "unet_fp_per_scan": unet_fp, "sweep": sweep,
-            "rule": "highest sensitivity on scans with metastases with FP per scan <= the U-Net's; 0 if none beats off"}
+    ok = [r for r in sweep[1:] if r["fp_per_scan"] <= unet_fp and r["margin"] > off["margin"]]
+    return float(max(ok, key=lambda r: (r["margin"], r["t"]))["t"]) if ok else 0.0
 
 
 def describe(res: dict[str, Any]) -> str:
@@ -409,6 +445,8 @@ def describe(res: dict[str, Any]) -> str:
     if s["max_unexplained"] < 1e9:
         rules.append(f"the U-Net above {s['max_unexplained']:g} unexplained hot spot(s) (confident >= {s['min_confidence']:g}, "
                      f"mention < {s['mention_threshold']:g})")
+    if s.get("min_text_only_confidence", 0) > 0:
+        rules.append(f"leaves out lesions only the text sees below {s['min_text_only_confidence']:g}")
     ins, oos = res["in_sample"], res["out_of_sample"]
     line = lambda e: ", ".join(f"{c} DSC {v['dsc']:.4f} sens {v['lesion_sensitivity']:.3f} at {v['fp_per_scan']:.2f} FP/scan "  # noqa: E731
                                f"(U-Net curve {v['unet_sensitivity_at_fp']:.3f})" for c, v in e.items())
@@ -424,11 +462,13 @@ def _named_place_line(r: dict[str, Any] | None) -> str:
     by_t = {row["t"]: row for row in r["sweep"]}
     off, on = by_t[0.0], by_t.get(r["chosen"], by_t[0.0])
     if not r["chosen"]:
-        return f"\n  named-place prior: off (no threshold beat sensitivity {off['sensitivity']:.3f} at <= the U-Net's " \
-               f"{r['unet_fp_per_scan']:.2f} FP/scan)"
+        return (f"\n  named-place prior: off (no threshold lay further above the U-Net's FROC curve than the answer without it, "
+                f"sensitivity {off['sensitivity']:.3f} at {off['fp_per_scan']:.2f} FP/scan"
+                + (f", margin {off['margin']:+.3f}" if "margin" in off else "") + ")")
     return (f"\n  named-place prior: U-Net hot spots >= {r['chosen']:g} in the bones the report names; on scans with metastases "
             f"sensitivity {off['sensitivity']:.3f} -> {on['sensitivity']:.3f}, FP/scan {off['fp_per_scan']:.2f} -> "
-            f"{on['fp_per_scan']:.2f} (U-Net {r['unet_fp_per_scan']:.2f})")
+            f"{on['fp_per_scan']:.2f} (U-Net {r['unet_fp_per_scan']:.2f}"
+            + (f", margin to the U-Net's FROC curve {off['margin']:+.3f} -> {on['margin']:+.3f}" if "margin" in on else "") + ")")
 
 
 def recalibrate(checkpoint: str | Path, data: str | Path, split: str = "val", out: str | Path | None = None,

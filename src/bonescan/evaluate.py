@@ -110,7 +110,7 @@ def evaluate_arrays(ckpt, arrays, reports: str = "true", seed: int = 0, batch: i
                                                         sp, failsafe, threshold, **prior)
                 answers["failsafe"] = (fs, p_fs)
                 for k in range(len(imgs) if variants else 0):
-                    meas = measure(m_d[k, 0], m_u[k, 0], p_u[k, 0], out["text_map"][k], out["text_stats"][k])
+                    meas = measure(m_d[k, 0], m_u[k, 0], p_u[k, 0], out["text_map"][k], out["text_stats"][k], prob=p_d[k, 0])
                     for name, st in (variants or {}).items():
                         info = choose(meas, st)
                         mask = with_named_places(answer_mask(meas, info).astype(bool), out["fallback_logits"][k, 0],

@@ -34,7 +34,15 @@ report names, per hot spot):
    names a metastasis (``allow`` at least ``allow_threshold``) is added too: the report's location
    guides the answer but does not drop a lesion the image shows where the report puts one.
 
-Rules 1-3 and 5-6 are the fail-safe (``enabled``); rule 4 is how the dual-path model answers with
+7. **Lesions only the text sees are held to more**: with ``min_text_only_confidence`` > 0, a lesion of the
+   report-guided answer that the U-Net does not see at all (its highest U-Net probability below
+   :data:`TEXT_ONLY_UNET_BELOW`, touching no U-Net lesion) is kept only when the dual-path model's own
+   highest probability in it reaches that level. The report can make the decoder paint a lesion into a
+   bone it names; with another study's report such lesions are mostly false, with the scan's own report
+   a good share of them are too (on make demo's validation scans the ones below 0.95 were 3-4 false
+   positives to 1 true lesion with true reports, 7-17 to 1 with another study's).
+
+Rules 1-3 and 5-7 are the fail-safe (``enabled``); rule 4 is how the dual-path model answers with
 the fail-safe off as well, but never for a text rule 2 calls no report. The thresholds are
 calibrated on the validation split at the end of training (``evaluate.calibrate_failsafe``: lesion
 detection on or above the U-Net's FROC curve with true reports, other studies' reports and texts
@@ -93,6 +101,9 @@ class FailSafeSettings:
     #: a report whose allow map stays below this everywhere names no metastasis: the report-guided answer
     #: is empty (0 = never; applies with the fail-safe off too, see the module docstring)
     negative_report_allow: float = 0.0
+    #: rule 7: a lesion of the report-guided answer the U-Net does not see (TEXT_ONLY_UNET_BELOW) is kept only
+    #: when the dual-path model's highest probability in it reaches this; 0 = kept whatever it is (off)
+    min_text_only_confidence: float = 0.0
     #: the named-place prior (issue 26): the bundled U-Net's hot spots at this probability or more that lie
     #: mostly in a bone the report names as metastatic (report_regions x the anatomy output) are added to the
     #: report-guided answer; 0 = off. Chosen on the validation split (calibrate.calibrate_named_place)
@@ -124,6 +135,11 @@ class FailSafeSettings:
                 values[name] = float(v)
         return FailSafeSettings(**values)
 
+
+#: rule 7: a lesion of the report-guided answer whose highest U-Net probability stays below this (and that touches
+#: no U-Net lesion) is one only the text sees; the FROC's candidate level (metrics.FROC_CANDIDATE_THRESHOLD):
+#: the U-Net does not even offer it as a candidate
+TEXT_ONLY_UNET_BELOW = 0.1
 
 #: a hot spot counts as in a named bone when at least this share of its pixels lies in the prior
 NAMED_PLACE_SHARE = 0.5
@@ -221,17 +237,25 @@ class Measured:
     #: ``labels`` indexed by component (bonescan.components.Components): added lesions' pixels without a
     #: pass over the image
     components: Any = None
+    #: rule 7: the dual-path answer's lesions (Components of ``mask``), per lesion the dual-path model's highest
+    #: probability and the U-Net's (1.0 where it touches a U-Net lesion); None: not measured, never dropped
+    dual: Any = None
+    dual_confidence: np.ndarray | None = None
+    dual_unet_max: np.ndarray | None = None
 
 
 def measure(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarray | None, text_map: np.ndarray,
-            text_stats: np.ndarray, fallback=None, confidence: np.ndarray | None = None) -> Measured:
+            text_stats: np.ndarray, fallback=None, confidence: np.ndarray | None = None, prob: np.ndarray | None = None,
+            dual=None, dual_confidence: np.ndarray | None = None, dual_unet_max: np.ndarray | None = None) -> Measured:
     """mask, fallback_mask: [H, W] the dual-path and the U-Net answers, cleaned binary masks;
     fallback_prob: [H, W] the U-Net's probabilities; text_map: [2, h, w] allow / mention logits;
     text_stats: [3] (report tokens, of them unknown to the model, finding terms; a [2] of an older
     tokenizer: terms unknown); fallback: ``fallback_mask``'s components (bonescan.components) when the
     caller labelled it already (postprocess does, to clean the mask): not labelled twice; confidence: the
     U-Net's highest probability per component of ``fallback`` when the caller has it (then ``fallback_prob``
-    is not read: postprocess computes it from the components' pixels alone)."""
+    is not read: postprocess computes it from the components' pixels alone). Rule 7's measurements: ``prob``
+    ([H, W] the dual-path model's probabilities, with ``fallback_prob``), or ``dual`` (``mask``'s components)
+    with ``dual_confidence`` and ``dual_unet_max`` when the caller has them; neither: rule 7 never drops."""
     from bonescan.components import components
 
     mask = np.asarray(mask).astype(bool)
@@ -240,10 +264,22 @@ def measure(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarr
     stats = np.asarray(text_stats).ravel()
     if confidence is None:
         confidence = comps.max_of(np.asarray(fallback_prob, np.float32))
-    return Measured(mask, np.asarray(fallback_mask).astype(bool), comps.labels, confidence,
+    fallback_mask = np.asarray(fallback_mask).astype(bool)
+    if dual_confidence is None and prob is not None and fallback_prob is not None:
+        dual = components(mask, min_pixels=1)
+        dual_confidence = dual.max_of(np.asarray(prob, np.float32))
+        dual_unet_max = np.maximum(dual.max_of(np.asarray(fallback_prob, np.float32)), dual.max_of(fallback_mask))
+    return Measured(mask, fallback_mask, comps.labels, confidence,
                     comps.gather_max(p[1]), comps.gather_max(p[0]), comps.max_of(mask), comps.area,
                     int(stats[0]), int(stats[1]), int(stats[2]) if len(stats) > 2 else -1, float(p[0].max()), float(p[0].mean()),
-                    comps)
+                    comps, dual if dual_confidence is not None else None, dual_confidence, dual_unet_max)
+
+
+def text_only(m: Measured, s: FailSafeSettings) -> np.ndarray:
+    """Rule 7: the labels (1..n of ``m.dual``) of the report-guided answer's lesions it drops."""
+    if not s.enabled or s.min_text_only_confidence <= 0 or m.dual_confidence is None or m.dual_unet_max is None:
+        return np.zeros(0, np.int64)
+    return np.flatnonzero((m.dual_unet_max < TEXT_ONLY_UNET_BELOW) & (m.dual_confidence < s.min_text_only_confidence)) + 1
 
 
 def added_pixels(m: Measured, add: np.ndarray) -> np.ndarray:
@@ -303,14 +339,18 @@ def choose(m: Measured, s: FailSafeSettings) -> dict[str, Any]:
         reason = (f"{DOES_NOT_FIT}: the report-guided answer would drop {sig['unexplained_lesions']} confident hot spot(s) "
                   f"at places the report does not mention (limit {s.max_unexplained:g})")
     if reason is not None:
-        info.update(answered_by=UNET, reason=reason, add=np.zeros(0, np.int64), empty=False)
+        info.update(answered_by=UNET, reason=reason, add=np.zeros(0, np.int64), drop=np.zeros(0, np.int64), empty=False)
         return info
     reason = "report read and consistent with the image" if s.enabled else "fail-safe off"
     if negative:
         reason += f"; the report names no metastasis (allow map at most {m.allow_max:.2f}, below {s.negative_report_allow:g})"
     add = np.nonzero(named)[0] + 1 if s.enabled else np.zeros(0, np.int64)
+    drop = text_only(m, s) if not negative else np.zeros(0, np.int64)
+    if len(drop):
+        reason += f"; {len(drop)} lesion(s) only the text sees, below {s.min_text_only_confidence:g}, left out"
     info.update(answered_by=DUALPATH, reason=reason, unet_lesions_added=int((~kept[add - 1]).sum()) if len(add) else 0,
-                add=add, empty=negative)
+                add=add, drop=drop, empty=negative)
+    info["signals"]["text_only_dropped"] = int(len(drop))
     return info
 
 
@@ -320,6 +360,9 @@ def answer_mask(m: Measured, info: dict[str, Any]) -> np.ndarray:
     if info["answered_by"] == UNET:
         return m.fallback_mask.astype(np.uint8)
     out = np.zeros(m.mask.shape, np.uint8) if info["empty"] else m.mask.astype(np.uint8)
+    drop = info.get("drop", ())
+    if len(drop) and not info["empty"]:
+        out.ravel()[m.dual.pixels_of(drop)] = 0
     if len(info["add"]):
         out.ravel()[added_pixels(m, info["add"])] = 1
     return out
@@ -337,6 +380,7 @@ def decide(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarra
     info = choose(m, s)
     out = answer_mask(m, info)
     info["added_labels"] = info.pop("add")
+    info["dropped_labels"] = info.pop("drop")
     return out, info
 
 
@@ -364,11 +408,20 @@ def answer_counts(m: Measured, gt: np.ndarray) -> dict[str, Any]:
     extra = m.fallback_mask & ~m.mask  # what an added U-Net lesion brings beyond the dual-path answer
     unet_fp = ~hits[1:, 1:].any(axis=1) if n_gt else np.ones(n, bool)
     dual_fp = n_d - (len(np.unique(dl[g & (dl > 0)])) if n_d else 0)
+    per_dual: dict[str, Any] = {}
+    if m.dual is not None:  # rule 7 drops the dual-path answer's lesions by m.dual's labels: its counts per lesion
+        ld, nd = m.dual.labels, m.dual.n
+        dh = np.zeros((nd + 1, n_gt + 1), dtype=bool)
+        both_d = (ld > 0) & (gl > 0)
+        dh[ld[both_d], gl[both_d]] = True
+        per_dual = {"dual_px": np.bincount(ld.ravel(), minlength=nd + 1), "dual_gt_px": np.bincount(ld[g], minlength=nd + 1),
+                    "dual_hits": dh[:, 1:], "dual_lesion_fp": ~dh[1:, 1:].any(axis=1)}
     return {"gt": int(g.sum()), "unet": int(m.fallback_mask.sum()), "unet_gt": int((m.fallback_mask & g).sum()),
             "dual": int(m.mask.sum()), "dual_gt": int((m.mask & g).sum()),
             "lesion_px": np.bincount(m.labels.ravel(), minlength=n + 1), "lesion_gt_px": np.bincount(m.labels[g], minlength=n + 1),
             "extra": np.bincount(m.labels[extra], minlength=n + 1), "extra_gt": np.bincount(m.labels[extra & g], minlength=n + 1),
-            "gt_lesions": int(n_gt), "hits": hits[:, 1:], "unet_fp": unet_fp, "unet_fp_count": int(unet_fp.sum()), "dual_fp": int(dual_fp)}
+            "gt_lesions": int(n_gt), "hits": hits[:, 1:], "unet_fp": unet_fp, "unet_fp_count": int(unet_fp.sum()), "dual_fp": int(dual_fp),
+            **per_dual}
 
 
 def answer_scores(m: Measured, info: dict[str, Any], counts: dict[str, Any]) -> tuple[float, int, int]:
@@ -389,11 +442,21 @@ def answer_scores(m: Measured, info: dict[str, Any], counts: dict[str, Any]) -> 
             det = hits[add].any(axis=0) if len(add) else np.zeros(hits.shape[1], bool)
             fp = int(counts["unet_fp"][add - 1].sum())
         else:
+            drop = info.get("drop", ())
             a = counts["dual"] + int(counts["extra"][add].sum())
             inter = counts["dual_gt"] + int(counts["extra_gt"][add].sum())
-            det = hits[0] | (hits[add].any(axis=0) if len(add) else False)
+            det0, fp = hits[0], counts["dual_fp"]
+            if len(drop):  # rule 7's dropped lesions (they touch no U-Net lesion: ``extra`` is as it was)
+                kept_d = np.ones(len(counts["dual_px"]), bool)
+                kept_d[0] = False
+                kept_d[drop] = False
+                a -= int(counts["dual_px"][drop].sum())
+                inter -= int(counts["dual_gt_px"][drop].sum())
+                det0 = counts["dual_hits"][kept_d].any(axis=0)
+                fp -= int(counts["dual_lesion_fp"][drop - 1].sum())
+            det = det0 | (hits[add].any(axis=0) if len(add) else False)
             new = add[~m.kept[add - 1]] if len(add) else add
-            fp = counts["dual_fp"] + int(counts["unet_fp"][new - 1].sum())
+            fp += int(counts["unet_fp"][new - 1].sum())
         found = int(np.sum(det)) if counts["gt_lesions"] else 0
     total = a + counts["gt"]
     return (1.0 if total == 0 else 2.0 * inter / total), found, fp

@@ -176,7 +176,11 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
         sp = (float(spacing[b, 0]), float(spacing[b, 1]))
         comp_d, comp_u = components(above(d, threshold)), components(above(u, threshold))
         confidence = comp_u.max_of_flat(sigmoid(u.ravel()[comp_u.order]))
-        m = measure(comp_d.mask, comp_u.mask, None, text_map[b], text_stats[b], fallback=comp_u, confidence=confidence)
+        # rule 7 (failsafe.text_only): per lesion of the report-guided answer its highest probability and the U-Net's
+        dual_conf = comp_d.max_of_flat(sigmoid(d.ravel()[comp_d.order]))
+        dual_unet = np.maximum(comp_d.max_of_flat(sigmoid(u.ravel()[comp_d.order])), comp_d.max_of(comp_u.mask))
+        m = measure(comp_d.mask, comp_u.mask, None, text_map[b], text_stats[b], fallback=comp_u, confidence=confidence,
+                    dual=comp_d, dual_confidence=dual_conf, dual_unet_max=dual_unet)
         info = choose(m, settings)
         final = answer_mask(m, info).astype(bool)
         # failsafe.served_probability, computed from the logits: the U-Net's map, or the dual-path one with
@@ -203,6 +207,7 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
         masks[b, 0] = keep
         image_only = _image_only(comp_u, confidence, keep, u, sp, reg, images, b, settings) if info["answered_by"] != UNET else None
         info["added_labels"] = info.pop("add")
+        info["dropped_labels"] = info.pop("drop")
         decisions.append(info)
         out_json.append(json.dumps({"lesions": lesions, "count": len(lesions), "threshold": threshold,
                                     "pixel_spacing_mm": [round(float(v), 4) for v in spacing[b]],
@@ -253,6 +258,6 @@ def _answer_components(info: dict[str, Any], comp_d: Components, comp_u: Compone
 
     if info["answered_by"] == UNET:
         return comp_u
-    if len(info["add"]):
+    if len(info["add"]) or len(info.get("drop", ())):
         return None
     return None if info["empty"] else comp_d
