@@ -147,6 +147,26 @@ def test_lesions_are_named_by_most_of_their_pixels():
         A.lesion_sites(labels, 1, r[0])
 
 
+def test_the_reports_bone_names_a_lesion_the_image_leaves_between_two():
+    """Under the sternum the anterior view says sternum, the posterior T7; the clearer view decides (here the
+    anterior: sternum) unless the report names one of the two candidates, which then names it. A bone the
+    report names that is no candidate of the lesion changes nothing, nor does a report naming the majority."""
+    r = _maps()
+    labels = np.zeros((40, 40), np.int32)
+    labels[2:6, 2:8] = 1
+    w = np.array([[3.0, 1.0]])
+    named = np.zeros(A.N_REGION_CLASSES, bool)
+    assert A.lesion_sites(labels, 1, r, w, named=named)[0].name == "sternum"
+    named[T7] = True
+    site = A.lesion_sites(labels, 1, r, w, named=named)[0]
+    assert site.name == "T7" and site.candidates[0] == "T7" and site.share == pytest.approx(0.25)
+    named[:] = False
+    named[RIB5P] = True  # named, but no place of this lesion
+    assert A.lesion_sites(labels, 1, r, w, named=named)[0].name == "sternum"
+    named[STERNUM] = named[T7] = True
+    assert A.lesion_sites(labels, 1, r, w, named=named)[0].name == "sternum"
+
+
 def test_bone_scan_index_by_hand():
     r = _maps()
     labels = np.zeros((40, 40), np.int32)

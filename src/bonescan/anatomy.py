@@ -328,7 +328,7 @@ def class_votes(labels: np.ndarray, n: int, regions: np.ndarray, view_weights: n
 
 
 def lesion_sites(labels: np.ndarray, n: int, regions: np.ndarray, view_weights: np.ndarray | None = None,
-                 stride: int = 1) -> list[LesionSite]:
+                 stride: int = 1, named: np.ndarray | None = None) -> list[LesionSite]:
     """Name each lesion of a labelled lesion map by the region class holding most of its pixels.
 
     Args:
@@ -339,6 +339,11 @@ def lesion_sites(labels: np.ndarray, n: int, regions: np.ndarray, view_weights: 
         view_weights: optional [n, 2]: how much each view's labels count for each lesion (e.g. the
             lesion's brightness in each view, so the view that sees it best names it); default equal.
         stride: the grid of ``regions`` (1: full resolution).
+        named: optional bool [N_REGION_CLASSES], the classes the report names as metastatic
+            (``report_sites.named_classes``, the tokenizer's ``report_regions``): where the image leaves a
+            lesion between overlapping bones (a class holding CANDIDATE_SHARE of it in one view) and the
+            report names one of them but not the majority class, the named one (the most pixels among them)
+            names the lesion. The image decides which bones are possible, the report which of them it is.
 
     Returns:
         One :class:`LesionSite` per lesion, in label order. Background pixels (the lesion's rim just off
@@ -356,6 +361,16 @@ def lesion_sites(labels: np.ndarray, n: int, regions: np.ndarray, view_weights: 
     area = per_view.sum(axis=2)  # [2, n]
     # per view the classes (not the background) holding CANDIDATE_SHARE of the lesion's pixels
     cand = (per_view[:, :, 1:] >= CANDIDATE_SHARE * np.maximum(area, 1e-12)[:, :, None]) & (area[:, :, None] > 0)
+    if named is not None and np.any(named) and n:
+        flags = np.asarray(named).astype(bool).ravel()[1:]  # classes 1.. (the background is never named)
+        either = cand[0] | cand[1]  # [n, classes - 1]
+        for k in np.flatnonzero(best > 0):
+            if flags[best[k] - 1]:
+                continue
+            options = np.flatnonzero(either[k] & flags) + 1
+            if len(options):
+                best[k] = options[np.argmax(votes[k, options])]
+                share[k] = votes[k, best[k]] / max(total[k], 1e-12)
     out = []
     for k in range(n):
         cands = [CLASS_REGION[int(best[k])]] if best[k] else []
@@ -545,12 +560,13 @@ def named_prior(named: np.ndarray, grid: np.ndarray, stride: int) -> np.ndarray:
     return np.repeat(np.repeat(either, stride, axis=0), stride, axis=1)
 
 
-def name_lesions(labels: np.ndarray, n: int, regions: np.ndarray, image: np.ndarray | None = None, stride: int = 1
-                 ) -> tuple[list[LesionSite], BoneBurden]:
+def name_lesions(labels: np.ndarray, n: int, regions: np.ndarray, image: np.ndarray | None = None, stride: int = 1,
+                 named: np.ndarray | None = None) -> tuple[list[LesionSite], BoneBurden]:
     """Each lesion of a labelled map named by its region (the clearer view deciding when ``image`` is
-    given: :func:`view_weights`), and the scan's burden (:func:`bone_burden`). ``regions`` may be the anatomy
+    given: :func:`view_weights`; the report's named bones among the image's candidates with ``named``:
+    :func:`lesion_sites`), and the scan's burden (:func:`bone_burden`). ``regions`` may be the anatomy
     output's coarse grid as served (``stride`` = ``contract.REGION_STRIDE``): the same names and figures as
     from :func:`full_resolution` of it, without building the full-resolution map."""
     w = view_weights(image, labels, n) if image is not None and n else None
-    sites = lesion_sites(labels, n, regions, w, stride)
+    sites = lesion_sites(labels, n, regions, w, stride, named)
     return sites, bone_burden(labels, n, regions, sites, stride)

@@ -58,17 +58,18 @@ def above(logits: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
 def lesions_of(mask: np.ndarray, prob: np.ndarray, spacing: tuple[float, float],
                comps: Components | None = None, anatomy: dict[str, Any] | None = None,
                regions: np.ndarray | None = None, image: np.ndarray | None = None,
-               stride: int = 1) -> tuple[np.ndarray, list[dict[str, Any]]]:
+               stride: int = 1, named: np.ndarray | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """mask [H, W] bool, prob [H, W] -> (mask without specks, lesion list sorted by area, largest first);
     ``comps``: the mask's components when the caller has them already (then ``mask`` is not read).
     ``regions`` (uint8 [2, H / stride, W / stride]: the anatomy output on its grid, or a full-resolution map
     with stride 1; ``image`` [2, H, W] lets the clearer view name a lesion): each lesion gets its site, and
-    ``anatomy`` (a dict) is filled with the scan's burden."""
+    ``anatomy`` (a dict) is filled with the scan's burden; ``named`` [N_REGION_CLASSES]: the bones the report
+    names, preferred among a lesion's candidate bones (anatomy.lesion_sites)."""
     c = comps if comps is not None else components(mask)
     keep = c.mask
     sites = None
     if regions is not None:
-        sites, burden = name_lesions(c.labels, c.n, regions, image, stride)
+        sites, burden = name_lesions(c.labels, c.n, regions, image, stride, named)
         if anatomy is not None:
             anatomy.update(burden.to_dict())
     if c.n == 0:
@@ -202,8 +203,11 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
                 prob.ravel()[idx] = np.maximum(prob.ravel()[idx], sigmoid(u.ravel()[idx]))
                 final, comps = grown, None  # lesions joined: label the answer again
                 info["named_place_pixels"] = int(len(idx))
-        keep, lesions = lesions_of(final, prob, sp, comps, anatomy=anatomy,
-                                   regions=reg, image=None if images is None else images[b], stride=REGION_STRIDE)
+        # the report's bones name a lesion the image leaves between overlapping bones, unless the U-Net answers
+        # (then the report was not trusted)
+        named = report_regions[b] > 0 if report_regions is not None and info["answered_by"] != UNET else None
+        keep, lesions = lesions_of(final, prob, sp, comps, anatomy=anatomy, regions=reg,
+                                   image=None if images is None else images[b], stride=REGION_STRIDE, named=named)
         masks[b, 0] = keep
         image_only = _image_only(comp_u, confidence, keep, u, sp, reg, images, b, settings) if info["answered_by"] != UNET else None
         info["added_labels"] = info.pop("add")
