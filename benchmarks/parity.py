@@ -31,9 +31,10 @@ def bench_parity(checkpoint: Path, export: Path, data: Path, server_url: str, mo
     from bonescan.client import BoneScanClient
     from bonescan.client.inputs import Request
     from bonescan.data.dataset import BoneScanDataset
+    from bonescan.failsafe import FailSafeSettings
     from bonescan.metrics import scan_metrics
     from bonescan.model.checkpoint import Predictor
-    from bonescan.postprocess import postprocess, sigmoid
+    from bonescan.postprocess import postprocess, served_failsafe, sigmoid
     from bonescan.serving.ort_pipeline import OrtPipeline
 
     t0 = time.perf_counter()
@@ -46,6 +47,12 @@ def bench_parity(checkpoint: Path, export: Path, data: Path, server_url: str, mo
         if len(samples) >= n:
             break
     engines: dict[str, dict[str, list]] = {e: {"dsc": [], "agree": [], "diff": []} for e in ("pytorch", "onnxruntime", "triton")}
+    # a dual-path model's Triton answer is the fail-safe's (postprocess): compared with PyTorch's served answer
+    # (failsafe.served_failsafe on the checkpoint's outputs, with the scan for the naming), path and lesion names too
+    settings = FailSafeSettings.from_dict((pred.ckpt.metadata.get("failsafe") or {}).get("settings")) if pred.text_guided else None
+    if settings is not None:
+        engines = {"pytorch_served": {"dsc": [], "agree": [], "diff": []}, **engines}
+    served = {"same_path": 0, "same_lesion_names": 0, "text_only_dropped": 0, "answered_by_unet": 0}
     trt = None
     try:
         from bonescan.export.trt import require_gpu
@@ -68,29 +75,44 @@ def bench_parity(checkpoint: Path, export: Path, data: Path, server_url: str, mo
             lo = ort.logits(s.image[None], [s.report])
             outs["onnxruntime"] = (postprocess(lo, sp)[0][0, 0], float(np.abs(lo - lt).max()))
             r = client.segment_prepared([Request(s.image, s.report, tuple(s.pixel_spacing), s.case_id)])[0]
-            outs["triton"] = (r.mask, float(np.abs(r.probability - sigmoid(lt)[0, 0]).max()))
+            ref_mask, ref_prob = m_t, sigmoid(lt)[0, 0]
+            if settings is not None:
+                o = pred.outputs(s.image[None], [s.report])
+                sm, sprob, sj, sd = served_failsafe(o, sp, settings, images=np.asarray(s.image[None], np.float32))
+                ref_mask, ref_prob = sm[0, 0], sprob[0, 0]
+                outs["pytorch_served"] = (ref_mask, 0.0)
+                names = [(les.get("site") or {}).get("region") for les in json.loads(sj[0])["lesions"]]
+                served["same_path"] += sd[0]["answered_by"] == r.answered_by
+                served["same_lesion_names"] += names == [(les.get("site") or {}).get("region") for les in r.lesions]
+                served["text_only_dropped"] += sd[0]["signals"].get("text_only_dropped", 0) > 0
+                served["answered_by_unet"] += sd[0]["answered_by"] == "unet"
+            outs["triton"] = (r.mask, float(np.abs(r.probability - ref_prob).max()))
             if trt is not None:
                 lr = trt.logits(s.image[None], [s.report])
                 outs["tensorrt_fp16"] = (postprocess(lr, sp)[0][0, 0], float(np.abs(lr - lt).max()))
             for e, (m, diff) in outs.items():
                 engines[e]["dsc"].append(scan_metrics(m, s.mask)["dsc"])
-                engines[e]["agree"].append(scan_metrics(m, m_t)["dsc"])
+                engines[e]["agree"].append(scan_metrics(m, ref_mask if e in ("triton", "pytorch_served") else m_t)["dsc"])
                 engines[e]["diff"].append(diff)
     if trt is not None:
         trt.close()
     base = float(np.mean(engines["pytorch"]["dsc"]))
+    base_served = float(np.mean(engines["pytorch_served"]["dsc"])) if settings is not None else base
     table: dict[str, dict[str, Any]] = {}
     for e, v in engines.items():
         table[e] = {
             "dsc": float(np.mean(v["dsc"])),
-            "delta_dsc_vs_pytorch": float(np.mean(v["dsc"])) - base,
+            # Triton's answer against PyTorch's answer of the same kind (the served one for a dual-path model)
+            "delta_dsc_vs_pytorch": float(np.mean(v["dsc"])) - (base_served if e in ("triton", "pytorch_served") else base),
             "max_diff_vs_pytorch": float(np.max(v["diff"])),
-            "diff_kind": "probability" if e == "triton" else "logit",
+            "diff_kind": "probability" if e in ("triton", "pytorch_served") else "logit",
             "mask_agreement_dsc": float(np.mean(v["agree"])),
             "identical_masks": int(sum(a == 1.0 for a in v["agree"])),
         }
     res = {"model": model, "cases": len(samples), "split": split, "engines": table, "target_abs_delta_dsc": DSC_DELTA_TARGET,
-           "ok": abs(table["triton"]["delta_dsc_vs_pytorch"]) <= DSC_DELTA_TARGET, "seconds": round(time.perf_counter() - t0, 1)}
+           **({"served": served} if settings is not None else {}),
+           "ok": abs(table["triton"]["delta_dsc_vs_pytorch"]) <= DSC_DELTA_TARGET
+           and (settings is None or served["same_path"] == len(samples)), "seconds": round(time.perf_counter() - t0, 1)}
     print(parity_table(res))
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -105,6 +127,11 @@ def parity_table(res: dict[str, Any]) -> str:
     for e, r in res["engines"].items():
         lines.append(f"| {e} | {r['dsc']:.4f} | {r['delta_dsc_vs_pytorch']:+.5f} | {r['max_diff_vs_pytorch']:.2e} ({r['diff_kind']}) | "
                      f"{r['mask_agreement_dsc']:.5f} | {r['identical_masks']}/{res['cases']} |")
+    if "served" in res:
+        sv = res["served"]
+        lines.append(f"\nTriton's answers against PyTorch's served ones (the fail-safe, `pytorch_served`): same path {sv['same_path']}/"
+                     f"{res['cases']}, same lesion names {sv['same_lesion_names']}/{res['cases']}; the U-Net answered "
+                     f"{sv['answered_by_unet']}, rule 7 left out a lesion on {sv['text_only_dropped']}")
     lines.append(f"\nTriton vs PyTorch |delta DSC| {abs(res['engines']['triton']['delta_dsc_vs_pytorch']):.5f} "
                  f"(target <= {res['target_abs_delta_dsc']}): {'meets' if res['ok'] else 'MISSES'}")
     return "\n".join(lines)

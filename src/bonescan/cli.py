@@ -1014,6 +1014,7 @@ def _bench_parity(a: argparse.Namespace) -> int:
     from bonescan.serving.server import TritonServer, free_ports
 
     repo = a.repo
+    a.out.mkdir(parents=True, exist_ok=True)  # the server's log goes there too, before any result
     if repo is None:
         repo = a.out / "repo"
         build_repository(a.export, repo, RepoOptions())
