@@ -39,8 +39,9 @@ report names, per hot spot):
    :data:`TEXT_ONLY_UNET_BELOW`, touching no U-Net lesion) is kept only when the dual-path model's own
    highest probability in it reaches that level. The report can make the decoder paint a lesion into a
    bone it names; with another study's report such lesions are mostly false, with the scan's own report
-   a good share of them are too (on make demo's validation scans the ones below 0.95 were 3-4 false
-   positives to 1 true lesion with true reports, 7-17 to 1 with another study's).
+   a good share of them are too (on make demo's validation scans, seeds 1 and 2 of ``bench text-gain``,
+   those below 0.95 where the U-Net's probability stays below 0.05 were 3 to 7 false positives to 1
+   true lesion with the scans' own reports, 3 to 17 to 1 with another study's).
 
 Rules 1-3 and 5-7 are the fail-safe (``enabled``); rule 4 is how the dual-path model answers with
 the fail-safe off as well, but never for a text rule 2 calls no report. The thresholds are
