@@ -182,8 +182,10 @@ def test_tls_and_mutual_tls_terminate_at_nginx(cluster, sample, expected, tmp_pa
 @needs_nginx
 def test_a_killed_replica_is_skipped_and_taken_back_after_its_restart(cluster, sample, expected):
     addr1 = cluster.replica_addresses[1]
-    cluster.kill(1)
+    # the time before the kill: the health monitor can mark the replica down before kill() returns (it waits for
+    # the process to go), and an event stamped then is still this kill's
     t_kill = time.time()
+    cluster.kill(1)
     before = cluster.successes()
     with BoneScanClient(cluster.address, timeout_s=TIMEOUT_S, want_probability=False, retries=3, backoff_s=0.2) as c:
         # nothing was in flight at the kill: nginx moves every request on, the client sees no error
