@@ -104,7 +104,7 @@ def bench_anatomy(checkpoint: str | Path, data: str | Path, split: str = "test",
     from bonescan.data.second_reader import true_lesions
     from bonescan.failsafe import FailSafeSettings
     from bonescan.model.checkpoint import Predictor
-    from bonescan.postprocess import postprocess, served_failsafe
+    from bonescan.postprocess import naming_bones, postprocess, served_failsafe
 
     arr = load_split(data, split, progress=progress, n=n, regions=True)
     true_regions = arr.require_regions()
@@ -141,8 +141,7 @@ def bench_anatomy(checkpoint: str | Path, data: str | Path, split: str = "test",
         named = None  # the report's bones, as the served naming reads them (not when the U-Net answers)
         if pred.text_guided:
             masks, _, _, dec = served_failsafe(out, spacing, settings)
-            if C.REPORT_REGIONS.name in out and dec[0]["answered_by"] != "unet":
-                named = np.asarray(out[C.REPORT_REGIONS.name][0]) > 0
+            named = naming_bones(out.get(C.REPORT_REGIONS.name), 0, dec[0]["answered_by"])
         else:
             masks, _, _ = postprocess(out[C.LOGITS.name], spacing)
         pm = masks[0, 0] > 0

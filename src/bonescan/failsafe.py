@@ -268,12 +268,20 @@ def measure(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarr
     fallback_mask = np.asarray(fallback_mask).astype(bool)
     if dual_confidence is None and prob is not None and fallback_prob is not None:
         dual = components(mask, min_pixels=1)
-        dual_confidence = dual.max_of(np.asarray(prob, np.float32))
-        dual_unet_max = np.maximum(dual.max_of(np.asarray(fallback_prob, np.float32)), dual.max_of(fallback_mask))
+        dual_confidence, dual_unet_max = text_only_measures(dual, np.asarray(prob, np.float32).ravel()[dual.order],
+                                                            np.asarray(fallback_prob, np.float32).ravel()[dual.order], fallback_mask)
     return Measured(mask, fallback_mask, comps.labels, confidence,
                     comps.gather_max(p[1]), comps.gather_max(p[0]), comps.max_of(mask), comps.area,
                     int(stats[0]), int(stats[1]), int(stats[2]) if len(stats) > 2 else -1, float(p[0].max()), float(p[0].mean()),
                     comps, dual if dual_confidence is not None else None, dual_confidence, dual_unet_max)
+
+
+def text_only_measures(dual, prob_at: np.ndarray, unet_prob_at: np.ndarray, fallback_mask: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Rule 7's measurements of the report-guided answer's lesions ``dual`` (Components), from the dual-path and
+    the U-Net probabilities at its pixels (in ``dual.order``): per lesion the dual-path model's highest
+    probability, and the U-Net's (1.0 where the lesion touches the U-Net's answer ``fallback_mask``)."""
+    return dual.max_of_flat(prob_at), np.maximum(dual.max_of_flat(unet_prob_at), dual.max_of(fallback_mask))
 
 
 def text_only(m: Measured, s: FailSafeSettings) -> np.ndarray:

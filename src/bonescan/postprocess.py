@@ -161,7 +161,15 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
     the named-place prior, where ``settings.named_place_threshold`` > 0 (failsafe.add_in_named_places): the
     U-Net's weaker hot spots in the named bones join the report-guided answer.
     """
-    from bonescan.failsafe import UNET, added_pixels, answer_mask, choose, measure, with_named_places
+    from bonescan.failsafe import (
+        UNET,
+        added_pixels,
+        answer_mask,
+        choose,
+        measure,
+        text_only_measures,
+        with_named_places,
+    )
 
     logits = np.asarray(logits, dtype=np.float32)
     fallback_logits = np.asarray(fallback_logits, dtype=np.float32)
@@ -178,8 +186,8 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
         comp_d, comp_u = components(above(d, threshold)), components(above(u, threshold))
         confidence = comp_u.max_of_flat(sigmoid(u.ravel()[comp_u.order]))
         # rule 7 (failsafe.text_only): per lesion of the report-guided answer its highest probability and the U-Net's
-        dual_conf = comp_d.max_of_flat(sigmoid(d.ravel()[comp_d.order]))
-        dual_unet = np.maximum(comp_d.max_of_flat(sigmoid(u.ravel()[comp_d.order])), comp_d.max_of(comp_u.mask))
+        dual_conf, dual_unet = text_only_measures(comp_d, sigmoid(d.ravel()[comp_d.order]), sigmoid(u.ravel()[comp_d.order]),
+                                                  comp_u.mask)
         m = measure(comp_d.mask, comp_u.mask, None, text_map[b], text_stats[b], fallback=comp_u, confidence=confidence,
                     dual=comp_d, dual_confidence=dual_conf, dual_unet_max=dual_unet)
         info = choose(m, settings)
@@ -203,9 +211,7 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
                 prob.ravel()[idx] = np.maximum(prob.ravel()[idx], sigmoid(u.ravel()[idx]))
                 final, comps = grown, None  # lesions joined: label the answer again
                 info["named_place_pixels"] = int(len(idx))
-        # the report's bones name a lesion the image leaves between overlapping bones, unless the U-Net answers
-        # (then the report was not trusted)
-        named = report_regions[b] > 0 if report_regions is not None and info["answered_by"] != UNET else None
+        named = naming_bones(report_regions, b, info["answered_by"])
         keep, lesions = lesions_of(final, prob, sp, comps, anatomy=anatomy, regions=reg,
                                    image=None if images is None else images[b], stride=REGION_STRIDE, named=named)
         masks[b, 0] = keep
@@ -222,6 +228,15 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
                                     **({"image_only": image_only} if image_only is not None else {})},
                                    ensure_ascii=False))
     return masks, probs, out_json, decisions
+
+
+def naming_bones(report_regions: np.ndarray | None, b: int, answered_by: str) -> np.ndarray | None:
+    """The bones the report of scan ``b`` names (bool [N_REGION_CLASSES]) as the served naming reads them: they
+    name a lesion the image leaves between overlapping bones (anatomy.lesion_sites), unless the U-Net answers (then
+    the report was not trusted); None without them."""
+    from bonescan.failsafe import UNET
+
+    return np.asarray(report_regions[b]) > 0 if report_regions is not None and answered_by != UNET else None
 
 
 def _image_only(comp_u: Components, confidence: np.ndarray, answer: np.ndarray, u: np.ndarray, sp: tuple[float, float],
