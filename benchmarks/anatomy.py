@@ -230,17 +230,17 @@ def run_anatomy(checkpoint: str | Path, data: str | Path, out: str | Path | None
     return r
 
 
-def served_answer(pred, out: dict[str, np.ndarray], settings) -> np.ndarray:
-    """The served answer's mask [H, W] bool from a checkpoint's outputs: the U-Net's, or the dual-path model's
-    after the fail-safe (the case's report was in ``out``)."""
+def served_answer(pred, out: dict[str, np.ndarray], settings) -> tuple[np.ndarray, np.ndarray]:
+    """The served answer from a checkpoint's outputs: the U-Net's, or the dual-path model's after the fail-safe
+    (the case's report was in ``out``): (mask [H, W] bool, its probability map [H, W] float32)."""
     from bonescan.postprocess import postprocess, served_failsafe
 
     spacing = np.array([C.DEFAULT_PIXEL_SPACING_MM], np.float32)
     if pred.text_guided:
-        masks = served_failsafe(out, spacing, settings)[0]
+        masks, probs = served_failsafe(out, spacing, settings)[:2]
     else:
-        masks = postprocess(out[C.LOGITS.name], spacing)[0]
-    return masks[0, 0] > 0
+        masks, probs = postprocess(out[C.LOGITS.name], spacing)[:2]
+    return masks[0, 0] > 0, probs[0, 0]
 
 
 def bench_second_reader(checkpoint: str | Path, data: str | Path, split: str | None = None, n: int | None = None,
@@ -255,6 +255,7 @@ def bench_second_reader(checkpoint: str | Path, data: str | Path, split: str | N
     from bonescan.data.second_reader import answer_lesions, score_cases, true_lesions
     from bonescan.failsafe import FailSafeSettings
     from bonescan.model.checkpoint import Predictor
+    from bonescan.report_sites import FLAG_CONFIDENCE
 
     arr = load_split(data, split, progress=progress, n=n, regions=True)
     regions = arr.require_regions()
@@ -270,40 +271,63 @@ def bench_second_reader(checkpoint: str | Path, data: str | Path, split: str | N
         out = pred.outputs(image[None], [arr.reports[i]] if pred.text_guided else None)
         grid = grid_of(out[C.REGION_LABELS.name][0])
         truth = true_lesions(arr.masks[i], regions[i], image, arr.metas[i])
-        served = served_answer(pred, out, settings)
-        answers.append(answer_lesions(served, grid, C.REGION_STRIDE, image, truth))
+        served, prob = served_answer(pred, out, settings)
+        answers.append(answer_lesions(served, grid, C.REGION_STRIDE, image, truth, prob))
         true_masks.append(answer_lesions(arr.masks[i] > 0, grid, C.REGION_STRIDE, image, truth))  # detection perfect
         if pred.text_guided:
-            evidence.append((served, _unet_lesions(out[C.FALLBACK_LOGITS.name][0, 0], served), grid, image, truth))
+            u = out[C.FALLBACK_LOGITS.name][0, 0]
+            # where the U-Net's lesions join the answer, the probability is the U-Net's
+            evidence.append((served, _unet_lesions(u, served), grid, image, truth,
+                             np.where(served, prob, 1.0 / (1.0 + np.exp(-u))).astype(np.float32)))
     from bonescan.benchmarks.latency import cpu_info
 
-    def scored(idx: np.ndarray, answers_: list) -> dict[str, Any]:
-        return score_cases(arr.images[idx], arr.masks[idx], regions[idx], [arr.reports[i] for i in idx],
-                           [arr.metas[i] for i in idx], answers=[answers_[i] for i in idx])
-
     res = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "scans": len(arr),
+           "flag_confidence": FLAG_CONFIDENCE,
            "served": score_cases(arr.images, arr.masks, regions, arr.reports, arr.metas, answers=answers),
            "true_mask_pred_anatomy": score_cases(arr.images, arr.masks, regions, arr.reports, arr.metas, answers=true_masks),
            "true_lesions": score_cases(arr.images, arr.masks, regions, arr.reports, arr.metas), "cpu": cpu_info()}
     if evidence:
-        # the image-only evidence (FailSafeSettings.image_only_confidence): its confidence chosen on the first half of
-        # the scans (the best F1 of not_in_report, off included), scored on the second half beside the answer alone
-        half = len(arr) // 2
-        first, second = np.arange(half), np.arange(half, len(arr))
-        sweep: list[dict[str, Any]] = []
-        for tau in IMAGE_ONLY_GRID:
-            with_ev = [answer_lesions(s_ | _confident(u_, tau), g_, C.REGION_STRIDE, im_, t_) for s_, u_, g_, im_, t_ in evidence]
-            sweep.append({"confidence": tau, "first_half": scored(first, with_ev), "second_half": scored(second, with_ev)})
-        best = max(sweep, key=lambda r: (_f1(r["first_half"]["not_in_report"]), r["confidence"]))
-        res["image_only"] = {"chosen": best["confidence"], "rule": "best not_in_report F1 on the first half; > 1 = off",
-                             "answer_alone_second_half": sweep[0]["second_half"], "chosen_second_half": best["second_half"],
-                             "sweep": [{"confidence": r["confidence"], **{h: {q: r[h][q] for q in ("not_in_report", "not_found")}
-                                                                             for h in ("first_half", "second_half")}} for r in sweep]}
+        res["chosen_out_of_sample"] = _choose_second_reader(arr, regions, evidence)
     return res
 
 
 #: the image-only evidence's confidences tried (2.0 = off: the answer alone)
 IMAGE_ONLY_GRID = (2.0, 0.99, 0.95, 0.9, 0.8, 0.7, 0.5)
+#: the flag's confidences tried (report_sites.FLAG_CONFIDENCE; 0 = every lesion outside the report is flagged)
+FLAG_GRID = (0.0, 0.5, 0.8, 0.85, 0.9, 0.92, 0.95)
+
+
+def _choose_second_reader(arr, regions: np.ndarray, evidence: list) -> dict[str, Any]:
+    """The image-only evidence's confidence (FailSafeSettings.image_only_confidence) and the flag's
+    (report_sites.FLAG_CONFIDENCE), chosen together on the first half of the scans (the best mean F1 of
+    ``not_in_report`` and ``not_found``) and scored on the second half, beside the defaults there."""
+    from bonescan.data.second_reader import answer_lesions, score_cases
+    from bonescan.report_sites import FLAG_CONFIDENCE
+
+    half = len(arr) // 2
+    halves = {"first_half": np.arange(half), "second_half": np.arange(half, len(arr))}
+    sweep: list[dict[str, Any]] = []
+    for tau in IMAGE_ONLY_GRID:
+        with_ev = [answer_lesions(s_ | _confident(u_, tau), g_, C.REGION_STRIDE, im_, t_, p_) for s_, u_, g_, im_, t_, p_ in evidence]
+        for flag in FLAG_GRID:
+            row: dict[str, Any] = {"image_only_confidence": tau, "flag_confidence": flag}
+            for h, idx in halves.items():
+                r = score_cases(arr.images[idx], arr.masks[idx], regions[idx], [arr.reports[i] for i in idx],
+                                [arr.metas[i] for i in idx], answers=[with_ev[i] for i in idx], min_confidence=flag)
+                row[h] = {q: r[q] for q in ("not_in_report", "not_found")}
+            sweep.append(row)
+
+    def score(r: dict[str, Any]) -> float:
+        return (_f1(r["first_half"]["not_in_report"]) + _f1(r["first_half"]["not_found"])) / 2
+
+    def at(tau: float, flag: float) -> dict[str, Any] | None:
+        return next((r["second_half"] for r in sweep if r["image_only_confidence"] == tau and r["flag_confidence"] == flag), None)
+
+    best = max(sweep, key=lambda r: (score(r), r["image_only_confidence"], r["flag_confidence"]))
+    return {"rule": "best mean F1 of not_in_report and not_found on the first half; image-only > 1 = off",
+            "image_only_confidence": best["image_only_confidence"], "flag_confidence": best["flag_confidence"],
+            "chosen_second_half": best["second_half"], "defaults_second_half": at(IMAGE_ONLY_GRID[0], FLAG_CONFIDENCE),
+            "unflagged_second_half": at(IMAGE_ONLY_GRID[0], 0.0), "sweep": sweep}
 
 
 def _unet_lesions(u: np.ndarray, served: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -332,14 +356,20 @@ def _f1(pr: dict[str, Any]) -> float:
 
 def format_second_reader(r: dict[str, Any]) -> str:
     lines = [f"second reader on {r['scans']} scans of {r['data']} ({r['split'] or 'all splits'}), target precision and recall >= 0.9"]
-    if "image_only" in r:
-        io = r["image_only"]
-        lines.append(f"  image-only evidence (the U-Net's confident lesions outside the answer): confidence chosen on the first "
-                     f"half: {io['chosen']:g}{' (off)' if io['chosen'] > 1 else ''}; the second half:")
-        for q in io["sweep"]:
-            a, b = q["second_half"]["not_in_report"], q["second_half"]["not_found"]
-            lines.append(f"    confidence {q['confidence']:g}{' (off: the answer alone)' if q['confidence'] > 1 else ''}: "
-                         f"not_in_report P {a['precision']} R {a['recall']}; not_found P {b['precision']} R {b['recall']}")
+    if "chosen_out_of_sample" in r:
+        ch = r["chosen_out_of_sample"]
+
+        def pr(q: dict[str, Any]) -> str:
+            a, b = q["not_in_report"], q["not_found"]
+            return f"not_in_report P {a['precision']} R {a['recall']}; not_found P {b['precision']} R {b['recall']}"
+
+        io = ch["image_only_confidence"]
+        lines.append(f"  chosen on the first half: image-only evidence {io:g}{' (off)' if io > 1 else ''}, flag confidence "
+                     f"{ch['flag_confidence']:g}; the second half: {pr(ch['chosen_second_half'])}")
+        if ch["defaults_second_half"] is not None:
+            lines.append(f"    the second half with the defaults (image-only off, flag {r['flag_confidence']:g}): "
+                         f"{pr(ch['defaults_second_half'])}")
+        lines.append(f"    the second half, every lesion outside the report flagged (no confidence): {pr(ch['unflagged_second_half'])}")
     for key, label in (("served", f"on the served answers of {r['checkpoint']}"),
                        ("true_mask_pred_anatomy", "on the true lesions named by the model's anatomy output"),
                        ("true_lesions", "on the true lesions and label maps")):

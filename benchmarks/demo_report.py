@@ -46,12 +46,12 @@ def overlays(out: Path, samples: list, served: dict[str, list], idx: list[int]) 
             site = les.get("site") or {}
             if site.get("region") and site["region"] != "background":
                 by0, bx0, by1, bx1 = les["bbox"]
-                flag = "?" if les.get("second_reader") == "not_in_report" else ""
+                flag = {"not_in_report": "?", "called_benign": " (benign?)"}.get(les.get("second_reader", ""), "")
                 row[2].annotate(f"{site['region']}{flag}", (bx1, by0 - y0), xytext=(3, 0), textcoords="offset points",
                                 fontsize=5.5, color="darkred")
         viz.text_panel(row[3], s.report, width=24, fontsize=7)
     fig.suptitle("anterior views; outlines: green = truth, blue = U-Net, red = dual-path (masks served by Triton); "
-                 "dual-path lesions named by bone (? = not in the report)", fontsize=8)
+                 "dual-path lesions named by bone (? = not in the report; benign? = where the report calls it benign)", fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.985))
     p = out / "overlays.png"
     fig.savefig(p, dpi=100)
@@ -64,6 +64,7 @@ def anatomy_section(samples: list, served: dict[str, list], idx: list[int]) -> l
     Index served and true (true mask on the true label map), Soloway's grade and the second reader's flags."""
     from bonescan.anatomy import bone_burden
     from bonescan.components import components
+    from bonescan.report_sites import FLAG_CONFIDENCE
 
     rows = ["| scan | lesions named by bone (served, dual-path ensemble) | BSI served | BSI true | Soloway | second reader |",
             "|---|---|---|---|---|---|"]
@@ -78,8 +79,10 @@ def anatomy_section(samples: list, served: dict[str, list], idx: list[int]) -> l
             true_bsi = f"{bone_burden(c.labels, c.n, s.regions).bsi:.2f} %"
         a = r.anatomy or {}
         missed = sum(1 for les in r.lesions if les.get("second_reader") == "not_in_report")
+        benign = sum(1 for les in r.lesions if les.get("second_reader") == "called_benign")
         unseen = [x["site"] for x in (r.report_sites or []) if x["flag"] == "not_found"]
-        flags = (f"{missed} lesion(s) not in the report" if missed else "every lesion in the report") + (
+        flags = (f"{missed} lesion(s) not in the report" if missed else "no confident lesion outside the report") + (
+            f"; {benign} where the report calls it benign" if benign else "") + (
             f"; report sites not found: {', '.join(unseen)}" if unseen else "; every report site found")
         rows.append(f"| {s.case_id} | {names} | {a.get('bsi', float('nan')):.2f} % | {true_bsi} | {a.get('eod', '-')} | {flags} |")
     return ["## Where, and how much", "",
@@ -87,7 +90,9 @@ def anatomy_section(samples: list, served: dict[str, list], idx: list[int]) -> l
             "view deciding; where bones overlap and the report names one of the lesion's candidate bones, that one); "
             "the Bone Scan Index is the lesions' share of each region's pixels weighted by the region's "
             "share of the skeletal mass (`bonescan.anatomy`), the true one from the true mask and label map. The second "
-            "reader matches the report's named metastatic sites with the lesions' regions (`bonescan.report_sites`). "
+            "reader matches the report's named metastatic sites with the lesions' regions (`bonescan.report_sites`): a "
+            "lesion outside them is flagged only when the model is sure of it (mean probability >= "
+            f"{FLAG_CONFIDENCE:g}) and the report does not call its bone benign (degenerative, old fracture ...). "
             "Computed from a 2-D atlas on synthetic scans: a check of this code, not a validated clinical measurement.", "",
             *rows, ""]
 

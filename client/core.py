@@ -233,22 +233,27 @@ def _results(res, reqs: Sequence[Request], model: str, t_request: float, want_pr
     return out
 
 
-def second_reader(lesions: list[dict], report: str, image_only: list[dict] | None = None) -> list[dict[str, str]] | None:
-    """The second reader on one answer: marks each lesion (its ``site``) ``in_report`` / ``not_in_report``
-    in place and returns the report's metastatic sites, each ``found`` / ``not_found``; None without a
-    report. ``image_only``: the image-only network's confident lesions outside the answer (postprocess), read
-    the same way: a lesion the report left out is flagged though the report-guided answer dropped it, and
-    image evidence at a named site finds it. The report is parsed here, in the client that has it
-    (bonescan.report_sites)."""
-    from bonescan.report_sites import report_sites, second_read
+def second_reader(lesions: list[dict], report: str, image_only: list[dict] | None = None,
+                  min_confidence: float | None = None) -> list[dict[str, str]] | None:
+    """The second reader on one answer: marks each lesion (its ``site``) in place, ``in_report``,
+    ``called_benign`` (at a place the report calls benign: a disagreement, not an omission), ``uncertain``
+    (outside the report, but its mean probability below ``min_confidence``, default
+    ``report_sites.FLAG_CONFIDENCE``) or ``not_in_report`` (a finding the report may have missed), and returns
+    the report's metastatic sites, each ``found`` / ``not_found``; None without a report. ``image_only``: the
+    image-only network's confident lesions outside the answer (postprocess), read the same way: a lesion the
+    report left out is flagged though the report-guided answer dropped it, and image evidence at a named site
+    finds it. The report is parsed here, in the client that has it (bonescan.report_sites)."""
+    from bonescan.report_sites import FLAG_CONFIDENCE, benign_sites, report_sites, second_read
 
     if not report.strip():
         return None
     every = list(lesions) + list(image_only or [])
     regions = [tuple(les["site"]["candidates"]) if les.get("site") else "" for les in every]
-    read = second_read(regions, report_sites(report))
-    for les, in_report in zip(every, read.in_report, strict=True):
-        les["second_reader"] = "in_report" if in_report else "not_in_report"
+    read = second_read(regions, report_sites(report), benign_sites(report),
+                       confidence=[float(les.get("mean_probability", 1.0)) for les in every],
+                       min_confidence=FLAG_CONFIDENCE if min_confidence is None else min_confidence)
+    for les, flag in zip(every, read.to_dict()["lesions"], strict=True):
+        les["second_reader"] = flag
     return read.to_dict()["report_sites"]
 
 

@@ -56,7 +56,8 @@ class SegmentationResult:
     anatomy: dict[str, Any] | None = None
     #: the second reader (bonescan.report_sites, run by the client on the report it sent): each site the
     #: report names as a metastasis, ``found`` on the scan or ``not_found``; each lesion carries
-    #: ``in_report`` / ``not_in_report``. None: no report, or no anatomy output
+    #: ``in_report`` / ``called_benign`` / ``uncertain`` / ``not_in_report`` (client.second_reader). None: no
+    #: report, or no anatomy output
     report_sites: list[dict[str, str]] | None = None
     #: the second reader's image-only evidence: the bundled image-only U-Net's confident lesions that the
     #: report-guided answer does not hold (postprocess ``image_only``), named by bone and flagged like the
@@ -96,10 +97,13 @@ class SegmentationResult:
             burden = f", BSI {self.anatomy['bsi']:.2f} %, Soloway grade {self.anatomy['eod']}"
         flags = ""
         if self.report_sites is not None:
-            missed = sum(1 for les in self.lesions + (self.image_only or []) if les.get("second_reader") == "not_in_report")
+            every = self.lesions + (self.image_only or [])
+            missed = sum(1 for les in every if les.get("second_reader") == "not_in_report")
+            benign = sum(1 for les in every if les.get("second_reader") == "called_benign")
             unseen = sum(1 for s in self.report_sites if s["flag"] == "not_found")
-            if missed or unseen:
+            if missed or unseen or benign:
                 flags = f", second reader: {missed} lesion(s) not in the report, {unseen} report site(s) not found"
+                flags += f", {benign} at place(s) the report calls benign" if benign else ""
         return (f"{Path(self.source).name or self.source}: {len(self.lesions)} lesion(s){where}, {area}{burden}{extra}{flags}, "
                 f"{self.timings_ms.get('request', 0):.0f} ms")
 
@@ -123,8 +127,8 @@ class SegmentationResult:
             site = les.get("site") or {}
             # the region's short name (T7, rib_R5_posterior, femur_L_proximal): Pillow's default font has no CJK
             label = f"{les['id'] + 1} {site['region']}" if site.get("region") and site["region"] != "background" else str(les["id"] + 1)
-            if les.get("second_reader") == "not_in_report":
-                label += " (not in report)"
+            if les.get("second_reader") in ("not_in_report", "called_benign"):
+                label += " (not in report)" if les["second_reader"] == "not_in_report" else " (report: benign)"
             draw.text((x1 * scale + 4, y0 * scale), label, fill=(200, 0, 0))
         title = f"{self.model}: {len(self.lesions)} lesion(s)"
         if self.anatomy is not None:

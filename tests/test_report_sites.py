@@ -12,7 +12,9 @@ from bonescan.data.styles import STYLES, VOCABULARY
 from bonescan.data.synth import SynthConfig, synth_case
 from bonescan.report_sites import (
     BENIGN_WORDS,
+    FLAG_CONFIDENCE,
     ReportSite,
+    benign_sites,
     report_sites,
     second_read,
     site_matches,
@@ -79,6 +81,48 @@ def test_matching_tolerance():
     r = second_read([("sternum", "T5"), "rib_R9", ""], [ReportSite("T5"), ReportSite("skull")])
     assert r.in_report == (True, False, False) and r.found == (True, False)
     assert r.to_dict()["report_sites"][1] == {"site": "skull", "flag": "not_found"}
+
+
+def test_benign_places_joints_included():
+    """The places a report calls benign: joints read as their bones (a joint without a side, both sides'),
+    only in benign sentences; a coarse group there excuses nothing."""
+    knee = ["femur_R_distal", "tibia_R", "patella_R", "fibula_R"]
+    assert [s.label for s in benign_sites("检查所见：右膝关节见放射性浓聚。诊断意见：右膝关节退行性变。")] == knee
+    assert {s.label for s in benign_sites("双肩关节炎性改变可能。")} == {"humerus_R_proximal", "scapula_R", "humerus_L_proximal", "scapula_L"}
+    assert [s.label for s in benign_sites("左侧第5肋陈旧性骨折。L4、L5小关节退行性变。")] == ["rib_L5", "L4", "L5"]
+    assert benign_sites("骨盆外侧软组织见点状放射性浓聚，考虑尿液污染。") == []  # the pelvis: no bone named
+    assert [s.label for s in benign_sites("右肘窝见浓聚灶，考虑注射点。")] == ["humerus_R_distal", "forearm_R"]
+    # a joint is never a metastatic site, and a benign place is not read from a metastatic sentence
+    assert report_sites("右膝关节见放射性浓聚，考虑骨转移。") == [] and benign_sites("T7、右膝关节骨转移。") == []
+
+
+def test_generated_benign_findings_are_read_as_benign_places():
+    """The generator's benign findings (degenerative knees and shoulders, arthritic hands and feet, old rib
+    fractures, facets ...) lie at places benign_sites reads from their reports."""
+    n = ok = 0
+    for i in range(80):
+        case = synth_case(13, i)
+        if case.meta["report"]["style"] == "vague":
+            continue
+        places = {s.region for s in benign_sites(case.report)}
+        for f in case.meta.get("benign", []):
+            n += len(f["regions"])
+            ok += sum(r in places for r in f["regions"])
+    assert n > 40 and ok / n >= 0.95
+
+
+def test_second_reader_flags_benign_places_and_uncertain_lesions():
+    """A lesion in a bone the report calls benign is ``called_benign`` (the bone itself, not its neighbour);
+    one below the flag's confidence is ``uncertain``; a named place wins over both."""
+    sites = report_sites("T7见放射性浓聚，考虑骨转移。左侧第5肋陈旧性骨折。")
+    benign = benign_sites("T7见放射性浓聚，考虑骨转移。左侧第5肋陈旧性骨折。")
+    r = second_read(["T7", "rib_L5", "rib_L6", "skull", "skull"], sites, benign,
+                    confidence=[0.5, 0.99, 0.99, 0.99, FLAG_CONFIDENCE - 0.01], min_confidence=FLAG_CONFIDENCE)
+    assert r.to_dict()["lesions"] == ["in_report", "called_benign", "not_in_report", "not_in_report", "uncertain"]
+    assert r.not_in_report == (False, False, True, True, False)
+    assert second_read(["rib_L5"], sites).to_dict()["lesions"] == ["not_in_report"]  # without the benign places
+    with pytest.raises(ValueError, match="confidence"):
+        second_read(["T7", "L1"], sites, confidence=[0.9])
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +204,11 @@ def test_scorer_on_answers_counts_missed_and_false_lesions(truth_cases):
     spotted = masks.copy()
     spotted[:, 5:12, 5:12] = 1  # a hot spot in every scan's corner, on no lesion and named by no report
     assert score(spotted)["not_in_report"]["fp"] > same["not_in_report"]["fp"]
+    # the same hot spot at a low probability is uncertain, not flagged: the flag's precision comes back
+    prob = np.where(spotted > masks, 0.6, 0.99).astype(np.float32)
+    unsure = [answer_lesions(spotted[i], regions[i][:, s // 2 :: s, s // 2 :: s], s, images[i], truths[i], prob[i])
+              for i in range(len(cases))]
+    assert score_cases(images, masks, regions, reports, metas, answers=unsure)["not_in_report"]["fp"] == same["not_in_report"]["fp"]
 
 
 def test_named_place_prior_covers_the_named_bones_and_adds_only_hot_spots_in_them():

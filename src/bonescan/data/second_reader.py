@@ -21,7 +21,14 @@ import numpy as np
 
 from bonescan.anatomy import LesionSite, bone_burden, lesion_sites, view_weights
 from bonescan.components import components
-from bonescan.report_sites import ReportSite, report_sites, second_read, site_matches
+from bonescan.report_sites import (
+    FLAG_CONFIDENCE,
+    ReportSite,
+    benign_sites,
+    report_sites,
+    second_read,
+    site_matches,
+)
 
 
 @dataclass
@@ -31,6 +38,7 @@ class CaseLesions:
     labels: np.ndarray
     sites: list[LesionSite]
     meta_ids: list[int]  # per component the id of the meta.json lesion nearest its centroid (-1: none)
+    confidence: list[float] | None = None  # per component its mean probability (None: true lesions)
 
 
 def true_lesions(mask: np.ndarray, regions: np.ndarray, image: np.ndarray, meta: dict | None) -> CaseLesions:
@@ -48,9 +56,11 @@ def true_lesions(mask: np.ndarray, regions: np.ndarray, image: np.ndarray, meta:
     return CaseLesions(c.labels, sites, ids)
 
 
-def answer_lesions(mask: np.ndarray, grid: np.ndarray, stride: int, image: np.ndarray, truth: CaseLesions) -> CaseLesions:
+def answer_lesions(mask: np.ndarray, grid: np.ndarray, stride: int, image: np.ndarray, truth: CaseLesions,
+                   prob: np.ndarray | None = None) -> CaseLesions:
     """A served answer's components, named by the anatomy output on its grid (as postprocess names them), each
-    with the meta.json id of the true lesion it overlaps most (-1: a false positive)."""
+    with the meta.json id of the true lesion it overlaps most (-1: a false positive) and, given the answer's
+    probability map ``prob``, its mean probability (LESIONS ``mean_probability``)."""
     from bonescan.anatomy import name_lesions
 
     c = components(np.asarray(mask) > 0)
@@ -63,7 +73,11 @@ def answer_lesions(mask: np.ndarray, grid: np.ndarray, stride: int, image: np.nd
         for k in range(c.n):
             if pairs[k + 1].any():
                 ids[k] = truth.meta_ids[int(np.argmax(pairs[k + 1])) - 1]
-    return CaseLesions(c.labels, sites, ids)
+    conf = None
+    if prob is not None:
+        sums = np.bincount(c.labels.ravel(), weights=np.asarray(prob, np.float64).ravel(), minlength=c.n + 1)[1:]
+        conf = [float(v) for v in sums / np.maximum(np.bincount(c.labels.ravel(), minlength=c.n + 1)[1:], 1)]
+    return CaseLesions(c.labels, sites, ids, conf)
 
 
 def _pr(tp: int, fp: int, fn: int) -> dict[str, Any]:
@@ -72,13 +86,15 @@ def _pr(tp: int, fp: int, fn: int) -> dict[str, Any]:
 
 
 def score_cases(images: np.ndarray, masks: np.ndarray, regions: np.ndarray, reports: list[str],
-                metas: list[dict[str, Any] | None], answers: list[CaseLesions] | None = None) -> dict[str, Any]:
+                metas: list[dict[str, Any] | None], answers: list[CaseLesions] | None = None,
+                min_confidence: float = FLAG_CONFIDENCE) -> dict[str, Any]:
     """The second reader's figures over cases with ground truth.
 
     ``answers``: per case the served answer's lesions (:func:`answer_lesions`); the flags are then those the
     client gives on the model's answer: an omitted lesion the model missed is a miss of ``not_in_report``, a
     false positive flagged ``not_in_report`` a false alarm, and a true report site whose lesion the model
-    missed a false ``not_found``. Default: the true lesions.
+    missed a false ``not_found``. Default: the true lesions. ``min_confidence``: an answer's lesion below it is
+    ``uncertain``, not flagged (``report_sites.FLAG_CONFIDENCE``; true lesions are always flagged).
 
     Returns:
         ``not_in_report`` / ``not_found``: precision and recall on the reports written with lesions left out /
@@ -111,16 +127,16 @@ def score_cases(images: np.ndarray, masks: np.ndarray, regions: np.ndarray, repo
             vague += 1
             continue
         sites = report_sites(reports[i])
-        read = second_read([s.candidates for s in cl.sites], sites)
+        read = second_read([s.candidates for s in cl.sites], sites, benign_sites(reports[i]), cl.confidence, min_confidence)
         truth = meta.get("report_truth") or {}
         omitted = set(truth.get("omitted", []))
         invented = [inv["region"] for inv in truth.get("invented", [])]
         if omitted:
-            for flag_in, k in zip(read.in_report, cl.meta_ids, strict=True):
+            for flagged, k in zip(read.not_in_report, cl.meta_ids, strict=True):
                 actual = k in omitted
-                omit[0] += (not flag_in) and actual
-                omit[1] += (not flag_in) and not actual
-                omit[2] += flag_in and actual
+                omit[0] += flagged and actual
+                omit[1] += flagged and not actual
+                omit[2] += (not flagged) and actual
             if answers is not None:  # omitted lesions the answer missed: the reader cannot flag them
                 omit[2] += len({k for k in omitted if k in by_id} - set(cl.meta_ids))
         if invented:
@@ -133,7 +149,7 @@ def score_cases(images: np.ndarray, masks: np.ndarray, regions: np.ndarray, repo
                                                              for site, f in zip(read.sites, read.found, strict=True)))
         if not omitted and not invented:
             n_lesion += len(read.in_report)
-            false_lesion += sum(1 for x in read.in_report if not x)
+            false_lesion += sum(read.not_in_report)
             n_site += len(read.found)
             false_site += sum(1 for x in read.found if not x)
             _count_parse(parse[meta.get("report", {}).get("house_style", "?")], meta, sites)
