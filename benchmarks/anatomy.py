@@ -141,7 +141,7 @@ def bench_anatomy(checkpoint: str | Path, data: str | Path, split: str = "test",
         named = None  # the report's bones, as the served naming reads them (not when the U-Net answers)
         if pred.text_guided:
             masks, _, _, dec = served_failsafe(out, spacing, settings)
-            named = naming_bones(out.get(C.REPORT_REGIONS.name), 0, dec[0]["answered_by"])
+            named = naming_bones(out.get(C.REPORT_NAMED.name), 0, dec[0]["answered_by"])
         else:
             masks, _, _ = postprocess(out[C.LOGITS.name], spacing)
         pm = masks[0, 0] > 0
@@ -208,7 +208,7 @@ def format_anatomy(r: dict[str, Any]) -> str:
         f"  region of each detected true lesion ({ra['detected']} of {ra['true_lesions']}): exact {ra['exact']}, "
         f"rib / vertebra numbers within one {ra['within_one']} (target >= 0.95); from the true label map: exact "
         f"{ra['ceiling_true_map']['exact']}, within one {ra['ceiling_true_map']['within_one']}"
-        + (f"\n  the same named as served, the report's bones preferred among a lesion's candidate bones: exact "
+        + (f"\n  the same named as served, the bones the report names itself preferred among those a lesion lies on: exact "
            f"{ra['with_report']['exact']}, within one {ra['with_report']['within_one']}" if "with_report" in ra else ""),
         f"  BSI: true median {b['true_median_pct']} %, max {b['true_max_pct']} %; served vs true: median |error| "
         f"{b['abs_error_median_pp']} pp (target <= 0.1), p90 {b['abs_error_p90_pp']} pp, Spearman {b['spearman']} "

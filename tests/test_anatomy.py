@@ -167,6 +167,34 @@ def test_the_reports_bone_names_a_lesion_the_image_leaves_between_two():
     assert A.lesion_sites(labels, 1, r, w, named=named)[0].name == "sternum"
 
 
+def test_the_bone_the_report_wrote_names_a_lesion_that_only_touches_it():
+    """A lesion lying mostly on the rib, a tenth of it on T7 (below the candidates' share, above NAMED_SHARE):
+    T7 names it when the report wrote T7 and not the rib (report_named, exact); a report naming T6 flags T7
+    as a neighbour in report_regions, which would name the lesion T7: the exact flags do not."""
+    from bonescan.report_sites import named_classes
+
+    r = _maps()
+    labels = np.zeros((40, 40), np.int32)
+    labels[20:29, 10:20] = 1  # 90 px on the rib
+    labels[9:10, 10:20] = 1  # 10 px on T7
+    assert A.NAMED_SHARE <= 0.1 < A.CANDIDATE_SHARE
+    assert A.lesion_sites(labels, 1, r)[0].name == "rib_R5_posterior"
+    report = "检查所见：T7及右侧第5肋见放射性浓聚。诊断意见：骨转移。"
+    exact, wide = named_classes(report, exact=True), named_classes(report)
+    assert exact[T7] and not exact[A.CLASS_INDEX["T8"]] and wide[A.CLASS_INDEX["T8"]]
+    assert A.lesion_sites(labels, 1, r, named=wide)[0].name == "rib_R5_posterior"  # the rib is named (within one)
+    only_t7 = named_classes("T7骨转移。", exact=True)
+    assert A.lesion_sites(labels, 1, r, named=only_t7)[0].name == "T7"
+    assert not named_classes("T6骨转移。", exact=True)[T7] and named_classes("T6骨转移。")[T7]
+    # a report naming T6: its neighbour flags would name this lesion T7; the bones it wrote leave it on the rib
+    assert A.lesion_sites(labels, 1, r, named=named_classes("T6骨转移。"))[0].name == "T7"
+    assert A.lesion_sites(labels, 1, r, named=named_classes("T6骨转移。", exact=True))[0].name == "rib_R5_posterior"
+    # a coarse group still covers its bones; a long bone without its segment, every segment
+    assert named_classes("脊柱多发骨转移。", exact=True)[T7]
+    femur = named_classes("左股骨骨转移。", exact=True)
+    assert all(femur[A.CLASS_INDEX[f"femur_L_{seg}"]] for seg in ("proximal", "shaft", "distal"))
+
+
 def test_bone_scan_index_by_hand():
     r = _maps()
     labels = np.zeros((40, 40), np.int32)

@@ -181,6 +181,11 @@ TEXT_STATS = TensorSpec("text_stats", "int32", (3,),
 # grows the answer by the U-Net's hot spots there). float32, not uint8: every runtime takes it as a graph input.
 REPORT_REGIONS = TensorSpec("report_regions", "float32", (N_REGION_CLASSES,),
                             "1 = a region class (anatomy.REGION_CLASSES) the report names as metastatic (report_sites.named_classes)")
+# tokenizer -> postprocess: the bones the report names itself, without report_regions' neighbours (a rib or a
+# vertebra within one), so a lesion the image leaves between two named-or-neighbouring bones is named by the
+# one the report wrote (anatomy.lesion_sites). Not a graph input: the segmenter keeps reading report_regions.
+REPORT_NAMED = TensorSpec("report_named", "float32", (N_REGION_CLASSES,),
+                          "1 = a region class the report names itself as metastatic, no neighbour (report_sites.named_classes exact)")
 
 TEXT_ENCODER_INPUTS = (INPUT_IDS, ATTENTION_MASK)
 TEXT_ENCODER_OUTPUTS = (TEXT_FEATURES,)
@@ -215,7 +220,7 @@ PREPROCESS_INPUTS = (ENS_IMAGE, ENS_PIXEL_SPACING, replace(ENS_REPORT, doc="abse
                      ENS_ACCESSION, ENS_STUDY_UID)
 PREPROCESS_OUTPUTS = (IMAGE, PIXEL_SPACING, REPORT)
 TOKENIZER_INPUTS = (REPORT,)
-TOKENIZER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK, TEXT_STATS, REPORT_REGIONS)
+TOKENIZER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK, TEXT_STATS, REPORT_REGIONS, REPORT_NAMED)
 _FAILSAFE_INPUT = "absent in the U-Net ensemble: then the logits are the answer"
 POSTPROCESS_INPUTS = (LOGITS, PIXEL_SPACING, replace(TEXT_MAP, doc=_FAILSAFE_INPUT, optional=True),
                       replace(FALLBACK_LOGITS, doc=_FAILSAFE_INPUT, optional=True),
@@ -223,7 +228,8 @@ POSTPROCESS_INPUTS = (LOGITS, PIXEL_SPACING, replace(TEXT_MAP, doc=_FAILSAFE_INP
                       replace(REGION_LABELS, doc="absent: lesions are not named by bone, no Bone Scan Index", optional=True),
                       replace(IMAGE, doc="the counts, so the view that shows a lesion more clearly names it (anatomy.view_weights)",
                               optional=True),
-                      replace(REPORT_REGIONS, doc="absent in the U-Net ensemble: no named-place prior", optional=True))
+                      replace(REPORT_REGIONS, doc="absent in the U-Net ensemble: no named-place prior", optional=True),
+                      replace(REPORT_NAMED, doc="absent in the U-Net ensemble: lesions named from the image alone", optional=True))
 POSTPROCESS_OUTPUTS = (ENS_MASK, ENS_PROBABILITY, ENS_LESIONS)
 
 ENSEMBLE_INPUTS = (ENS_IMAGE, ENS_REPORT, ENS_PIXEL_SPACING, ENS_ACCESSION, ENS_STUDY_UID)

@@ -24,6 +24,7 @@ from bonescan.contract import (
     LOGITS,
     REGION_LABELS,
     REGION_STRIDE,
+    REPORT_NAMED,
     REPORT_REGIONS,
     TEXT_MAP,
     TEXT_STATS,
@@ -149,8 +150,8 @@ def postprocess(logits: np.ndarray, spacing: np.ndarray, threshold: float = THRE
 
 def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_map: np.ndarray, text_stats: np.ndarray,
                          spacing: np.ndarray, settings, threshold: float = THRESHOLD, regions: np.ndarray | None = None,
-                         images: np.ndarray | None = None, report_regions: np.ndarray | None = None
-                         ) -> tuple[np.ndarray, np.ndarray, list[str], list[dict[str, Any]]]:
+                         images: np.ndarray | None = None, report_regions: np.ndarray | None = None,
+                         report_named: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[str], list[dict[str, Any]]]:
     """The dual-path graph's three answers -> one per scan (bonescan.failsafe decides which).
 
     logits, fallback_logits float32 [B, 1, H, W]; text_map [B, 2, h, w]; text_stats int32 [B, 3];
@@ -159,7 +160,9 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
     why, B decision dicts). ``regions`` / ``images``: lesions named by bone, as :func:`postprocess`.
     ``report_regions`` [B, N_REGION_CLASSES], 1 = a bone the report names as metastatic, with ``regions``:
     the named-place prior, where ``settings.named_place_threshold`` > 0 (failsafe.add_in_named_places): the
-    U-Net's weaker hot spots in the named bones join the report-guided answer.
+    U-Net's weaker hot spots in the named bones join the report-guided answer. ``report_named`` [B,
+    N_REGION_CLASSES], 1 = a bone the report names itself (no neighbour): it names a lesion the image leaves
+    between bones (:func:`naming_bones`; without it, ``report_regions`` does, neighbours and all).
     """
     from bonescan.failsafe import (
         UNET,
@@ -211,7 +214,7 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
                 prob.ravel()[idx] = np.maximum(prob.ravel()[idx], sigmoid(u.ravel()[idx]))
                 final, comps = grown, None  # lesions joined: label the answer again
                 info["named_place_pixels"] = int(len(idx))
-        named = naming_bones(report_regions, b, info["answered_by"])
+        named = naming_bones(report_named if report_named is not None else report_regions, b, info["answered_by"])
         keep, lesions = lesions_of(final, prob, sp, comps, anatomy=anatomy, regions=reg,
                                    image=None if images is None else images[b], stride=REGION_STRIDE, named=named)
         masks[b, 0] = keep
@@ -230,13 +233,14 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
     return masks, probs, out_json, decisions
 
 
-def naming_bones(report_regions: np.ndarray | None, b: int, answered_by: str) -> np.ndarray | None:
+def naming_bones(report_named: np.ndarray | None, b: int, answered_by: str) -> np.ndarray | None:
     """The bones the report of scan ``b`` names (bool [N_REGION_CLASSES]) as the served naming reads them: they
-    name a lesion the image leaves between overlapping bones (anatomy.lesion_sites), unless the U-Net answers (then
-    the report was not trusted); None without them."""
+    name a lesion the image leaves between bones it touches (anatomy.lesion_sites), unless the U-Net answers (then
+    the report was not trusted); None without them. ``report_named``: the tokenizer's (the bones the report wrote,
+    no neighbour; an older repository's postprocess gets report_regions instead)."""
     from bonescan.failsafe import UNET
 
-    return np.asarray(report_regions[b]) > 0 if report_regions is not None and answered_by != UNET else None
+    return np.asarray(report_named[b]) > 0 if report_named is not None and answered_by != UNET else None
 
 
 def _image_only(comp_u: Components, confidence: np.ndarray, answer: np.ndarray, u: np.ndarray, sp: tuple[float, float],
@@ -266,7 +270,7 @@ def served_failsafe(out: dict[str, np.ndarray], spacing: np.ndarray, settings, t
     answers are the served ones. The one place that maps those outputs to its arguments."""
     return postprocess_failsafe(out[LOGITS.name], out[FALLBACK_LOGITS.name], out[TEXT_MAP.name], out[TEXT_STATS.name], spacing,
                                 settings, threshold, regions=out.get(REGION_LABELS.name), images=images,
-                                report_regions=out.get(REPORT_REGIONS.name))
+                                report_regions=out.get(REPORT_REGIONS.name), report_named=out.get(REPORT_NAMED.name))
 
 
 def _answer_components(info: dict[str, Any], comp_d: Components, comp_u: Components) -> Components | None:

@@ -375,13 +375,16 @@ def second_read(lesion_regions: Sequence[str | Sequence[str]], sites: list[Repor
     return SecondRead(in_report, found, tuple(sites), called if benign else (), unsure)
 
 
-def named_classes(report: str) -> np.ndarray:
+def named_classes(report: str, exact: bool = False) -> np.ndarray:
     """bool [N_REGION_CLASSES]: the region classes (``anatomy.REGION_CLASSES``) a report names as metastatic,
     with :func:`site_matches`' tolerance (rib and vertebra numbers within one; a coarse group covers its
-    bones); all False for an empty report or one that names no metastatic site. The named-place prior."""
+    bones); all False for an empty report or one that names no metastatic site. The named-place prior.
+    ``exact``: the bones it names themselves, no neighbour (a coarse group still covers its bones; a long
+    bone without its segment, every segment): the tokenizer's ``report_named``, which names lesions."""
     sites = report_sites(report)
     named = np.zeros(N_REGION_CLASSES, bool)
     if sites:
         for c in range(1, N_REGION_CLASSES):
-            named[c] = any(site_matches(s, CLASS_REGION[c]) for s in sites)
+            r = CLASS_REGION[c]
+            named[c] = any((site_matches(s, r) if not exact or s.groups else _names_exactly(s, r)) for s in sites)
     return named

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bonescan.contract import INPUT_IDS, REPORT_REGIONS, TOKENIZER
+from bonescan.contract import INPUT_IDS, REPORT_NAMED, REPORT_REGIONS, TOKENIZER
 from bonescan.report_text import finding_terms, normalize_report
 
 
@@ -115,6 +115,16 @@ class ReportTokenizer:
         dtype = np.dtype(REPORT_REGIONS.dtype)
         return np.stack([named_classes(t) for t in reports]).astype(dtype) if len(reports) else \
             np.zeros((0, REPORT_REGIONS.dims[0]), dtype)
+
+    def report_named(self, reports: Sequence[str]) -> np.ndarray:
+        """float32 [B, N_REGION_CLASSES]: per report the region classes it names itself as metastatic (1),
+        without report_regions' neighbours: the bone a lesion between two is named by (report_sites.named_classes
+        exact; postprocess.naming_bones)."""
+        from bonescan.report_sites import named_classes
+
+        dtype = np.dtype(REPORT_NAMED.dtype)
+        return np.stack([named_classes(t, exact=True) for t in reports]).astype(dtype) if len(reports) else \
+            np.zeros((0, REPORT_NAMED.dims[0]), dtype)
 
     def n_tokens(self, report: str) -> int:
         """Tokens the report would have without truncation (for statistics)."""

@@ -45,7 +45,8 @@ class TritonPythonModel:
         keep_request_memory()  # per-request arrays reuse the heap (serving/pybackend.py)
         cfg = json.loads(args["model_config"])
         inputs, outputs = config_tensors(cfg)
-        self.logits, self.spacing, self.text_map, self.fallback, self.stats, self.regions, self.image, self.report_regions = inputs
+        (self.logits, self.spacing, self.text_map, self.fallback, self.stats, self.regions, self.image, self.report_regions,
+         self.report_named) = inputs
         self.mask, self.probability, self.lesions = outputs
         params = {k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()}
         self.settings = FailSafeSettings.from_dict(params, prefix="failsafe_")
@@ -61,18 +62,21 @@ class TritonPythonModel:
         if arrays[self.text_map.name][idx[0]] is None:
             masks, prob, lesions = postprocess(cat(self.logits.name), cat(self.spacing.name), extra=IMAGE_ONLY, **named)
         else:
-            named_bones = cat(self.report_regions.name) if all(arrays[self.report_regions.name][i] is not None for i in idx) else None
+            given = {k.name: cat(k.name) if all(arrays[k.name][i] is not None for i in idx) else None
+                     for k in (self.report_regions, self.report_named)}
             masks, prob, lesions, _ = postprocess_failsafe(cat(self.logits.name), cat(self.fallback.name), cat(self.text_map.name),
                                                            cat(self.stats.name), cat(self.spacing.name), self.settings, **named,
-                                                           report_regions=named_bones)
+                                                           report_regions=given[self.report_regions.name],
+                                                           report_named=given[self.report_named.name])
         return masks, prob, lesions
 
     def execute(self, requests):
         started = time.perf_counter()
         warmup = self.telemetry.warming_up()
         names = [t.name for t in (self.logits, self.spacing, self.text_map, self.fallback, self.stats, self.regions, self.image,
-                                  self.report_regions)]
-        optional = [t.name for t in (self.text_map, self.fallback, self.stats, self.regions, self.image, self.report_regions)]
+                                  self.report_regions, self.report_named)]
+        optional = [t.name for t in (self.text_map, self.fallback, self.stats, self.regions, self.image, self.report_regions,
+                                     self.report_named)]
         arrays, good, sizes, errors = gather(pb_utils, requests, names, optional=optional)
         outputs = {}
         parts = {}

@@ -38,7 +38,7 @@ class TritonPythonModel:
     def initialize(self, args):
         inputs, outputs = config_tensors(args["model_config"])
         (self.report,) = inputs
-        self.ids, self.mask, self.stats, self.regions = outputs
+        self.ids, self.mask, self.stats, self.regions, self.named = outputs
         self.telemetry = StepTelemetry(pb_utils, json.loads(args["model_config"]), [REPORTS, TOKENIZER_TRUNCATIONS])
         here = os.path.join(args["model_repository"], args["model_version"])
         self.tokenizer = ReportTokenizer(os.path.join(here, "tokenizer.json"))
@@ -59,7 +59,8 @@ class TritonPythonModel:
             ids, mask = self.tokenizer(texts)
             outputs = {self.ids.name: ids.astype(self.ids.dtype, copy=False), self.mask.name: mask.astype(self.mask.dtype, copy=False),
                        self.stats.name: self.tokenizer.text_stats(ids, mask, texts).astype(self.stats.dtype, copy=False),
-                       self.regions.name: self.tokenizer.report_regions(texts).astype(self.regions.dtype, copy=False)}
+                       self.regions.name: self.tokenizer.report_regions(texts).astype(self.regions.dtype, copy=False),
+                       self.named.name: self.tokenizer.report_named(texts).astype(self.named.dtype, copy=False)}
             if not warmup:
                 present = sum(1 for t in texts if t.strip())
                 self.telemetry.count(REPORTS, present, present="true")

@@ -130,7 +130,7 @@ class Predictor:
         """What the deployed graphs give: logits [B, 1, H, W]; for dualpath also text_map
         [B, 2, h, w], fallback_logits [B, 1, H, W] and region_labels [B, 2, H / 4, W / 4] (unless
         ``fallback`` is False: they do not depend on the report, so passes over the same images with
-        other reports can skip them), text_stats [B, 3] and report_regions [B, classes] (see bonescan.failsafe). The U-Net: logits
+        other reports can skip them), text_stats [B, 3], report_regions and report_named [B, classes] (see bonescan.failsafe). The U-Net: logits
         and region_labels."""
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         if self.tokenizer is None:
@@ -143,7 +143,8 @@ class Predictor:
         feats = self.net.text_encoder(ids_t, mask_t)
         seg = self.net.deployed_segmenter()
         regions = self.tokenizer.report_regions(texts)
-        out: dict[str, np.ndarray] = {"text_stats": self.tokenizer.text_stats(ids, mask, texts), "report_regions": regions}
+        out: dict[str, np.ndarray] = {"text_stats": self.tokenizer.text_stats(ids, mask, texts), "report_regions": regions,
+                                      "report_named": self.tokenizer.report_named(texts)}
         regions_t = torch.from_numpy(regions)
         if fallback:
             logits, text_map, fb, labels = seg(x, feats, mask_t, regions_t)

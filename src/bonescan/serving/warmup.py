@@ -70,6 +70,7 @@ class WarmupData:
             arrays[C.ATTENTION_MASK.name] = mask[0].astype(np.int32)
             arrays[C.TEXT_STATS.name] = tok.text_stats(ids, mask, [case.report])[0].astype(np.int32)
             arrays[C.REPORT_REGIONS.name] = tok.report_regions([case.report])[0]
+            arrays[C.REPORT_NAMED.name] = tok.report_named([case.report])[0]
         return cls(arrays)
 
 
