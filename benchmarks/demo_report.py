@@ -87,7 +87,7 @@ def anatomy_section(samples: list, served: dict[str, list], idx: list[int]) -> l
         rows.append(f"| {s.case_id} | {names} | {a.get('bsi', float('nan')):.2f} % | {true_bsi} | {a.get('eod', '-')} | {flags} |")
     return ["## Where, and how much", "",
             "Each lesion is named by the skeleton region holding most of it in the U-Net's anatomy output (the clearer "
-            "view deciding; where bones overlap and the report names one of the lesion's candidate bones, that one); "
+            "view deciding; where the lesion also lies on a bone the report names itself, that one); "
             "the Bone Scan Index is the lesions' share of each region's pixels weighted by the region's "
             "share of the skeletal mass (`bonescan.anatomy`), the true one from the true mask and label map. The second "
             "reader matches the report's named metastatic sites with the lesions' regions (`bonescan.report_sites`): a "
