@@ -210,6 +210,25 @@ def test_bone_scan_index_by_hand():
     assert A.bone_burden(full, 1, r).eod == 4 and A.bone_burden(full, 1, r).axial_share == 1.0
 
 
+def test_the_bone_scan_index_counts_the_pixels_at_its_threshold():
+    """postprocess counts a lesion's pixels at contract.BSI_THRESHOLD or more in the BSI; the lesion, its area and
+    its name keep every pixel of the mask."""
+    from bonescan.contract import BSI_THRESHOLD
+    from bonescan.postprocess import lesions_of
+
+    r = _maps()
+    mask = np.zeros((40, 40), bool)
+    mask[0:10, 10:20] = True  # the half of T7 both views show as T7
+    prob = np.full((40, 40), BSI_THRESHOLD, np.float32)
+    prob[5:10, 10:20] = BSI_THRESHOLD - 0.01  # half the lesion below the BSI's threshold
+    full: dict = {}
+    core: dict = {}
+    lesions_of(mask, np.ones_like(prob), (1.0, 1.0), anatomy=full, regions=r)
+    _, les = lesions_of(mask, prob, (1.0, 1.0), anatomy=core, regions=r)
+    assert full["bsi"] > 0 and core["bsi"] == pytest.approx(full["bsi"] / 2)
+    assert les[0]["area_px"] == 100 and les[0]["site"]["region"] == "T7" and core["eod"] == full["eod"] == 1
+
+
 def test_soloway_grades():
     assert [A.soloway_grade(n) for n in (0, 1, 5, 6, 20, 21)] == [0, 1, 1, 2, 2, 3]
     assert A.soloway_grade(3, 0.8) == 4 and A.soloway_grade(3, 0.5) == 1

@@ -566,12 +566,13 @@ def named_prior(named: np.ndarray, grid: np.ndarray, stride: int) -> np.ndarray:
 
 
 def name_lesions(labels: np.ndarray, n: int, regions: np.ndarray, image: np.ndarray | None = None, stride: int = 1,
-                 named: np.ndarray | None = None) -> tuple[list[LesionSite], BoneBurden]:
+                 named: np.ndarray | None = None, burden_labels: np.ndarray | None = None) -> tuple[list[LesionSite], BoneBurden]:
     """Each lesion of a labelled map named by its region (the clearer view deciding when ``image`` is
     given: :func:`view_weights`; the report's named bones among the image's candidates with ``named``:
     :func:`lesion_sites`), and the scan's burden (:func:`bone_burden`). ``regions`` may be the anatomy
     output's coarse grid as served (``stride`` = ``contract.REGION_STRIDE``): the same names and figures as
-    from :func:`full_resolution` of it, without building the full-resolution map."""
+    from :func:`full_resolution` of it, without building the full-resolution map. ``burden_labels``: the
+    lesion pixels the burden counts, if not all of ``labels`` (postprocess.bsi_labels)."""
     w = view_weights(image, labels, n) if image is not None and n else None
     sites = lesion_sites(labels, n, regions, w, stride, named)
-    return sites, bone_burden(labels, n, regions, sites, stride)
+    return sites, bone_burden(labels if burden_labels is None else burden_labels, n, regions, sites, stride)

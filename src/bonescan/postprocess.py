@@ -19,6 +19,7 @@ import numpy as np
 from bonescan.anatomy import grid_of, name_lesions
 from bonescan.components import Components, components
 from bonescan.contract import (
+    BSI_THRESHOLD,
     FALLBACK_LOGITS,
     IMAGE_WIDTH,
     LOGITS,
@@ -56,6 +57,15 @@ def above(logits: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
     return out
 
 
+def bsi_labels(c: Components, prob: np.ndarray, threshold: float = BSI_THRESHOLD) -> np.ndarray:
+    """The lesion labels the Bone Scan Index counts: ``c.labels`` without the pixels below ``threshold``
+    (contract.BSI_THRESHOLD; the lesions, their names and the mask keep them)."""
+    out = c.labels.copy()
+    if c.n:
+        out.ravel()[c.order[np.asarray(prob).ravel()[c.order] < threshold]] = 0
+    return out
+
+
 def lesions_of(mask: np.ndarray, prob: np.ndarray, spacing: tuple[float, float],
                comps: Components | None = None, anatomy: dict[str, Any] | None = None,
                regions: np.ndarray | None = None, image: np.ndarray | None = None,
@@ -70,7 +80,7 @@ def lesions_of(mask: np.ndarray, prob: np.ndarray, spacing: tuple[float, float],
     keep = c.mask
     sites = None
     if regions is not None:
-        sites, burden = name_lesions(c.labels, c.n, regions, image, stride, named)
+        sites, burden = name_lesions(c.labels, c.n, regions, image, stride, named, burden_labels=bsi_labels(c, prob))
         if anatomy is not None:
             anatomy.update(burden.to_dict())
     if c.n == 0:
