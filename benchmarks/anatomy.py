@@ -230,17 +230,18 @@ def run_anatomy(checkpoint: str | Path, data: str | Path, out: str | Path | None
     return r
 
 
-def served_answer(pred, out: dict[str, np.ndarray], settings) -> tuple[np.ndarray, np.ndarray]:
+def served_answer(pred, out: dict[str, np.ndarray], settings) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The served answer from a checkpoint's outputs: the U-Net's, or the dual-path model's after the fail-safe
-    (the case's report was in ``out``): (mask [H, W] bool, its probability map [H, W] float32)."""
-    from bonescan.postprocess import postprocess, served_failsafe
+    (the case's report was in ``out``): (mask [H, W] bool, its probability map [H, W] float32, the report's bones
+    the served naming reads: postprocess.naming_bones, None for the U-Net)."""
+    from bonescan.postprocess import naming_bones, postprocess, served_failsafe
 
     spacing = np.array([C.DEFAULT_PIXEL_SPACING_MM], np.float32)
     if pred.text_guided:
-        masks, probs = served_failsafe(out, spacing, settings)[:2]
-    else:
-        masks, probs = postprocess(out[C.LOGITS.name], spacing)[:2]
-    return masks[0, 0] > 0, probs[0, 0]
+        masks, probs, _, dec = served_failsafe(out, spacing, settings)
+        return masks[0, 0] > 0, probs[0, 0], naming_bones(out.get(C.REPORT_NAMED.name), 0, dec[0]["answered_by"])
+    masks, probs = postprocess(out[C.LOGITS.name], spacing)[:2]
+    return masks[0, 0] > 0, probs[0, 0], None
 
 
 def bench_second_reader(checkpoint: str | Path, data: str | Path, split: str | None = None, n: int | None = None,
@@ -271,14 +272,14 @@ def bench_second_reader(checkpoint: str | Path, data: str | Path, split: str | N
         out = pred.outputs(image[None], [arr.reports[i]] if pred.text_guided else None)
         grid = grid_of(out[C.REGION_LABELS.name][0])
         truth = true_lesions(arr.masks[i], regions[i], image, arr.metas[i])
-        served, prob = served_answer(pred, out, settings)
-        answers.append(answer_lesions(served, grid, C.REGION_STRIDE, image, truth, prob))
-        true_masks.append(answer_lesions(arr.masks[i] > 0, grid, C.REGION_STRIDE, image, truth))  # detection perfect
+        served, prob, named = served_answer(pred, out, settings)  # lesions named as served (the report's bones)
+        answers.append(answer_lesions(served, grid, C.REGION_STRIDE, image, truth, prob, named))
+        true_masks.append(answer_lesions(arr.masks[i] > 0, grid, C.REGION_STRIDE, image, truth, named=named))  # detection perfect
         if pred.text_guided:
             u = out[C.FALLBACK_LOGITS.name][0, 0]
             # where the U-Net's lesions join the answer, the probability is the U-Net's
             evidence.append((served, _unet_lesions(u, served), grid, image, truth,
-                             np.where(served, prob, 1.0 / (1.0 + np.exp(-u))).astype(np.float32)))
+                             np.where(served, prob, 1.0 / (1.0 + np.exp(-u))).astype(np.float32), named))
     from bonescan.benchmarks.latency import cpu_info
 
     res = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "scans": len(arr),
@@ -308,7 +309,8 @@ def _choose_second_reader(arr, regions: np.ndarray, evidence: list) -> dict[str,
     halves = {"first_half": np.arange(half), "second_half": np.arange(half, len(arr))}
     sweep: list[dict[str, Any]] = []
     for tau in IMAGE_ONLY_GRID:
-        with_ev = [answer_lesions(s_ | _confident(u_, tau), g_, C.REGION_STRIDE, im_, t_, p_) for s_, u_, g_, im_, t_, p_ in evidence]
+        with_ev = [answer_lesions(s_ | _confident(u_, tau), g_, C.REGION_STRIDE, im_, t_, p_, n_)
+                   for s_, u_, g_, im_, t_, p_, n_ in evidence]
         for flag in FLAG_GRID:
             row: dict[str, Any] = {"image_only_confidence": tau, "flag_confidence": flag}
             for h, idx in halves.items():

@@ -57,14 +57,15 @@ def true_lesions(mask: np.ndarray, regions: np.ndarray, image: np.ndarray, meta:
 
 
 def answer_lesions(mask: np.ndarray, grid: np.ndarray, stride: int, image: np.ndarray, truth: CaseLesions,
-                   prob: np.ndarray | None = None) -> CaseLesions:
+                   prob: np.ndarray | None = None, named: np.ndarray | None = None) -> CaseLesions:
     """A served answer's components, named by the anatomy output on its grid (as postprocess names them), each
     with the meta.json id of the true lesion it overlaps most (-1: a false positive) and, given the answer's
-    probability map ``prob``, its mean probability (LESIONS ``mean_probability``)."""
+    probability map ``prob``, its mean probability (LESIONS ``mean_probability``). ``named``: the bones the
+    report names itself where the served naming reads them (postprocess.naming_bones)."""
     from bonescan.anatomy import name_lesions
 
     c = components(np.asarray(mask) > 0)
-    sites = name_lesions(c.labels, c.n, grid, image, stride)[0] if c.n else []
+    sites = name_lesions(c.labels, c.n, grid, image, stride, named)[0] if c.n else []
     ids = [-1] * c.n
     if c.n and truth.meta_ids:
         sel = (c.labels > 0) & (truth.labels > 0)
