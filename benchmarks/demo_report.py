@@ -50,9 +50,9 @@ def overlays(out: Path, samples: list, served: dict[str, list], idx: list[int]) 
                 row[2].annotate(f"{site['region']}{flag}", (bx1, by0 - y0), xytext=(3, 0), textcoords="offset points",
                                 fontsize=5.5, color="darkred")
         viz.text_panel(row[3], s.report, width=24, fontsize=7)
-    fig.suptitle("anterior views; outlines: green = truth, blue = U-Net, red = dual-path (masks served by Triton); "
+    fig.suptitle("anterior views; outlines: green = truth, blue = U-Net, red = dual-path (masks served by Triton);\n"
                  "dual-path lesions named by bone (? = not in the report; benign? = where the report calls it benign)", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.985))
+    fig.tight_layout(rect=(0, 0, 1, 0.978))
     p = out / "overlays.png"
     fig.savefig(p, dpi=100)
     plt.close(fig)
