@@ -381,10 +381,16 @@ def named_classes(report: str, exact: bool = False) -> np.ndarray:
     bones); all False for an empty report or one that names no metastatic site. The named-place prior.
     ``exact``: the bones it names themselves, no neighbour (a coarse group still covers its bones; a long
     bone without its segment, every segment): the tokenizer's ``report_named``, which names lesions."""
+    return named_class_sets(report)[1 if exact else 0]
+
+
+def named_class_sets(report: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`named_classes` and ``named_classes(exact=True)`` from one reading of the report (the tokenizer
+    sends both)."""
     sites = report_sites(report)
-    named = np.zeros(N_REGION_CLASSES, bool)
-    if sites:
-        for c in range(1, N_REGION_CLASSES):
-            r = CLASS_REGION[c]
-            named[c] = any((site_matches(s, r) if not exact or s.groups else _names_exactly(s, r)) for s in sites)
-    return named
+    wide, exact = np.zeros(N_REGION_CLASSES, bool), np.zeros(N_REGION_CLASSES, bool)
+    for c in range(1, N_REGION_CLASSES) if sites else ():
+        r = CLASS_REGION[c]
+        wide[c] = any(site_matches(s, r) for s in sites)
+        exact[c] = wide[c] and any(site_matches(s, r) if s.groups else _names_exactly(s, r) for s in sites)
+    return wide, exact

@@ -116,6 +116,15 @@ class ReportTokenizer:
         return np.stack([named_classes(t) for t in reports]).astype(dtype) if len(reports) else \
             np.zeros((0, REPORT_REGIONS.dims[0]), dtype)
 
+    def report_places(self, reports: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(:meth:`report_regions`, :meth:`report_named`) from one reading of each report (the tokenizer step)."""
+        from bonescan.report_sites import named_class_sets
+
+        if not len(reports):
+            return self.report_regions(reports), self.report_named(reports)
+        wide, exact = zip(*(named_class_sets(t) for t in reports), strict=True)
+        return (np.stack(wide).astype(np.dtype(REPORT_REGIONS.dtype)), np.stack(exact).astype(np.dtype(REPORT_NAMED.dtype)))
+
     def report_named(self, reports: Sequence[str]) -> np.ndarray:
         """float32 [B, N_REGION_CLASSES]: per report the region classes it names itself as metastatic (1),
         without report_regions' neighbours: the bone a lesion between two is named by (report_sites.named_classes

@@ -57,10 +57,11 @@ class TritonPythonModel:
             # decoded a second time (the check above threw the text away): a few microseconds per report
             texts = [decode_report(raw) for arr in arrays[self.report.name] for raw in arr.reshape(-1)]
             ids, mask = self.tokenizer(texts)
+            regions, named = self.tokenizer.report_places(texts)  # one reading of each report for both
             outputs = {self.ids.name: ids.astype(self.ids.dtype, copy=False), self.mask.name: mask.astype(self.mask.dtype, copy=False),
                        self.stats.name: self.tokenizer.text_stats(ids, mask, texts).astype(self.stats.dtype, copy=False),
-                       self.regions.name: self.tokenizer.report_regions(texts).astype(self.regions.dtype, copy=False),
-                       self.named.name: self.tokenizer.report_named(texts).astype(self.named.dtype, copy=False)}
+                       self.regions.name: regions.astype(self.regions.dtype, copy=False),
+                       self.named.name: named.astype(self.named.dtype, copy=False)}
             if not warmup:
                 present = sum(1 for t in texts if t.strip())
                 self.telemetry.count(REPORTS, present, present="true")
