@@ -13,6 +13,7 @@ from bonescan.data.synth import SynthConfig, synth_case
 from bonescan.report_sites import (
     BENIGN_WORDS,
     FLAG_CONFIDENCE,
+    LESION_FLAGS,
     ReportSite,
     benign_sites,
     report_sites,
@@ -119,6 +120,7 @@ def test_second_reader_flags_benign_places_and_uncertain_lesions():
     r = second_read(["T7", "rib_L5", "rib_L6", "skull", "skull"], sites, benign,
                     confidence=[0.5, 0.99, 0.99, 0.99, FLAG_CONFIDENCE - 0.01], min_confidence=FLAG_CONFIDENCE)
     assert r.to_dict()["lesions"] == ["in_report", "called_benign", "not_in_report", "not_in_report", "uncertain"]
+    assert set(r.to_dict()["lesions"]) == set(LESION_FLAGS)
     assert r.not_in_report == (False, False, True, True, False)
     assert second_read(["rib_L5"], sites).to_dict()["lesions"] == ["not_in_report"]  # without the benign places
     with pytest.raises(ValueError, match="confidence"):

@@ -12,7 +12,9 @@ metastasis (``左侧第5肋见点状放射性浓聚。``) and tell them apart in
 ``T7骨转移。``). So each sentence (``。；`` / a line / an impression item) is read as one of: *metastatic*
 (a metastasis word, not negated and not ``非转移``), *benign* (a benign diagnosis word), *negative* (a
 negation before the metastasis word: ``未见骨转移征象``) or *neutral* (an uptake with no verdict). The sites
-are those of metastatic sentences plus those of neutral sentences that no benign sentence names.
+are those of metastatic sentences plus those of neutral sentences that no benign sentence names. The places
+of benign sentences, joints read as their bones (:data:`JOINT_WORDS`: ``右膝关节`` is the distal femur, tibia,
+patella and fibula), are :func:`benign_sites`: a lesion there is ``called_benign``, not ``not_in_report``.
 
 Matching a site to a lesion's region (:func:`site_matches`) allows one step: rib numbers within one on the
 same side (arcs are not compared: most reports do not name them), vertebra levels within one along C1..L5
@@ -303,7 +305,8 @@ def _names_exactly(site: ReportSite, region: str) -> bool:
 
 #: the least mean probability (LESIONS ``mean_probability``) at which a lesion the report neither names nor calls
 #: benign is flagged ``not_in_report``; a less certain one is ``uncertain``. ``bench second-reader`` chooses it on
-#: half of a data set with lesions left out of the reports and scores it on the other half (README "Second reader"):
+#: half of a data set with lesions left out of the reports and scores it on the other half (README, "The second
+#: reader on the model's answers"):
 #: the model's small, faint false positives are what made the flag cry wolf
 FLAG_CONFIDENCE = 0.92
 
