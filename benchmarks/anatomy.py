@@ -296,12 +296,15 @@ def bench_second_reader(checkpoint: str | Path, data: str | Path, split: str | N
 IMAGE_ONLY_GRID = (2.0, 0.99, 0.95, 0.9, 0.8, 0.7, 0.5)
 #: the flag's confidences tried (report_sites.FLAG_CONFIDENCE; 0 = every lesion outside the report is flagged)
 FLAG_GRID = (0.0, 0.5, 0.8, 0.85, 0.9, 0.92, 0.95)
+#: the precision the chosen confidences must give not_in_report on the first half (issue 26's target)
+FLAG_PRECISION = 0.9
 
 
 def _choose_second_reader(arr, regions: np.ndarray, evidence: list) -> dict[str, Any]:
     """The image-only evidence's confidence (FailSafeSettings.image_only_confidence) and the flag's
-    (report_sites.FLAG_CONFIDENCE), chosen together on the first half of the scans (the best mean F1 of
-    ``not_in_report`` and ``not_found``) and scored on the second half, beside the defaults there."""
+    (report_sites.FLAG_CONFIDENCE), chosen together on the first half of the scans (``not_in_report`` at
+    FLAG_PRECISION or more, then the most recall of the two flags) and scored on the second half, beside the
+    defaults there."""
     from bonescan.data.second_reader import answer_lesions, score_cases
     from bonescan.report_sites import FLAG_CONFIDENCE
 
@@ -319,14 +322,19 @@ def _choose_second_reader(arr, regions: np.ndarray, evidence: list) -> dict[str,
                 row[h] = {q: r[q] for q in ("not_in_report", "not_found")}
             sweep.append(row)
 
-    def score(r: dict[str, Any]) -> float:
-        return (_f1(r["first_half"]["not_in_report"]) + _f1(r["first_half"]["not_found"])) / 2
+    def score(r: dict[str, Any]) -> tuple[bool, float]:
+        # the issue's target asks both flags for precision and recall: a not_in_report flag precise enough first,
+        # then the most recall of the two flags; no setting precise enough: the most precise
+        a, b = r["first_half"]["not_in_report"], r["first_half"]["not_found"]
+        precise = (a.get("precision") or 0.0) >= FLAG_PRECISION
+        return precise, ((a.get("recall") or 0.0) + (b.get("recall") or 0.0)) / 2 if precise else (a.get("precision") or 0.0)
 
     def at(tau: float, flag: float) -> dict[str, Any] | None:
         return next((r["second_half"] for r in sweep if r["image_only_confidence"] == tau and r["flag_confidence"] == flag), None)
 
     best = max(sweep, key=lambda r: (score(r), r["image_only_confidence"], r["flag_confidence"]))
-    return {"rule": "best mean F1 of not_in_report and not_found on the first half; image-only > 1 = off",
+    return {"rule": f"on the first half, not_in_report precision >= {FLAG_PRECISION:g} and then the most recall of the two "
+                    "flags (none that precise: the most precise); image-only > 1 = off",
             "image_only_confidence": best["image_only_confidence"], "flag_confidence": best["flag_confidence"],
             "chosen_second_half": best["second_half"], "defaults_second_half": at(IMAGE_ONLY_GRID[0], FLAG_CONFIDENCE),
             "unflagged_second_half": at(IMAGE_ONLY_GRID[0], 0.0), "sweep": sweep}
@@ -349,11 +357,6 @@ def _confident(u: tuple[np.ndarray, np.ndarray], tau: float) -> np.ndarray:
     labels, conf = u
     keep = np.concatenate([[False], conf >= tau])
     return keep[labels]
-
-
-def _f1(pr: dict[str, Any]) -> float:
-    p, r = pr.get("precision") or 0.0, pr.get("recall") or 0.0
-    return 2 * p * r / (p + r) if p + r else 0.0
 
 
 def format_second_reader(r: dict[str, Any]) -> str:
