@@ -104,7 +104,7 @@ def bench_anatomy(checkpoint: str | Path, data: str | Path, split: str = "test",
     from bonescan.data.second_reader import true_lesions
     from bonescan.failsafe import FailSafeSettings
     from bonescan.model.checkpoint import Predictor
-    from bonescan.postprocess import bsi_labels, naming_bones, postprocess, served_failsafe
+    from bonescan.postprocess import bsi_labels
 
     arr = load_split(data, split, progress=progress, n=n, regions=True)
     true_regions = arr.require_regions()
@@ -136,15 +136,9 @@ def bench_anatomy(checkpoint: str | Path, data: str | Path, split: str = "test",
             sizes += ct + cp
             for k in np.nonzero(ct)[0]:
                 dsc_per_scan[k].append(2 * same[k] / (ct[k] + cp[k]))
-        # the served answer's mask: the U-Net's, or the dual-path model's after the fail-safe (with the true report)
-        spacing = np.array([C.DEFAULT_PIXEL_SPACING_MM], np.float32)
-        named = None  # the report's bones, as the served naming reads them (not when the U-Net answers)
-        if pred.text_guided:
-            masks, probs, _, dec = served_failsafe(out, spacing, settings)
-            named = naming_bones(out.get(C.REPORT_NAMED.name), 0, dec[0]["answered_by"])
-        else:
-            masks, probs, _ = postprocess(out[C.LOGITS.name], spacing)
-        pm = masks[0, 0] > 0
+        # the served answer: the U-Net's, or the dual-path model's after the fail-safe (with the true report), and
+        # the report's bones as the served naming reads them (not when the U-Net answers)
+        pm, prob, named = served_answer(pred, out, settings)
         # naming: true lesions, detected by the predicted mask, named from the predicted and from the true label map
         cl = true_lesions(arr.masks[i], truth, image, arr.metas[i])
         t0 = time.perf_counter()
@@ -170,7 +164,7 @@ def bench_anatomy(checkpoint: str | Path, data: str | Path, split: str = "test",
         bsi_true.append(bone_burden(tc.labels, tc.n, truth).bsi)
         bsi_true_mask.append(bone_burden(tc.labels, tc.n, grid, stride=C.REGION_STRIDE).bsi)
         pc = components(pm)  # the served BSI: the lesion pixels at BSI_THRESHOLD or more, as postprocess counts them
-        bsi_pred.append(bone_burden(bsi_labels(pc, probs[0, 0]), pc.n, grid, stride=C.REGION_STRIDE).bsi)
+        bsi_pred.append(bone_burden(bsi_labels(pc, prob), pc.n, grid, stride=C.REGION_STRIDE).bsi)
     present = [k for k in range(1, N_REGION_CLASSES) if dsc_per_scan[k]]
     per_class = {REGION_CLASSES[k]: round(float(np.mean(dsc_per_scan[k])), 4) for k in present}
     err = np.abs(np.array(bsi_pred) - np.array(bsi_true))

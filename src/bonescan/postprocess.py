@@ -172,7 +172,7 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
     the named-place prior, where ``settings.named_place_threshold`` > 0 (failsafe.add_in_named_places): the
     U-Net's weaker hot spots in the named bones join the report-guided answer. ``report_named`` [B,
     N_REGION_CLASSES], 1 = a bone the report names itself (no neighbour): it names a lesion the image leaves
-    between bones (:func:`naming_bones`; without it, ``report_regions`` does, neighbours and all).
+    between bones (:func:`naming_bones`; without it, lesions are named from the image alone).
     """
     from bonescan.failsafe import (
         UNET,
@@ -224,7 +224,7 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
                 prob.ravel()[idx] = np.maximum(prob.ravel()[idx], sigmoid(u.ravel()[idx]))
                 final, comps = grown, None  # lesions joined: label the answer again
                 info["named_place_pixels"] = int(len(idx))
-        named = naming_bones(report_named if report_named is not None else report_regions, b, info["answered_by"])
+        named = naming_bones(report_named, b, info["answered_by"])
         keep, lesions = lesions_of(final, prob, sp, comps, anatomy=anatomy, regions=reg,
                                    image=None if images is None else images[b], stride=REGION_STRIDE, named=named)
         masks[b, 0] = keep
@@ -247,7 +247,7 @@ def naming_bones(report_named: np.ndarray | None, b: int, answered_by: str) -> n
     """The bones the report of scan ``b`` names (bool [N_REGION_CLASSES]) as the served naming reads them: they
     name a lesion the image leaves between bones it touches (anatomy.lesion_sites), unless the U-Net answers (then
     the report was not trusted); None without them. ``report_named``: the tokenizer's (the bones the report wrote,
-    no neighbour; an older repository's postprocess gets report_regions instead)."""
+    no neighbour)."""
     from bonescan.failsafe import UNET
 
     return np.asarray(report_named[b]) > 0 if report_named is not None and answered_by != UNET else None

@@ -106,34 +106,28 @@ class ReportTokenizer:
                  else np.full(len(ids), -1))
         return np.stack([content.sum(1), unknown.sum(1), terms], axis=1).astype(np.int32)
 
-    def report_regions(self, reports: Sequence[str]) -> np.ndarray:
-        """float32 [B, N_REGION_CLASSES]: per report the region classes it names as metastatic (1), the
-        named-place prior the segmenter's decoder and postprocess apply with the anatomy output
-        (report_sites.named_classes)."""
-        from bonescan.report_sites import named_classes
-
-        dtype = np.dtype(REPORT_REGIONS.dtype)
-        return np.stack([named_classes(t) for t in reports]).astype(dtype) if len(reports) else \
-            np.zeros((0, REPORT_REGIONS.dims[0]), dtype)
-
     def report_places(self, reports: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(:meth:`report_regions`, :meth:`report_named`) from one reading of each report (the tokenizer step)."""
+        """(:meth:`report_regions`, :meth:`report_named`) from one reading of each report
+        (report_sites.named_class_sets): what the tokenizer step sends."""
         from bonescan.report_sites import named_class_sets
 
-        if not len(reports):
-            return self.report_regions(reports), self.report_named(reports)
-        wide, exact = zip(*(named_class_sets(t) for t in reports), strict=True)
-        return (np.stack(wide).astype(np.dtype(REPORT_REGIONS.dtype)), np.stack(exact).astype(np.dtype(REPORT_NAMED.dtype)))
+        shape = (len(reports), REPORT_REGIONS.dims[0])
+        wide, exact = np.zeros(shape, np.dtype(REPORT_REGIONS.dtype)), np.zeros(shape, np.dtype(REPORT_NAMED.dtype))
+        for k, t in enumerate(reports):
+            wide[k], exact[k] = named_class_sets(t)
+        return wide, exact
+
+    def report_regions(self, reports: Sequence[str]) -> np.ndarray:
+        """float32 [B, N_REGION_CLASSES]: per report the region classes it names as metastatic (1), neighbours
+        within one included: the named-place prior the segmenter's decoder and postprocess apply with the
+        anatomy output (report_sites.named_classes)."""
+        return self.report_places(reports)[0]
 
     def report_named(self, reports: Sequence[str]) -> np.ndarray:
         """float32 [B, N_REGION_CLASSES]: per report the region classes it names itself as metastatic (1),
         without report_regions' neighbours: the bone a lesion between two is named by (report_sites.named_classes
         exact; postprocess.naming_bones)."""
-        from bonescan.report_sites import named_classes
-
-        dtype = np.dtype(REPORT_NAMED.dtype)
-        return np.stack([named_classes(t, exact=True) for t in reports]).astype(dtype) if len(reports) else \
-            np.zeros((0, REPORT_NAMED.dims[0]), dtype)
+        return self.report_places(reports)[1]
 
     def n_tokens(self, report: str) -> int:
         """Tokens the report would have without truncation (for statistics)."""

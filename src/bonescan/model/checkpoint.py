@@ -142,9 +142,9 @@ class Predictor:
         assert self.net.text_encoder is not None  # a tokenizer is made for a text encoder only
         feats = self.net.text_encoder(ids_t, mask_t)
         seg = self.net.deployed_segmenter()
-        regions = self.tokenizer.report_regions(texts)
+        regions, named = self.tokenizer.report_places(texts)
         out: dict[str, np.ndarray] = {"text_stats": self.tokenizer.text_stats(ids, mask, texts), "report_regions": regions,
-                                      "report_named": self.tokenizer.report_named(texts)}
+                                      "report_named": named}
         regions_t = torch.from_numpy(regions)
         if fallback:
             logits, text_map, fb, labels = seg(x, feats, mask_t, regions_t)

@@ -43,11 +43,11 @@ class OrtPipeline:
         ids, mask = self.tokenizer(texts)
         feats = self.text.run([C.TEXT_FEATURES.name], {C.INPUT_IDS.name: ids, C.ATTENTION_MASK.name: mask})[0]
         names = [t.name for t in C.SEGMENTER_OUTPUTS]
-        regions = self.tokenizer.report_regions(texts)
+        regions, named = self.tokenizer.report_places(texts)
         out = self.seg.run(names, {C.IMAGE.name: images, C.TEXT_FEATURES.name: feats, C.ATTENTION_MASK.name: mask,
                                    C.REPORT_REGIONS.name: regions})
         return {**dict(zip(names, out)), C.TEXT_STATS.name: self.tokenizer.text_stats(ids, mask, texts),
-                C.REPORT_REGIONS.name: regions, C.REPORT_NAMED.name: self.tokenizer.report_named(texts)}
+                C.REPORT_REGIONS.name: regions, C.REPORT_NAMED.name: named}
 
     def logits(self, images: np.ndarray, reports: list[str] | None = None) -> np.ndarray:
         """The model's own logits (for the dual-path model: before the fail-safe's choice)."""
