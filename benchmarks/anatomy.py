@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -104,7 +104,6 @@ def bench_anatomy(checkpoint: str | Path, data: str | Path, split: str = "test",
     from bonescan.data.second_reader import true_lesions
     from bonescan.failsafe import FailSafeSettings
     from bonescan.model.checkpoint import Predictor
-    from bonescan.postprocess import bsi_labels
 
     arr = load_split(data, split, progress=progress, n=n, regions=True)
     true_regions = arr.require_regions()
@@ -117,6 +116,7 @@ def bench_anatomy(checkpoint: str | Path, data: str | Path, split: str = "test",
     bsi_true: list[float] = []
     bsi_pred: list[float] = []
     bsi_true_mask: list[float] = []
+    left_out = left_out_true = 0  # served lesions the BSI left out (at bones the report calls benign); of them on a true lesion
     naming_ms: list[float] = []
     for i in tqdm(range(len(arr)), desc="anatomy", unit="scan", disable=not progress):
         image = arr.images[i].astype(np.float32)
@@ -138,7 +138,8 @@ def bench_anatomy(checkpoint: str | Path, data: str | Path, split: str = "test",
                 dsc_per_scan[k].append(2 * same[k] / (ct[k] + cp[k]))
         # the served answer: the U-Net's, or the dual-path model's after the fail-safe (with the true report), and
         # the report's bones as the served naming reads them (not when the U-Net answers)
-        pm, prob, named = served_answer(pred, out, settings)
+        served = served_answer(pred, out, settings, image)
+        pm, named = served.mask, served.named
         # naming: true lesions, detected by the predicted mask, named from the predicted and from the true label map
         cl = true_lesions(arr.masks[i], truth, image, arr.metas[i])
         t0 = time.perf_counter()
@@ -163,8 +164,10 @@ def bench_anatomy(checkpoint: str | Path, data: str | Path, split: str = "test",
         tc = components(arr.masks[i] > 0)
         bsi_true.append(bone_burden(tc.labels, tc.n, truth).bsi)
         bsi_true_mask.append(bone_burden(tc.labels, tc.n, grid, stride=C.REGION_STRIDE).bsi)
-        pc = components(pm)  # the served BSI: the lesion pixels at BSI_THRESHOLD or more, as postprocess counts them
-        bsi_pred.append(bone_burden(bsi_labels(pc, prob), pc.n, grid, stride=C.REGION_STRIDE).bsi)
+        # the served BSI: the lesion pixels at BSI_THRESHOLD or more, lesions the report calls benign left out
+        bsi_pred.append(float(served.anatomy["bsi"]))
+        left_out += int(served.anatomy.get("bsi_left_out", 0))
+        left_out_true += _left_out_on_truth(served, arr.masks[i] > 0)
     present = [k for k in range(1, N_REGION_CLASSES) if dsc_per_scan[k]]
     per_class = {REGION_CLASSES[k]: round(float(np.mean(dsc_per_scan[k])), 4) for k in present}
     err = np.abs(np.array(bsi_pred) - np.array(bsi_true))
@@ -183,7 +186,8 @@ def bench_anatomy(checkpoint: str | Path, data: str | Path, split: str = "test",
                             "ceiling_true_map": {"exact": share(ceiling_exact, detected), "within_one": share(ceiling_near, detected)}},
         "bsi": {"true_median_pct": round(float(np.median(bsi_true)), 4), "true_max_pct": round(float(np.max(bsi_true)), 4),
                 "abs_error_median_pp": round(float(np.median(err)), 4), "abs_error_p90_pp": round(float(np.percentile(err, 90)), 4),
-                "spearman": _spearman(bsi_pred, bsi_true),
+                "spearman": _spearman(bsi_pred, bsi_true), "served_lesions_left_out": left_out,
+                "of_them_on_a_true_lesion": left_out_true,
                 "true_mask_pred_regions": {"abs_error_median_pp": round(float(np.median(err_regions)), 4),
                                            "spearman": _spearman(bsi_true_mask, bsi_true)}},
         "cost": {**_head_cost(pred.net), "naming_ms_median": round(float(np.median(naming_ms)), 2) if naming_ms else None},
@@ -206,7 +210,9 @@ def format_anatomy(r: dict[str, Any]) -> str:
            f"{ra['with_report']['exact']}, within one {ra['with_report']['within_one']}" if "with_report" in ra else ""),
         f"  BSI: true median {b['true_median_pct']} %, max {b['true_max_pct']} %; served vs true: median |error| "
         f"{b['abs_error_median_pp']} pp (target <= 0.1), p90 {b['abs_error_p90_pp']} pp, Spearman {b['spearman']} "
-        f"(target >= 0.95); true mask with predicted regions: median |error| {b['true_mask_pred_regions']['abs_error_median_pp']} "
+        f"(target >= 0.95; {b.get('served_lesions_left_out', 0)} served lesions left out, at bones the report calls benign, "
+        f"{b.get('of_them_on_a_true_lesion', 0)} of them on a true lesion); "
+        f"true mask with predicted regions: median |error| {b['true_mask_pred_regions']['abs_error_median_pp']} "
         f"pp, Spearman {b['true_mask_pred_regions']['spearman']}",
         f"  cost per scan (PyTorch, batch 1): U-Net {c['unet_ms']} ms, with the anatomy network {c['unet_with_anatomy_ms']} ms "
         f"(+{c['anatomy_head_ms']} ms); naming the lesions {c['naming_ms_median']} ms",
@@ -224,18 +230,48 @@ def run_anatomy(checkpoint: str | Path, data: str | Path, out: str | Path | None
     return r
 
 
-def served_answer(pred, out: dict[str, np.ndarray], settings) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """The served answer from a checkpoint's outputs: the U-Net's, or the dual-path model's after the fail-safe
-    (the case's report was in ``out``): (mask [H, W] bool, its probability map [H, W] float32, the report's bones
-    the served naming reads: postprocess.naming_bones, None for the U-Net)."""
+def _left_out_on_truth(served: Served, truth: np.ndarray) -> int:
+    """How many of the served lesions the BSI left out overlap a true lesion (a metastasis the report called benign,
+    or one the model merged with a benign hot spot: the cost of leaving them out)."""
+    from bonescan.components import components
+
+    gone = [les for les in served.lesions if les.get("in_bsi") is False]
+    if not gone:
+        return 0
+    c = components(served.mask)
+    hits = 0
+    for les in gone:
+        y0, x0, y1, x1 = les["bbox"]
+        window = c.labels[y0:y1 + 1, x0:x1 + 1]
+        label = next(k for k in np.unique(window[window > 0]) if c.area[k - 1] == les["area_px"])
+        hits += bool(truth[c.labels == label].any())
+    return hits
+
+
+class Served(NamedTuple):
+    """One scan's served answer (:func:`served_answer`)."""
+
+    mask: np.ndarray  #: bool [H, W]
+    prob: np.ndarray  #: float32 [H, W], the map behind the answer
+    named: np.ndarray | None  #: the report's bones the served naming reads (postprocess.naming_bones; None for the U-Net)
+    anatomy: dict[str, Any]  #: LESIONS' ``anatomy``: the BSI as served, the grade, the hot spots
+    lesions: list[dict[str, Any]]  #: LESIONS' ``lesions``
+
+
+def served_answer(pred, out: dict[str, np.ndarray], settings, image: np.ndarray) -> Served:
+    """The served answer from a checkpoint's outputs and the scan (``image`` [2, H, W]): the U-Net's, or the
+    dual-path model's after the fail-safe (the case's report was in ``out``), as postprocess gives it in Triton."""
     from bonescan.postprocess import naming_bones, postprocess, served_failsafe
 
     spacing = np.array([C.DEFAULT_PIXEL_SPACING_MM], np.float32)
     if pred.text_guided:
-        masks, probs, _, dec = served_failsafe(out, spacing, settings)
-        return masks[0, 0] > 0, probs[0, 0], naming_bones(out.get(C.REPORT_NAMED.name), 0, dec[0]["answered_by"])
-    masks, probs = postprocess(out[C.LOGITS.name], spacing)[:2]
-    return masks[0, 0] > 0, probs[0, 0], None
+        masks, probs, answers, dec = served_failsafe(out, spacing, settings, images=image[None])
+        named = naming_bones(out.get(C.REPORT_NAMED.name), 0, dec[0]["answered_by"])
+    else:
+        masks, probs, answers = postprocess(out[C.LOGITS.name], spacing, regions=out.get(C.REGION_LABELS.name), images=image[None])
+        named = None
+    answer = json.loads(answers[0])
+    return Served(masks[0, 0] > 0, probs[0, 0], named, answer.get("anatomy", {}), answer["lesions"])
 
 
 def bench_second_reader(checkpoint: str | Path, data: str | Path, split: str | None = None, n: int | None = None,
@@ -266,7 +302,7 @@ def bench_second_reader(checkpoint: str | Path, data: str | Path, split: str | N
         out = pred.outputs(image[None], [arr.reports[i]] if pred.text_guided else None)
         grid = grid_of(out[C.REGION_LABELS.name][0])
         truth = true_lesions(arr.masks[i], regions[i], image, arr.metas[i])
-        served, prob, named = served_answer(pred, out, settings)  # lesions named as served (the report's bones)
+        served, prob, named, _, _ = served_answer(pred, out, settings, image)  # lesions named as served (the report's bones)
         answers.append(answer_lesions(served, grid, C.REGION_STRIDE, image, truth, prob, named))
         true_masks.append(answer_lesions(arr.masks[i] > 0, grid, C.REGION_STRIDE, image, truth, named=named))  # detection perfect
         if pred.text_guided:

@@ -95,6 +95,8 @@ class SegmentationResult:
         burden = ""
         if self.anatomy is not None:
             burden = f", BSI {self.anatomy['bsi']:.2f} %, Soloway grade {self.anatomy['eod']}"
+            if self.anatomy.get("bsi_left_out"):  # lesions at bones the report calls benign: not counted in the BSI
+                burden += f" ({self.anatomy['bsi_left_out']} lesion(s) the report calls benign not counted)"
         flags = ""
         if self.report_sites is not None:
             every = self.lesions + (self.image_only or [])

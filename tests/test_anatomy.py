@@ -229,6 +229,59 @@ def test_the_bone_scan_index_counts_the_pixels_at_its_threshold():
     assert les[0]["area_px"] == 100 and les[0]["site"]["region"] == "T7" and core["eod"] == full["eod"] == 1
 
 
+def test_the_bone_scan_index_leaves_out_lesions_the_report_calls_benign():
+    """A lesion at a bone the report calls benign (an old rib fracture) and names as no metastasis is left out of
+    the BSI (in_bsi False, counted in bsi_left_out), not out of the lesions, the grade or the hot spots; the same
+    lesion counts when the report names the rib as a metastasis too, or without the report's flags."""
+    from bonescan.postprocess import lesions_of
+    from bonescan.report_sites import place_classes
+
+    r = _maps()
+    mask = np.zeros((40, 40), bool)
+    mask[0:10, 10:20] = True  # T7
+    mask[20:30, 0:10] = True  # rib_R5, posterior arc
+    prob = np.ones((40, 40), np.float32)
+    every: dict = {}
+    lesions_of(mask, prob, (1.0, 1.0), anatomy=every, regions=r)
+    fracture = place_classes("T7骨转移。右侧第5肋陈旧性骨折。")
+    assert fracture.benign[RIB5P] and not fracture.wide[RIB5P]
+    calm: dict = {}
+    _, les = lesions_of(mask, prob, (1.0, 1.0), anatomy=calm, regions=r, benign=(fracture.wide, fracture.benign))
+    t7_only = mask.copy()
+    t7_only[20:] = False
+    only: dict = {}
+    lesions_of(t7_only, prob, (1.0, 1.0), anatomy=only, regions=r)
+    assert calm["bsi"] == pytest.approx(only["bsi"]) and only["bsi"] < every["bsi"]
+    assert calm["bsi_left_out"] == 1 and every["bsi_left_out"] == 0
+    assert {x["site"]["region"]: x["in_bsi"] for x in les} == {"T7": True, "rib_R5_posterior": False}
+    assert calm["eod"] == every["eod"] and calm["hot_spots"] == every["hot_spots"]
+    named_too = place_classes("T7及右侧第5肋骨转移。右侧第5肋陈旧性骨折。")
+    both: dict = {}
+    lesions_of(mask, prob, (1.0, 1.0), anatomy=both, regions=r, benign=(named_too.wide, named_too.benign))
+    assert both["bsi"] == pytest.approx(every["bsi"]) and both["bsi_left_out"] == 0
+
+
+def test_bench_counts_left_out_lesions_on_true_ones():
+    """bench anatomy's count of BSI-left-out lesions that lie on a true lesion moves when one does."""
+    from bonescan.benchmarks.anatomy import Served, _left_out_on_truth
+    from bonescan.postprocess import lesions_of
+    from bonescan.report_sites import place_classes
+
+    r = _maps()
+    mask = np.zeros((40, 40), bool)
+    mask[0:10, 10:20] = True  # T7
+    mask[20:30, 0:10] = True  # rib_R5, called benign below
+    fracture = place_classes("T7骨转移。右侧第5肋陈旧性骨折。")
+    _, les = lesions_of(mask, np.ones((40, 40), np.float32), (1.0, 1.0), anatomy={}, regions=r,
+                        benign=(fracture.wide, fracture.benign))
+    served = Served(mask, mask.astype(np.float32), None, {}, les)
+    truth = np.zeros((40, 40), bool)
+    truth[2:5, 12:15] = True  # a true lesion under the counted T7 lesion only
+    assert _left_out_on_truth(served, truth) == 0
+    truth[25, 5] = True  # and one under the left-out rib lesion
+    assert _left_out_on_truth(served, truth) == 1
+
+
 def test_soloway_grades():
     assert [A.soloway_grade(n) for n in (0, 1, 5, 6, 20, 21)] == [0, 1, 1, 2, 2, 3]
     assert A.soloway_grade(3, 0.8) == 4 and A.soloway_grade(3, 0.5) == 1

@@ -16,6 +16,8 @@ from bonescan.report_sites import (
     LESION_FLAGS,
     ReportSite,
     benign_sites,
+    called_benign_classes,
+    place_classes,
     report_sites,
     second_read,
     site_matches,
@@ -125,6 +127,31 @@ def test_second_reader_flags_benign_places_and_uncertain_lesions():
     assert second_read(["rib_L5"], sites).to_dict()["lesions"] == ["not_in_report"]  # without the benign places
     with pytest.raises(ValueError, match="confidence"):
         second_read(["T7", "L1"], sites, confidence=[0.9])
+
+
+def test_the_tokenizers_benign_flags_give_the_second_readers_called_benign():
+    """postprocess leaves the lesions the report calls benign out of the BSI from the tokenizer's class flags
+    (place_classes: report_regions, report_benign); the client's second reader reads the report itself. Both
+    mark the same lesions, on generated reports and on every region a lesion may be named by, alone or with
+    a neighbour as a second candidate."""
+    from bonescan.anatomy import CLASS_REGION
+
+    regions = sorted(set(CLASS_REGION[1:]))
+    rng = np.random.default_rng(0)
+    called = 0
+    for i in range(30):
+        report = synth_case(21, i).report
+        places = place_classes(report)
+        cands = [(r,) for r in regions] + [tuple(rng.choice(regions, 2, replace=False)) for _ in range(60)] + [()]
+        by_classes = called_benign_classes(cands, places.wide, places.benign)
+        read = second_read(cands, report_sites(report), benign_sites(report))
+        assert by_classes == list(read.called_benign or [False] * len(cands)), i
+        called += sum(by_classes)
+    assert called > 20  # the generated reports call bones benign
+    knee = place_classes("检查所见：右膝关节见放射性浓聚。诊断意见：右膝关节退行性变。")
+    assert called_benign_classes([("femur_R_distal",), ("femur_L_distal",)], knee.wide, knee.benign) == [True, False]
+    both = place_classes("右股骨远端骨转移。右膝关节退行性变。")  # named as a metastasis as well: counted
+    assert called_benign_classes([("femur_R_distal",)], both.wide, both.benign) == [False]
 
 
 @pytest.fixture(scope="module")

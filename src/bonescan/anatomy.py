@@ -26,7 +26,8 @@ posterior rib arc crosses an anterior arc each view shows its own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -455,10 +456,14 @@ class BoneBurden:
     eod: int  # Soloway grade 0-4
     axial_share: float  # share of the axial skeleton covered by lesions (mean of the views)
     hot_spots: dict[str, int]  # atlas region -> number of lesions named by it
+    #: the lesions (labels) the BSI leaves out: at bones the report calls benign (name_lesions' ``leave_out``);
+    #: the grade and the hot spots count every lesion
+    left_out: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
         return {"bsi": round(self.bsi, 4), "bsi_views": [round(b, 4) for b in self.bsi_views], "eod": self.eod,
-                "axial_share": round(self.axial_share, 4), "hot_spots": dict(sorted(self.hot_spots.items()))}
+                "axial_share": round(self.axial_share, 4), "hot_spots": dict(sorted(self.hot_spots.items())),
+                "bsi_left_out": len(self.left_out)}
 
 
 def _class_counts(lesion_mask: np.ndarray, regions: np.ndarray, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -566,13 +571,19 @@ def named_prior(named: np.ndarray, grid: np.ndarray, stride: int) -> np.ndarray:
 
 
 def name_lesions(labels: np.ndarray, n: int, regions: np.ndarray, image: np.ndarray | None = None, stride: int = 1,
-                 named: np.ndarray | None = None, burden_labels: np.ndarray | None = None) -> tuple[list[LesionSite], BoneBurden]:
+                 named: np.ndarray | None = None, burden_labels: np.ndarray | None = None,
+                 leave_out: Callable[[list[LesionSite]], Sequence[bool]] | None = None) -> tuple[list[LesionSite], BoneBurden]:
     """Each lesion of a labelled map named by its region (the clearer view deciding when ``image`` is
     given: :func:`view_weights`; the report's named bones among the image's candidates with ``named``:
     :func:`lesion_sites`), and the scan's burden (:func:`bone_burden`). ``regions`` may be the anatomy
     output's coarse grid as served (``stride`` = ``contract.REGION_STRIDE``): the same names and figures as
     from :func:`full_resolution` of it, without building the full-resolution map. ``burden_labels``: the
-    lesion pixels the burden counts, if not all of ``labels`` (postprocess.bsi_labels)."""
+    lesion pixels the burden counts, if not all of ``labels`` (postprocess.bsi_labels). ``leave_out``: given the
+    sites, per lesion whether the BSI leaves it out (postprocess: the lesions at bones the report calls benign)."""
     w = view_weights(image, labels, n) if image is not None and n else None
     sites = lesion_sites(labels, n, regions, w, stride, named)
-    return sites, bone_burden(labels if burden_labels is None else burden_labels, n, regions, sites, stride)
+    counted = labels if burden_labels is None else burden_labels
+    out = tuple(k + 1 for k, v in enumerate(leave_out(sites)) if v) if leave_out is not None and n else ()
+    if out:
+        counted = np.where(np.isin(counted, out), 0, counted)
+    return sites, replace(bone_burden(counted, n, regions, sites, stride), left_out=out)

@@ -186,6 +186,13 @@ REPORT_REGIONS = TensorSpec("report_regions", "float32", (N_REGION_CLASSES,),
 # one the report wrote (anatomy.lesion_sites). Not a graph input: the segmenter keeps reading report_regions.
 REPORT_NAMED = TensorSpec("report_named", "float32", (N_REGION_CLASSES,),
                           "1 = a region class the report names itself as metastatic, no neighbour (report_sites.named_classes exact)")
+# tokenizer -> postprocess: the bones the report calls benign (its benign sentences' places, joints read as their
+# bones): a lesion there that the report names as no metastasis is left out of the Bone Scan Index (the burden of
+# metastatic disease; the second reader marks it "called_benign" for a person to look at). Not a graph input.
+REPORT_BENIGN = TensorSpec("report_benign", "float32", (N_REGION_CLASSES,),
+                           "1 = a region class the report calls benign, the bone itself (report_sites.place_classes)")
+#: what the tokenizer reads from a report's places, in the order of report_sites.PlaceClasses
+REPORT_PLACES = (REPORT_REGIONS, REPORT_NAMED, REPORT_BENIGN)
 
 TEXT_ENCODER_INPUTS = (INPUT_IDS, ATTENTION_MASK)
 TEXT_ENCODER_OUTPUTS = (TEXT_FEATURES,)
@@ -220,7 +227,7 @@ PREPROCESS_INPUTS = (ENS_IMAGE, ENS_PIXEL_SPACING, replace(ENS_REPORT, doc="abse
                      ENS_ACCESSION, ENS_STUDY_UID)
 PREPROCESS_OUTPUTS = (IMAGE, PIXEL_SPACING, REPORT)
 TOKENIZER_INPUTS = (REPORT,)
-TOKENIZER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK, TEXT_STATS, REPORT_REGIONS, REPORT_NAMED)
+TOKENIZER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK, TEXT_STATS, *REPORT_PLACES)
 _FAILSAFE_INPUT = "absent in the U-Net ensemble: then the logits are the answer"
 POSTPROCESS_INPUTS = (LOGITS, PIXEL_SPACING, replace(TEXT_MAP, doc=_FAILSAFE_INPUT, optional=True),
                       replace(FALLBACK_LOGITS, doc=_FAILSAFE_INPUT, optional=True),
@@ -229,7 +236,8 @@ POSTPROCESS_INPUTS = (LOGITS, PIXEL_SPACING, replace(TEXT_MAP, doc=_FAILSAFE_INP
                       replace(IMAGE, doc="the counts, so the view that shows a lesion more clearly names it (anatomy.view_weights)",
                               optional=True),
                       replace(REPORT_REGIONS, doc="absent in the U-Net ensemble: no named-place prior", optional=True),
-                      replace(REPORT_NAMED, doc="absent in the U-Net ensemble: lesions named from the image alone", optional=True))
+                      replace(REPORT_NAMED, doc="absent in the U-Net ensemble: lesions named from the image alone", optional=True),
+                      replace(REPORT_BENIGN, doc="absent in the U-Net ensemble: the BSI counts every lesion", optional=True))
 POSTPROCESS_OUTPUTS = (ENS_MASK, ENS_PROBABILITY, ENS_LESIONS)
 
 ENSEMBLE_INPUTS = (ENS_IMAGE, ENS_REPORT, ENS_PIXEL_SPACING, ENS_ACCESSION, ENS_STUDY_UID)

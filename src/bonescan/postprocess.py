@@ -25,6 +25,7 @@ from bonescan.contract import (
     LOGITS,
     REGION_LABELS,
     REGION_STRIDE,
+    REPORT_BENIGN,
     REPORT_NAMED,
     REPORT_REGIONS,
     TEXT_MAP,
@@ -69,18 +70,29 @@ def bsi_labels(c: Components, prob: np.ndarray, threshold: float = BSI_THRESHOLD
 def lesions_of(mask: np.ndarray, prob: np.ndarray, spacing: tuple[float, float],
                comps: Components | None = None, anatomy: dict[str, Any] | None = None,
                regions: np.ndarray | None = None, image: np.ndarray | None = None,
-               stride: int = 1, named: np.ndarray | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+               stride: int = 1, named: np.ndarray | None = None,
+               benign: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """mask [H, W] bool, prob [H, W] -> (mask without specks, lesion list sorted by area, largest first);
     ``comps``: the mask's components when the caller has them already (then ``mask`` is not read).
     ``regions`` (uint8 [2, H / stride, W / stride]: the anatomy output on its grid, or a full-resolution map
     with stride 1; ``image`` [2, H, W] lets the clearer view name a lesion): each lesion gets its site, and
     ``anatomy`` (a dict) is filled with the scan's burden; ``named`` [N_REGION_CLASSES]: the bones the report
-    names, preferred among a lesion's candidate bones (anatomy.lesion_sites)."""
+    names, preferred among a lesion's candidate bones (anatomy.lesion_sites); ``benign`` (the scan's report_regions
+    and report_benign rows): a lesion at a bone the report calls benign and names as no metastasis is left out of
+    the Bone Scan Index (report_sites.called_benign_classes; each lesion says ``in_bsi``)."""
     c = comps if comps is not None else components(mask)
     keep = c.mask
     sites = None
+    left_out: tuple[int, ...] = ()
     if regions is not None:
-        sites, burden = name_lesions(c.labels, c.n, regions, image, stride, named, burden_labels=bsi_labels(c, prob))
+        leave_out = None
+        if benign is not None:
+            from bonescan.report_sites import called_benign_classes
+
+            leave_out = lambda found: called_benign_classes([s.candidates for s in found], *benign)  # noqa: E731
+        sites, burden = name_lesions(c.labels, c.n, regions, image, stride, named, burden_labels=bsi_labels(c, prob),
+                                     leave_out=leave_out)
+        left_out = burden.left_out
         if anatomy is not None:
             anatomy.update(burden.to_dict())
     if c.n == 0:
@@ -98,8 +110,9 @@ def lesions_of(mask: np.ndarray, prob: np.ndarray, spacing: tuple[float, float],
     lesions = [_lesion(int(c.area[k]), px_area, (y0[k], x0[k], y1[k], x1[k]), float(cy[k]), float(cx[k]),
                        float(p[c.starts[k]:ends[k]].mean()), float(pmax[k])) for k in range(c.n)]
     if sites is not None:
-        for les, site in zip(lesions, sites, strict=True):
+        for k, (les, site) in enumerate(zip(lesions, sites, strict=True)):
             les["site"] = site.to_dict()
+            les["in_bsi"] = k + 1 not in left_out
     lesions.sort(key=lambda d: -d["area_px"])
     for i, les in enumerate(lesions):
         les["id"] = i
@@ -161,7 +174,8 @@ def postprocess(logits: np.ndarray, spacing: np.ndarray, threshold: float = THRE
 def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_map: np.ndarray, text_stats: np.ndarray,
                          spacing: np.ndarray, settings, threshold: float = THRESHOLD, regions: np.ndarray | None = None,
                          images: np.ndarray | None = None, report_regions: np.ndarray | None = None,
-                         report_named: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[str], list[dict[str, Any]]]:
+                         report_named: np.ndarray | None = None,
+                         report_benign: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[str], list[dict[str, Any]]]:
     """The dual-path graph's three answers -> one per scan (bonescan.failsafe decides which).
 
     logits, fallback_logits float32 [B, 1, H, W]; text_map [B, 2, h, w]; text_stats int32 [B, 3];
@@ -172,7 +186,9 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
     the named-place prior, where ``settings.named_place_threshold`` > 0 (failsafe.add_in_named_places): the
     U-Net's weaker hot spots in the named bones join the report-guided answer. ``report_named`` [B,
     N_REGION_CLASSES], 1 = a bone the report names itself (no neighbour): it names a lesion the image leaves
-    between bones (:func:`naming_bones`; without it, lesions are named from the image alone).
+    between bones (:func:`naming_bones`; without it, lesions are named from the image alone). ``report_benign`` [B,
+    N_REGION_CLASSES], 1 = a bone the report calls benign: with ``report_regions``, the lesions there that the report
+    names as no metastasis are left out of the Bone Scan Index, whichever path answers (:func:`lesions_of`).
     """
     from bonescan.failsafe import (
         UNET,
@@ -225,8 +241,10 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
                 final, comps = grown, None  # lesions joined: label the answer again
                 info["named_place_pixels"] = int(len(idx))
         named = naming_bones(report_named, b, info["answered_by"])
+        benign = (report_regions[b], report_benign[b]) if report_regions is not None and report_benign is not None else None
         keep, lesions = lesions_of(final, prob, sp, comps, anatomy=anatomy, regions=reg,
-                                   image=None if images is None else images[b], stride=REGION_STRIDE, named=named)
+                                   image=None if images is None else images[b], stride=REGION_STRIDE, named=named,
+                                   benign=benign)
         masks[b, 0] = keep
         image_only = _image_only(comp_u, confidence, keep, u, sp, reg, images, b, settings) if info["answered_by"] != UNET else None
         info["added_labels"] = info.pop("add")
@@ -280,7 +298,8 @@ def served_failsafe(out: dict[str, np.ndarray], spacing: np.ndarray, settings, t
     answers are the served ones. The one place that maps those outputs to its arguments."""
     return postprocess_failsafe(out[LOGITS.name], out[FALLBACK_LOGITS.name], out[TEXT_MAP.name], out[TEXT_STATS.name], spacing,
                                 settings, threshold, regions=out.get(REGION_LABELS.name), images=images,
-                                report_regions=out.get(REPORT_REGIONS.name), report_named=out.get(REPORT_NAMED.name))
+                                report_regions=out.get(REPORT_REGIONS.name), report_named=out.get(REPORT_NAMED.name),
+                                report_benign=out.get(REPORT_BENIGN.name))
 
 
 def _answer_components(info: dict[str, Any], comp_d: Components, comp_u: Components) -> Components | None:

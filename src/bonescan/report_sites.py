@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -385,16 +386,38 @@ def named_classes(report: str, exact: bool = False) -> np.ndarray:
     bones); all False for an empty report or one that names no metastatic site. The named-place prior.
     ``exact``: the bones it names themselves, no neighbour (a coarse group still covers its bones; a long
     bone without its segment, every segment): the tokenizer's ``report_named``, which names lesions."""
-    return named_class_sets(report)[1 if exact else 0]
+    places = place_classes(report)
+    return places.exact if exact else places.wide
 
 
-def named_class_sets(report: str) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`named_classes` and ``named_classes(exact=True)`` from one reading of the report (the tokenizer
-    sends both)."""
-    sites = report_sites(report)
-    wide, exact = np.zeros(N_REGION_CLASSES, bool), np.zeros(N_REGION_CLASSES, bool)
-    for c in range(1, N_REGION_CLASSES) if sites else ():
+class PlaceClasses(NamedTuple):
+    """A report's places as region-class flags (bool [N_REGION_CLASSES] each), from one reading of it: what the
+    tokenizer sends (contract.REPORT_PLACES)."""
+
+    wide: np.ndarray  #: named as metastatic, neighbours within one (:func:`named_classes`; report_regions)
+    exact: np.ndarray  #: named as metastatic itself (``named_classes(exact=True)``; report_named)
+    benign: np.ndarray  #: called benign, the bone itself (:func:`benign_sites`, :func:`_names_exactly`; report_benign)
+
+
+def place_classes(report: str) -> PlaceClasses:
+    """:func:`named_classes`, ``named_classes(exact=True)`` and the bones the report calls benign, from one
+    reading of the report."""
+    text = normalize_report(report)
+    sites, benign = report_sites(text, normalized=True), benign_sites(text, normalized=True)
+    wide, exact, calm = (np.zeros(N_REGION_CLASSES, bool) for _ in range(3))
+    for c in range(1, N_REGION_CLASSES) if sites or benign else ():
         r = CLASS_REGION[c]
         wide[c] = any(site_matches(s, r) for s in sites)
         exact[c] = wide[c] and any(site_matches(s, r) if s.groups else _names_exactly(s, r) for s in sites)
-    return wide, exact
+        calm[c] = any(_names_exactly(b, r) for b in benign)
+    return PlaceClasses(wide, exact, calm)
+
+
+def called_benign_classes(candidates: Sequence[Sequence[str]], wide: np.ndarray, benign: np.ndarray) -> list[bool]:
+    """Per lesion (its candidate regions: ``anatomy.LesionSite.candidates``): at a bone the report calls benign
+    and in none it names as metastatic: :func:`second_read`'s ``called_benign`` from the tokenizer's class flags
+    (``wide``: report_regions, ``benign``: report_benign), which is what postprocess has (the client reads the
+    report itself). The Bone Scan Index leaves these lesions out (postprocess.lesions_of)."""
+    named = {CLASS_REGION[c] for c in np.flatnonzero(np.asarray(wide) > 0)}
+    calm = {CLASS_REGION[c] for c in np.flatnonzero(np.asarray(benign) > 0)}
+    return [not any(r in named for r in rs) and any(r in calm for r in rs) for rs in candidates]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bonescan.contract import INPUT_IDS, REPORT_NAMED, REPORT_REGIONS, TOKENIZER
+from bonescan.contract import INPUT_IDS, REPORT_PLACES, REPORT_REGIONS, TOKENIZER
 from bonescan.report_text import finding_terms, normalize_report
 
 
@@ -106,28 +106,23 @@ class ReportTokenizer:
                  else np.full(len(ids), -1))
         return np.stack([content.sum(1), unknown.sum(1), terms], axis=1).astype(np.int32)
 
-    def report_places(self, reports: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(:meth:`report_regions`, :meth:`report_named`) from one reading of each report
-        (report_sites.named_class_sets): what the tokenizer step sends."""
-        from bonescan.report_sites import named_class_sets
+    def report_places(self, reports: Sequence[str]) -> dict[str, np.ndarray]:
+        """The tokenizer's place tensors (contract.REPORT_PLACES: report_regions, report_named, report_benign),
+        float32 [B, N_REGION_CLASSES] each by tensor name, from one reading of each report
+        (report_sites.place_classes): what the tokenizer step sends."""
+        from bonescan.report_sites import place_classes
 
-        shape = (len(reports), REPORT_REGIONS.dims[0])
-        wide, exact = np.zeros(shape, np.dtype(REPORT_REGIONS.dtype)), np.zeros(shape, np.dtype(REPORT_NAMED.dtype))
-        for k, t in enumerate(reports):
-            wide[k], exact[k] = named_class_sets(t)
-        return wide, exact
+        out = {t.name: np.zeros((len(reports), t.dims[0]), np.dtype(t.dtype)) for t in REPORT_PLACES}
+        for k, text in enumerate(reports):
+            for t, flags in zip(REPORT_PLACES, place_classes(text), strict=True):
+                out[t.name][k] = flags
+        return out
 
     def report_regions(self, reports: Sequence[str]) -> np.ndarray:
         """float32 [B, N_REGION_CLASSES]: per report the region classes it names as metastatic (1), neighbours
         within one included: the named-place prior the segmenter's decoder and postprocess apply with the
         anatomy output (report_sites.named_classes)."""
-        return self.report_places(reports)[0]
-
-    def report_named(self, reports: Sequence[str]) -> np.ndarray:
-        """float32 [B, N_REGION_CLASSES]: per report the region classes it names itself as metastatic (1),
-        without report_regions' neighbours: the bone a lesion between two is named by (report_sites.named_classes
-        exact; postprocess.naming_bones)."""
-        return self.report_places(reports)[1]
+        return self.report_places(reports)[REPORT_REGIONS.name]
 
     def n_tokens(self, report: str) -> int:
         """Tokens the report would have without truncation (for statistics)."""

@@ -11,7 +11,8 @@ checkpoint) then decides per scan which answer is given, and LESIONS says which 
 U-Net ensemble those inputs are absent and the logits are the answer. Both ensembles send the
 U-Net's anatomy output (region_labels) and the counts: each lesion is named by its bone and the
 scan gets its Bone Scan Index (bonescan/anatomy.py). The dual-path ensemble's tokenizer also sends the
-bones the report names as metastatic (report_regions): the named-place prior (bonescan/failsafe.py).
+bones the report names as metastatic (report_regions): the named-place prior (bonescan/failsafe.py); and the bones
+it calls benign (report_benign): the Bone Scan Index leaves the lesions there out.
 
 Tensor names and dtypes come from the model's config (generated from contract.POSTPROCESS_INPUTS /
 POSTPROCESS_OUTPUTS, in that order).
@@ -46,7 +47,7 @@ class TritonPythonModel:
         cfg = json.loads(args["model_config"])
         inputs, outputs = config_tensors(cfg)
         (self.logits, self.spacing, self.text_map, self.fallback, self.stats, self.regions, self.image, self.report_regions,
-         self.report_named) = inputs
+         self.report_named, self.report_benign) = inputs
         self.mask, self.probability, self.lesions = outputs
         params = {k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()}
         self.settings = FailSafeSettings.from_dict(params, prefix="failsafe_")
@@ -63,20 +64,21 @@ class TritonPythonModel:
             masks, prob, lesions = postprocess(cat(self.logits.name), cat(self.spacing.name), extra=IMAGE_ONLY, **named)
         else:
             given = {k.name: cat(k.name) if all(arrays[k.name][i] is not None for i in idx) else None
-                     for k in (self.report_regions, self.report_named)}
+                     for k in (self.report_regions, self.report_named, self.report_benign)}
             masks, prob, lesions, _ = postprocess_failsafe(cat(self.logits.name), cat(self.fallback.name), cat(self.text_map.name),
                                                            cat(self.stats.name), cat(self.spacing.name), self.settings, **named,
                                                            report_regions=given[self.report_regions.name],
-                                                           report_named=given[self.report_named.name])
+                                                           report_named=given[self.report_named.name],
+                                                           report_benign=given[self.report_benign.name])
         return masks, prob, lesions
 
     def execute(self, requests):
         started = time.perf_counter()
         warmup = self.telemetry.warming_up()
         names = [t.name for t in (self.logits, self.spacing, self.text_map, self.fallback, self.stats, self.regions, self.image,
-                                  self.report_regions, self.report_named)]
+                                  self.report_regions, self.report_named, self.report_benign)]
         optional = [t.name for t in (self.text_map, self.fallback, self.stats, self.regions, self.image, self.report_regions,
-                                     self.report_named)]
+                                     self.report_named, self.report_benign)]
         arrays, good, sizes, errors = gather(pb_utils, requests, names, optional=optional)
         outputs = {}
         parts = {}

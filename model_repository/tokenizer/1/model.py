@@ -38,7 +38,7 @@ class TritonPythonModel:
     def initialize(self, args):
         inputs, outputs = config_tensors(args["model_config"])
         (self.report,) = inputs
-        self.ids, self.mask, self.stats, self.regions, self.named = outputs
+        self.ids, self.mask, self.stats, *self.places = outputs  # the places: contract.REPORT_PLACES
         self.telemetry = StepTelemetry(pb_utils, json.loads(args["model_config"]), [REPORTS, TOKENIZER_TRUNCATIONS])
         here = os.path.join(args["model_repository"], args["model_version"])
         self.tokenizer = ReportTokenizer(os.path.join(here, "tokenizer.json"))
@@ -57,11 +57,10 @@ class TritonPythonModel:
             # decoded a second time (the check above threw the text away): a few microseconds per report
             texts = [decode_report(raw) for arr in arrays[self.report.name] for raw in arr.reshape(-1)]
             ids, mask = self.tokenizer(texts)
-            regions, named = self.tokenizer.report_places(texts)  # one reading of each report for both
+            places = self.tokenizer.report_places(texts)  # one reading of each report for all three
             outputs = {self.ids.name: ids.astype(self.ids.dtype, copy=False), self.mask.name: mask.astype(self.mask.dtype, copy=False),
                        self.stats.name: self.tokenizer.text_stats(ids, mask, texts).astype(self.stats.dtype, copy=False),
-                       self.regions.name: regions.astype(self.regions.dtype, copy=False),
-                       self.named.name: named.astype(self.named.dtype, copy=False)}
+                       **{t.name: places[t.name].astype(t.dtype, copy=False) for t in self.places}}
             if not warmup:
                 present = sum(1 for t in texts if t.strip())
                 self.telemetry.count(REPORTS, present, present="true")

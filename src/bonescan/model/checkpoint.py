@@ -142,10 +142,9 @@ class Predictor:
         assert self.net.text_encoder is not None  # a tokenizer is made for a text encoder only
         feats = self.net.text_encoder(ids_t, mask_t)
         seg = self.net.deployed_segmenter()
-        regions, named = self.tokenizer.report_places(texts)
-        out: dict[str, np.ndarray] = {"text_stats": self.tokenizer.text_stats(ids, mask, texts), "report_regions": regions,
-                                      "report_named": named}
-        regions_t = torch.from_numpy(regions)
+        places = self.tokenizer.report_places(texts)
+        out: dict[str, np.ndarray] = {"text_stats": self.tokenizer.text_stats(ids, mask, texts), **places}
+        regions_t = torch.from_numpy(places["report_regions"])
         if fallback:
             logits, text_map, fb, labels = seg(x, feats, mask_t, regions_t)
             out["fallback_logits"] = fb.numpy()

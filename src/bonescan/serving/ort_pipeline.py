@@ -33,7 +33,7 @@ class OrtPipeline:
 
     def outputs(self, images: np.ndarray, reports: list[str] | None = None) -> dict[str, np.ndarray]:
         """Every output of the segmenter graph by name (logits, region_labels; the dual-path one also
-        gives the fail-safe's inputs: text_map, fallback_logits) and the tokenizer's text_stats, report_regions and report_named."""
+        gives the fail-safe's inputs: text_map, fallback_logits) and the tokenizer's text_stats and places (contract.REPORT_PLACES)."""
         images = np.ascontiguousarray(images, dtype=np.dtype(C.IMAGE.dtype))
         if not self.text_guided:
             names = [t.name for t in C.SEGMENTER_UNET_OUTPUTS]
@@ -43,11 +43,10 @@ class OrtPipeline:
         ids, mask = self.tokenizer(texts)
         feats = self.text.run([C.TEXT_FEATURES.name], {C.INPUT_IDS.name: ids, C.ATTENTION_MASK.name: mask})[0]
         names = [t.name for t in C.SEGMENTER_OUTPUTS]
-        regions, named = self.tokenizer.report_places(texts)
+        places = self.tokenizer.report_places(texts)
         out = self.seg.run(names, {C.IMAGE.name: images, C.TEXT_FEATURES.name: feats, C.ATTENTION_MASK.name: mask,
-                                   C.REPORT_REGIONS.name: regions})
-        return {**dict(zip(names, out)), C.TEXT_STATS.name: self.tokenizer.text_stats(ids, mask, texts),
-                C.REPORT_REGIONS.name: regions, C.REPORT_NAMED.name: named}
+                                   C.REPORT_REGIONS.name: places[C.REPORT_REGIONS.name]})
+        return {**dict(zip(names, out)), C.TEXT_STATS.name: self.tokenizer.text_stats(ids, mask, texts), **places}
 
     def logits(self, images: np.ndarray, reports: list[str] | None = None) -> np.ndarray:
         """The model's own logits (for the dual-path model: before the fail-safe's choice)."""

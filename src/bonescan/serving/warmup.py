@@ -69,8 +69,7 @@ class WarmupData:
             arrays[C.INPUT_IDS.name] = ids[0].astype(np.int32)
             arrays[C.ATTENTION_MASK.name] = mask[0].astype(np.int32)
             arrays[C.TEXT_STATS.name] = tok.text_stats(ids, mask, [case.report])[0].astype(np.int32)
-            regions, named = tok.report_places([case.report])
-            arrays[C.REPORT_REGIONS.name], arrays[C.REPORT_NAMED.name] = regions[0], named[0]
+            arrays.update({name: flags[0] for name, flags in tok.report_places([case.report]).items()})
         return cls(arrays)
 
 
