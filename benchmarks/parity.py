@@ -52,7 +52,7 @@ def bench_parity(checkpoint: Path, export: Path, data: Path, server_url: str, mo
     settings = FailSafeSettings.from_dict((pred.ckpt.metadata.get("failsafe") or {}).get("settings")) if pred.text_guided else None
     if settings is not None:
         engines = {"pytorch_served": {"dsc": [], "agree": [], "diff": []}, **engines}
-    served = {"same_path": 0, "same_lesion_names": 0, "text_only_dropped": 0, "answered_by_unet": 0}
+    served = {"same_path": 0, "same_lesion_names": 0, "same_bsi": 0, "bsi_left_out": 0, "text_only_dropped": 0, "answered_by_unet": 0}
     trt = None
     try:
         from bonescan.export.trt import require_gpu
@@ -81,7 +81,13 @@ def bench_parity(checkpoint: Path, export: Path, data: Path, server_url: str, mo
                 sm, sprob, sj, sd = served_failsafe(o, sp, settings, images=np.asarray(s.image[None], np.float32))
                 ref_mask, ref_prob = sm[0, 0], sprob[0, 0]
                 outs["pytorch_served"] = (ref_mask, 0.0)
-                names = [(les.get("site") or {}).get("region") for les in json.loads(sj[0])["lesions"]]
+                answer = json.loads(sj[0])
+                names = [(les.get("site") or {}).get("region") for les in answer["lesions"]]
+                bsi, got = answer.get("anatomy", {}), r.anatomy or {}
+                # the BSI as served, lesions the report calls benign left out (report_benign reaches postprocess)
+                served["same_bsi"] += (abs(bsi.get("bsi", -1.0) - got.get("bsi", -2.0)) <= 1e-3
+                                       and bsi.get("bsi_left_out") == got.get("bsi_left_out"))
+                served["bsi_left_out"] += int(got.get("bsi_left_out", 0))
                 served["same_path"] += sd[0]["answered_by"] == r.answered_by
                 served["same_lesion_names"] += names == [(les.get("site") or {}).get("region") for les in r.lesions]
                 served["text_only_dropped"] += sd[0]["signals"].get("text_only_dropped", 0) > 0
@@ -130,7 +136,8 @@ def parity_table(res: dict[str, Any]) -> str:
     if "served" in res:
         sv = res["served"]
         lines.append(f"\nTriton's answers against PyTorch's served ones (the fail-safe, `pytorch_served`): same path {sv['same_path']}/"
-                     f"{res['cases']}, same lesion names {sv['same_lesion_names']}/{res['cases']}; the U-Net answered "
+                     f"{res['cases']}, same lesion names {sv['same_lesion_names']}/{res['cases']}, same BSI {sv['same_bsi']}/{res['cases']} "
+                     f"({sv['bsi_left_out']} lesions the reports call benign left out of it); the U-Net answered "
                      f"{sv['answered_by_unet']}, rule 7 left out a lesion on {sv['text_only_dropped']}")
     lines.append(f"\nTriton vs PyTorch |delta DSC| {abs(res['engines']['triton']['delta_dsc_vs_pytorch']):.5f} "
                  f"(target <= {res['target_abs_delta_dsc']}): {'meets' if res['ok'] else 'MISSES'}")
