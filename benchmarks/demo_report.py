@@ -84,12 +84,14 @@ def anatomy_section(samples: list, served: dict[str, list], idx: list[int]) -> l
         flags = (f"{missed} lesion(s) not in the report" if missed else "no confident lesion outside the report") + (
             f"; {benign} where the report calls it benign" if benign else "") + (
             f"; report sites not found: {', '.join(unseen)}" if unseen else "; every report site found")
-        rows.append(f"| {s.case_id} | {names} | {a.get('bsi', float('nan')):.2f} % | {true_bsi} | {a.get('eod', '-')} | {flags} |")
+        left = f" ({a['bsi_left_out']} left out: report says benign)" if a.get("bsi_left_out") else ""
+        rows.append(f"| {s.case_id} | {names} | {a.get('bsi', float('nan')):.2f} %{left} | {true_bsi} | {a.get('eod', '-')} | {flags} |")
     return ["## Where, and how much", "",
             "Each lesion is named by the skeleton region holding most of it in the U-Net's anatomy output (the clearer "
             "view deciding; where the lesion also lies on a bone the report names itself, that one); "
             "the Bone Scan Index is the lesions' share of each region's pixels weighted by the region's "
-            "share of the skeletal mass (`bonescan.anatomy`), the true one from the true mask and label map. The second "
+            "share of the skeletal mass (`bonescan.anatomy`), the true one from the true mask and label map; the served one "
+            "leaves out the lesions at bones the report calls benign and names as no metastasis. The second "
             "reader matches the report's named metastatic sites with the lesions' regions (`bonescan.report_sites`): a "
             "lesion outside them is flagged only when the model is sure of it (mean probability >= "
             f"{FLAG_CONFIDENCE:g}) and the report does not call its bone benign (degenerative, old fracture ...). "
