@@ -63,15 +63,15 @@ def _rows(pred, settings, data: Path, split: str, n: int | None, progress: bool)
 
     from bonescan.anatomy import named_prior
     from bonescan.data.arrays import load_split
-    from bonescan.postprocess import postprocess_failsafe
+    from bonescan.postprocess import served_failsafe
 
     arr = load_split(data, split, progress=progress, n=n)
     sp = np.array([C.DEFAULT_PIXEL_SPACING_MM], np.float32)
     rows = []
     for i in tqdm(range(len(arr)), desc=f"grounding {split}", unit="scan", disable=not progress):
-        out = pred.outputs(arr.images[i].astype(np.float32)[None], [arr.reports[i]])
-        served = postprocess_failsafe(out[C.LOGITS.name], out[C.FALLBACK_LOGITS.name], out[C.TEXT_MAP.name],
-                                      out[C.TEXT_STATS.name], sp, replace(settings, named_place_threshold=0.0))[0][0, 0] > 0
+        image = arr.images[i].astype(np.float32)[None]
+        out = pred.outputs(image, [arr.reports[i]])
+        served = served_failsafe(out, sp, replace(settings, named_place_threshold=0.0), images=image)[0][0, 0] > 0
         grid = out[C.REGION_LABELS.name][0]
         rows.append({"gt": arr.masks[i] > 0, "meta": arr.metas[i], "served": served, "d": out[C.LOGITS.name][0, 0],
                      "u": out[C.FALLBACK_LOGITS.name][0, 0],

@@ -651,3 +651,41 @@ def test_training_reports_carry_their_named_bones_and_some_carry_another_cases(d
     assert not torch.equal(swapped[3], regions)  # the named bones are not
     dropped = ReportSource(tok, arrays, tcfg, list(STYLES), np.random.default_rng(0)).batch(idx, ~keep)
     assert not dropped[3].any()  # a dropped report names nothing, and gets no other case's bones
+
+
+def test_rule_5_reads_the_places_the_report_names():
+    """A confident U-Net hot spot the report-guided answer drops where the model's mention map says nothing is
+    unexplained, unless its bone is one the report names as a metastasis or calls benign (parsed_mentions, the
+    report's places over the anatomy output): then the report explained it, and the report-guided answer stands."""
+    from bonescan.anatomy import CLASS_INDEX
+    from bonescan.failsafe import choose, measure
+    from bonescan.postprocess import parsed_mentions
+    from bonescan.report_sites import place_classes
+
+    s = FailSafeSettings(min_confidence=0.8, max_unexplained=0)
+    shape = (C.IMAGE_HEIGHT, C.IMAGE_WIDTH)
+    unet = np.zeros(shape, np.uint8)
+    _blob(unet, 100, 40)
+    _blob(unet, 500, 200)
+    dual = np.zeros(shape, np.uint8)  # drops both
+    r = C.REGION_STRIDE
+    reg = np.zeros((2, shape[0] // r, shape[1] // r), np.uint8)
+    reg[:, 90 // r : 110 // r, 30 // r : 50 // r] = CLASS_INDEX["T7"]
+    reg[:, 490 // r : 510 // r, 190 // r : 210 // r] = CLASS_INDEX["rib_R5_posterior"]
+    stats = np.array([80, 0, 6])
+
+    def answer(report: str, settings: FailSafeSettings = s) -> dict:
+        m = measure(dual, unet, unet * 0.95, _maps([], []), stats)
+        places = place_classes(report)
+        m.parsed = parsed_mentions(m, reg, places.wide, places.benign)
+        return choose(m, settings)
+
+    both = "检查所见：T7见放射性浓聚。诊断意见：T7骨转移。右侧第5肋陈旧性骨折。"
+    info = answer(both)
+    assert info["answered_by"] == DUALPATH and info["signals"]["unexplained_lesions"] == 0
+    info = answer("诊断意见：T7骨转移。")  # the rib: unexplained
+    assert info["answered_by"] == UNET and info["signals"]["unexplained_lesions"] == 1
+    info = answer("诊断意见：L3骨转移。")  # neither: another patient's report
+    assert info["answered_by"] == UNET and info["signals"]["unexplained_lesions"] == 2
+    info = answer(both, replace(s, parsed_mentions=False))  # the rule off: the model's mention map alone
+    assert info["answered_by"] == UNET and info["signals"]["unexplained_lesions"] == 2

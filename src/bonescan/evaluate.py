@@ -80,7 +80,7 @@ def evaluate_arrays(ckpt, arrays, reports: str = "true", seed: int = 0, batch: i
     )
     from bonescan.metrics import faint_detected
     from bonescan.model.checkpoint import Predictor
-    from bonescan.postprocess import postprocess_failsafe
+    from bonescan.postprocess import postprocess_failsafe, read_places
 
     pred = ckpt if isinstance(ckpt, Predictor) else Predictor(ckpt)
     texts = select_reports(list(texts) if texts is not None else arrays.reports, reports, seed)
@@ -103,14 +103,15 @@ def evaluate_arrays(ckpt, arrays, reports: str = "true", seed: int = 0, batch: i
             if "fallback_logits" in out:
                 m_u, p_u, _ = postprocess(out["fallback_logits"], sp, threshold)
                 answers["unet"] = (m_u, p_u)
-                # the named-place prior needs the anatomy output and the report's bones (only read when it is on)
-                prior = ({"regions": out.get("region_labels"), "report_regions": out.get("report_regions")}
-                         if failsafe.named_place_threshold > 0 else {})
+                # the anatomy output and the report's places: the named-place prior and rule 5's parsed mentions
+                places = {"regions": out.get("region_labels"), "report_regions": out.get("report_regions"),
+                          "report_benign": out.get("report_benign"), "images": imgs}
                 fs, p_fs, _, dec = postprocess_failsafe(out["logits"], out["fallback_logits"], out["text_map"], out["text_stats"],
-                                                        sp, failsafe, threshold, **prior)
+                                                        sp, failsafe, threshold, **places)
                 answers["failsafe"] = (fs, p_fs)
                 for k in range(len(imgs) if variants else 0):
                     meas = measure(m_d[k, 0], m_u[k, 0], p_u[k, 0], out["text_map"][k], out["text_stats"][k], prob=p_d[k, 0])
+                    read_places(meas, out.get("region_labels"), k, out.get("report_regions"), out.get("report_benign"), imgs)
                     for name, st in (variants or {}).items():
                         info = choose(meas, st)
                         mask = with_named_places(answer_mask(meas, info).astype(bool), out["fallback_logits"][k, 0],

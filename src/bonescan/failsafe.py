@@ -29,7 +29,10 @@ report names, per hot spot):
    spots it never mentions is not describing them: another patient's report, or a misread one. More
    than ``max_unexplained`` of them: the U-Net answers the whole scan (a report that fits the image
    leaves few, if any). (Adding the unexplained hot spots back one by one was tried as well: the
-   calibration never served it on three seeds, so it is gone.)
+   calibration never served it on three seeds, so it is gone.) With ``parsed_mentions`` the report's
+   places are read as well (issue 26): a hot spot on a bone the report names as a metastasis or calls
+   benign (the tokenizer's report_regions / report_benign over the anatomy output,
+   postprocess.parsed_mentions) is explained, whatever the model's mention map says there.
 6. **Named hot spots are kept**: with ``add_named_lesions``, a confident U-Net lesion where the report
    names a metastasis (``allow`` at least ``allow_threshold``) is added too: the report's location
    guides the answer but does not drop a lesion the image shows where the report puts one.
@@ -95,6 +98,10 @@ class FailSafeSettings:
     mention_threshold: float = 0.5
     #: more than this many unexplained hot spots: the U-Net answers the whole scan
     max_unexplained: float = 1.0e9
+    #: rule 5 reads the report's places too: a dropped U-Net lesion at a bone the report names (as a metastasis,
+    #: neighbours within one, or as benign: report_regions / report_benign over the anatomy output) is explained,
+    #: whatever the model's mention map says there (issue 26: the report's places grounded explicitly)
+    parsed_mentions: bool = True
     #: the report names a metastasis where sigmoid(allow) reaches this at one of the lesion's pixels
     allow_threshold: float = 0.7
     #: add confident U-Net lesions at places the report names as metastases
@@ -243,6 +250,9 @@ class Measured:
     dual: Any = None
     dual_confidence: np.ndarray | None = None
     dual_unet_max: np.ndarray | None = None
+    #: rule 5 with ``parsed_mentions``: per U-Net lesion, at a bone the report names as a metastasis or calls
+    #: benign (postprocess.parsed_mentions); None: not read
+    parsed: np.ndarray | None = None
 
 
 def measure(mask: np.ndarray, fallback_mask: np.ndarray, fallback_prob: np.ndarray | None, text_map: np.ndarray,
@@ -317,6 +327,8 @@ def choose(m: Measured, s: FailSafeSettings) -> dict[str, Any]:
     negative = negative_report(m, s)
     kept = m.kept & (not negative)  # an empty report-guided answer keeps nothing
     unexplained = ~kept & confident & (m.mention < s.mention_threshold)
+    if s.parsed_mentions and m.parsed is not None:
+        unexplained &= ~m.parsed
     named = confident & (m.named >= s.allow_threshold) & (s.add_named_lesions and not negative)
     sig: dict[str, Any] = {
         "report_tokens": m.tokens,

@@ -219,6 +219,9 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
                                                   comp_u.mask)
         m = measure(comp_d.mask, comp_u.mask, None, text_map[b], text_stats[b], fallback=comp_u, confidence=confidence,
                     dual=comp_d, dual_confidence=dual_conf, dual_unet_max=dual_unet)
+        reg, anatomy = _regions_of(regions, b), dict[str, Any]()
+        if settings.parsed_mentions:
+            read_places(m, regions, b, report_regions, report_benign, images)
         info = choose(m, settings)
         final = answer_mask(m, info).astype(bool)
         # failsafe.served_probability, computed from the logits: the U-Net's map, or the dual-path one with
@@ -228,7 +231,6 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
         if info["answered_by"] != UNET and len(info["add"]):
             idx = added_pixels(m, info["add"])
             prob.ravel()[idx] = np.maximum(prob.ravel()[idx], sigmoid(u.ravel()[idx]))
-        reg, anatomy = _regions_of(regions, b), dict[str, Any]()
         comps = _answer_components(info, comp_d, comp_u)
         prior_on = report_regions is not None and reg is not None and settings.named_place_threshold > 0
         if prior_on:
@@ -259,6 +261,38 @@ def postprocess_failsafe(logits: np.ndarray, fallback_logits: np.ndarray, text_m
                                     **({"image_only": image_only} if image_only is not None else {})},
                                    ensure_ascii=False))
     return masks, probs, out_json, decisions
+
+
+def read_places(m, regions: np.ndarray | None, b: int, report_regions: np.ndarray | None, report_benign: np.ndarray | None,
+                images: np.ndarray | None = None) -> None:
+    """Scan ``b``'s :func:`parsed_mentions` into ``m.parsed`` (failsafe.Measured), given the anatomy output and the
+    report's places (the tokenizer's report_regions and report_benign, [B, N_REGION_CLASSES]); left None without
+    them. The served answer, the calibration and the evaluation read them with this one function."""
+    reg = _regions_of(regions, b)
+    if reg is not None and report_regions is not None and report_benign is not None:
+        m.parsed = parsed_mentions(m, reg, report_regions[b], report_benign[b], None if images is None else images[b])
+
+
+def parsed_mentions(m, reg: np.ndarray, wide: np.ndarray, benign: np.ndarray, image: np.ndarray | None = None) -> np.ndarray:
+    """Rule 5 with ``parsed_mentions`` (bonescan.failsafe): per U-Net lesion of ``m`` (failsafe.Measured), whether
+    one of its candidate bones on the anatomy output ``reg`` (anatomy.lesion_sites) is one the report names as a
+    metastasis (``wide``: report_regions, neighbours within one) or calls benign (``benign``: report_benign). Only
+    the lesions the report-guided answer drops are looked at (rule 5 counts no other); the rest are False. The
+    lesions are named only when the answer drops one and the report names a place."""
+    from bonescan.anatomy import CLASS_REGION, lesion_sites, view_weights
+
+    n = len(m.kept)
+    out = np.zeros(n, bool)
+    ask = ~np.asarray(m.kept, bool)
+    if not ask.any():
+        return out
+    places = {CLASS_REGION[c] for c in np.flatnonzero((np.asarray(wide) > 0) | (np.asarray(benign) > 0))}
+    if not places:
+        return out
+    w = view_weights(image, m.labels, n) if image is not None else None
+    for k, site in enumerate(lesion_sites(m.labels, n, reg, w, REGION_STRIDE)):
+        out[k] = bool(ask[k]) and any(r in places for r in site.candidates)
+    return out
 
 
 def naming_bones(report_named: np.ndarray | None, b: int, answered_by: str) -> np.ndarray | None:
