@@ -58,6 +58,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "- negative-report rule": {"negative_report_allow": 0.0},
     "- add named hot spots": {"add_named_lesions": False},
     "- whole-scan fall-back": {"max_unexplained": 1.0e9},
+    "- the report's places in rule 5": {"parsed_mentions": False},
     "- named-place prior": {"named_place_threshold": 0.0},
     "- text-only rule": {"min_text_only_confidence": 0.0},
 }
