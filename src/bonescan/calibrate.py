@@ -112,7 +112,7 @@ def collect(pred, arrays, texts: list[str], threshold: float = THRESHOLD, batch:
     cleaned masks and probabilities per batch (``"unet"``), its FROC rows per scan (``"froc"``)."""
     from bonescan.failsafe import answer_counts, measure
     from bonescan.metrics import froc_scan
-    from bonescan.postprocess import read_places, sigmoid
+    from bonescan.postprocess import sigmoid
 
     cache = cache if cache is not None else {}
     unet, frocs = cache.setdefault("unet", {}), cache.setdefault("froc", {})
@@ -123,12 +123,11 @@ def collect(pred, arrays, texts: list[str], threshold: float = THRESHOLD, batch:
         out = pred.outputs(imgs, texts[i : i + batch], fallback=not known)
         sp = np.array(arrays.spacings[i : i + batch], np.float32)
         md, pd, _ = postprocess(out["logits"], sp, threshold)
-        if not known:  # the U-Net's answer and the anatomy output do not depend on the report
-            unet[i] = (postprocess(out["fallback_logits"], sp, threshold)[0], sigmoid(out["fallback_logits"]), out.get("region_labels"))
-        mu, pu, regions = unet[i]
+        if not known:
+            unet[i] = (postprocess(out["fallback_logits"], sp, threshold)[0], sigmoid(out["fallback_logits"]))
+        mu, pu = unet[i]
         for k in range(len(imgs)):
             m = measure(md[k, 0], mu[k, 0], pu[k, 0], out["text_map"][k], out["text_stats"][k], prob=pd[k, 0])
-            read_places(m, regions, k, out.get("report_regions"), out.get("report_benign"), imgs)  # rule 5's parsed mentions
             gt = arrays.masks[i + k]
             if i + k not in frocs:
                 f = froc_scan(gt, pu[k, 0], mu[k, 0])

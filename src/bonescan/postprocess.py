@@ -267,7 +267,8 @@ def read_places(m, regions: np.ndarray | None, b: int, report_regions: np.ndarra
                 images: np.ndarray | None = None) -> None:
     """Scan ``b``'s :func:`parsed_mentions` into ``m.parsed`` (failsafe.Measured), given the anatomy output and the
     report's places (the tokenizer's report_regions and report_benign, [B, N_REGION_CLASSES]); left None without
-    them. The served answer, the calibration and the evaluation read them with this one function."""
+    them. The served answer and the evaluation read them with this one function; the calibration does not (it
+    chooses the thresholds on the model's own mention map: README, "The grounding table")."""
     reg = _regions_of(regions, b)
     if reg is not None and report_regions is not None and report_benign is not None:
         m.parsed = parsed_mentions(m, reg, report_regions[b], report_benign[b], None if images is None else images[b])
