@@ -81,15 +81,9 @@ def bench_parity(checkpoint: Path, export: Path, data: Path, server_url: str, mo
                 sm, sprob, sj, sd = served_failsafe(o, sp, settings, images=np.asarray(s.image[None], np.float32))
                 ref_mask, ref_prob = sm[0, 0], sprob[0, 0]
                 outs["pytorch_served"] = (ref_mask, 0.0)
-                answer = json.loads(sj[0])
-                names = [(les.get("site") or {}).get("region") for les in answer["lesions"]]
-                bsi, got = answer.get("anatomy", {}), r.anatomy or {}
-                # the BSI as served, lesions the report calls benign left out (report_benign reaches postprocess)
-                served["same_bsi"] += (abs(bsi.get("bsi", -1.0) - got.get("bsi", -2.0)) <= 1e-3
-                                       and bsi.get("bsi_left_out") == got.get("bsi_left_out"))
-                served["bsi_left_out"] += int(got.get("bsi_left_out", 0))
-                served["same_path"] += sd[0]["answered_by"] == r.answered_by
-                served["same_lesion_names"] += names == [(les.get("site") or {}).get("region") for les in r.lesions]
+                for k, same in served_agreement(json.loads(sj[0]), sd[0], r).items():
+                    served[k] += same
+                served["bsi_left_out"] += int((r.anatomy or {}).get("bsi_left_out", 0))
                 served["text_only_dropped"] += sd[0]["signals"].get("text_only_dropped", 0) > 0
                 served["answered_by_unet"] += sd[0]["answered_by"] == "unet"
             outs["triton"] = (r.mask, float(np.abs(r.probability - ref_prob).max()))
@@ -142,3 +136,15 @@ def parity_table(res: dict[str, Any]) -> str:
     lines.append(f"\nTriton vs PyTorch |delta DSC| {abs(res['engines']['triton']['delta_dsc_vs_pytorch']):.5f} "
                  f"(target <= {res['target_abs_delta_dsc']}): {'meets' if res['ok'] else 'MISSES'}")
     return "\n".join(lines)
+
+
+def served_agreement(answer: dict[str, Any], decision: dict[str, Any], result: Any) -> dict[str, bool]:
+    """Triton's answer (a client result: ``answered_by``, ``lesions``, ``anatomy``) beside PyTorch's served one (its
+    LESIONS JSON and the fail-safe's decision): the same path, the same lesion names in the same order, the same
+    BSI (to 1e-3, with the same count of lesions left out: report_benign reaches postprocess)."""
+    bsi, got = answer.get("anatomy", {}), result.anatomy or {}
+    return {"same_path": decision["answered_by"] == result.answered_by,
+            "same_lesion_names": [(les.get("site") or {}).get("region") for les in answer["lesions"]]
+            == [(les.get("site") or {}).get("region") for les in result.lesions],
+            "same_bsi": abs(bsi.get("bsi", -1.0) - got.get("bsi", -2.0)) <= 1e-3
+            and bsi.get("bsi_left_out") == got.get("bsi_left_out")}

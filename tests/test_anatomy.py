@@ -502,3 +502,29 @@ def _t7_scene(cases, unet_logit: float):
     unet[0, 0, cy - 2 : cy + 3, cx - 2 : cx + 3] = unet_logit
     text_map = np.zeros((1, 2, IMAGE_HEIGHT // 32, IMAGE_WIDTH // 32), np.float32)
     return grid, (cy, cx), dual, unet, text_map, np.array([[40, 0, 3]], np.int32), np.array([[2.4, 2.4]], np.float32)
+
+
+def test_parity_counts_served_disagreements():
+    """bench parity's same_path / same_lesion_names / same_bsi each move when Triton's answer differs from PyTorch's
+    served one in that respect only."""
+    from types import SimpleNamespace
+
+    from bonescan.benchmarks.parity import served_agreement
+
+    answer = {"lesions": [{"site": {"region": "T7"}}, {"site": {"region": "rib_R5"}}],
+              "anatomy": {"bsi": 0.42, "bsi_left_out": 1}}
+
+    def result(**change):
+        r = {"answered_by": "dualpath", "lesions": [{"site": {"region": "T7"}}, {"site": {"region": "rib_R5"}}],
+             "anatomy": {"bsi": 0.4204, "bsi_left_out": 1}}
+        r.update(change)
+        return SimpleNamespace(**r)
+
+    decision = {"answered_by": "dualpath"}
+    assert served_agreement(answer, decision, result()) == {"same_path": True, "same_lesion_names": True, "same_bsi": True}
+    assert not served_agreement(answer, decision, result(answered_by="unet"))["same_path"]
+    assert not served_agreement(answer, decision, result(lesions=[{"site": {"region": "T8"}},
+                                                                   {"site": {"region": "rib_R5"}}]))["same_lesion_names"]
+    assert not served_agreement(answer, decision, result(anatomy={"bsi": 0.43, "bsi_left_out": 1}))["same_bsi"]
+    assert not served_agreement(answer, decision, result(anatomy={"bsi": 0.42, "bsi_left_out": 0}))["same_bsi"]
+    assert not served_agreement(answer, decision, result(anatomy=None))["same_bsi"]

@@ -280,14 +280,15 @@ def parsed_mentions(m, reg: np.ndarray, wide: np.ndarray, benign: np.ndarray, im
     metastasis (``wide``: report_regions, neighbours within one) or calls benign (``benign``: report_benign). Only
     the lesions the report-guided answer drops are looked at (rule 5 counts no other); the rest are False. The
     lesions are named only when the answer drops one and the report names a place."""
-    from bonescan.anatomy import CLASS_REGION, lesion_sites, view_weights
+    from bonescan.anatomy import lesion_sites, view_weights
+    from bonescan.report_sites import flagged_regions
 
     n = len(m.kept)
     out = np.zeros(n, bool)
     ask = ~np.asarray(m.kept, bool)
     if not ask.any():
         return out
-    places = {CLASS_REGION[c] for c in np.flatnonzero((np.asarray(wide) > 0) | (np.asarray(benign) > 0))}
+    places = flagged_regions(wide, benign)
     if not places:
         return out
     w = view_weights(image, m.labels, n) if image is not None else None

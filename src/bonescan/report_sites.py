@@ -418,6 +418,11 @@ def called_benign_classes(candidates: Sequence[Sequence[str]], wide: np.ndarray,
     and in none it names as metastatic: :func:`second_read`'s ``called_benign`` from the tokenizer's class flags
     (``wide``: report_regions, ``benign``: report_benign), which is what postprocess has (the client reads the
     report itself). The Bone Scan Index leaves these lesions out (postprocess.lesions_of)."""
-    named = {CLASS_REGION[c] for c in np.flatnonzero(np.asarray(wide) > 0)}
-    calm = {CLASS_REGION[c] for c in np.flatnonzero(np.asarray(benign) > 0)}
+    named, calm = flagged_regions(wide), flagged_regions(benign)
     return [not any(r in named for r in rs) and any(r in calm for r in rs) for rs in candidates]
+
+
+def flagged_regions(*flags: np.ndarray) -> set[str]:
+    """The atlas regions of the classes flagged (> 0) in any of ``flags`` ([N_REGION_CLASSES] each: the tokenizer's
+    report_regions, report_named or report_benign)."""
+    return {CLASS_REGION[c] for f in flags for c in np.flatnonzero(np.asarray(f) > 0)}
