@@ -297,6 +297,7 @@ def bench_second_reader(checkpoint: str | Path, data: str | Path, split: str | N
     pred = Predictor(checkpoint)
     settings = FailSafeSettings.from_dict((pred.ckpt.metadata.get("failsafe") or {}).get("settings"))
     answers, true_masks, evidence = [], [], []
+    sites: list[tuple[int, bool, float]] = []  # the reported sites the served answer does not find (_unfound_sites)
     for i in tqdm(range(len(arr)), desc="second reader", unit="scan", disable=not progress):
         image = arr.images[i].astype(np.float32)
         out = pred.outputs(image[None], [arr.reports[i]] if pred.text_guided else None)
@@ -310,6 +311,7 @@ def bench_second_reader(checkpoint: str | Path, data: str | Path, split: str | N
             # where the U-Net's lesions join the answer, the probability is the U-Net's
             evidence.append((served, _unet_lesions(u, served), grid, image, truth,
                              np.where(served, prob, 1.0 / (1.0 + np.exp(-u))).astype(np.float32), named))
+            sites.extend(_unfound_sites(i, arr.reports[i], arr.metas[i], answers[-1], grid, out[C.LOGITS.name][0, 0]))
     from bonescan.benchmarks.latency import cpu_info
 
     res = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "scans": len(arr),
@@ -319,7 +321,62 @@ def bench_second_reader(checkpoint: str | Path, data: str | Path, split: str | N
            "true_lesions": score_cases(arr.images, arr.masks, regions, arr.reports, arr.metas), "cpu": cpu_info()}
     if evidence:
         res["chosen_out_of_sample"] = _choose_second_reader(arr, regions, evidence)
+        res["unfound_site_evidence"] = _site_evidence(sites, len(arr) // 2)
     return res
+
+
+def _unfound_sites(i: int, report: str, meta: dict | None, answer, grid: np.ndarray, logits: np.ndarray) -> list[tuple[int, bool, float]]:
+    """Case ``i``'s reported metastatic sites the served answer does not find (the second reader's ``not_found``),
+    on a report with a site invented (those ``score_cases`` scores): per site (i, invented, the dual-path model's
+    highest probability in the bones the site names, either view of the anatomy output): the evidence a
+    ``not_found`` flag could ask for before it calls a report's claim unsupported."""
+    from bonescan.anatomy import CLASS_REGION
+    from bonescan.report_sites import benign_sites, report_sites, second_read, site_matches
+
+    meta = meta or {}
+    invented = {inv["region"] for inv in (meta.get("report_truth") or {}).get("invented", [])}
+    if not invented or meta.get("report", {}).get("style") == "vague":
+        return []
+    read = second_read([s.candidates for s in answer.sites], report_sites(report), benign_sites(report),
+                       answer.confidence)
+    p = 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
+    out = []
+    for site, found in zip(read.sites, read.found, strict=True):
+        if found:
+            continue
+        cells = np.array([bool(r) and site_matches(site, r) for r in CLASS_REGION])[grid]
+        either = np.repeat(np.repeat(cells[0] | cells[1], C.REGION_STRIDE, axis=0), C.REGION_STRIDE, axis=1)
+        out.append((i, site.region in invented, float(p[either].max()) if either.any() else 0.0))
+    return out
+
+
+def _site_evidence(sites: list[tuple[int, bool, float]], half: int) -> dict[str, Any]:
+    """Whether the model's probability in a reported site's bones tells an invented site from a reported lesion the
+    answer misses: the quantiles of both, and ``not_found`` only below a highest probability chosen on the first half
+    of the scans (the most precision at recall >= 0.9 among the invented sites the answer does not find) scored on
+    the second half."""
+    inv = np.array([e for _, v, e in sites if v])
+    real = np.array([e for _, v, e in sites if not v])
+    q = (0.25, 0.5, 0.75, 0.9)
+
+    def pr(rows: list[tuple[int, bool, float]], t: float) -> dict[str, Any]:
+        tp = sum(v and e < t for _, v, e in rows)
+        fp = sum(not v and e < t for _, v, e in rows)
+        n = sum(v for _, v, _ in rows)
+        return {"precision": round(tp / (tp + fp), 4) if tp + fp else None, "recall_of_unfound": round(tp / n, 4) if n else None}
+
+    first = [r for r in sites if r[0] < half]
+    second = [r for r in sites if r[0] >= half]
+    best = 1.01
+    cands = sorted({e for _, _, e in first} | {1.01})
+    ok = [t for t in cands if (pr(first, t)["recall_of_unfound"] or 0) >= 0.9]
+    if ok:
+        best = max(ok, key=lambda t: (pr(first, t)["precision"] or 0.0, -t))
+    return {"invented": len(inv), "reported_lesion_missed": len(real),
+            "invented_quantiles": [round(float(v), 4) for v in np.quantile(inv, q)] if len(inv) else None,
+            "missed_quantiles": [round(float(v), 4) for v in np.quantile(real, q)] if len(real) else None,
+            "quantiles_at": list(q), "chosen_below": round(float(best), 4), "second_half_as_flagged": pr(second, 1.01),
+            "second_half_chosen": pr(second, best)}
 
 
 #: the image-only evidence's confidences tried (2.0 = off: the answer alone)
@@ -405,6 +462,15 @@ def format_second_reader(r: dict[str, Any]) -> str:
             lines.append(f"    the second half with the defaults (image-only off, flag {r['flag_confidence']:g}): "
                          f"{pr(ch['defaults_second_half'])}")
         lines.append(f"    the second half, every lesion outside the report flagged (no confidence): {pr(ch['unflagged_second_half'])}")
+    if "unfound_site_evidence" in r:
+        e = r["unfound_site_evidence"]
+        lines.append(f"  reported sites the answer does not find, on reports with a site invented: {e['invented']} invented, "
+                     f"{e['reported_lesion_missed']} a reported lesion missed; the dual-path model's highest probability in the "
+                     f"site's bones, quantiles {e['quantiles_at']}: invented {e['invented_quantiles']}, missed "
+                     f"{e['missed_quantiles']}")
+        lines.append(f"    not_found only below the probability chosen on the first half ({e['chosen_below']:g}), the second half: "
+                     f"P {e['second_half_chosen']['precision']} (as flagged {e['second_half_as_flagged']['precision']}), "
+                     f"recall of the unfound invented sites {e['second_half_chosen']['recall_of_unfound']}")
     for key, label in (("served", f"on the served answers of {r['checkpoint']}"),
                        ("true_mask_pred_anatomy", "on the true lesions named by the model's anatomy output"),
                        ("true_lesions", "on the true lesions and label maps")):
