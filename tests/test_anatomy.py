@@ -528,3 +528,43 @@ def test_parity_counts_served_disagreements():
     assert not served_agreement(answer, decision, result(anatomy={"bsi": 0.43, "bsi_left_out": 1}))["same_bsi"]
     assert not served_agreement(answer, decision, result(anatomy={"bsi": 0.42, "bsi_left_out": 0}))["same_bsi"]
     assert not served_agreement(answer, decision, result(anatomy=None))["same_bsi"]
+
+
+def test_unfound_site_evidence_chooses_out_of_sample():
+    """bench second-reader's evidence check: a probability that separates invented sites from missed lesions gives
+    not_found precision 1 on the second half; one that does not, no better than the flag as it is."""
+    from bonescan.benchmarks.anatomy import _site_evidence
+
+    rows = [(i, i % 3 != 0, 0.01 if i % 3 else 0.4) for i in range(60)]  # invented low, missed lesions high
+    e = _site_evidence(rows, 30)
+    assert e["second_half_as_flagged"]["precision"] < 0.7
+    assert e["second_half_chosen"]["precision"] == 1.0 and e["second_half_chosen"]["recall_of_unfound"] == 1.0
+    mixed = [(i, i % 3 != 0, 0.01 * (i % 7)) for i in range(60)]  # no relation
+    m = _site_evidence(mixed, 30)
+    assert m["second_half_chosen"]["precision"] <= m["second_half_as_flagged"]["precision"] + 0.1
+
+
+def test_rule_6_is_chosen_with_the_named_place_prior():
+    """calibrate.pick_place_rule: the prior's threshold is chosen with rule 6 as calibrated; rule 6 is then left off
+    where, at that threshold, the answer without it is as sensitive at fewer false positives, and kept where it
+    finds a lesion more, whatever the margin says."""
+    from bonescan.calibrate import _named_place_line, pick_place_rule
+
+    def row(a, t, sens, fp, margin):
+        return {"t": t, "add_named_lesions": a, "sensitivity": sens, "fp_per_scan": fp, "margin": margin}
+
+    sweep = [row(True, 0.0, 0.86, 1.40, 0.020), row(True, 0.2, 0.88, 1.50, 0.025), row(True, 0.1, 0.89, 2.10, 0.030),
+             row(False, 0.0, 0.83, 0.50, 0.150), row(False, 0.2, 0.88, 1.15, 0.045), row(False, 0.1, 0.89, 1.70, 0.030)]
+    best = pick_place_rule(sweep, unet_fp=1.93)  # 0.1 is over the U-Net's FP; at 0.2 rule 6 finds nothing more
+    assert (best["t"], best["add_named_lesions"]) == (0.2, False)
+    line = _named_place_line({"chosen": 0.2, "add_named_lesions": False, "unet_fp_per_scan": 1.93, "sweep": sweep})
+    assert "rule 6 left off" in line and "1.40 -> 1.15" in line
+    sweep[4] = row(False, 0.2, 0.87, 1.15, 0.045)  # without rule 6 a lesion fewer: rule 6 stays, margin or not
+    best = pick_place_rule(sweep, unet_fp=1.93)
+    assert (best["t"], best["add_named_lesions"]) == (0.2, True)
+    assert pick_place_rule([row(True, 0.0, 0.86, 1.40, 0.030), *sweep[1:]], 1.93)["t"] == 0.0  # nothing beats the first row
+    sweep[4] = {**row(False, 0.2, 0.88, 1.15, 0.045), "shuffled_margin": -0.030}  # as sensitive, but another study's
+    sweep[1] = {**row(True, 0.2, 0.88, 1.50, 0.025), "shuffled_margin": -0.015}   # report falls further: rule 6 stays
+    assert pick_place_rule(sweep, 1.93)["add_named_lesions"] is True
+    sweep[4]["shuffled_margin"] = -0.015
+    assert pick_place_rule(sweep, 1.93)["add_named_lesions"] is False

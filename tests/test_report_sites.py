@@ -265,6 +265,9 @@ def test_named_place_prior_covers_the_named_bones_and_adds_only_hot_spots_in_the
     added = add_in_prior(answer, logits, prior, 0.2)
     assert added[205:212, 122:128].all() and not added[700:707].any()
     assert not add_in_prior(answer, logits, prior, 0.3).any()  # below the threshold: nothing
+    held = np.zeros(prior.shape, bool)
+    held[207:210, 124:126] = True  # a lesion the answer holds already, inside the hot spot: the hot spot does not widen it
+    assert (add_in_prior(held, logits, prior, 0.2) == held).all()
     # the served rule around it: only when the prior is on, the report names a bone and the U-Net does not answer
     from dataclasses import replace
 

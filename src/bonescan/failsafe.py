@@ -35,7 +35,10 @@ report names, per hot spot):
    postprocess.parsed_mentions) is explained, whatever the model's mention map says there.
 6. **Named hot spots are kept**: with ``add_named_lesions``, a confident U-Net lesion where the report
    names a metastasis (``allow`` at least ``allow_threshold``) is added too: the report's location
-   guides the answer but does not drop a lesion the image shows where the report puts one.
+   guides the answer but does not drop a lesion the image shows where the report puts one. The calibration
+   chooses it together with the named-place prior (``calibrate.pick_place_rule``), which adds the U-Net's hot
+   spots in the named bones as well: beside the prior, rule 6 may add little but false positives and the
+   U-Net's pixels around lesions the answer holds already.
 
 7. **Lesions only the text sees are held to more**: with ``min_text_only_confidence`` > 0, a lesion of the
    report-guided answer that the U-Net does not see at all (its highest U-Net probability below
@@ -157,8 +160,10 @@ def add_in_named_places(answer: np.ndarray, logits: np.ndarray, prior: np.ndarra
                         min_pixels: int = MIN_LESION_PIXELS) -> np.ndarray:
     """``answer`` [H, W] bool | the hot spots of ``logits`` at probability >= ``threshold`` with at least
     NAMED_PLACE_SHARE of their pixels in ``prior`` (bool [H, W]: the bones the report names) and
-    ``min_pixels`` pixels. The named-place prior: the report says where, the image-only network's weaker
-    evidence there is taken."""
+    ``min_pixels`` pixels, that the answer does not overlap. The named-place prior: the report says where, the
+    image-only network's weaker evidence there is taken. (Until 2026-12-06 the hot spots overlapping the answer
+    joined it too: the same lesions found, each widened by the U-Net's low-threshold blob; DSC on scans with
+    metastases -0.010 on the 3 grounding seeds, README.)"""
     from scipy.ndimage import label
 
     if not 0.0 < threshold < 1.0 or not prior.any():
@@ -169,6 +174,9 @@ def add_in_named_places(answer: np.ndarray, logits: np.ndarray, prior: np.ndarra
     inside = np.bincount(lab[prior & (lab > 0)], minlength=n + 1)
     area = np.bincount(lab.ravel(), minlength=n + 1)
     keep = (inside >= NAMED_PLACE_SHARE * area) & (area >= min_pixels)
+    # new hot spots only: at the prior's low threshold the U-Net's blob around a lesion the answer holds already is
+    # wider than the lesion, and joining it only widens that lesion (no lesion found, DSC lost)
+    keep &= np.bincount(lab[answer & (lab > 0)], minlength=n + 1) == 0
     keep[0] = False
     return answer | keep[lab]
 
