@@ -390,8 +390,9 @@ def calibrate_named_place(pred, arrays, texts: list[str], settings, threshold: f
             anatomy = False
             break
         sp = np.array(arrays.spacings[i : i + batch], np.float32)
-        um = postprocess(out["fallback_logits"], sp, threshold)[0]
-        pu = sigmoid(out["fallback_logits"])
+        if cond == "true":  # the U-Net reads no report: its answer and curve once, on the first pass
+            um = postprocess(out["fallback_logits"], sp, threshold)[0]
+            pu = sigmoid(out["fallback_logits"])
         # the answer without the prior once per rule 6, then each threshold's additions (the rule postprocess_failsafe
         # applies)
         answers = {a: postprocess_failsafe(out["logits"], out["fallback_logits"], out["text_map"], out["text_stats"], sp,
@@ -401,7 +402,7 @@ def calibrate_named_place(pred, arrays, texts: list[str], settings, threshold: f
             gt = arrays.masks[i + k]
             if not gt.any():
                 continue
-            if cond == "true":  # the U-Net reads no report: once
+            if cond == "true":
                 mu = scan_metrics(um[k, 0], gt)
                 unet[0] += mu["fp_components"]
                 unet[1] += 1
@@ -424,6 +425,7 @@ def calibrate_named_place(pred, arrays, texts: list[str], settings, threshold: f
     curve = (froc(unet_froc) or {}).get("curve")
     if curve is None:
         return {"chosen": 0.0, "reason": "no scan with metastases", "sweep": []}
+
     def margin(c: list[int]) -> tuple[float, float, float]:
         sens, fpr = c[1] / max(c[0], 1), c[2] / max(c[3], 1)
         return sens, fpr, sens - sensitivity_at(curve, fpr)
