@@ -298,6 +298,8 @@ def summarize(rows: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
         targets["nonreport_never_empty_where_unet_finds"] = out["nonreport_empty"]["empty_where_unet_not"] == 0
     out["grounding"] = grounding(rows, seeds)
     for mode, g in out["grounding"].items():
+        if mode not in GROUNDING_TARGET_MODES:
+            continue
         targets[f"{mode}_sensitivity_gain_at_least_0.05_at_no_more_fp"] = g["gain"]["sensitivity"] >= GROUNDING_TARGETS["sensitivity"] \
             and g["gain"]["fp_per_positive_scan"] <= 0
         targets[f"{mode}_dsc_with_metastases_gain_at_least_0.03"] = g["gain"]["dsc_positive"] >= GROUNDING_TARGETS["dsc_positive"]
@@ -307,6 +309,9 @@ def summarize(rows: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
 
 #: issue 26 item 5: the served answer (named-place prior on) against the same-budget U-Net, on the scans with metastases
 GROUNDING_TARGETS = {"sensitivity": 0.05, "dsc_positive": 0.03}
+#: the report conditions the targets are about: the scan's own report, in the training styles and in the one left out
+#: (another scan's report and a text that is no report are held to the FROC margin's safety target instead)
+GROUNDING_TARGET_MODES = ("in-style", "left-out")
 GROUNDING_ANSWERS = {"unet": "U-Net, same image budget", "ablation:- named-place prior": "served without the named-place prior",
                      "failsafe": "served (named-place prior on)"}
 GROUNDING_FIELDS = ("lesion_sensitivity", "fp_per_positive_scan", "dsc_positive", "faint_sensitivity")
@@ -384,9 +389,12 @@ def table(result: dict[str, Any]) -> str:
                 cells = [f"{v[f]:.4f}" if v[f] is not None else "-" for f in GROUNDING_FIELDS]
                 lines.append(f"| {MODE_LABELS[mode]} | {label} | " + " | ".join(cells) + " |")
             d = g["gain"]
-            lines.append(f"| {MODE_LABELS[mode]} | **served - U-Net** | **{d['sensitivity']:+.4f}** (target +0.05) | "
-                         f"{d['fp_per_positive_scan']:+.3f} (target <= 0) | **{d['dsc_positive']:+.4f}** (target +0.03) | "
-                         f"{d['faint_sensitivity']:+.4f} |")
+            t = mode in GROUNDING_TARGET_MODES
+            seeds_s = ", ".join(f"{q['sensitivity']:+.3f}" for q in g.get("per_seed", []))
+            seeds_d = ", ".join(f"{q['dsc_positive']:+.3f}" for q in g.get("per_seed", []))
+            lines.append(f"| {MODE_LABELS[mode]} | **served - U-Net** | **{d['sensitivity']:+.4f}** "
+                         f"({seeds_s}{'; target +0.05' if t else ''}) | {d['fp_per_positive_scan']:+.3f}{' (target <= 0)' if t else ''} | "
+                         f"**{d['dsc_positive']:+.4f}** ({seeds_d}{'; target +0.03' if t else ''}) | {d['faint_sensitivity']:+.4f} |")
         lines.append("")
         lines.append("Faint = the lowest-contrast third of the true lesions (contrast <= "
                      + ", ".join(f"{k} {v:.3f}" for k, v in result.get("faint_contrast_cut", {}).items() if v is not None) + ").")
