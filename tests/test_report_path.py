@@ -653,6 +653,31 @@ def test_training_reports_carry_their_named_bones_and_some_carry_another_cases(d
     assert not dropped[3].any()  # a dropped report names nothing, and gets no other case's bones
 
 
+
+def test_training_reports_can_leave_lesions_out_and_never_all_of_them(dataset):
+    """``omit_lesion_share``: some training reports are written as if they had missed metastases (the mask keeps
+    them), so the model learns that a report's silence is no veto; a case's every lesion is never left out, a
+    case with one lesion never loses it, and with the share 0 the reports are the ones written before."""
+    from bonescan.data.arrays import load_split
+    from bonescan.data.rewrite import leave_lesions_out, training_report
+    from bonescan.data.styles import STYLES
+
+    arrays = load_split(dataset, "train", progress=False)
+    many = [m for m in arrays.metas if m and len(m["lesions"]) >= 3]
+    one = [m for m in arrays.metas if m and len(m["lesions"]) == 1]
+    assert many and one
+    rng = np.random.default_rng(0)
+    left = [leave_lesions_out(m, rng, 1.0)["report_truth"]["omitted"] for m in many]
+    assert all(len(o) == len(m["lesions"]) - 1 for o, m in zip(left, many))  # rate 1: all but one left out
+    assert leave_lesions_out(one[0], rng, 1.0) is one[0]
+    m = many[0]
+    styles = list(STYLES)[:1]
+    full = training_report(m, "x", np.random.default_rng(1), styles, 0.0)
+    assert training_report(m, "x", np.random.default_rng(1), styles, 0.0, omit_share=0.0) == full
+    missed = training_report(m, "x", np.random.default_rng(1), styles, 0.0, omit_share=1.0, omit_rate=1.0)
+    assert missed != full
+    assert m.get("report_truth") is None  # the case's own meta is not changed
+
 def test_rule_5_reads_the_places_the_report_names():
     """A confident U-Net hot spot the report-guided answer drops where the model's mention map says nothing is
     unexplained, unless its bone is one the report names as a metastasis or calls benign (parsed_mentions, the

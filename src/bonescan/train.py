@@ -348,7 +348,7 @@ class ReportSource:
 
         texts = [("" if self.rng.random() >= self.tcfg.nonreport_share else nonreport(self.rng)) if d
                  else training_report(self.arrays.metas[i], self.arrays.reports[i], self.rng, self.styles, self.tcfg.text_augment,
-                                      self.tcfg.report_part_share)
+                                      self.tcfg.report_part_share, self.tcfg.omit_lesion_share)
                  for i, d in zip(idx, drop)]
         ids, am = self.tokenizer(texts)
         length = max(int(am.sum(1).max()), 2)  # padding changes nothing (it is masked) but costs attention

@@ -21,11 +21,25 @@ def rewritable(meta: dict[str, Any] | None) -> bool:
     return bool(meta and meta.get("generator"))
 
 
+def leave_lesions_out(meta: dict[str, Any], rng: np.random.Generator, rate: float) -> dict[str, Any]:
+    """``meta`` as if its report had left each metastasis out with probability ``rate`` (the generator's
+    ``report_truth``, data.synth), at least one always named: a report that misses a lesion, not one
+    that calls a scan with metastases negative. A case with fewer than two lesions comes back as it is."""
+    ids = [int(les["id"]) for les in meta.get("lesions", [])]
+    if len(ids) < 2 or meta.get("report_truth"):
+        return meta
+    out = [i for i in ids if rng.random() < rate]
+    if len(out) == len(ids):
+        out.remove(out[int(rng.integers(len(out)))])
+    return {**meta, "report_truth": {"omitted": out, "invented": []}} if out else meta
+
+
 def training_report(meta: dict[str, Any] | None, report: str, rng: np.random.Generator, styles: Sequence[str] | None,
-                    strength: float, part_share: float = 0.0) -> str:
+                    strength: float, part_share: float = 0.0, omit_share: float = 0.0, omit_rate: float = 0.5) -> str:
     """The report a case is trained with this time: re-written in a house style drawn from ``styles``
     when the case has a report and ground truth (``part_share`` of them only the impression, or only
-    the findings, as terse reports come), then augmented with ``strength`` (0: as written)."""
+    the findings, as terse reports come; ``omit_share`` of them leaving lesions out, each with
+    probability ``omit_rate``: :func:`leave_lesions_out`), then augmented with ``strength`` (0: as written)."""
     text = report
     if styles and rewritable(meta) and report:
         from bonescan.data.report import report_from_meta
@@ -34,6 +48,8 @@ def training_report(meta: dict[str, Any] | None, report: str, rng: np.random.Gen
         part = "full"
         if part_share > 0 and rng.random() < part_share:
             part = "impression" if rng.random() < 2 / 3 else "findings"
+        if omit_share > 0 and rng.random() < omit_share:
+            meta = leave_lesions_out(meta, rng, omit_rate)  # type: ignore[arg-type]
         text = report_from_meta(meta, style, seed, part).text  # type: ignore[arg-type]
     if strength > 0 and text:
         from bonescan.data.augment import augment_report

@@ -101,6 +101,10 @@ class TrainConfig:
     #: case's while the text stays the case's own: the decoder learns that a named bone without image
     #: evidence is no lesion (another scan's report must not paint lesions into the bones it names)
     named_mismatch: float = 0.0
+    #: share of training reports re-written leaving metastases out (each with probability 0.5, one always
+    #: named; data.rewrite.leave_lesions_out) while the mask keeps them: the model learns that a report's
+    #: silence about a hot spot is no veto, so the second reader can flag what a report missed (issue 26)
+    omit_lesion_share: float = 0.0
     #: learning rate of NamedPlaces (zero-initialised FiLM convolutions) as a multiple of ``lr``: Adam moves a
     #: weight by about lr per step, and the modulation must travel from 0 to O(1) within a short training
     named_lr_scale: float = 1.0
