@@ -653,7 +653,6 @@ def test_training_reports_carry_their_named_bones_and_some_carry_another_cases(d
     assert not dropped[3].any()  # a dropped report names nothing, and gets no other case's bones
 
 
-
 def test_training_reports_can_leave_lesions_out_and_never_all_of_them(dataset):
     """``omit_lesion_share``: some training reports are written as if they had missed metastases (the mask keeps
     them), so the model learns that a report's silence is no veto; a case's every lesion is never left out, a
@@ -677,6 +676,7 @@ def test_training_reports_can_leave_lesions_out_and_never_all_of_them(dataset):
     missed = training_report(m, "x", np.random.default_rng(1), styles, 0.0, omit_share=1.0, omit_rate=1.0)
     assert missed != full
     assert m.get("report_truth") is None  # the case's own meta is not changed
+
 
 def test_rule_5_reads_the_places_the_report_names():
     """A confident U-Net hot spot the report-guided answer drops where the model's mention map says nothing is
