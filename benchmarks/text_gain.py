@@ -341,13 +341,22 @@ def grounding(rows: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
     return out
 
 
-def table(result: dict[str, Any]) -> str:
+def _provenance(result: dict[str, Any]) -> str:
+    """The run's provenance line; a combined run's, one per run it joins (each seed's own command, time and commit)."""
     from bonescan.benchmarks.report import provenance
 
+    if "runs" not in result:
+        return provenance(result) + (f" {result['run']['minutes']} min." if "minutes" in result.get("run", {}) else "")
+    parts = [provenance({"run": r, "machine": m}) + (f" {r['minutes']} min." if "minutes" in r else "")
+             for r, m in zip(result["runs"], result["machines"], strict=True)]
+    return f"Joined by `bonescan bench text-gain --combine` from {len(parts)} runs:\n\n" + "\n".join(f"- {t}" for t in parts)
+
+
+def table(result: dict[str, Any]) -> str:
     rows, seeds = result["rows"], result["seeds"]
     lo = ", ".join(f"seed {s}: {v}" for s, v in result["left_out"].items())
     lines = [f"## Text gain: {result['config']} config, {result['test_scans']} test scans, seeds {seeds} (left out: {lo})", "",
-             provenance(result) + (f" {result['run']['minutes']} min." if "minutes" in result.get("run", {}) else ""), "",
+             _provenance(result), "",
              "U-Net = the same-budget U-Net (the fail-safe's fall-back); margin = lesion sensitivity minus the U-Net's FROC "
              "curve at the answer's false positives per scan (safe: >= -0.02).", "",
              "| reports | answer | " + " | ".join(f"DSC s{s}" for s in seeds) +
