@@ -345,10 +345,12 @@ def _provenance(result: dict[str, Any]) -> str:
     """The run's provenance line; a combined run's, one per run it joins (each seed's own command, time and commit)."""
     from bonescan.benchmarks.report import provenance
 
+    def line(run: dict[str, Any], machine: dict[str, Any] | None) -> str:
+        return provenance({"run": run, "machine": machine}) + (f" {run['minutes']} min." if "minutes" in run else "")
+
     if "runs" not in result:
-        return provenance(result) + (f" {result['run']['minutes']} min." if "minutes" in result.get("run", {}) else "")
-    parts = [provenance({"run": r, "machine": m}) + (f" {r['minutes']} min." if "minutes" in r else "")
-             for r, m in zip(result["runs"], result["machines"], strict=True)]
+        return line(result.get("run") or {}, result.get("machine"))
+    parts = [line(r, m) for r, m in zip(result["runs"], result["machines"], strict=True)]
     return f"Joined by `bonescan bench text-gain --combine` from {len(parts)} runs:\n\n" + "\n".join(f"- {t}" for t in parts)
 
 
